@@ -1,0 +1,1142 @@
+"""The Coordinator: drives data releases through every task service together.
+
+For each release a *driver* (one asyncio task, holding the release's lease in the store) runs a
+reconciliation loop: it reads the release and its tasks from the store, decides the next step
+with the state machines of :mod:`release_coordinator.fsm.release`, sends the step's action to
+every task service at once, and records the answers with compare-and-set transitions. Because
+every decision is taken from stored state and every action is safe to repeat, a coordinator
+created anew over a store that holds unfinished releases simply picks them up and finishes them.
+
+Status arrives both ways the protocol allows: by polling (``get_status`` every
+``poll_interval``) and by callbacks (:meth:`Coordinator.report_task_state`, which the HTTP layer
+calls for ``PATCH /tasks/{id}``); a callback wakes the driver at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from release_coordinator.errors import (
+    ConcurrentUpdateError,
+    ConfigurationError,
+    ConflictError,
+    InvalidTransitionError,
+    NotFoundError,
+    PeerAnswerError,
+    TransientTransportError,
+    TransportError,
+    ValidationError,
+)
+from release_coordinator.fsm.release import (
+    RELEASE_MACHINE,
+    TASK_MACHINE,
+    ReleaseState,
+    TaskState,
+    reachable_task_path,
+    task_state_behind,
+)
+from release_coordinator.models import (
+    Event,
+    EventKind,
+    EventType,
+    HealthStatus,
+    Release,
+    ServiceHealth,
+    Task,
+    TaskService,
+    new_id,
+    utcnow,
+)
+from release_coordinator.storage.base import CoordinatorStore, EventFilter, TaskChange
+from release_coordinator.storage.memory import MemoryStore
+from release_coordinator.transports.base import TaskServiceTransport
+from release_coordinator.transports.memory import MemoryTransport
+from release_coordinator.wire import TaskAction, TaskAnswer, TaskRequest
+
+__all__ = ["Coordinator", "CoordinatorConfig", "RetryPolicy", "Subscriber"]
+
+log = logging.getLogger(__name__)
+
+RS = ReleaseState
+TS = TaskState
+
+#: A subscriber gets every event of the log, in order; it may be sync or async.
+Subscriber = Callable[[Event], Awaitable[None] | None]
+
+#: The state a task service's reported state stands for on the normal path.
+_REPORTED_TO_TASK = {
+    "pending": TS.INITIALIZED,
+    "running": TS.RUNNING,
+    "staged": TS.STAGED,
+    "publishing": TS.PUBLISHING,
+    "published": TS.PUBLISHED,
+}
+_BAD_REPORTS = frozenset({"failed", "canceled", "rejected"})
+
+#: Per release state: the task states the coordinator is waiting to see move on.
+_WAITING_ON = {
+    RS.INITIALIZING: frozenset({TS.WAITING}),
+    RS.RUNNING: frozenset({TS.INITIALIZED, TS.RUNNING}),
+    RS.PUBLISHING: frozenset({TS.STAGED, TS.PUBLISHING}),
+    RS.CANCELING: frozenset(
+        {TS.WAITING, TS.INITIALIZED, TS.RUNNING, TS.STAGED, TS.PUBLISHING, TS.PUBLISHED}
+    ),
+}
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ConfigurationError(f"{attribute.name} must be positive, not {value!r}")
+
+
+def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigurationError(f"{attribute.name} must not be negative, not {value!r}")
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Retries of transient trouble (connection refused, time-out, 502/504).
+
+    ``attempts`` counts every try (1 means no retry). The n-th retry waits
+    ``min(max_delay, base_delay * 2 ** (n - 1))``, of which the fraction ``jitter`` is drawn at
+    random, so that many coordinators do not retry in step. Real answers (400, 404, 500, 503)
+    are never retried.
+    """
+
+    attempts: int = attrs.field(default=4, validator=_positive)
+    base_delay: float = attrs.field(default=0.2, validator=_not_negative)
+    max_delay: float = attrs.field(default=5.0, validator=_not_negative)
+    jitter: float = attrs.field(default=0.5)
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 <= self.jitter <= 1:
+            raise ConfigurationError(f"jitter must be within 0..1, not {self.jitter!r}")
+
+    def delay(self, retry: int, rng: random.Random) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (retry - 1))
+        return float(ceiling * (1 - self.jitter) + rng.uniform(0, ceiling * self.jitter))
+
+
+@attrs.frozen
+class CoordinatorConfig:
+    """How a :class:`Coordinator` paces and bounds its work (seconds throughout).
+
+    - ``poll_interval``: between two ``get_status`` rounds while tasks stage or publish;
+    - ``phase_timeout``: a task the coordinator waits on that shows no progress (no new state,
+      no new progress figure) for this long fails, and with it the release;
+    - ``release_timeout``: a release that stays in one active state (initializing, running,
+      publishing, canceling) for this long fails; ``staged`` waits for a publish request
+      without limit;
+    - ``health_interval``: between two health-check rounds (``0`` turns them off);
+      ``health_threshold`` consecutive failures report a service ``down``;
+    - ``lease_seconds``: how long a claim on a release lasts without renewal (several
+      coordinators over one store); ``claim_interval``: how often unowned releases are looked for.
+    """
+
+    poll_interval: float = attrs.field(default=5.0, validator=_not_negative)
+    retry: RetryPolicy = RetryPolicy()
+    phase_timeout: float = attrs.field(default=3600.0, validator=_positive)
+    release_timeout: float = attrs.field(default=6 * 3600.0, validator=_positive)
+    health_interval: float = attrs.field(default=60.0, validator=_not_negative)
+    health_threshold: int = attrs.field(default=3, validator=_positive)
+    lease_seconds: float = attrs.field(default=30.0, validator=_positive)
+    claim_interval: float = attrs.field(default=5.0, validator=_positive)
+
+
+@attrs.frozen
+class _Outcome:
+    """What one request to one task service ended with."""
+
+    task: Task
+    service: TaskService
+    answer: TaskAnswer | None = None
+    error: TransportError | None = None
+    attempts: int = 1
+
+
+class Coordinator:
+    """Drives data releases across task services. Async; see :class:`SyncCoordinator` for a
+    blocking facade.
+
+    ``store`` defaults to a fresh :class:`~release_coordinator.storage.memory.MemoryStore` and
+    ``transport`` to a fresh :class:`~release_coordinator.transports.memory.MemoryTransport`.
+    Use it as an async context manager (or call :meth:`start` and :meth:`close`): starting it
+    resumes unfinished releases found in the store and starts the health checks.
+    """
+
+    def __init__(
+        self,
+        store: CoordinatorStore | None = None,
+        transport: TaskServiceTransport | None = None,
+        *,
+        config: CoordinatorConfig | None = None,
+        owner: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store if store is not None else MemoryStore()
+        self.transport = transport if transport is not None else MemoryTransport()
+        self.config = config if config is not None else CoordinatorConfig()
+        self.owner = owner or new_id("CO")
+        self._rng = rng or random.Random()
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Condition()
+        self._background: list[asyncio.Task[None]] = []
+        self._subscribers: list[tuple[Subscriber, EventFilter]] = []
+        self._events_seen = 0
+        self._flush_scheduled = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> Coordinator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Resume unfinished releases (and keep claiming unowned ones), start health checks."""
+        if self._background:
+            return
+        self._closed = False
+        if self._subscribers:
+            self._events_seen = await self._last_event_id()
+        await self._claim_unowned()
+        loop = asyncio.get_running_loop()
+        self._background.append(loop.create_task(self._claim_loop(), name="rc-claim"))
+        if self.config.health_interval > 0:
+            self._background.append(loop.create_task(self._health_loop(), name="rc-health"))
+
+    async def close(self) -> None:
+        """Stop driving (releases stay where they are, for a later coordinator to resume)."""
+        self._closed = True
+        tasks = [*self._background, *self._drivers.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._background.clear()
+        for release_id in list(self._drivers):
+            await self.store.drop_lease(release_id, self.owner)
+        self._drivers.clear()
+        await self._flush_events()
+
+    # -- task services -----------------------------------------------------------------------
+    async def register_service(
+        self, name: str, url: str, *, enabled: bool = True, check: bool = True
+    ) -> TaskService:
+        """Register a task service at ``url``.
+
+        With ``check`` (the default) the service must answer ``GET /status`` with 200 and a
+        name, or it is refused with a ValidationError that says what it answered.
+        """
+        problems = []
+        if not name.strip():
+            problems.append(("name", "must not be empty"))
+        if not url.strip():
+            problems.append(("url", "must not be empty"))
+        if problems:
+            raise ValidationError("invalid task service", problems)
+        service = TaskService(id=new_id("TS"), name=name, url=url, enabled=enabled)
+        if check:
+            try:
+                status = await self.transport.status(service)
+            except TransportError as error:
+                raise ValidationError(
+                    f"task service {name!r} is not answering GET /status",
+                    [("url", error.message)],
+                ) from None
+            service = attrs.evolve(
+                service,
+                health=ServiceHealth(
+                    status=HealthStatus.OK,
+                    last_checked_at=utcnow(),
+                    reported_name=status.name,
+                    reported_version=status.version,
+                    message=status.message,
+                ),
+            )
+        stored = await self.store.add_service(
+            service,
+            self._event(
+                EventKind.USER_ACTION,
+                f"task service {name!r} registered at {url}",
+                service=service,
+            ),
+        )
+        self._events_written()
+        return stored
+
+    async def get_service(self, service_id: str) -> TaskService:
+        return await self.store.get_service(service_id)
+
+    async def list_services(self, *, enabled: bool | None = None) -> list[TaskService]:
+        return await self.store.list_services(enabled=enabled)
+
+    async def update_service(
+        self, service_id: str, *, name: str | None = None, url: str | None = None
+    ) -> TaskService:
+        """Rename a task service or move it to another URL (takes effect for new requests)."""
+        current = await self.store.get_service(service_id)
+        changes = {k: v for k, v in (("name", name), ("url", url)) if v is not None}
+        updated = await self.store.update_service(
+            service_id,
+            self._event(EventKind.USER_ACTION, f"task service updated: {changes}", service=current),
+            name=name,
+            url=url,
+        )
+        self._events_written()
+        return updated
+
+    async def enable_service(self, service_id: str) -> TaskService:
+        """Include the service in releases created from now on."""
+        return await self._set_enabled(service_id, True)
+
+    async def disable_service(self, service_id: str) -> TaskService:
+        """Leave the service out of releases created from now on (running ones go on with it)."""
+        return await self._set_enabled(service_id, False)
+
+    async def _set_enabled(self, service_id: str, enabled: bool) -> TaskService:
+        current = await self.store.get_service(service_id)
+        word = "enabled" if enabled else "disabled"
+        updated = await self.store.update_service(
+            service_id,
+            self._event(
+                EventKind.USER_ACTION, f"task service {current.name!r} {word}", service=current
+            ),
+            enabled=enabled,
+        )
+        self._events_written()
+        return updated
+
+    async def remove_service(self, service_id: str) -> None:
+        """Forget a task service. Refused (ConflictError) while an unfinished release uses it."""
+        current = await self.store.get_service(service_id)
+        await self.store.remove_service(
+            service_id,
+            self._event(
+                EventKind.USER_ACTION, f"task service {current.name!r} removed", service=current
+            ),
+        )
+        self._events_written()
+
+    async def check_health(self, service_id: str) -> TaskService:
+        """Ask one service ``GET /status`` now and record the result."""
+        service = await self.store.get_service(service_id)
+        return await self._check(service)
+
+    async def _check(self, service: TaskService) -> TaskService:
+        before = service.health
+        try:
+            status = await self.transport.status(service)
+        except TransportError as error:
+            failures = before.consecutive_failures + 1
+            down = failures >= self.config.health_threshold
+            health = attrs.evolve(
+                before,
+                status=HealthStatus.DOWN if down else before.status,
+                consecutive_failures=failures,
+                last_checked_at=utcnow(),
+                last_error=error.message,
+            )
+        else:
+            health = ServiceHealth(
+                status=HealthStatus.OK,
+                last_checked_at=utcnow(),
+                reported_name=status.name,
+                reported_version=status.version,
+                message=status.message,
+            )
+        event = None
+        if health.status != before.status:
+            bad = health.status is HealthStatus.DOWN
+            event = self._event(
+                EventKind.HEALTH,
+                f"task service {service.name!r} is {health.status.value}"
+                + (
+                    f" after {health.consecutive_failures} failed checks: {health.last_error}"
+                    if bad
+                    else ""
+                ),
+                type=EventType.ERROR if bad else EventType.INFO,
+                service=service,
+            )
+        updated = await self.store.record_health(service.id, health, event)
+        if event is not None:
+            self._events_written()
+        return updated
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval)
+            try:
+                services = await self.store.list_services(enabled=True)
+                await asyncio.gather(*(self._check(s) for s in services))
+            except Exception:  # keep checking; the next round may succeed
+                log.exception("health check round failed")
+
+    # -- releases: user actions --------------------------------------------------------------
+    async def create_release(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        studies: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        author: str = "",
+        is_major: bool = False,
+        auto_publish: bool = False,
+        cloned_from: str = "",
+    ) -> Release:
+        """Create a release over every enabled task service and start driving it.
+
+        It is staged on all of them and then waits in ``staged`` for :meth:`publish`, unless
+        ``auto_publish`` asks to publish as soon as everything is staged.
+        """
+        if not name.strip():
+            raise ValidationError("invalid release", [("name", "must not be empty")])
+        services = await self.store.list_services(enabled=True)
+        draft = Release(
+            id=new_id("RE"),
+            name=name,
+            version="0.0.0",
+            description=description,
+            studies=tuple(studies),
+            tags=tuple(tags),
+            author=author,
+            is_major=is_major,
+            auto_publish=auto_publish,
+            cloned_from=cloned_from,
+        )
+        release, _ = await self.store.create_release(
+            draft,
+            [s.id for s in services],
+            self._event(
+                EventKind.USER_ACTION,
+                f"release {name!r} created over {len(services)} task service(s)"
+                + (f" by {author}" if author else ""),
+                release_id=draft.id,
+            ),
+        )
+        self._events_written()
+        await self._ensure_driver(release.id)
+        return release
+
+    async def publish(self, release_id: str) -> Release:
+        """Request publication of a staged release.
+
+        Refused with InvalidTransitionError unless the release is ``staged`` (already
+        ``publishing`` or ``published`` returns it unchanged).
+        """
+        release = await self.store.get_release(release_id)
+        if release.state in (RS.PUBLISHING, RS.PUBLISHED):
+            return release
+        if release.state is not RS.STAGED:
+            raise InvalidTransitionError(
+                "release",
+                release.state,
+                "publish",
+                subject=release_id,
+                hint="only a staged release can be published",
+            )
+        release = await self._transition(release, "publish", user=True)
+        await self._ensure_driver(release_id)
+        return release
+
+    async def cancel(self, release_id: str, *, reason: str = "") -> Release:
+        """Cancel a release at any non-final state; every task is told to cancel.
+
+        Idempotent: canceling a release that is canceling or canceled returns it unchanged.
+        A published or failed release cannot be canceled (InvalidTransitionError).
+        """
+        release = await self.store.get_release(release_id)
+        if release.state in (RS.CANCELING, RS.CANCELED):
+            return release
+        RELEASE_MACHINE.next_state(release.state, "cancel", subject=release_id)
+        release = await self._transition(
+            release, "cancel", user=True, detail=f" ({reason})" if reason else ""
+        )
+        await self._ensure_driver(release_id)
+        return release
+
+    async def run_again(self, release_id: str) -> Release:
+        """A new release like a finished one (same name, scope, tags...), over today's services."""
+        old = await self.store.get_release(release_id)
+        if not old.is_final:
+            raise ConflictError(
+                f"release {release_id!r} is {old.state}; only a finished release runs again",
+                id=release_id,
+                state=old.state,
+            )
+        return await self.create_release(
+            old.name,
+            description=old.description,
+            studies=old.studies,
+            tags=old.tags,
+            author=old.author,
+            is_major=old.is_major,
+            auto_publish=old.auto_publish,
+            cloned_from=old.id,
+        )
+
+    async def update_release(
+        self,
+        release_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> Release:
+        """Change a release's name, description or tags."""
+        if name is not None and not name.strip():
+            raise ValidationError("invalid release", [("name", "must not be empty")])
+        updated = await self.store.update_release(
+            release_id,
+            self._event(EventKind.USER_ACTION, "release details updated", release_id=release_id),
+            name=name,
+            description=description,
+            tags=tags,
+        )
+        self._events_written()
+        return updated
+
+    # -- releases: queries -------------------------------------------------------------------
+    async def get_release(self, release_id: str) -> Release:
+        return await self.store.get_release(release_id)
+
+    async def list_releases(
+        self,
+        *,
+        states: Collection[ReleaseState | str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Release]:
+        """Releases, newest first; only those in ``states`` when given."""
+        wanted = None if states is None else {RS(s) for s in states}
+        return await self.store.list_releases(states=wanted, limit=limit, offset=offset)
+
+    async def list_tasks(self, release_id: str) -> list[Task]:
+        return await self.store.list_tasks(release_id)
+
+    async def get_task(self, task_id: str) -> Task:
+        return await self.store.get_task(task_id)
+
+    async def events(
+        self,
+        *,
+        release_id: str | None = None,
+        task_id: str | None = None,
+        task_service_id: str | None = None,
+        types: Collection[EventType] | None = None,
+        kinds: Collection[EventKind] | None = None,
+        after_id: int = 0,
+        since: datetime | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Event]:
+        """The event log, oldest first, filtered."""
+        flt = EventFilter(release_id, task_id, task_service_id, types, kinds, after_id, since)
+        return await self.store.list_events(flt, limit=limit, offset=offset)
+
+    async def wait(
+        self,
+        release_id: str,
+        states: Collection[ReleaseState | str] | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline for the caller's convenience
+    ) -> Release:
+        """Wait until the release is in one of ``states`` (default: any final state).
+
+        Raises TimeoutError after ``timeout`` seconds.
+        """
+        wanted = (
+            frozenset(RELEASE_MACHINE.final) if states is None else frozenset(RS(s) for s in states)
+        )
+
+        async def until() -> Release:
+            async with self._changed:
+                while True:
+                    release = await self.store.get_release(release_id)
+                    if release.state in wanted:
+                        return release
+                    # Another process may drive it: look again now and then.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 1.0)
+
+        return await asyncio.wait_for(until(), timeout)
+
+    # -- subscribers -------------------------------------------------------------------------
+    def subscribe(
+        self, subscriber: Subscriber, *, filter: EventFilter | None = None
+    ) -> Callable[[], None]:
+        """Call ``subscriber`` with every new event (matching ``filter``); returns an
+        unsubscribe function. A subscriber that raises is logged and kept."""
+        entry = (subscriber, filter or EventFilter())
+        self._subscribers.append(entry)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(entry)
+
+        return unsubscribe
+
+    async def _last_event_id(self) -> int:
+        events = await self.store.list_events(EventFilter(after_id=self._events_seen))
+        return events[-1].id if events else self._events_seen
+
+    def _events_written(self) -> None:
+        if not self._subscribers or self._flush_scheduled:
+            return
+        self._flush_scheduled = True
+        with contextlib.suppress(RuntimeError):  # no running loop: flushed on the next write
+            asyncio.get_running_loop().create_task(self._flush_events())
+
+    async def _flush_events(self) -> None:
+        self._flush_scheduled = False
+        if not self._subscribers:
+            return
+        events = await self.store.list_events(EventFilter(after_id=self._events_seen))
+        for event in events:
+            self._events_seen = event.id
+            for subscriber, flt in list(self._subscribers):
+                if not flt.matches(event):
+                    continue
+                try:
+                    result = subscriber(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("event subscriber %r failed", subscriber)
+
+    # -- callbacks from task services --------------------------------------------------------
+    async def report_task_state(
+        self, task_id: str, release_id: str | None, state: str, progress: int | None = None
+    ) -> Task:
+        """Apply a task service's report (the ``PATCH /tasks/{id}`` callback).
+
+        It goes through the task state machine like a polled status: a state the task can reach
+        along the normal path is accepted (a callback may run ahead of an answer); ``failed``,
+        ``rejected`` or an unexpected ``canceled`` fail the task and, with it, the release.
+        Anything else (a state behind the task, one beyond what was sent, any report on a
+        finished release) raises InvalidTransitionError and changes nothing.
+        """
+        for _attempt in range(5):
+            task = await self.store.get_task(task_id)
+            if release_id is not None and task.release_id != release_id:
+                raise NotFoundError("task", f"{release_id}/{task_id}")
+            release = await self.store.get_release(task.release_id)
+            if release.is_final:
+                raise InvalidTransitionError(
+                    "task",
+                    task.state,
+                    f"report {state}",
+                    subject=task_id,
+                    hint=f"release {release.id} is {release.state}",
+                )
+            change = self._change_for_report(release, task, state, progress, callback=True)
+            if change is None:
+                return task
+            try:
+                updated = await self.store.change_task(change)
+            except ConcurrentUpdateError:
+                continue  # a concurrent answer moved it: judge the report again
+            self._events_written()
+            self._poke(task.release_id)
+            return updated
+        raise ConflictError(f"task {task_id!r} keeps changing; report {state!r} again", id=task_id)
+
+    # -- driving -----------------------------------------------------------------------------
+    async def _ensure_driver(self, release_id: str) -> None:
+        if self._closed:
+            return
+        driver = self._drivers.get(release_id)
+        if driver is not None and not driver.done():
+            self._poke(release_id)
+            return
+        if await self.store.claim_release(release_id, self.owner, self.config.lease_seconds):
+            self._spawn(release_id)
+
+    def _spawn(self, release_id: str) -> None:
+        self._wake.setdefault(release_id, asyncio.Event())
+        self._drivers[release_id] = asyncio.get_running_loop().create_task(
+            self._drive(release_id), name=f"rc-drive-{release_id}"
+        )
+
+    def _poke(self, release_id: str) -> None:
+        wake = self._wake.get(release_id)
+        if wake is not None:
+            wake.set()
+
+    async def _claim_unowned(self) -> None:
+        claimed = await self.store.claim_releases(self.owner, self.config.lease_seconds)
+        for release in claimed:
+            driver = self._drivers.get(release.id)
+            if driver is None or driver.done():
+                if release.state not in (RS.WAITING,):
+                    log.info("resuming release %s (%s)", release.id, release.state)
+                self._spawn(release.id)
+
+    async def _claim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.claim_interval)
+            try:
+                await self._claim_unowned()
+            except Exception:
+                log.exception("claiming releases failed")
+
+    async def _drive(self, release_id: str) -> None:
+        try:
+            while True:
+                if not await self.store.renew_lease(
+                    release_id, self.owner, self.config.lease_seconds
+                ):
+                    log.warning(
+                        "lost the lease on release %s; another coordinator has it", release_id
+                    )
+                    return
+                release = await self.store.get_release(release_id)
+                if release.is_final:
+                    return
+                tasks = await self.store.list_tasks(release_id)
+                pause = await self._step(release, tasks)
+                self._events_written()
+                async with self._changed:
+                    self._changed.notify_all()
+                if pause:
+                    await self._pause(release_id, pause)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Stored state is consistent (every change is a compare-and-set); the claim loop
+            # picks the release up again.
+            log.exception("driving release %s failed; it will be resumed", release_id)
+        finally:
+            self._drivers.pop(release_id, None)
+            if not self._closed:
+                with contextlib.suppress(Exception):
+                    await self.store.drop_lease(release_id, self.owner)
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _pause(self, release_id: str, seconds: float) -> None:
+        wake = self._wake.setdefault(release_id, asyncio.Event())
+        # Wake up in time to renew the lease even when nothing happens.
+        limit = min(seconds, self.config.lease_seconds / 3)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), limit)
+        wake.clear()
+
+    async def _step(self, release: Release, tasks: list[Task]) -> float:
+        """One decision for a release; returns how long to pause before the next (0: none)."""
+        state = release.state
+        now = utcnow()
+        if state is not RS.CANCELING:
+            finished = [t for t in tasks if t.is_finished]
+            if finished:
+                bad = finished[0]
+                await self._transition(
+                    release,
+                    "cancel",
+                    failure=f"task {bad.id} on {bad.service_id} is {bad.state}"
+                    + (f": {bad.message}" if bad.message else ""),
+                )
+                return 0
+        if (timed_out := await self._enforce_time_limits(release, tasks, now)) is not None:
+            return timed_out
+
+        if state is RS.WAITING:
+            if not tasks:
+                await self._transition(release, "stage", detail=" (no enabled task service)")
+            else:
+                await self._transition(release, "initialize")
+            return 0
+        if state is RS.INITIALIZING:
+            todo = [t for t in tasks if t.state is TS.WAITING]
+            if not todo:
+                await self._transition(release, "start")
+                return 0
+            return await self._fan_out(release, todo, TaskAction.INITIALIZE)
+        if state is RS.RUNNING:
+            todo = [t for t in tasks if t.state is TS.INITIALIZED]
+            if todo:
+                return await self._fan_out(release, todo, TaskAction.START, pause=0)
+            if all(t.state is TS.STAGED for t in tasks):
+                await self._transition(release, "stage")
+                return 0
+            polled = [t for t in tasks if t.state is TS.RUNNING]
+            return await self._fan_out(release, polled, TaskAction.GET_STATUS)
+        if state is RS.STAGED:
+            if release.auto_publish:
+                await self._transition(release, "publish", detail=" (automatic)")
+                return 0
+            return self.config.lease_seconds  # wait for publish() to wake us
+        if state is RS.PUBLISHING:
+            todo = [t for t in tasks if t.state is TS.STAGED]
+            if todo:
+                return await self._fan_out(release, todo, TaskAction.PUBLISH, pause=0)
+            if all(t.state is TS.PUBLISHED for t in tasks):
+                await self._transition(release, "complete")
+                return 0
+            polled = [t for t in tasks if t.state is TS.PUBLISHING]
+            return await self._fan_out(release, polled, TaskAction.GET_STATUS)
+        if state is RS.CANCELING:
+            todo = [t for t in tasks if not t.is_finished]
+            if todo:
+                return await self._fan_out(release, todo, TaskAction.CANCEL, pause=0)
+            await self._transition(release, "fail" if release.failure else "finish_cancel")
+            return 0
+        raise AssertionError(f"no step for release state {state}")  # pragma: no cover
+
+    async def _enforce_time_limits(
+        self, release: Release, tasks: list[Task], now: datetime
+    ) -> float | None:
+        waiting_on = _WAITING_ON.get(release.state)
+        if waiting_on is None:
+            return None
+        age = (now - release.state_changed_at).total_seconds()
+        if age > self.config.release_timeout:
+            limit = self.config.release_timeout
+            why = f"release stayed {release.state} for {age:.1f}s (limit {limit:g}s)"
+            if release.state is RS.CANCELING:
+                await self._transition(
+                    release, "fail", failure=release.failure or why, detail=f": {why}"
+                )
+            else:
+                await self._transition(release, "cancel", failure=why)
+            return 0
+        late = [
+            t
+            for t in tasks
+            if t.state in waiting_on
+            and (now - t.progress_at).total_seconds() > self.config.phase_timeout
+        ]
+        if not late:
+            return None
+        changes = [
+            self._task_change(
+                release,
+                t,
+                "fail",
+                message=f"no progress for {self.config.phase_timeout:g}s "
+                f"while the release is {release.state}",
+                type=EventType.ERROR,
+            )
+            for t in late
+        ]
+        await self.store.change_tasks(changes)
+        return 0
+
+    # -- fan-out -----------------------------------------------------------------------------
+    async def _fan_out(
+        self, release: Release, tasks: list[Task], action: TaskAction, *, pause: float | None = None
+    ) -> float:
+        """Send ``action`` to every task's service at once and record the answers.
+
+        Returns the pause before the next step: ``pause`` if given, else the poll interval when
+        no task moved (nothing to do but wait), else 0.
+        """
+        services = {s.id: s for s in await self.store.list_services()}
+        outcomes = await asyncio.gather(
+            *(self._call(release, t, services[t.service_id], action) for t in tasks)
+        )
+        changes = [
+            change for o in outcomes if (change := self._change_for_outcome(release, o, action))
+        ]
+        results = await self.store.change_tasks(changes) if changes else []
+        moved = any(
+            not isinstance(r, ConcurrentUpdateError) and c.to_state is not None
+            for c, r in zip(changes, results, strict=True)
+        )
+        if pause is not None:
+            return pause
+        return 0 if moved else self._poll_pause(release, tasks)
+
+    def _poll_pause(self, release: Release, tasks: list[Task]) -> float:
+        """The poll interval, cut short when a time limit runs out earlier."""
+        now = utcnow()
+        limits = [self.config.phase_timeout - (now - t.progress_at).total_seconds() for t in tasks]
+        limits.append(
+            self.config.release_timeout - (now - release.state_changed_at).total_seconds()
+        )
+        return max(0.0, min(self.config.poll_interval, *(x + 0.01 for x in limits)))
+
+    async def _call(
+        self, release: Release, task: Task, service: TaskService, action: TaskAction
+    ) -> _Outcome:
+        request = TaskRequest(action, task.id, release.id, release.studies)
+        attempts = self.config.retry.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                answer = await self.transport.send(service, request)
+                return _Outcome(task, service, answer=answer, attempts=attempt)
+            except TransientTransportError as error:
+                last = attempt == attempts
+                await self.store.append_events(
+                    [
+                        self._event(
+                            EventKind.REQUEST_ERROR,
+                            f"{action.value!r} to {service.name!r} failed (attempt {attempt} of "
+                            f"{attempts}{'' if last else ', will retry'}): {error.message}",
+                            type=EventType.ERROR if last else EventType.WARNING,
+                            release_id=release.id,
+                            task_id=task.id,
+                            service=service,
+                        )
+                    ]
+                )
+                self._events_written()
+                if last:
+                    return _Outcome(task, service, error=error, attempts=attempt)
+                await asyncio.sleep(self.config.retry.delay(attempt, self._rng))
+            except TransportError as error:
+                await self.store.append_events(
+                    [
+                        self._event(
+                            EventKind.REQUEST_ERROR,
+                            f"{action.value!r} to {service.name!r} failed: {error.message}",
+                            type=EventType.ERROR,
+                            release_id=release.id,
+                            task_id=task.id,
+                            service=service,
+                        )
+                    ]
+                )
+                self._events_written()
+                return _Outcome(task, service, error=error, attempts=attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _change_for_outcome(
+        self, release: Release, outcome: _Outcome, action: TaskAction
+    ) -> TaskChange | None:
+        task = outcome.task
+        error = outcome.error
+        if error is not None:
+            if (
+                action is TaskAction.CANCEL
+                and isinstance(error, PeerAnswerError)
+                and (error.status_code == 404)
+            ):
+                return self._task_change(
+                    release,
+                    task,
+                    "cancel",
+                    message="the service does not know it: nothing to cancel",
+                )
+            trigger = "reject" if action is TaskAction.INITIALIZE else "fail"
+            why = error.message
+            if isinstance(error, TransientTransportError) and outcome.attempts > 1:
+                why = f"{why} (gave up after {outcome.attempts} attempts)"
+            return self._task_change(release, task, trigger, message=why, type=EventType.ERROR)
+        assert outcome.answer is not None
+        answer = outcome.answer
+        if action is TaskAction.CANCEL:
+            if answer.state == "canceled":
+                return self._task_change(release, task, "cancel", progress=answer.progress)
+            return self._task_change(
+                release,
+                task,
+                "fail",
+                type=EventType.ERROR,
+                message=f"the service answered 'cancel' with {answer.state!r}",
+            )
+        if answer.task_id != task.id or answer.release_id != release.id:
+            return self._task_change(
+                release,
+                task,
+                "reject" if action is TaskAction.INITIALIZE else "fail",
+                type=EventType.ERROR,
+                message=f"the service answered for task {answer.task_id!r} of release "
+                f"{answer.release_id!r}",
+            )
+        return self._change_for_report(
+            release, task, answer.state, answer.progress, callback=False, action=action
+        )
+
+    def _change_for_report(
+        self,
+        release: Release,
+        task: Task,
+        reported: str,
+        progress: int | None,
+        *,
+        callback: bool,
+        action: TaskAction | None = None,
+    ) -> TaskChange | None:
+        """The change a reported state calls for; ``None`` when it changes nothing.
+
+        For callbacks an impossible report raises InvalidTransitionError; for answers, which
+        may arrive late, a report behind the task is ignored.
+        """
+        source = "callback" if callback else f"answer to {action.value!r}" if action else "report"
+        if reported in _BAD_REPORTS:
+            if task.is_finished:
+                return None
+            if reported == "canceled" and release.state is RS.CANCELING:
+                return self._task_change(release, task, "cancel", progress=progress)
+            trigger = "reject" if (reported == "rejected" and task.state is TS.WAITING) else "fail"
+            return self._task_change(
+                release,
+                task,
+                trigger,
+                progress=progress,
+                type=EventType.ERROR,
+                message=f"the service reported {reported!r} ({source})",
+            )
+        target = _REPORTED_TO_TASK.get(reported)
+        if target is None or task.is_finished or release.state is RS.CANCELING:
+            if callback:
+                raise InvalidTransitionError(
+                    "task",
+                    task.state,
+                    f"report {reported}",
+                    subject=task.id,
+                    hint="the task is finished"
+                    if task.is_finished
+                    else (f"release {release.id} is {release.state}"),
+                )
+            return None
+        path = reachable_task_path(task.state, target, release.state)
+        if path is None:
+            if not callback and task_state_behind(target, task.state):
+                return None  # a late answer: the task has moved on already
+            if callback:
+                raise InvalidTransitionError(
+                    "task",
+                    task.state,
+                    f"report {reported}",
+                    subject=task.id,
+                    hint=f"{reported!r} is not reachable from {task.state!r} while release "
+                    f"{release.id} is {release.state}",
+                )
+            return self._task_change(
+                release,
+                task,
+                "reject" if task.state is TS.WAITING else "fail",
+                progress=progress,
+                type=EventType.ERROR,
+                message=f"the service reported {reported!r}, which a {task.state} task "
+                f"cannot reach ({source})",
+            )
+        if not path:
+            if progress is None or progress == task.progress:
+                return None
+            return TaskChange(
+                task.id,
+                frozenset({task.state}),
+                None,
+                events=(
+                    self._event(
+                        EventKind.PROGRESS,
+                        f"task {task.id} on {task.service_id} at {progress}%",
+                        release_id=release.id,
+                        task_id=task.id,
+                        service_id=task.service_id,
+                    ),
+                ),
+                progress=progress,
+            )
+        events = []
+        state = task.state
+        for trigger in path:
+            state = TaskState(TASK_MACHINE.next_state(state, trigger, subject=task.id))
+            events.append(self._task_event(release, task, state, f" ({source})"))
+        return TaskChange(
+            task.id, frozenset({task.state}), state, events=tuple(events), progress=progress
+        )
+
+    def _task_change(
+        self,
+        release: Release,
+        task: Task,
+        trigger: str,
+        *,
+        message: str | None = None,
+        progress: int | None = None,
+        type: EventType = EventType.INFO,
+    ) -> TaskChange:
+        dest = TaskState(TASK_MACHINE.next_state(task.state, trigger, subject=task.id))
+        detail = f": {message}" if message else ""
+        return TaskChange(
+            task.id,
+            frozenset({task.state}),
+            dest,
+            events=(self._task_event(release, task, dest, detail, type=type),),
+            progress=progress,
+            message=message,
+        )
+
+    def _task_event(
+        self,
+        release: Release,
+        task: Task,
+        state: TaskState,
+        detail: str = "",
+        *,
+        type: EventType = EventType.INFO,
+    ) -> Event:
+        return Event(
+            type=type,
+            kind=EventKind.TRANSITION,
+            message=f"task {task.id} on {task.service_id} is {state.value}{detail}",
+            release_id=release.id,
+            task_id=task.id,
+            task_service_id=task.service_id,
+            state=state.value,
+        )
+
+    async def _transition(
+        self,
+        release: Release,
+        trigger: str,
+        *,
+        failure: str | None = None,
+        user: bool = False,
+        detail: str = "",
+    ) -> Release:
+        dest = ReleaseState(RELEASE_MACHINE.next_state(release.state, trigger, subject=release.id))
+        bad = dest is RS.FAILED or (failure is not None and trigger == "cancel")
+        why = f": {failure}" if failure else detail
+        who = "requested; " if user else ""
+        event = Event(
+            type=EventType.ERROR if bad else EventType.INFO,
+            kind=EventKind.USER_ACTION if user else EventKind.TRANSITION,
+            message=f"release {release.name!r} {who}{release.state.value} -> {dest.value}{why}",
+            release_id=release.id,
+            state=dest.value,
+        )
+        updated = await self.store.transition_release(
+            release.id, {release.state}, dest, event, failure=failure
+        )
+        self._events_written()
+        return updated
+
+    def _event(
+        self,
+        kind: EventKind,
+        message: str,
+        *,
+        type: EventType = EventType.INFO,
+        release_id: str | None = None,
+        task_id: str | None = None,
+        service: TaskService | None = None,
+        service_id: str | None = None,
+    ) -> Event:
+        return Event(
+            type=type,
+            kind=kind,
+            message=message,
+            release_id=release_id,
+            task_id=task_id,
+            task_service_id=service.id if service else service_id,
+        )

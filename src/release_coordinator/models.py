@@ -1,0 +1,173 @@
+"""The records of release_coordinator: immutable attrs values.
+
+Stores hand out snapshots; a change is made by asking the store (which compares and sets) and
+getting a new snapshot back, never by mutating a record in place.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import attrs
+
+from release_coordinator.fsm.release import ReleaseState, TaskState
+
+__all__ = [
+    "Event",
+    "EventKind",
+    "EventType",
+    "HealthStatus",
+    "Release",
+    "ServiceHealth",
+    "Task",
+    "TaskService",
+    "new_id",
+    "utcnow",
+]
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
+
+
+def new_id(prefix: str) -> str:
+    """A fresh random id like ``RE_3K9QF2AZ`` (40 random bits after the prefix)."""
+    return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(8))
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (the only kind of time records hold)."""
+    return datetime.now(UTC)
+
+
+class HealthStatus(StrEnum):
+    UNKNOWN = "unknown"
+    OK = "ok"
+    DOWN = "down"
+
+
+@attrs.frozen
+class ServiceHealth:
+    """What the periodic health checks know of a task service."""
+
+    status: HealthStatus = HealthStatus.UNKNOWN
+    consecutive_failures: int = 0
+    last_checked_at: datetime | None = None
+    last_error: str = ""
+    #: ``name``/``version``/``message`` of the last healthy ``GET /status`` answer.
+    reported_name: str = ""
+    reported_version: str = ""
+    message: str = ""
+
+
+@attrs.frozen
+class TaskService:
+    """A consumer of release data that implements the task-service protocol.
+
+    ``url`` is the base URL of an HTTP service (``https://search.example.org/release``) or the
+    address of an in-process service in a :class:`~release_coordinator.transports.memory.
+    MemoryTransport` (``memory://search``).
+    """
+
+    id: str
+    name: str
+    url: str
+    enabled: bool = True
+    health: ServiceHealth = ServiceHealth()
+    created_at: datetime = attrs.field(factory=utcnow)
+    updated_at: datetime = attrs.field(factory=utcnow)
+
+
+@attrs.frozen
+class Release:
+    """One data release, driven through every enabled task service together.
+
+    ``failure`` is empty unless the release is being (or was) canceled because something failed;
+    then it says what, and the release ends ``failed`` rather than ``canceled``.
+    """
+
+    id: str
+    name: str
+    version: str
+    state: ReleaseState = ReleaseState.WAITING
+    description: str = ""
+    studies: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    author: str = ""
+    is_major: bool = False
+    auto_publish: bool = False
+    failure: str = ""
+    cloned_from: str = ""
+    created_at: datetime = attrs.field(factory=utcnow)
+    updated_at: datetime = attrs.field(factory=utcnow)
+    #: When the release entered its current state: the clock of the whole-release time limit.
+    state_changed_at: datetime = attrs.field(factory=utcnow)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in _RELEASE_FINAL
+
+
+_RELEASE_FINAL = frozenset({ReleaseState.PUBLISHED, ReleaseState.CANCELED, ReleaseState.FAILED})
+
+
+@attrs.frozen
+class Task:
+    """One release on one task service.
+
+    ``message`` says why a task failed or was rejected. ``progress_at`` is the time of the last
+    progress (a state change or a new progress figure): the clock of the phase time limit.
+    """
+
+    id: str
+    release_id: str
+    service_id: str
+    state: TaskState = TaskState.WAITING
+    progress: int = 0
+    message: str = ""
+    created_at: datetime = attrs.field(factory=utcnow)
+    updated_at: datetime = attrs.field(factory=utcnow)
+    progress_at: datetime = attrs.field(factory=utcnow)
+
+    @property
+    def is_finished(self) -> bool:
+        """Canceled, failed or rejected: nothing more is ever sent to it."""
+        return self.state in _TASK_FINISHED
+
+
+_TASK_FINISHED = frozenset({TaskState.CANCELED, TaskState.FAILED, TaskState.REJECTED})
+
+
+class EventType(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class EventKind(StrEnum):
+    """What an event is about (the protocol's ``type`` says how bad it is)."""
+
+    TRANSITION = "transition"
+    REQUEST_ERROR = "request_error"
+    USER_ACTION = "user_action"
+    HEALTH = "health"
+    PROGRESS = "progress"
+
+
+@attrs.frozen
+class Event:
+    """One entry of the append-only event log.
+
+    ``id`` is assigned by the store when the event is appended (0 before that) and grows with
+    every append. ``state`` is the new state for a transition event.
+    """
+
+    type: EventType
+    kind: EventKind
+    message: str
+    release_id: str | None = None
+    task_id: str | None = None
+    task_service_id: str | None = None
+    state: str | None = None
+    at: datetime = attrs.field(factory=utcnow)
+    id: int = 0

@@ -1,0 +1,255 @@
+"""The storage interface of the Coordinator: domain-level, compare-and-set, async.
+
+Every method's docstring is its contract: what it reads, what it changes, what it raises.
+Adapters: :mod:`release_coordinator.storage.memory` (in-process, thread- and task-safe) and,
+behind the ``[sql]`` extra, :mod:`release_coordinator.storage.sql`.
+
+Rules every adapter keeps:
+
+- A state change is a compare-and-set: it happens only if the stored state is still one of
+  ``from_states``; otherwise :class:`~release_coordinator.errors.ConcurrentUpdateError` is raised
+  (or returned, for batches) and nothing changes. A SQL store does it with
+  ``UPDATE ... WHERE id = :id AND state IN (:from_states)``.
+- A state change and its event are stored together or not at all, so every state change has its
+  event in the log.
+- Records handed out are immutable snapshots; ids of events grow with every append.
+- Unknown ids raise :class:`~release_coordinator.errors.NotFoundError`; failures underneath raise
+  :class:`~release_coordinator.errors.StorageError`. Nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Sequence
+from datetime import datetime
+
+import attrs
+
+from release_coordinator.errors import ConcurrentUpdateError
+from release_coordinator.fsm.release import ReleaseState, TaskState
+from release_coordinator.models import (
+    Event,
+    EventKind,
+    EventType,
+    Release,
+    ServiceHealth,
+    Task,
+    TaskService,
+)
+
+__all__ = ["CoordinatorStore", "EventFilter", "TaskChange"]
+
+
+@attrs.frozen
+class TaskChange:
+    """One compare-and-set on a task: from any of ``from_states`` to ``to_state``.
+
+    ``to_state=None`` keeps the state (a progress report). ``progress``/``message`` are written
+    when not ``None``. ``events`` are appended with the change (one per state passed through).
+    """
+
+    task_id: str
+    from_states: frozenset[TaskState]
+    to_state: TaskState | None
+    events: tuple[Event, ...] = ()
+    progress: int | None = None
+    message: str | None = None
+
+
+@attrs.frozen
+class EventFilter:
+    """Which events to list. Every field left ``None`` matches everything."""
+
+    release_id: str | None = None
+    task_id: str | None = None
+    task_service_id: str | None = None
+    types: Collection[EventType] | None = None
+    kinds: Collection[EventKind] | None = None
+    #: Only events with an id greater than this (to follow the log incrementally).
+    after_id: int = 0
+    since: datetime | None = None
+
+    def matches(self, event: Event) -> bool:
+        return (
+            event.id > self.after_id
+            and (self.release_id is None or event.release_id == self.release_id)
+            and (self.task_id is None or event.task_id == self.task_id)
+            and (self.task_service_id is None or event.task_service_id == self.task_service_id)
+            and (self.types is None or event.type in self.types)
+            and (self.kinds is None or event.kind in self.kinds)
+            and (self.since is None or event.at >= self.since)
+        )
+
+
+_ALL = EventFilter()
+
+
+class CoordinatorStore(abc.ABC):
+    """What the Coordinator keeps: task services, releases, tasks, events and leases."""
+
+    # -- task services -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_service(self, service: TaskService, event: Event) -> TaskService:
+        """Store a new task service and ``event``.
+
+        Raises ConflictError when the id, the name or the url is already registered.
+        """
+
+    @abc.abstractmethod
+    async def get_service(self, service_id: str) -> TaskService:
+        """The task service with this id; NotFoundError if none."""
+
+    @abc.abstractmethod
+    async def list_services(self, *, enabled: bool | None = None) -> list[TaskService]:
+        """Every task service (only enabled/disabled ones when asked), oldest first."""
+
+    @abc.abstractmethod
+    async def update_service(
+        self,
+        service_id: str,
+        event: Event,
+        *,
+        name: str | None = None,
+        url: str | None = None,
+        enabled: bool | None = None,
+    ) -> TaskService:
+        """Change the given fields and append ``event``; NotFoundError, ConflictError when the
+        new name or url belongs to another service."""
+
+    @abc.abstractmethod
+    async def record_health(
+        self, service_id: str, health: ServiceHealth, event: Event | None = None
+    ) -> TaskService:
+        """Replace the service's health (and append ``event`` if given); NotFoundError."""
+
+    @abc.abstractmethod
+    async def remove_service(self, service_id: str, event: Event) -> None:
+        """Delete a task service and append ``event``.
+
+        Raises NotFoundError, and ConflictError while a release that is not final has a task on
+        it (disable it instead, or finish the release first).
+        """
+
+    # -- releases ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_release(
+        self, release: Release, service_ids: Sequence[str], event: Event
+    ) -> tuple[Release, list[Task]]:
+        """Store ``release`` with one ``waiting`` task per service id, and ``event``.
+
+        The stored version replaces ``release.version``: it is computed with
+        :func:`~release_coordinator.versions.next_release_version` over every version held,
+        atomically, so that concurrent creations never share one. Task ids are generated.
+        """
+
+    @abc.abstractmethod
+    async def get_release(self, release_id: str) -> Release:
+        """The release with this id; NotFoundError if none."""
+
+    @abc.abstractmethod
+    async def list_releases(
+        self,
+        *,
+        states: Collection[ReleaseState] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Release]:
+        """Releases, newest first, only those in ``states`` when given."""
+
+    @abc.abstractmethod
+    async def transition_release(
+        self,
+        release_id: str,
+        from_states: Collection[ReleaseState],
+        to_state: ReleaseState,
+        event: Event,
+        *,
+        failure: str | None = None,
+    ) -> Release:
+        """Compare-and-set the release's state and append ``event``.
+
+        Sets ``state_changed_at``; writes ``failure`` when given. Moving to ``published``
+        promotes the version with :func:`~release_coordinator.versions.published_version`
+        in the same atomic step. ConcurrentUpdateError if the state is not in ``from_states``.
+        """
+
+    @abc.abstractmethod
+    async def update_release(
+        self,
+        release_id: str,
+        event: Event,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+        expect_states: Collection[ReleaseState] | None = None,
+    ) -> Release:
+        """Change descriptive fields (not the state) and append ``event``.
+
+        With ``expect_states`` it is a compare-and-set on the state like a transition.
+        """
+
+    # -- tasks -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_task(self, task_id: str) -> Task:
+        """The task with this id; NotFoundError if none."""
+
+    @abc.abstractmethod
+    async def list_tasks(self, release_id: str) -> list[Task]:
+        """Every task of a release in creation order; NotFoundError for an unknown release."""
+
+    @abc.abstractmethod
+    async def change_tasks(
+        self, changes: Sequence[TaskChange]
+    ) -> list[Task | ConcurrentUpdateError]:
+        """Apply several task compare-and-sets; each one on its own (one losing does not undo
+        the others). Returns, in order, the new task or the ConcurrentUpdateError of a loser.
+        NotFoundError (for the whole call, before any change) if a task id is unknown.
+        ``progress_at`` is set when the state or the progress changes. A change with
+        ``to_state=None`` whose progress equals the stored one changes and appends nothing."""
+
+    async def change_task(self, change: TaskChange) -> Task:
+        """One task compare-and-set; raises ConcurrentUpdateError when it loses."""
+        (result,) = await self.change_tasks([change])
+        if isinstance(result, ConcurrentUpdateError):
+            raise result
+        return result
+
+    # -- events ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append_events(self, events: Sequence[Event]) -> list[Event]:
+        """Append events; returns them with their ids (and nothing is ever changed later)."""
+
+    @abc.abstractmethod
+    async def list_events(
+        self, filter: EventFilter = _ALL, *, limit: int | None = None, offset: int = 0
+    ) -> list[Event]:
+        """Events that match ``filter``, oldest first."""
+
+    # -- leases ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_releases(
+        self, owner: str, lease_seconds: float, *, limit: int = 100
+    ) -> list[Release]:
+        """Claim unfinished releases for ``owner`` to drive.
+
+        Returns up to ``limit`` non-final releases whose lease is free, expired, or already
+        ``owner``'s, oldest first, and leases them to ``owner`` for ``lease_seconds`` (from the
+        store's clock). A release is claimed by at most one owner at a time.
+        """
+
+    @abc.abstractmethod
+    async def claim_release(self, release_id: str, owner: str, lease_seconds: float) -> bool:
+        """Lease one release to ``owner`` if it is not final and its lease is free, expired or
+        ``owner``'s already; True when ``owner`` holds it afterwards. NotFoundError."""
+
+    @abc.abstractmethod
+    async def renew_lease(self, release_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease on a release; False if ``owner`` no longer holds it."""
+
+    @abc.abstractmethod
+    async def drop_lease(self, release_id: str, owner: str) -> None:
+        """Give up ``owner``'s lease on a release (no-op if it does not hold it)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files. Idempotent."""

@@ -1,0 +1,366 @@
+"""The in-memory Coordinator store: a real adapter for embedding and for users' own tests.
+
+Everything lives in dictionaries guarded by one :class:`threading.Lock`, so the store is safe
+to share between threads and between asyncio tasks (no method awaits while holding the lock).
+It keeps nothing across processes: use :mod:`release_coordinator.storage.sql` for that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Collection, Sequence
+
+import attrs
+
+from release_coordinator.errors import ConcurrentUpdateError, ConflictError, NotFoundError
+from release_coordinator.fsm.release import ReleaseState
+from release_coordinator.models import (
+    Event,
+    Release,
+    ServiceHealth,
+    Task,
+    TaskService,
+    new_id,
+    utcnow,
+)
+from release_coordinator.storage.base import _ALL, CoordinatorStore, EventFilter, TaskChange
+from release_coordinator.versions import Version, next_release_version, published_version
+
+__all__ = ["MemoryStore"]
+
+_FINAL = frozenset({ReleaseState.PUBLISHED, ReleaseState.CANCELED, ReleaseState.FAILED})
+
+
+class MemoryStore(CoordinatorStore):
+    """A :class:`CoordinatorStore` in process memory."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._services: dict[str, TaskService] = {}
+        self._releases: dict[str, Release] = {}
+        self._tasks: dict[str, Task] = {}
+        self._tasks_by_release: dict[str, list[str]] = {}
+        self._events: list[Event] = []
+        self._event_ids = itertools.count(1)
+        self._versions: set[str] = set()
+        self._top_version = "0.0.0"
+        self._leases: dict[str, tuple[str, float]] = {}
+
+    # -- helpers (call with the lock held) ---------------------------------------------------
+    def _append(self, event: Event | None) -> Event | None:
+        if event is None:
+            return None
+        stored = attrs.evolve(event, id=next(self._event_ids))
+        self._events.append(stored)
+        return stored
+
+    def _service(self, service_id: str) -> TaskService:
+        try:
+            return self._services[service_id]
+        except KeyError:
+            raise NotFoundError("task service", service_id) from None
+
+    def _release(self, release_id: str) -> Release:
+        try:
+            return self._releases[release_id]
+        except KeyError:
+            raise NotFoundError("release", release_id) from None
+
+    def _hold_version(self, version: str) -> None:
+        self._versions.add(version)
+        if Version.parse(version) > Version.parse(self._top_version):
+            self._top_version = version
+
+    def _clash(self, service_id: str, name: str, url: str) -> None:
+        for other in self._services.values():
+            if other.id == service_id:
+                continue
+            if other.name == name:
+                raise ConflictError(f"a task service named {name!r} exists", id=other.id)
+            if other.url == url:
+                raise ConflictError(f"a task service at {url!r} exists", id=other.id)
+
+    # -- task services -------------------------------------------------------------------------
+    async def add_service(self, service: TaskService, event: Event) -> TaskService:
+        with self._lock:
+            if service.id in self._services:
+                raise ConflictError(f"task service {service.id!r} exists", id=service.id)
+            self._clash(service.id, service.name, service.url)
+            self._services[service.id] = service
+            self._append(event)
+            return service
+
+    async def get_service(self, service_id: str) -> TaskService:
+        with self._lock:
+            return self._service(service_id)
+
+    async def list_services(self, *, enabled: bool | None = None) -> list[TaskService]:
+        with self._lock:
+            return [s for s in self._services.values() if enabled is None or s.enabled == enabled]
+
+    async def update_service(
+        self,
+        service_id: str,
+        event: Event,
+        *,
+        name: str | None = None,
+        url: str | None = None,
+        enabled: bool | None = None,
+    ) -> TaskService:
+        with self._lock:
+            current = self._service(service_id)
+            updated = attrs.evolve(
+                current,
+                name=current.name if name is None else name,
+                url=current.url if url is None else url,
+                enabled=current.enabled if enabled is None else enabled,
+                updated_at=utcnow(),
+            )
+            self._clash(service_id, updated.name, updated.url)
+            self._services[service_id] = updated
+            self._append(event)
+            return updated
+
+    async def record_health(
+        self, service_id: str, health: ServiceHealth, event: Event | None = None
+    ) -> TaskService:
+        with self._lock:
+            updated = attrs.evolve(self._service(service_id), health=health)
+            self._services[service_id] = updated
+            self._append(event)
+            return updated
+
+    async def remove_service(self, service_id: str, event: Event) -> None:
+        with self._lock:
+            self._service(service_id)
+            for task in self._tasks.values():
+                if task.service_id == service_id and (
+                    self._releases[task.release_id].state not in _FINAL
+                ):
+                    raise ConflictError(
+                        f"task service {service_id!r} has a task in unfinished release "
+                        f"{task.release_id!r}; disable it or finish the release first",
+                        id=service_id,
+                        release_id=task.release_id,
+                    )
+            del self._services[service_id]
+            self._append(event)
+
+    # -- releases ----------------------------------------------------------------------------
+    async def create_release(
+        self, release: Release, service_ids: Sequence[str], event: Event
+    ) -> tuple[Release, list[Task]]:
+        with self._lock:
+            if release.id in self._releases:
+                raise ConflictError(f"release {release.id!r} exists", id=release.id)
+            for service_id in service_ids:
+                self._service(service_id)
+            version = next_release_version([self._top_version])
+            stored = attrs.evolve(release, version=version)
+            now = utcnow()
+            tasks = [
+                Task(
+                    id=new_id("TA"),
+                    release_id=release.id,
+                    service_id=sid,
+                    created_at=now,
+                    updated_at=now,
+                    progress_at=now,
+                )
+                for sid in service_ids
+            ]
+            self._releases[stored.id] = stored
+            self._hold_version(version)
+            self._tasks_by_release[stored.id] = [t.id for t in tasks]
+            for task in tasks:
+                self._tasks[task.id] = task
+            self._append(event)
+            return stored, tasks
+
+    async def get_release(self, release_id: str) -> Release:
+        with self._lock:
+            return self._release(release_id)
+
+    async def list_releases(
+        self,
+        *,
+        states: Collection[ReleaseState] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Release]:
+        with self._lock:
+            found = [r for r in self._releases.values() if states is None or r.state in states]
+        found.reverse()  # dicts keep insertion order: newest first
+        end = None if limit is None else offset + limit
+        return found[offset:end]
+
+    async def transition_release(
+        self,
+        release_id: str,
+        from_states: Collection[ReleaseState],
+        to_state: ReleaseState,
+        event: Event,
+        *,
+        failure: str | None = None,
+    ) -> Release:
+        with self._lock:
+            current = self._release(release_id)
+            if current.state not in from_states:
+                raise ConcurrentUpdateError("release", release_id, from_states, current.state)
+            now = utcnow()
+            version = current.version
+            if to_state is ReleaseState.PUBLISHED:
+                version = published_version([self._top_version], major=current.is_major)
+                self._hold_version(version)
+            updated = attrs.evolve(
+                current,
+                state=to_state,
+                version=version,
+                failure=current.failure if failure is None else failure,
+                updated_at=now,
+                state_changed_at=now,
+            )
+            self._releases[release_id] = updated
+            self._append(event)
+            return updated
+
+    async def update_release(
+        self,
+        release_id: str,
+        event: Event,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+        expect_states: Collection[ReleaseState] | None = None,
+    ) -> Release:
+        with self._lock:
+            current = self._release(release_id)
+            if expect_states is not None and current.state not in expect_states:
+                raise ConcurrentUpdateError("release", release_id, expect_states, current.state)
+            updated = attrs.evolve(
+                current,
+                name=current.name if name is None else name,
+                description=current.description if description is None else description,
+                tags=current.tags if tags is None else tuple(tags),
+                updated_at=utcnow(),
+            )
+            self._releases[release_id] = updated
+            self._append(event)
+            return updated
+
+    # -- tasks -------------------------------------------------------------------------------
+    async def get_task(self, task_id: str) -> Task:
+        with self._lock:
+            try:
+                return self._tasks[task_id]
+            except KeyError:
+                raise NotFoundError("task", task_id) from None
+
+    async def list_tasks(self, release_id: str) -> list[Task]:
+        with self._lock:
+            self._release(release_id)
+            return [self._tasks[t] for t in self._tasks_by_release[release_id]]
+
+    async def change_tasks(
+        self, changes: Sequence[TaskChange]
+    ) -> list[Task | ConcurrentUpdateError]:
+        results: list[Task | ConcurrentUpdateError] = []
+        with self._lock:
+            for change in changes:
+                if change.task_id not in self._tasks:
+                    raise NotFoundError("task", change.task_id)
+            now = utcnow()
+            for change in changes:
+                current = self._tasks[change.task_id]
+                if current.state not in change.from_states:
+                    results.append(
+                        ConcurrentUpdateError(
+                            "task", change.task_id, change.from_states, current.state
+                        )
+                    )
+                    continue
+                state = current.state if change.to_state is None else change.to_state
+                progress = current.progress if change.progress is None else change.progress
+                moved = state != current.state or progress != current.progress
+                if change.to_state is None and not moved:
+                    results.append(current)  # a report that changes nothing records nothing
+                    continue
+                updated = attrs.evolve(
+                    current,
+                    state=state,
+                    progress=progress,
+                    message=current.message if change.message is None else change.message,
+                    updated_at=now,
+                    progress_at=now if moved else current.progress_at,
+                )
+                self._tasks[change.task_id] = updated
+                for event in change.events:
+                    self._append(event)
+                results.append(updated)
+        return results
+
+    # -- events ------------------------------------------------------------------------------
+    async def append_events(self, events: Sequence[Event]) -> list[Event]:
+        with self._lock:
+            return [e for e in map(self._append, events) if e is not None]
+
+    async def list_events(
+        self, filter: EventFilter = _ALL, *, limit: int | None = None, offset: int = 0
+    ) -> list[Event]:
+        with self._lock:
+            events = self._events
+            if filter.after_id:
+                # ids are 1..n in list order, so the tail after an id is a slice
+                events = events[filter.after_id :]
+            found = [e for e in events if filter.matches(e)]
+        end = None if limit is None else offset + limit
+        return found[offset:end]
+
+    # -- leases ------------------------------------------------------------------------------
+    async def claim_releases(
+        self, owner: str, lease_seconds: float, *, limit: int = 100
+    ) -> list[Release]:
+        now = time.monotonic()
+        claimed: list[Release] = []
+        with self._lock:
+            for release in self._releases.values():
+                if len(claimed) >= limit:
+                    break
+                if release.state in _FINAL:
+                    self._leases.pop(release.id, None)
+                    continue
+                holder = self._leases.get(release.id)
+                if holder is None or holder[0] == owner or holder[1] <= now:
+                    self._leases[release.id] = (owner, now + lease_seconds)
+                    claimed.append(release)
+        return claimed
+
+    async def claim_release(self, release_id: str, owner: str, lease_seconds: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            release = self._release(release_id)
+            if release.state in _FINAL:
+                return False
+            holder = self._leases.get(release_id)
+            if holder is not None and holder[0] != owner and holder[1] > now:
+                return False
+            self._leases[release_id] = (owner, now + lease_seconds)
+            return True
+
+    async def renew_lease(self, release_id: str, owner: str, lease_seconds: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            holder = self._leases.get(release_id)
+            if holder is None or holder[0] != owner:
+                return False
+            self._leases[release_id] = (owner, now + lease_seconds)
+            return True
+
+    async def drop_lease(self, release_id: str, owner: str) -> None:
+        with self._lock:
+            holder = self._leases.get(release_id)
+            if holder is not None and holder[0] == owner:
+                del self._leases[release_id]

@@ -1,0 +1,224 @@
+"""A blocking facade over the async :class:`~release_coordinator.coordinator.Coordinator`.
+
+For hosts that are not async (a Django view, a script, a Celery task): the coordinator runs in
+an event loop on its own thread (an anyio blocking portal) and every method here waits for the
+coroutine of the same name. There is no second copy of the logic::
+
+    with SyncCoordinator(transport=transport) as coordinator:
+        coordinator.register_service("search", "https://search.internal/release")
+        release = coordinator.create_release("2026-11", studies=["SD_1"])
+        coordinator.wait(release.id, ["staged"])
+        coordinator.publish(release.id)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ParamSpec, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from release_coordinator.coordinator import Coordinator, CoordinatorConfig
+from release_coordinator.fsm.release import ReleaseState
+from release_coordinator.models import Event, EventKind, EventType, Release, Task, TaskService
+from release_coordinator.storage.base import CoordinatorStore
+from release_coordinator.transports.base import TaskServiceTransport
+
+__all__ = ["SyncCoordinator"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class SyncCoordinator:
+    """The :class:`Coordinator`, callable from synchronous code. Close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        store: CoordinatorStore | None = None,
+        transport: TaskServiceTransport | None = None,
+        *,
+        config: CoordinatorConfig | None = None,
+        owner: str | None = None,
+    ) -> None:
+        cm = start_blocking_portal(backend="asyncio")
+        self._portal: BlockingPortal = cm.__enter__()
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = cm
+        try:
+            self.coordinator: Coordinator = self._portal.call(
+                functools.partial(self._build, store, transport, config, owner)
+            )
+            self._portal.call(self.coordinator.start)
+        except BaseException:
+            cm.__exit__(None, None, None)
+            raise
+
+    @staticmethod
+    async def _build(
+        store: CoordinatorStore | None,
+        transport: TaskServiceTransport | None,
+        config: CoordinatorConfig | None,
+        owner: str | None,
+    ) -> Coordinator:
+        return Coordinator(store, transport, config=config, owner=owner)
+
+    def _call(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        result: R = self._portal.call(functools.partial(fn, *args, **kwargs))
+        return result
+
+    def run(self, fn: Callable[[], Coroutine[Any, Any, R]]) -> R:
+        """Run any coroutine function in the coordinator's event loop (wiring, tests)."""
+        result: R = self._portal.call(fn)
+        return result
+
+    def close(self) -> None:
+        """Stop the coordinator and its thread. Idempotent."""
+        if self._portal_cm is None:
+            return
+        try:
+            self._portal.call(self.coordinator.close)
+        finally:
+            cm, self._portal_cm = self._portal_cm, None
+            cm.__exit__(None, None, None)
+
+    def __enter__(self) -> SyncCoordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the Coordinator's API, blocking -----------------------------------------------------
+    def register_service(
+        self, name: str, url: str, *, enabled: bool = True, check: bool = True
+    ) -> TaskService:
+        return self._call(
+            self.coordinator.register_service, name, url, enabled=enabled, check=check
+        )
+
+    def get_service(self, service_id: str) -> TaskService:
+        return self._call(self.coordinator.get_service, service_id)
+
+    def list_services(self, *, enabled: bool | None = None) -> list[TaskService]:
+        return self._call(self.coordinator.list_services, enabled=enabled)
+
+    def update_service(
+        self, service_id: str, *, name: str | None = None, url: str | None = None
+    ) -> TaskService:
+        return self._call(self.coordinator.update_service, service_id, name=name, url=url)
+
+    def enable_service(self, service_id: str) -> TaskService:
+        return self._call(self.coordinator.enable_service, service_id)
+
+    def disable_service(self, service_id: str) -> TaskService:
+        return self._call(self.coordinator.disable_service, service_id)
+
+    def remove_service(self, service_id: str) -> None:
+        self._call(self.coordinator.remove_service, service_id)
+
+    def check_health(self, service_id: str) -> TaskService:
+        return self._call(self.coordinator.check_health, service_id)
+
+    def create_release(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        studies: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        author: str = "",
+        is_major: bool = False,
+        auto_publish: bool = False,
+    ) -> Release:
+        return self._call(
+            self.coordinator.create_release,
+            name,
+            description=description,
+            studies=tuple(studies),
+            tags=tuple(tags),
+            author=author,
+            is_major=is_major,
+            auto_publish=auto_publish,
+        )
+
+    def publish(self, release_id: str) -> Release:
+        return self._call(self.coordinator.publish, release_id)
+
+    def cancel(self, release_id: str, *, reason: str = "") -> Release:
+        return self._call(self.coordinator.cancel, release_id, reason=reason)
+
+    def run_again(self, release_id: str) -> Release:
+        return self._call(self.coordinator.run_again, release_id)
+
+    def update_release(
+        self,
+        release_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> Release:
+        return self._call(
+            self.coordinator.update_release,
+            release_id,
+            name=name,
+            description=description,
+            tags=tags,
+        )
+
+    def get_release(self, release_id: str) -> Release:
+        return self._call(self.coordinator.get_release, release_id)
+
+    def list_releases(
+        self,
+        *,
+        states: Collection[ReleaseState | str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Release]:
+        return self._call(self.coordinator.list_releases, states=states, limit=limit, offset=offset)
+
+    def list_tasks(self, release_id: str) -> list[Task]:
+        return self._call(self.coordinator.list_tasks, release_id)
+
+    def get_task(self, task_id: str) -> Task:
+        return self._call(self.coordinator.get_task, task_id)
+
+    def events(
+        self,
+        *,
+        release_id: str | None = None,
+        task_id: str | None = None,
+        task_service_id: str | None = None,
+        types: Collection[EventType] | None = None,
+        kinds: Collection[EventKind] | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[Event]:
+        return self._call(
+            self.coordinator.events,
+            release_id=release_id,
+            task_id=task_id,
+            task_service_id=task_service_id,
+            types=types,
+            kinds=kinds,
+            after_id=after_id,
+            limit=limit,
+        )
+
+    def wait(
+        self,
+        release_id: str,
+        states: Collection[ReleaseState | str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Release:
+        return self._call(self.coordinator.wait, release_id, states, timeout=timeout)
+
+    def report_task_state(
+        self, task_id: str, release_id: str | None, state: str, progress: int | None = None
+    ) -> Task:
+        return self._call(self.coordinator.report_task_state, task_id, release_id, state, progress)

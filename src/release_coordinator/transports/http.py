@@ -1,0 +1,159 @@
+"""Task services over HTTP, with httpx.
+
+One :class:`httpx.AsyncClient` (connection pooling, HTTP keep-alive) serves every task service;
+each request goes to the service's own base URL. httpx's exceptions never leave this module:
+they become the library's transport errors (see :mod:`.base`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from release_coordinator import __version__
+from release_coordinator.errors import (
+    BadGatewayError,
+    ConfigurationError,
+    MalformedAnswerError,
+    PeerAnswerError,
+    PeerTimeoutError,
+    PeerUnreachableError,
+    TransportError,
+    ValidationError,
+)
+from release_coordinator.models import TaskService
+from release_coordinator.transports.base import TaskServiceTransport
+from release_coordinator.wire import (
+    ServiceStatus,
+    TaskAnswer,
+    TaskRequest,
+    decode_answer,
+    decode_status,
+)
+
+__all__ = ["USER_AGENT", "HttpTransport"]
+
+USER_AGENT = f"release-coordinator/{__version__}"
+
+#: Largest answer body read from a task service.
+MAX_ANSWER_BYTES = 1024 * 1024
+
+TokenSource = str | Callable[[TaskService], str | None] | None
+
+
+class HttpTransport(TaskServiceTransport):
+    """Reaches task services at their ``http(s)://`` base URLs.
+
+    ``token`` is a bearer token for every service, or a callable giving one per service (or
+    ``None`` for no ``Authorization`` header). ``timeout`` bounds each request (seconds).
+    ``client`` lets a host supply its own configured ``httpx.AsyncClient`` (the transport then
+    does not close it); ``transport`` is passed to the client it builds (for example
+    ``httpx.ASGITransport(app)`` to reach an ASGI app in process).
+    """
+
+    def __init__(
+        self,
+        *,
+        token: TokenSource = None,
+        timeout: float = 10.0,
+        user_agent: str = USER_AGENT,
+        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 200,
+    ) -> None:
+        if timeout <= 0:
+            raise ConfigurationError("timeout must be positive")
+        self._token = token
+        self._user_agent = user_agent
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            limits=httpx.Limits(max_connections=max_connections),
+            follow_redirects=False,
+        )
+
+    def _headers(self, service: TaskService) -> dict[str, str]:
+        headers = {"User-Agent": self._user_agent, "Accept": "application/json"}
+        token = self._token(service) if callable(self._token) else self._token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    @staticmethod
+    def _url(service: TaskService, path: str) -> str:
+        if not service.url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"task service {service.id!r} has no http(s) base URL: {service.url!r}"
+            )
+        return service.url.rstrip("/") + path
+
+    async def _request(
+        self, method: str, service: TaskService, path: str, body: Any, what: str
+    ) -> Any:
+        url = self._url(service, path)
+        peer = service.url
+        try:
+            response = await self._client.request(
+                method, url, json=body, headers=self._headers(service)
+            )
+        except httpx.TimeoutException as error:
+            raise PeerTimeoutError(f"{peer} did not answer {what} in time", peer=peer) from error
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
+            raise PeerUnreachableError(
+                f"cannot reach {peer} for {what}: {type(error).__name__}", peer=peer
+            ) from error
+        except httpx.HTTPError as error:
+            raise TransportError(f"{what} to {peer} failed: {error}", peer=peer) from error
+        if response.status_code in (502, 504):
+            raise BadGatewayError(
+                f"{peer} answered {response.status_code} to {what} (gateway)", peer=peer
+            )
+        text = response.text[:MAX_ANSWER_BYTES]
+        if response.status_code != 200:
+            raise PeerAnswerError(
+                f"{peer} answered {response.status_code} to {what}",
+                peer=peer,
+                status_code=response.status_code,
+                body=text,
+            )
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise MalformedAnswerError(
+                f"{peer} answered {what} with a body that is not JSON",
+                peer=peer,
+                status_code=200,
+                body=text,
+            ) from None
+
+    async def send(self, service: TaskService, request: TaskRequest) -> TaskAnswer:
+        what = f"{request.action.value!r}"
+        body = await self._request("POST", service, "/tasks", request.to_json(), what)
+        try:
+            return decode_answer(body)
+        except ValidationError as error:
+            raise MalformedAnswerError(
+                f"{service.url} answered {what} with a malformed body: {error.message}",
+                peer=service.url,
+                status_code=200,
+                body=json.dumps(body)[:500],
+            ) from None
+
+    async def status(self, service: TaskService) -> ServiceStatus:
+        body = await self._request("GET", service, "/status", None, "GET /status")
+        try:
+            return decode_status(body)
+        except ValidationError as error:
+            raise MalformedAnswerError(
+                f"{service.url} answered GET /status with a malformed body: {error.message}",
+                peer=service.url,
+                status_code=200,
+            ) from None
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()

@@ -1,0 +1,291 @@
+"""In-process task services, with latency and fault injection.
+
+:class:`MemoryTransport` delivers requests to task services that live in the same process
+(anything with the :class:`InProcessService` shape, such as
+:class:`~release_coordinator.taskservice.TaskServiceKit`), addressed by a ``memory://`` URL. It
+goes through the same JSON wire format as HTTP, so a service sees exactly what it would over the
+network, and it is a real adapter: use it to embed task services in one program, or to test
+the coordinator (or your own task service) against latency, errors, time-outs and dropped
+connections::
+
+    transport = MemoryTransport()
+    transport.add("memory://search", SearchIndexTaskService())
+    transport.inject("memory://search", Fault.status(500), action="initialize")
+    transport.set_latency("memory://search", 0.02)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+from release_coordinator.errors import (
+    ConfigurationError,
+    MalformedAnswerError,
+    PeerAnswerError,
+    PeerTimeoutError,
+    PeerUnreachableError,
+    ValidationError,
+)
+from release_coordinator.models import TaskService
+from release_coordinator.transports.base import TaskServiceTransport
+from release_coordinator.wire import (
+    ServiceStatus,
+    TaskAnswer,
+    TaskRequest,
+    decode_answer,
+    decode_status,
+)
+
+__all__ = ["Fault", "InProcessService", "MemoryTransport", "SentRequest"]
+
+
+@runtime_checkable
+class InProcessService(Protocol):
+    """A task service reachable in process: JSON-like bodies in, ``(status, body)`` out."""
+
+    async def handle_task(self, body: Any) -> tuple[int, Any]: ...
+
+    async def handle_status(self) -> tuple[int, Any]: ...
+
+
+FaultKind = Literal["status", "timeout", "refuse", "drop", "malformed"]
+
+
+@attrs.frozen
+class Fault:
+    """Something that goes wrong with one request.
+
+    - ``status(code)``: the service's answer is replaced by ``code`` (it never sees the request);
+    - ``timeout()``: no answer before the transport's time-out (the service does see it);
+    - ``refuse()``: connection refused (the service never sees it);
+    - ``drop()``: the service handles the request, and the connection drops before the answer;
+    - ``malformed()``: a 200 whose body breaks the protocol (the service does see it).
+    """
+
+    kind: FaultKind
+    status_code: int = 0
+
+    @classmethod
+    def status(cls, code: int) -> Fault:
+        if not 100 <= code <= 599 or code == 200:
+            raise ConfigurationError(f"a fault status must be a non-200 HTTP status, not {code}")
+        return cls("status", code)
+
+    @classmethod
+    def timeout(cls) -> Fault:
+        return cls("timeout")
+
+    @classmethod
+    def refuse(cls) -> Fault:
+        return cls("refuse")
+
+    @classmethod
+    def drop(cls) -> Fault:
+        return cls("drop")
+
+    @classmethod
+    def malformed(cls) -> Fault:
+        return cls("malformed")
+
+
+@attrs.define
+class _Injected:
+    fault: Fault
+    action: str | None
+    remaining: int | None  # None: every matching request
+
+
+@attrs.frozen
+class SentRequest:
+    """One request as the transport carried it (``action`` is ``"status"`` for health checks)."""
+
+    url: str
+    action: str
+    task_id: str
+    release_id: str
+    fault: FaultKind | None
+
+
+@attrs.define
+class _Endpoint:
+    service: InProcessService
+    latency: float = 0.0
+    faults: list[_Injected] = attrs.Factory(list)
+
+
+class MemoryTransport(TaskServiceTransport):
+    """Delivers requests to in-process task services (see the module docstring).
+
+    ``timeout`` is the per-request time-out in seconds. Every request is appended to
+    :attr:`sent` (disable with ``record=False``) and passed to every ``on_send`` listener before
+    it is delivered.
+    """
+
+    def __init__(self, *, timeout: float = 10.0, record: bool = True) -> None:
+        if timeout <= 0:
+            raise ConfigurationError("timeout must be positive")
+        self.timeout = timeout
+        self.record = record
+        self.sent: list[SentRequest] = []
+        self._listeners: list[Callable[[SentRequest], None]] = []
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._lock = threading.Lock()
+
+    # -- wiring ------------------------------------------------------------------------------
+    def add(self, url: str, service: InProcessService, *, latency: float = 0.0) -> str:
+        """Serve ``service`` at ``url`` (``memory://name``); returns the url."""
+        if not url.startswith("memory://") or len(url) <= len("memory://"):
+            raise ConfigurationError(f"in-process services live at memory://<name>, not {url!r}")
+        if not isinstance(service, InProcessService):
+            raise ConfigurationError(
+                f"{service!r} is not an in-process service (handle_task, handle_status)"
+            )
+        with self._lock:
+            self._endpoints[url] = _Endpoint(service, latency)
+        return url
+
+    def remove(self, url: str) -> None:
+        """Stop serving ``url``: requests to it are refused from now on."""
+        with self._lock:
+            self._endpoints.pop(url, None)
+
+    def service_at(self, url: str) -> InProcessService:
+        with self._lock:
+            return self._endpoint(url).service
+
+    def set_latency(self, url: str, seconds: float) -> None:
+        """Every answer from ``url`` arrives ``seconds`` later."""
+        if seconds < 0:
+            raise ConfigurationError("latency cannot be negative")
+        with self._lock:
+            self._endpoint(url).latency = seconds
+
+    def inject(
+        self, url: str, fault: Fault, *, action: str | None = None, times: int | None = 1
+    ) -> None:
+        """Make the next ``times`` requests to ``url`` (of ``action`` only, when given; the
+        health check is action ``"status"``) fail with ``fault``; ``times=None``: all of them.
+        Faults are used up in the order they were injected."""
+        if times is not None and times < 1:
+            raise ConfigurationError("times must be at least 1 (or None for always)")
+        with self._lock:
+            self._endpoint(url).faults.append(_Injected(fault, action, times))
+
+    def clear_faults(self, url: str | None = None) -> None:
+        with self._lock:
+            for key, endpoint in self._endpoints.items():
+                if url is None or key == url:
+                    endpoint.faults.clear()
+
+    def on_send(self, listener: Callable[[SentRequest], None]) -> None:
+        """Call ``listener`` with every request, before it is delivered."""
+        self._listeners.append(listener)
+
+    def _endpoint(self, url: str) -> _Endpoint:
+        try:
+            return self._endpoints[url]
+        except KeyError:
+            raise PeerUnreachableError(
+                f"nothing serves {url!r} in this process", peer=url
+            ) from None
+
+    def _take_fault(self, endpoint: _Endpoint, action: str) -> Fault | None:
+        with self._lock:
+            for injected in endpoint.faults:
+                if injected.action is None or injected.action == action:
+                    if injected.remaining is not None:
+                        injected.remaining -= 1
+                        if injected.remaining == 0:
+                            endpoint.faults.remove(injected)
+                    return injected.fault
+        return None
+
+    # -- delivery ----------------------------------------------------------------------------
+    async def _deliver(
+        self, url: str, action: str, task_id: str, release_id: str, body: Any
+    ) -> tuple[int, Any]:
+        with self._lock:
+            endpoint = self._endpoints.get(url)
+        if endpoint is None:
+            self._note(SentRequest(url, action, task_id, release_id, "refuse"))
+            raise PeerUnreachableError(f"connection refused by {url}", peer=url)
+        fault = self._take_fault(endpoint, action) if endpoint.faults else None
+        self._note(
+            SentRequest(url, action, task_id, release_id, None if fault is None else fault.kind)
+        )
+        if fault is not None and fault.kind == "refuse":
+            raise PeerUnreachableError(f"connection refused by {url}", peer=url)
+        if fault is not None and fault.kind == "timeout":
+            await self._call(endpoint, body)
+            await asyncio.sleep(self.timeout)
+            raise PeerTimeoutError(f"{url} did not answer within {self.timeout:g}s", peer=url)
+        if endpoint.latency > self.timeout:
+            await asyncio.sleep(self.timeout)
+            raise PeerTimeoutError(f"{url} did not answer within {self.timeout:g}s", peer=url)
+        if endpoint.latency:
+            await asyncio.sleep(endpoint.latency)
+        if fault is not None and fault.kind == "status":
+            return fault.status_code, {"message": "injected fault"}
+        status, answer = await self._call(endpoint, body)
+        if fault is not None and fault.kind == "drop":
+            raise PeerUnreachableError(f"connection to {url} dropped before the answer", peer=url)
+        if fault is not None and fault.kind == "malformed":
+            return 200, {"unexpected": True}
+        return status, answer
+
+    async def _call(self, endpoint: _Endpoint, body: Any) -> tuple[int, Any]:
+        if body is None:
+            return await endpoint.service.handle_status()
+        # Round-trip through JSON text so that nothing but wire data crosses.
+        status, answer = await endpoint.service.handle_task(json.loads(json.dumps(body)))
+        return status, json.loads(json.dumps(answer))
+
+    def _note(self, sent: SentRequest) -> None:
+        if self.record:
+            self.sent.append(sent)
+        for listener in self._listeners:
+            listener(sent)
+
+    async def send(self, service: TaskService, request: TaskRequest) -> TaskAnswer:
+        url = service.url
+        status, body = await self._deliver(
+            url, request.action.value, request.task_id, request.release_id, request.to_json()
+        )
+        if status != 200:
+            raise PeerAnswerError(
+                f"{url} answered {status} to {request.action.value!r}",
+                peer=url,
+                status_code=status,
+                body=json.dumps(body),
+            )
+        try:
+            return decode_answer(body)
+        except ValidationError as error:
+            raise MalformedAnswerError(
+                f"{url} answered {request.action.value!r} with a malformed body: {error.message}",
+                peer=url,
+                status_code=200,
+                body=json.dumps(body),
+            ) from None
+
+    async def status(self, service: TaskService) -> ServiceStatus:
+        url = service.url
+        status, body = await self._deliver(url, "status", "", "", None)
+        if status != 200:
+            raise PeerAnswerError(
+                f"{url} answered {status} to GET /status", peer=url, status_code=status
+            )
+        try:
+            return decode_status(body)
+        except ValidationError as error:
+            raise MalformedAnswerError(
+                f"{url} answered GET /status with a malformed body: {error.message}",
+                peer=url,
+                status_code=200,
+            ) from None
