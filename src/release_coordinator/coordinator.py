@@ -847,13 +847,31 @@ class Coordinator:
         no task moved (nothing to do but wait), else 0.
         """
         services = {s.id: s for s in await self.store.list_services()}
-        outcomes = await asyncio.gather(
-            *(self._call(release, t, services[t.service_id], action) for t in tasks)
-        )
+        calls = [
+            (services[t.service_id], TaskRequest(action, t.id, release.id, release.studies))
+            for t in tasks
+        ]
+        # First attempt for everyone in one concurrent batch; then only the transient failures
+        # are retried (concurrently, each with its own backoff).
+        first = await self.transport.send_many(calls)
+        outcomes = [
+            _Outcome(task, service, answer=result) if isinstance(result, TaskAnswer) else None
+            for task, (service, request), result in zip(tasks, calls, first, strict=True)
+        ]
+        troubled = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        if troubled:
+            settled = await asyncio.gather(
+                *(self._settle(release, tasks[i], *calls[i], first[i]) for i in troubled)
+            )
+            for i, outcome in zip(troubled, settled, strict=True):
+                outcomes[i] = outcome
         changes = [
-            change for o in outcomes if (change := self._change_for_outcome(release, o, action))
+            change
+            for o in outcomes
+            if o is not None and (change := self._change_for_outcome(release, o, action))
         ]
         results = await self.store.change_tasks(changes) if changes else []
+        self._events_written()
         moved = any(
             not isinstance(r, ConcurrentUpdateError) and c.to_state is not None
             for c, r in zip(changes, results, strict=True)
@@ -871,50 +889,48 @@ class Coordinator:
         )
         return max(0.0, min(self.config.poll_interval, *(x + 0.01 for x in limits)))
 
-    async def _call(
-        self, release: Release, task: Task, service: TaskService, action: TaskAction
+    async def _settle(
+        self,
+        release: Release,
+        task: Task,
+        service: TaskService,
+        request: TaskRequest,
+        result: TaskAnswer | TransportError,
     ) -> _Outcome:
-        request = TaskRequest(action, task.id, release.id, release.studies)
+        """Turn a first attempt's result into an outcome, retrying transient trouble."""
         attempts = self.config.retry.attempts
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        while True:
+            if isinstance(result, TaskAnswer):
+                return _Outcome(task, service, answer=result, attempts=attempt)
+            transient = isinstance(result, TransientTransportError)
+            last = not transient or attempt == attempts
+            if transient:
+                counted = f" (attempt {attempt} of {attempts}{'' if last else ', will retry'})"
+            else:
+                counted = ""
+            await self.store.append_events(
+                [
+                    self._event(
+                        EventKind.REQUEST_ERROR,
+                        f"{request.action.value!r} to {service.name!r} failed{counted}: "
+                        f"{result.message}",
+                        type=EventType.ERROR if last else EventType.WARNING,
+                        release_id=release.id,
+                        task_id=task.id,
+                        service=service,
+                    )
+                ]
+            )
+            self._events_written()
+            if last:
+                return _Outcome(task, service, error=result, attempts=attempt)
+            await asyncio.sleep(self.config.retry.delay(attempt, self._rng))
+            attempt += 1
             try:
-                answer = await self.transport.send(service, request)
-                return _Outcome(task, service, answer=answer, attempts=attempt)
-            except TransientTransportError as error:
-                last = attempt == attempts
-                await self.store.append_events(
-                    [
-                        self._event(
-                            EventKind.REQUEST_ERROR,
-                            f"{action.value!r} to {service.name!r} failed (attempt {attempt} of "
-                            f"{attempts}{'' if last else ', will retry'}): {error.message}",
-                            type=EventType.ERROR if last else EventType.WARNING,
-                            release_id=release.id,
-                            task_id=task.id,
-                            service=service,
-                        )
-                    ]
-                )
-                self._events_written()
-                if last:
-                    return _Outcome(task, service, error=error, attempts=attempt)
-                await asyncio.sleep(self.config.retry.delay(attempt, self._rng))
+                result = await self.transport.send(service, request)
             except TransportError as error:
-                await self.store.append_events(
-                    [
-                        self._event(
-                            EventKind.REQUEST_ERROR,
-                            f"{action.value!r} to {service.name!r} failed: {error.message}",
-                            type=EventType.ERROR,
-                            release_id=release.id,
-                            task_id=task.id,
-                            service=service,
-                        )
-                    ]
-                )
-                self._events_written()
-                return _Outcome(task, service, error=error, attempts=attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+                result = error
 
     def _change_for_outcome(
         self, release: Release, outcome: _Outcome, action: TaskAction

@@ -6,6 +6,7 @@ getting a new snapshot back, never by mutating a record in place.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -27,12 +28,15 @@ __all__ = [
     "utcnow",
 ]
 
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
+#: RFC 4648 base32 mapped onto Crockford's alphabet (no I, L, O, U: nothing to misread).
+_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
 
 
 def new_id(prefix: str) -> str:
     """A fresh random id like ``RE_3K9QF2AZ`` (40 random bits after the prefix)."""
-    return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(8))
+    return prefix + "_" + base64.b32encode(secrets.token_bytes(5)).translate(_CROCKFORD).decode()
 
 
 def utcnow() -> datetime:

@@ -43,6 +43,8 @@ class TaskAction(StrEnum):
     CANCEL = "cancel"
 
 
+_ACTIONS = {action.value: action for action in TaskAction}
+
 #: The states a task service may report.
 REPORTED_STATES = frozenset(
     {"pending", "running", "staged", "publishing", "published", "failed", "canceled", "rejected"}
@@ -119,11 +121,10 @@ def decode_request(body: object) -> TaskRequest:
     data = _mapping(body, "task request")
     problems: list[Problem] = []
     raw_action = data.get("action")
-    action = TaskAction.GET_STATUS
-    if raw_action not in set(TaskAction):
+    action = _ACTIONS.get(raw_action) if isinstance(raw_action, str) else None
+    if action is None:
         problems.append(("action", f"must be one of {', '.join(TaskAction)}; got {raw_action!r}"))
-    else:
-        action = TaskAction(raw_action)
+        action = TaskAction.GET_STATUS
     task_id = _text(data, "task_id", problems)
     release_id = _text(data, "release_id", problems)
     studies_raw = data.get("studies", [])

@@ -39,6 +39,8 @@ class MemoryStore(CoordinatorStore):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._services: dict[str, TaskService] = {}
+        self._by_name: dict[str, str] = {}
+        self._by_url: dict[str, str] = {}
         self._releases: dict[str, Release] = {}
         self._tasks: dict[str, Task] = {}
         self._tasks_by_release: dict[str, list[str]] = {}
@@ -52,7 +54,18 @@ class MemoryStore(CoordinatorStore):
     def _append(self, event: Event | None) -> Event | None:
         if event is None:
             return None
-        stored = attrs.evolve(event, id=next(self._event_ids))
+        e = event  # (the constructor, not attrs.evolve: this is the hot path of every change)
+        stored = Event(
+            e.type,
+            e.kind,
+            e.message,
+            e.release_id,
+            e.task_id,
+            e.task_service_id,
+            e.state,
+            e.at,
+            next(self._event_ids),
+        )
         self._events.append(stored)
         return stored
 
@@ -74,13 +87,15 @@ class MemoryStore(CoordinatorStore):
             self._top_version = version
 
     def _clash(self, service_id: str, name: str, url: str) -> None:
-        for other in self._services.values():
-            if other.id == service_id:
-                continue
-            if other.name == name:
-                raise ConflictError(f"a task service named {name!r} exists", id=other.id)
-            if other.url == url:
-                raise ConflictError(f"a task service at {url!r} exists", id=other.id)
+        for index, value, what in ((self._by_name, name, "named"), (self._by_url, url, "at")):
+            other = index.get(value)
+            if other is not None and other != service_id:
+                raise ConflictError(f"a task service {what} {value!r} exists", id=other)
+
+    def _index(self, service: TaskService, old: TaskService | None = None) -> None:
+        if old is not None:
+            del self._by_name[old.name], self._by_url[old.url]
+        self._by_name[service.name] = self._by_url[service.url] = service.id
 
     # -- task services -------------------------------------------------------------------------
     async def add_service(self, service: TaskService, event: Event) -> TaskService:
@@ -89,6 +104,7 @@ class MemoryStore(CoordinatorStore):
                 raise ConflictError(f"task service {service.id!r} exists", id=service.id)
             self._clash(service.id, service.name, service.url)
             self._services[service.id] = service
+            self._index(service)
             self._append(event)
             return service
 
@@ -120,6 +136,7 @@ class MemoryStore(CoordinatorStore):
             )
             self._clash(service_id, updated.name, updated.url)
             self._services[service_id] = updated
+            self._index(updated, current)
             self._append(event)
             return updated
 
@@ -145,7 +162,8 @@ class MemoryStore(CoordinatorStore):
                         id=service_id,
                         release_id=task.release_id,
                     )
-            del self._services[service_id]
+            old = self._services.pop(service_id)
+            del self._by_name[old.name], self._by_url[old.url]
             self._append(event)
 
     # -- releases ----------------------------------------------------------------------------
@@ -288,13 +306,16 @@ class MemoryStore(CoordinatorStore):
                 if change.to_state is None and not moved:
                     results.append(current)  # a report that changes nothing records nothing
                     continue
-                updated = attrs.evolve(
-                    current,
-                    state=state,
-                    progress=progress,
-                    message=current.message if change.message is None else change.message,
-                    updated_at=now,
-                    progress_at=now if moved else current.progress_at,
+                updated = Task(
+                    current.id,
+                    current.release_id,
+                    current.service_id,
+                    state,
+                    progress,
+                    current.message if change.message is None else change.message,
+                    current.created_at,
+                    now,
+                    now if moved else current.progress_at,
                 )
                 self._tasks[change.task_id] = updated
                 for event in change.events:

@@ -3,10 +3,10 @@
 :class:`MemoryTransport` delivers requests to task services that live in the same process
 (anything with the :class:`InProcessService` shape, such as
 :class:`~release_coordinator.taskservice.TaskServiceKit`), addressed by a ``memory://`` URL. It
-goes through the same JSON wire format as HTTP, so a service sees exactly what it would over the
-network, and it is a real adapter: use it to embed task services in one program, or to test
-the coordinator (or your own task service) against latency, errors, time-outs and dropped
-connections::
+passes the same JSON values as HTTP would (fresh for every request, decoded as strictly), so a
+service sees what it would over the network, and it is a real adapter: use it to embed task
+services in one program, or to test the coordinator (or your own task service) against
+latency, errors, time-outs and dropped connections::
 
     transport = MemoryTransport()
     transport.add("memory://search", SearchIndexTaskService())
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -30,6 +30,7 @@ from release_coordinator.errors import (
     PeerAnswerError,
     PeerTimeoutError,
     PeerUnreachableError,
+    TransportError,
     ValidationError,
 )
 from release_coordinator.models import TaskService
@@ -240,11 +241,11 @@ class MemoryTransport(TaskServiceTransport):
         return status, answer
 
     async def _call(self, endpoint: _Endpoint, body: Any) -> tuple[int, Any]:
+        # Bodies are fresh JSON values built for this request (nothing is shared between the
+        # two sides), and both sides decode them as strictly as they would over HTTP.
         if body is None:
             return await endpoint.service.handle_status()
-        # Round-trip through JSON text so that nothing but wire data crosses.
-        status, answer = await endpoint.service.handle_task(json.loads(json.dumps(body)))
-        return status, json.loads(json.dumps(answer))
+        return await endpoint.service.handle_task(body)
 
     def _note(self, sent: SentRequest) -> None:
         if self.record:
@@ -257,6 +258,60 @@ class MemoryTransport(TaskServiceTransport):
         status, body = await self._deliver(
             url, request.action.value, request.task_id, request.release_id, request.to_json()
         )
+        return self._decode(url, request, status, body)
+
+    async def send_many(
+        self, calls: Sequence[tuple[TaskService, TaskRequest]]
+    ) -> list[TaskAnswer | TransportError]:
+        """Send every request concurrently; in order, each answer or its TransportError.
+
+        Requests to services with no pending fault are grouped by latency: each group waits
+        for its latency once and is then handled in order, which is what concurrent
+        in-process services amount to, without one asyncio task per request.
+        """
+        results: list[TaskAnswer | TransportError | None] = [None] * len(calls)
+        groups: dict[float, list[tuple[int, _Endpoint]]] = {}
+        singles: list[int] = []
+        with self._lock:
+            for i, (service, _request) in enumerate(calls):
+                endpoint = self._endpoints.get(service.url)
+                if endpoint is None or endpoint.faults or endpoint.latency > self.timeout:
+                    singles.append(i)
+                else:
+                    groups.setdefault(endpoint.latency, []).append((i, endpoint))
+
+        async def group(latency: float, members: list[tuple[int, _Endpoint]]) -> None:
+            for i, _ in members:
+                service, request = calls[i]
+                self._note(
+                    SentRequest(
+                        service.url, request.action.value, request.task_id, request.release_id, None
+                    )
+                )
+            if latency:
+                await asyncio.sleep(latency)
+            for i, endpoint in members:
+                service, request = calls[i]
+                try:
+                    status, body = await self._call(endpoint, request.to_json())
+                    results[i] = self._decode(service.url, request, status, body)
+                except TransportError as error:
+                    results[i] = error
+
+        async def single(i: int) -> None:
+            service, request = calls[i]
+            try:
+                results[i] = await self.send(service, request)
+            except TransportError as error:
+                results[i] = error
+
+        await asyncio.gather(
+            *(group(latency, members) for latency, members in groups.items()),
+            *(single(i) for i in singles),
+        )
+        return [r for r in results if r is not None]
+
+    def _decode(self, url: str, request: TaskRequest, status: int, body: Any) -> TaskAnswer:
         if status != 200:
             raise PeerAnswerError(
                 f"{url} answered {status} to {request.action.value!r}",
