@@ -56,7 +56,7 @@ from release_coordinator.models import (
     new_id,
     utcnow,
 )
-from release_coordinator.storage.base import CoordinatorStore, EventFilter, TaskChange
+from release_coordinator.storage.base import _ALL, CoordinatorStore, EventFilter, TaskChange
 from release_coordinator.storage.memory import MemoryStore
 from release_coordinator.transports.base import TaskServiceTransport
 from release_coordinator.transports.memory import MemoryTransport
@@ -211,8 +211,6 @@ class Coordinator:
         if self._background:
             return
         self._closed = False
-        if self._subscribers:
-            self._events_seen = await self._last_event_id()
         await self._claim_unowned()
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._claim_loop(), name="rc-claim"))
@@ -222,12 +220,13 @@ class Coordinator:
     async def close(self) -> None:
         """Stop driving (releases stay where they are, for a later coordinator to resume)."""
         self._closed = True
+        driven = list(self._drivers)
         tasks = [*self._background, *self._drivers.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._background.clear()
-        for release_id in list(self._drivers):
+        for release_id in driven:  # let another coordinator take them over at once
             await self.store.drop_lease(release_id, self.owner)
         self._drivers.clear()
         await self._flush_events()
@@ -577,12 +576,18 @@ class Coordinator:
         return await asyncio.wait_for(until(), timeout)
 
     # -- subscribers -------------------------------------------------------------------------
-    def subscribe(
+    async def subscribe(
         self, subscriber: Subscriber, *, filter: EventFilter | None = None
     ) -> Callable[[], None]:
-        """Call ``subscriber`` with every new event (matching ``filter``); returns an
-        unsubscribe function. A subscriber that raises is logged and kept."""
-        entry = (subscriber, filter or EventFilter())
+        """Call ``subscriber`` with every event appended from now on (that matches
+        ``filter``), in order; returns an unsubscribe function. A subscriber that raises is
+        logged and kept. Events come from the store, so with a shared store a subscriber also
+        sees what other coordinators log (delivered when this one next writes)."""
+        last = await self._last_event_id()
+        if not self._subscribers:
+            self._events_seen = last
+        start = attrs.evolve(filter or EventFilter(), after_id=max(last, (filter or _ALL).after_id))
+        entry = (subscriber, start)
         self._subscribers.append(entry)
 
         def unsubscribe() -> None:
@@ -592,8 +597,7 @@ class Coordinator:
         return unsubscribe
 
     async def _last_event_id(self) -> int:
-        events = await self.store.list_events(EventFilter(after_id=self._events_seen))
-        return events[-1].id if events else self._events_seen
+        return await self.store.last_event_id()
 
     def _events_written(self) -> None:
         if not self._subscribers or self._flush_scheduled:
@@ -1123,11 +1127,21 @@ class Coordinator:
         dest = ReleaseState(RELEASE_MACHINE.next_state(release.state, trigger, subject=release.id))
         bad = dest is RS.FAILED or (failure is not None and trigger == "cancel")
         why = f": {failure}" if failure else detail
-        who = "requested; " if user else ""
+        if user:
+            # The request is an event of its own; the state change below is another.
+            await self.store.append_events(
+                [
+                    self._event(
+                        EventKind.USER_ACTION,
+                        f"{trigger} of release {release.name!r} requested{detail}",
+                        release_id=release.id,
+                    )
+                ]
+            )
         event = Event(
             type=EventType.ERROR if bad else EventType.INFO,
-            kind=EventKind.USER_ACTION if user else EventKind.TRANSITION,
-            message=f"release {release.name!r} {who}{release.state.value} -> {dest.value}{why}",
+            kind=EventKind.TRANSITION,
+            message=f"release {release.name!r} {release.state.value} -> {dest.value}{why}",
             release_id=release.id,
             state=dest.value,
         )

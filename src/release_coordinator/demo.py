@@ -209,7 +209,7 @@ async def _run(
         elif event.task_service_id or event.release_id:
             out.write(f"  {at:6.2f}s  {who:<13} {event.message}\n")
 
-    coordinator.subscribe(show)
+    await coordinator.subscribe(show)
     async with coordinator:
         kits = []
         for name, cls in _SERVICES.items():

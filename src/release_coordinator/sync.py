@@ -20,10 +20,10 @@ from typing import Any, ParamSpec, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from release_coordinator.coordinator import Coordinator, CoordinatorConfig
+from release_coordinator.coordinator import Coordinator, CoordinatorConfig, Subscriber
 from release_coordinator.fsm.release import ReleaseState
 from release_coordinator.models import Event, EventKind, EventType, Release, Task, TaskService
-from release_coordinator.storage.base import CoordinatorStore
+from release_coordinator.storage.base import CoordinatorStore, EventFilter
 from release_coordinator.transports.base import TaskServiceTransport
 
 __all__ = ["SyncCoordinator"]
@@ -217,6 +217,12 @@ class SyncCoordinator:
         timeout: float | None = None,
     ) -> Release:
         return self._call(self.coordinator.wait, release_id, states, timeout=timeout)
+
+    def subscribe(
+        self, subscriber: Subscriber, *, filter: EventFilter | None = None
+    ) -> Callable[[], None]:
+        """Subscribe to events; ``subscriber`` is called in the coordinator's thread."""
+        return self._call(self.coordinator.subscribe, subscriber, filter=filter)
 
     def report_task_state(
         self, task_id: str, release_id: str | None, state: str, progress: int | None = None

@@ -221,6 +221,10 @@ class CoordinatorStore(abc.ABC):
         """Append events; returns them with their ids (and nothing is ever changed later)."""
 
     @abc.abstractmethod
+    async def last_event_id(self) -> int:
+        """The id of the newest event (0 when the log is empty)."""
+
+    @abc.abstractmethod
     async def list_events(
         self, filter: EventFilter = _ALL, *, limit: int | None = None, offset: int = 0
     ) -> list[Event]:

@@ -328,6 +328,10 @@ class MemoryStore(CoordinatorStore):
         with self._lock:
             return [e for e in map(self._append, events) if e is not None]
 
+    async def last_event_id(self) -> int:
+        with self._lock:
+            return self._events[-1].id if self._events else 0
+
     async def list_events(
         self, filter: EventFilter = _ALL, *, limit: int | None = None, offset: int = 0
     ) -> list[Event]:

@@ -1,0 +1,41 @@
+"""Shared fixtures.
+
+PostgreSQL: tests marked ``postgres`` get a URL from ``RC_POSTGRES_URL`` (default: the local
+server, ``postgresql://postgres@127.0.0.1:5432/test``). Without a reachable server they skip
+with the reason, except under CI (``CI=true``), where they fail: CI must not go green without
+having run them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+POSTGRES_URL = os.environ.get("RC_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _postgres_reachable(host: str = "127.0.0.1", port: int = 5432) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    if not _postgres_reachable():
+        message = f"PostgreSQL is not reachable at {POSTGRES_URL}"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: PostgreSQL tests must run, not skip)")
+        pytest.skip(message)
+    return POSTGRES_URL
