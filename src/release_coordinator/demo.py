@@ -260,9 +260,10 @@ def run_demo(
     studies: int = 4,
     records: int = 400,
     fail: str | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     """Run the demo; returns a process exit code (0 when the outcome is the expected one)."""
+    out = out or sys.stdout
     if fail is not None and fail not in _SERVICES:
         out.write(f"--fail must name one of {', '.join(_SERVICES)}\n")
         return 2

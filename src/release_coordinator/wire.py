@@ -171,7 +171,7 @@ class TaskAnswer:
 
 def _state(data: Mapping[str, Any], problems: list[Problem]) -> str:
     state = data.get("state")
-    if state not in REPORTED_STATES:
+    if not isinstance(state, str) or state not in REPORTED_STATES:
         problems.append(("state", f"must be one of {', '.join(sorted(REPORTED_STATES))}"))
         return ""
     return str(state)

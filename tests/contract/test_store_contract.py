@@ -1,0 +1,214 @@
+"""The storage contract, run against every CoordinatorStore adapter through one fixture.
+
+Adapters join by adding a parameter to ``store``; the assertions never change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from release_coordinator import (
+    ConcurrentUpdateError,
+    ConflictError,
+    CoordinatorStore,
+    Event,
+    EventFilter,
+    EventKind,
+    EventType,
+    MemoryStore,
+    NotFoundError,
+    Release,
+    ReleaseState,
+    ServiceHealth,
+    TaskChange,
+    TaskService,
+    TaskState,
+)
+from release_coordinator.models import HealthStatus
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[CoordinatorStore]:
+    adapter: CoordinatorStore = MemoryStore()
+    yield adapter
+    await adapter.close()
+
+
+def ev(message: str, **kw: object) -> Event:
+    return Event(EventType.INFO, EventKind.TRANSITION, message, **kw)  # type: ignore[arg-type]
+
+
+async def two_services(store: CoordinatorStore) -> list[TaskService]:
+    return [
+        await store.add_service(TaskService(f"TS_{i}", f"svc{i}", f"memory://svc{i}"), ev("add"))
+        for i in range(2)
+    ]
+
+
+async def test_services(store: CoordinatorStore) -> None:
+    a, b = await two_services(store)
+    assert [s.id for s in await store.list_services()] == [a.id, b.id]
+    with pytest.raises(ConflictError):
+        await store.add_service(TaskService("TS_9", "svc0", "memory://other"), ev("dup"))
+    with pytest.raises(ConflictError):
+        await store.add_service(TaskService("TS_9", "other", "memory://svc1"), ev("dup"))
+    disabled = await store.update_service(a.id, ev("off"), enabled=False)
+    assert not disabled.enabled
+    assert [s.id for s in await store.list_services(enabled=True)] == [b.id]
+    with pytest.raises(ConflictError):
+        await store.update_service(a.id, ev("rename"), name="svc1")
+    renamed = await store.update_service(a.id, ev("rename"), name="fresh", url="memory://fresh")
+    assert (renamed.name, renamed.url) == ("fresh", "memory://fresh")
+    await store.add_service(TaskService("TS_7", "svc0", "memory://svc0"), ev("reuse old name"))
+    health = ServiceHealth(HealthStatus.DOWN, 3, last_error="boom")
+    assert (await store.record_health(b.id, health)).health == health
+    with pytest.raises(NotFoundError):
+        await store.get_service("TS_missing")
+
+
+async def test_release_creation_assigns_unique_versions(store: CoordinatorStore) -> None:
+    services = await two_services(store)
+    drafts = [Release(f"RE_{i}", f"r{i}", "9.9.9") for i in range(20)]
+    created = await asyncio.gather(
+        *(store.create_release(d, [s.id for s in services], ev("new")) for d in drafts)
+    )
+    versions = [r.version for r, _ in created]
+    assert len(set(versions)) == 20
+    release, tasks = created[0]
+    assert [t.state for t in tasks] == [TaskState.WAITING, TaskState.WAITING]
+    assert await store.list_tasks(release.id) == tasks
+    with pytest.raises(NotFoundError):
+        await store.create_release(Release("RE_x", "x", "0.0.0"), ["TS_missing"], ev("new"))
+    with pytest.raises(NotFoundError):
+        await store.list_tasks("RE_missing")
+
+
+async def test_release_transitions_compare_and_set(store: CoordinatorStore) -> None:
+    release, _ = await store.create_release(Release("RE_1", "r", "0.0.0"), [], ev("new"))
+    before = len(await store.list_events())
+    moved = await store.transition_release(
+        release.id, {ReleaseState.WAITING}, ReleaseState.STAGED, ev("staged", state="staged")
+    )
+    assert moved.state is ReleaseState.STAGED
+    with pytest.raises(ConcurrentUpdateError) as info:
+        await store.transition_release(
+            release.id, {ReleaseState.WAITING}, ReleaseState.INITIALIZING, ev("nope")
+        )
+    assert info.value.actual == "staged"
+    assert (await store.get_release(release.id)).state is ReleaseState.STAGED
+    assert len(await store.list_events()) == before + 1  # the loser logged nothing
+    await store.transition_release(
+        release.id, {ReleaseState.STAGED}, ReleaseState.PUBLISHING, ev("p")
+    )
+    done = await store.transition_release(
+        release.id, {ReleaseState.PUBLISHING}, ReleaseState.PUBLISHED, ev("done")
+    )
+    assert done.version == "0.1.0"  # promoted in the same step
+    other, _ = await store.create_release(Release("RE_2", "r2", "0.0.0"), [], ev("new"))
+    assert other.version == "0.1.1"
+    failed = await store.transition_release(
+        other.id, {ReleaseState.WAITING}, ReleaseState.CANCELING, ev("c"), failure="why"
+    )
+    assert failed.failure == "why"
+    assert [r.id for r in await store.list_releases()] == ["RE_2", "RE_1"]
+    assert [r.id for r in await store.list_releases(states={ReleaseState.PUBLISHED})] == ["RE_1"]
+    assert [r.id for r in await store.list_releases(limit=1, offset=1)] == ["RE_1"]
+
+
+async def test_racing_task_writers_never_both_win(store: CoordinatorStore) -> None:
+    services = await two_services(store)
+    _, tasks = await store.create_release(
+        Release("RE_1", "r", "0.0.0"), [s.id for s in services], ev("new")
+    )
+    task = tasks[0]
+    changes = [
+        TaskChange(task.id, frozenset({TaskState.WAITING}), to, events=(ev(str(to)),))
+        for to in (TaskState.INITIALIZED, TaskState.REJECTED)
+    ]
+    results = await asyncio.gather(*(store.change_task(c) for c in changes), return_exceptions=True)
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    losers = [r for r in results if isinstance(r, ConcurrentUpdateError)]
+    assert len(winners) == 1
+    assert len(losers) == 1
+    assert (await store.get_task(task.id)).state is winners[0].state  # type: ignore[union-attr]
+    assert len(await store.list_events(EventFilter(kinds={EventKind.TRANSITION}))) == 4
+
+
+async def test_batch_changes_are_independent(store: CoordinatorStore) -> None:
+    services = await two_services(store)
+    _, (t1, t2) = await store.create_release(
+        Release("RE_1", "r", "0.0.0"), [s.id for s in services], ev("new")
+    )
+    results = await store.change_tasks(
+        [
+            TaskChange(t1.id, frozenset({TaskState.WAITING}), TaskState.INITIALIZED, progress=5),
+            TaskChange(t2.id, frozenset({TaskState.RUNNING}), TaskState.STAGED),
+        ]
+    )
+    assert results[0].state is TaskState.INITIALIZED  # type: ignore[union-attr]
+    assert results[0].progress == 5  # type: ignore[union-attr]
+    assert isinstance(results[1], ConcurrentUpdateError)
+    assert (await store.get_task(t2.id)).state is TaskState.WAITING
+    same = await store.change_tasks(
+        [
+            TaskChange(
+                t1.id,
+                frozenset({TaskState.INITIALIZED}),
+                None,
+                progress=5,
+                events=(ev("nothing new"),),
+            ),
+        ]
+    )
+    assert same[0] == await store.get_task(t1.id)
+    assert not [e for e in await store.list_events() if e.message == "nothing new"]
+    with pytest.raises(NotFoundError):
+        await store.change_tasks([TaskChange("TA_x", frozenset({TaskState.WAITING}), None)])
+
+
+async def test_events_are_append_only_and_filtered(store: CoordinatorStore) -> None:
+    stored = await store.append_events(
+        [
+            ev("a", release_id="R1", task_id="T1", task_service_id="S1"),
+            Event(EventType.ERROR, EventKind.REQUEST_ERROR, "b", release_id="R1"),
+            ev("c", release_id="R2"),
+        ]
+    )
+    ids = [e.id for e in stored]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 3
+    assert await store.last_event_id() == ids[-1]
+    assert [e.message for e in await store.list_events(EventFilter(release_id="R1"))] == ["a", "b"]
+    assert [e.message for e in await store.list_events(EventFilter(task_id="T1"))] == ["a"]
+    assert [e.message for e in await store.list_events(EventFilter(task_service_id="S1"))] == ["a"]
+    errors = await store.list_events(EventFilter(types={EventType.ERROR}))
+    assert [e.message for e in errors] == ["b"]
+    after = await store.list_events(EventFilter(after_id=ids[0]))
+    assert [e.message for e in after] == ["b", "c"]
+    assert [e.message for e in await store.list_events(limit=1, offset=1)] == ["b"]
+
+
+async def test_leases(store: CoordinatorStore) -> None:
+    for i in range(3):
+        await store.create_release(Release(f"RE_{i}", "r", "0.0.0"), [], ev("new"))
+    mine = await store.claim_releases("A", 30)
+    assert [r.id for r in mine] == ["RE_0", "RE_1", "RE_2"]
+    assert await store.claim_releases("B", 30) == []
+    assert not await store.claim_release("RE_0", "B", 30)
+    assert await store.claim_release("RE_0", "A", 30)
+    assert await store.renew_lease("RE_0", "A", 30)
+    assert not await store.renew_lease("RE_0", "B", 30)
+    await store.drop_lease("RE_0", "B")  # not B's: no effect
+    assert not await store.claim_release("RE_0", "B", 30)
+    await store.drop_lease("RE_0", "A")
+    assert await store.claim_release("RE_0", "B", 30)
+    assert await store.claim_release("RE_1", "A", 0.05)
+    await asyncio.sleep(0.1)  # A's short lease runs out
+    assert [r.id for r in await store.claim_releases("B", 30)] == ["RE_0", "RE_1"]
+    with pytest.raises(NotFoundError):
+        await store.claim_release("RE_missing", "A", 30)

@@ -1,0 +1,87 @@
+"""The package's promises: a complete public API, the two quick-start commands, the CLI."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import release_coordinator
+from release_coordinator import errors
+from release_coordinator.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_all_is_sorted_complete_and_importable() -> None:
+    names = release_coordinator.__all__
+    assert len(names) == len(set(names))
+    # constants first, then the rest alphabetically, dunders last (ruff's RUF022 order)
+    assert sorted(names, key=lambda n: (n.startswith("_"), not n.isupper(), n)) == names
+    for name in names:
+        assert hasattr(release_coordinator, name), name
+    public_classes = {
+        name
+        for module in ("coordinator", "errors", "models", "taskservice", "sync")
+        for name, obj in vars(importlib.import_module(f"release_coordinator.{module}")).items()
+        if inspect.isclass(obj)
+        and not name.startswith("_")
+        and obj.__module__ == f"release_coordinator.{module}"
+    }
+    missing = public_classes - set(names)
+    assert not missing, f"public classes not exported: {sorted(missing)}"
+
+
+def test_every_error_derives_from_the_root() -> None:
+    for name in errors.__all__:
+        obj = getattr(errors, name)
+        if inspect.isclass(obj):
+            assert issubclass(obj, errors.ReleaseCoordinatorError), name
+            assert name in (errors.__doc__ or "") or name == "ReleaseCoordinatorError", name
+
+
+def test_optional_dependencies_are_not_imported() -> None:
+    code = (
+        "import sys, release_coordinator; "
+        "print([m for m in ('sqlalchemy', 'starlette', 'uvicorn') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)\n```", readme, flags=re.S)
+    assert len(blocks) == 2, "the quick start has exactly two commands"
+    demo, tests = blocks
+    assert "release-coordinator demo" in demo
+    assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_cli_demo_publishes(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["demo", "--studies", "2", "--records", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "is published" in out
+    assert "Event timeline" in out
+    assert out.count("published  100%") == 3
+
+
+def test_cli_demo_failure_is_canceled_everywhere(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["demo", "--studies", "3", "--records", "10", "--fail", "file-server"]) == 0
+    out = capsys.readouterr().out
+    assert "is failed" in out
+    assert out.count("canceled") >= 2
+
+
+def test_cli_diagrams_and_python_m() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "release_coordinator", "diagrams", "task"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "stateDiagram-v2" in out
+    assert "waiting --> rejected: reject" in out
