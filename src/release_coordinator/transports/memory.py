@@ -161,7 +161,8 @@ class MemoryTransport(TaskServiceTransport):
             return self._endpoint(url).service
 
     def set_latency(self, url: str, seconds: float) -> None:
-        """Every answer from ``url`` arrives ``seconds`` later."""
+        """Every round trip to ``url`` takes ``seconds``: the service handles the request half
+        way, and the answer arrives ``seconds`` after the request was sent."""
         if seconds < 0:
             raise ConfigurationError("latency cannot be negative")
         with self._lock:
@@ -229,11 +230,16 @@ class MemoryTransport(TaskServiceTransport):
         if endpoint.latency > self.timeout:
             await asyncio.sleep(self.timeout)
             raise PeerTimeoutError(f"{url} did not answer within {self.timeout:g}s", peer=url)
-        if endpoint.latency:
-            await asyncio.sleep(endpoint.latency)
+        loop = asyncio.get_running_loop()
+        answer_at = loop.time() + endpoint.latency
+        if endpoint.latency:  # the request travels half the round trip ...
+            await asyncio.sleep(endpoint.latency / 2)
         if fault is not None and fault.kind == "status":
-            return fault.status_code, {"message": "injected fault"}
-        status, answer = await self._call(endpoint, body)
+            status, answer = fault.status_code, {"message": "injected fault"}
+        else:
+            status, answer = await self._call(endpoint, body)
+        if endpoint.latency:  # ... and the answer is back one round trip after the request
+            await asyncio.sleep(max(0.0, answer_at - loop.time()))
         if fault is not None and fault.kind == "drop":
             raise PeerUnreachableError(f"connection to {url} dropped before the answer", peer=url)
         if fault is not None and fault.kind == "malformed":
@@ -265,9 +271,9 @@ class MemoryTransport(TaskServiceTransport):
     ) -> list[TaskAnswer | TransportError]:
         """Send every request concurrently; in order, each answer or its TransportError.
 
-        Requests to services with no pending fault are grouped by latency: each group waits
-        for its latency once and is then handled in order, which is what concurrent
-        in-process services amount to, without one asyncio task per request.
+        Requests to services with no pending fault are grouped by latency: each group travels
+        together and is handled in order, which is what concurrent in-process services amount
+        to, without one asyncio task per request.
         """
         results: list[TaskAnswer | TransportError | None] = [None] * len(calls)
         groups: dict[float, list[tuple[int, _Endpoint]]] = {}
@@ -288,12 +294,16 @@ class MemoryTransport(TaskServiceTransport):
                         service.url, request.action.value, request.task_id, request.release_id, None
                     )
                 )
+            loop = asyncio.get_running_loop()
+            answer_at = loop.time() + latency
             if latency:
-                await asyncio.sleep(latency)
-            for i, endpoint in members:
+                await asyncio.sleep(latency / 2)
+            answers = [await self._call(endpoint, calls[i][1].to_json()) for i, endpoint in members]
+            if latency:
+                await asyncio.sleep(max(0.0, answer_at - loop.time()))
+            for (i, _), (status, body) in zip(members, answers, strict=True):
                 service, request = calls[i]
                 try:
-                    status, body = await self._call(endpoint, request.to_json())
                     results[i] = self._decode(service.url, request, status, body)
                 except TransportError as error:
                     results[i] = error
