@@ -41,8 +41,8 @@ from release_coordinator.fsm.release import (
     TASK_MACHINE,
     ReleaseState,
     TaskState,
-    reachable_task_path,
     task_state_behind,
+    task_steps,
 )
 from release_coordinator.models import (
     Event,
@@ -1026,8 +1026,8 @@ class Coordinator:
                     else (f"release {release.id} is {release.state}"),
                 )
             return None
-        path = reachable_task_path(task.state, target, release.state)
-        if path is None:
+        steps = task_steps(task.state, target, release.state)
+        if steps is None:
             if not callback and task_state_behind(target, task.state):
                 return None  # a late answer: the task has moved on already
             if callback:
@@ -1048,7 +1048,7 @@ class Coordinator:
                 message=f"the service reported {reported!r}, which a {task.state} task "
                 f"cannot reach ({source})",
             )
-        if not path:
+        if not steps:
             if progress is None or progress == task.progress:
                 return None
             return TaskChange(
@@ -1066,13 +1066,13 @@ class Coordinator:
                 ),
                 progress=progress,
             )
-        events = []
-        state = task.state
-        for trigger in path:
-            state = TaskState(TASK_MACHINE.next_state(state, trigger, subject=task.id))
-            events.append(self._task_event(release, task, state, f" ({source})"))
+        detail = f" ({source})"
         return TaskChange(
-            task.id, frozenset({task.state}), state, events=tuple(events), progress=progress
+            task.id,
+            frozenset({task.state}),
+            steps[-1][1],
+            events=tuple(self._task_event(release, task, state, detail) for _, state in steps),
+            progress=progress,
         )
 
     def _task_change(

@@ -29,6 +29,7 @@ __all__ = [
     "TaskState",
     "reachable_task_path",
     "task_state_behind",
+    "task_steps",
 ]
 
 
@@ -108,6 +109,8 @@ _PATH: tuple[tuple[TaskState, str], ...] = (
 )
 _PATH_INDEX = {state: i for i, (state, _) in enumerate(_PATH)}
 
+Steps = tuple[tuple[str, TaskState], ...]
+
 #: The furthest state a task service may report while the release is in a given state: what
 #: the actions the coordinator may have sent so far let it reach.
 _REACH = {
@@ -118,31 +121,50 @@ _REACH = {
 }
 
 
-def reachable_task_path(current: str, target: str, release_state: str) -> list[str] | None:
-    """Triggers that move a task from ``current`` to ``target`` along the normal path.
+def _steps(current: TaskState, target: TaskState, release: ReleaseState) -> Steps | None:
+    here, there = _PATH_INDEX[current], _PATH_INDEX[target]
+    if there < here:
+        return None
+    reach = _REACH.get(release)
+    if there > here and (reach is None or there > _PATH_INDEX[reach]):
+        return None
+    steps: list[tuple[str, TaskState]] = []
+    state = current
+    for _, trigger in _PATH[here + 1 : there + 1]:
+        # The declared machine has the last word on every step.
+        state = TaskState(TASK_MACHINE.next_state(state, trigger))
+        steps.append((trigger, state))
+    return tuple(steps)
+
+
+#: Every (current, target, release state) -> steps, derived once from the machine: the
+#: coordinator consults it for every answer and callback.
+_STEPS: dict[tuple[str, str, str], Steps | None] = {
+    (cur.value, tgt.value, rel.value): _steps(cur, tgt, rel)
+    for cur, _ in _PATH
+    for tgt, _ in _PATH
+    for rel in ReleaseState
+}
+
+
+def task_steps(current: str, target: str, release_state: str) -> Steps | None:
+    """The steps ``(trigger, new state)`` that move a task from ``current`` to ``target``.
 
     A task service's report may run ahead of the answer the coordinator is waiting for (a
     callback saying ``staged`` before the answer to ``start`` was read). That is not impossible,
-    only early: this returns the triggers of every step between, as long as ``target`` is no
-    further than the actions sent so far let the service reach, which the release's state tells
-    (``start`` goes out only once the release is ``running``, ``publish`` once it is
-    ``publishing``). It returns ``[]`` when the task is already there and ``None`` when
-    ``target`` is behind ``current`` or beyond reach.
+    only early: the path is accepted as long as ``target`` is no further than the actions sent
+    so far let the service reach, which the release's state tells (``start`` goes out only once
+    the release is ``running``, ``publish`` once it is ``publishing``). Returns ``()`` when the
+    task is already there and ``None`` when ``target`` is behind ``current``, beyond reach, or
+    off the normal path.
     """
-    if current not in _PATH_INDEX or target not in _PATH_INDEX:
-        return None
-    here, there = _PATH_INDEX[T(current)], _PATH_INDEX[T(target)]
-    if there < here:
-        return None
-    if there == here:
-        return []
-    reach = _REACH.get(ReleaseState(release_state)) if release_state in _RELEASE_STATES else None
-    if reach is None or there > _PATH_INDEX[reach]:
-        return None
-    return [trigger for _, trigger in _PATH[here + 1 : there + 1]]
+    return _STEPS.get((current, target, release_state))
 
 
-_RELEASE_STATES = frozenset(s.value for s in ReleaseState)
+def reachable_task_path(current: str, target: str, release_state: str) -> list[str] | None:
+    """The triggers of :func:`task_steps` (``None`` when there is no such path)."""
+    steps = task_steps(current, target, release_state)
+    return None if steps is None else [trigger for trigger, _ in steps]
 
 
 def task_state_behind(state: str, than: str) -> bool:

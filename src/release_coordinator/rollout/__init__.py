@@ -1,0 +1,1 @@
+"""Staged, geo-targeted function rollouts across a hierarchy of edge nodes."""
