@@ -196,6 +196,8 @@ class Coordinator:
         self._subscribers: list[tuple[Subscriber, EventFilter]] = []
         self._events_seen = 0
         self._flush_scheduled = False
+        self._flush_lock = asyncio.Lock()
+        self._flushes: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -229,6 +231,7 @@ class Coordinator:
         for release_id in driven:  # let another coordinator take them over at once
             await self.store.drop_lease(release_id, self.owner)
         self._drivers.clear()
+        await asyncio.gather(*self._flushes, return_exceptions=True)
         await self._flush_events()
 
     # -- task services -----------------------------------------------------------------------
@@ -245,6 +248,8 @@ class Coordinator:
             problems.append(("name", "must not be empty"))
         if not url.strip():
             problems.append(("url", "must not be empty"))
+        elif (problem := self.transport.check_url(url)) is not None:
+            problems.append(("url", problem))
         if problems:
             raise ValidationError("invalid task service", problems)
         service = TaskService(id=new_id("TS"), name=name, url=url, enabled=enabled)
@@ -287,6 +292,13 @@ class Coordinator:
         self, service_id: str, *, name: str | None = None, url: str | None = None
     ) -> TaskService:
         """Rename a task service or move it to another URL (takes effect for new requests)."""
+        problems = []
+        if name is not None and not name.strip():
+            problems.append(("name", "must not be empty"))
+        if url is not None and (problem := self.transport.check_url(url)) is not None:
+            problems.append(("url", problem))
+        if problems:
+            raise ValidationError("invalid task service", problems)
         current = await self.store.get_service(service_id)
         changes = {k: v for k, v in (("name", name), ("url", url)) if v is not None}
         updated = await self.store.update_service(
@@ -602,17 +614,29 @@ class Coordinator:
     def _events_written(self) -> None:
         if not self._subscribers or self._flush_scheduled:
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no running loop: flushed on the next write
+            return
         self._flush_scheduled = True
-        with contextlib.suppress(RuntimeError):  # no running loop: flushed on the next write
-            asyncio.get_running_loop().create_task(self._flush_events())
+        flush = loop.create_task(self._flush_events())
+        self._flushes.add(flush)  # asyncio keeps only weak references to tasks
+        flush.add_done_callback(self._flushes.discard)
 
     async def _flush_events(self) -> None:
-        self._flush_scheduled = False
-        if not self._subscribers:
-            return
-        events = await self.store.list_events(EventFilter(after_id=self._events_seen))
+        # One flush at a time, each starting where the last one ended: a subscriber that
+        # awaits must not see an event twice or out of order.
+        async with self._flush_lock:
+            self._flush_scheduled = False
+            if not self._subscribers:
+                return
+            events = await self.store.list_events(EventFilter(after_id=self._events_seen))
+            if events:
+                self._events_seen = events[-1].id
+            await self._deliver(events)
+
+    async def _deliver(self, events: list[Event]) -> None:
         for event in events:
-            self._events_seen = event.id
             for subscriber, flt in list(self._subscribers):
                 if not flt.matches(event):
                     continue

@@ -579,3 +579,39 @@ async def test_subscribers_get_every_event_in_order(setup: Setup) -> None:
     by_task = await c.events(task_id=(await c.list_tasks(release.id))[0].id)
     assert by_task
     assert all(e.task_id for e in by_task)
+
+
+async def test_awaiting_subscribers_see_each_event_once_in_order(setup: Setup) -> None:
+    c = setup.coordinator
+    seen: list[int] = []
+
+    async def slow(event: object) -> None:
+        await asyncio.sleep(0.001)  # flushes pile up while this awaits
+        seen.append(event.id)  # type: ignore[attr-defined]
+
+    await c.subscribe(slow)
+    release = await c.create_release("r", auto_publish=True)
+    await c.wait(release.id, timeout=5)
+    await c.close()
+    logged = [e.id for e in await c.events() if e.id > 3]
+    assert seen == logged
+
+
+async def test_gateway_errors_in_memory_are_transient_like_http(setup: Setup) -> None:
+    setup.transport.inject(setup.url(0), Fault.status(502), action="initialize")
+    setup.transport.inject(setup.url(1), Fault.status(504), action="start")
+    c = setup.coordinator
+    done = await c.wait((await c.create_release("r", auto_publish=True)).id, timeout=5)
+    assert done.state is ReleaseState.PUBLISHED
+    assert setup.sent("initialize")[setup.url(0)] == 2
+    assert setup.sent("start")[setup.url(1)] == 2
+
+
+async def test_addresses_the_transport_cannot_reach_are_refused(setup: Setup) -> None:
+    c = setup.coordinator
+    with pytest.raises(ValidationError, match="memory://<name>"):
+        await c.register_service("web", "https://web.example/release", check=False)
+    service = (await c.list_services())[0]
+    with pytest.raises(ValidationError, match="url"):
+        await c.update_service(service.id, url="ftp://nowhere")
+    assert (await c.get_service(service.id)).url == service.url

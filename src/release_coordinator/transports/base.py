@@ -43,6 +43,13 @@ class TaskServiceTransport(abc.ABC):
     async def status(self, service: TaskService) -> ServiceStatus:
         """``GET {service.url}/status``; the decoded 200 answer (errors as for :meth:`send`)."""
 
+    def check_url(self, url: str) -> str | None:
+        """What is wrong with ``url`` as a task service address for this transport, or None.
+
+        The coordinator asks before it registers a service, so that a service it could never
+        reach is refused up front."""
+        return None
+
     async def send_many(
         self, calls: Sequence[tuple[TaskService, TaskRequest]]
     ) -> list[TaskAnswer | TransportError]:

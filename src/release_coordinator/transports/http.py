@@ -83,12 +83,19 @@ class HttpTransport(TaskServiceTransport):
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
-    @staticmethod
-    def _url(service: TaskService, path: str) -> str:
-        if not service.url.startswith(("http://", "https://")):
-            raise ConfigurationError(
-                f"task service {service.id!r} has no http(s) base URL: {service.url!r}"
-            )
+    def check_url(self, url: str) -> str | None:
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError, ValueError) as error:
+            return f"{url!r} is not a URL: {error}"
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            return f"{url!r} is not an http(s) base URL"
+        return None
+
+    def _url(self, service: TaskService, path: str) -> str:
+        problem = self.check_url(service.url)
+        if problem is not None:  # an answer of sorts: retrying cannot help
+            raise TransportError(f"task service {service.name!r}: {problem}", peer=service.url)
         return service.url.rstrip("/") + path
 
     async def _request(

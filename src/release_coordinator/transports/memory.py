@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import attrs
 
 from release_coordinator.errors import (
+    BadGatewayError,
     ConfigurationError,
     MalformedAnswerError,
     PeerAnswerError,
@@ -141,8 +142,8 @@ class MemoryTransport(TaskServiceTransport):
     # -- wiring ------------------------------------------------------------------------------
     def add(self, url: str, service: InProcessService, *, latency: float = 0.0) -> str:
         """Serve ``service`` at ``url`` (``memory://name``); returns the url."""
-        if not url.startswith("memory://") or len(url) <= len("memory://"):
-            raise ConfigurationError(f"in-process services live at memory://<name>, not {url!r}")
+        if (problem := self.check_url(url)) is not None:
+            raise ConfigurationError(problem)
         if not isinstance(service, InProcessService):
             raise ConfigurationError(
                 f"{service!r} is not an in-process service (handle_task, handle_status)"
@@ -321,7 +322,18 @@ class MemoryTransport(TaskServiceTransport):
         )
         return [r for r in results if r is not None]
 
+    def check_url(self, url: str) -> str | None:
+        if not url.startswith("memory://") or len(url) <= len("memory://"):
+            return f"in-process services live at memory://<name>, not {url!r}"
+        return None
+
+    @staticmethod
+    def _gateway(url: str, status: int, what: str) -> None:
+        if status in (502, 504):  # transient, as over HTTP
+            raise BadGatewayError(f"{url} answered {status} to {what} (gateway)", peer=url)
+
     def _decode(self, url: str, request: TaskRequest, status: int, body: Any) -> TaskAnswer:
+        self._gateway(url, status, repr(request.action.value))
         if status != 200:
             raise PeerAnswerError(
                 f"{url} answered {status} to {request.action.value!r}",
@@ -342,6 +354,7 @@ class MemoryTransport(TaskServiceTransport):
     async def status(self, service: TaskService) -> ServiceStatus:
         url = service.url
         status, body = await self._deliver(url, "status", "", "", None)
+        self._gateway(url, status, "GET /status")
         if status != 200:
             raise PeerAnswerError(
                 f"{url} answered {status} to GET /status", peer=url, status_code=status
