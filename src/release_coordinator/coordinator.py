@@ -60,7 +60,7 @@ from release_coordinator.storage.base import _ALL, CoordinatorStore, EventFilter
 from release_coordinator.storage.memory import MemoryStore
 from release_coordinator.transports.base import TaskServiceTransport
 from release_coordinator.transports.memory import MemoryTransport
-from release_coordinator.wire import TaskAction, TaskAnswer, TaskRequest
+from release_coordinator.wire import MAX_TEXT, TaskAction, TaskAnswer, TaskRequest
 
 __all__ = ["Coordinator", "CoordinatorConfig", "RetryPolicy", "Subscriber"]
 
@@ -101,6 +101,22 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value < 0:
         raise ConfigurationError(f"{attribute.name} must not be negative, not {value!r}")
+
+
+def _text_problems(field: str, values: tuple[object, ...]) -> list[tuple[str, str]]:
+    """Problems with a list of short texts that travel to every task service."""
+    problems = []
+    for i, value in enumerate(values):
+        if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+            problems.append((f"{field}[{i}]", f"must be a non-empty string of at most {MAX_TEXT}"))
+        elif not value.isprintable():
+            problems.append((f"{field}[{i}]", "must be printable text"))
+        else:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append((f"{field}[{i}]", "must be valid Unicode text"))
+    return problems
 
 
 @attrs.frozen
@@ -415,16 +431,19 @@ class Coordinator:
         It is staged on all of them and then waits in ``staged`` for :meth:`publish`, unless
         ``auto_publish`` asks to publish as soon as everything is staged.
         """
-        if not name.strip():
-            raise ValidationError("invalid release", [("name", "must not be empty")])
+        studies, tags = tuple(studies), tuple(tags)
+        problems = [("name", "must not be empty")] if not name.strip() else []
+        problems += _text_problems("studies", studies) + _text_problems("tags", tags)
+        if problems:
+            raise ValidationError("invalid release", problems)
         services = await self.store.list_services(enabled=True)
         draft = Release(
             id=new_id("RE"),
             name=name,
             version="0.0.0",
             description=description,
-            studies=tuple(studies),
-            tags=tuple(tags),
+            studies=studies,
+            tags=tags,
             author=author,
             is_major=is_major,
             auto_publish=auto_publish,

@@ -148,7 +148,8 @@ class TaskServiceKit:
     # -- protocol ----------------------------------------------------------------------------
     async def handle_status(self) -> tuple[int, Any]:
         """``GET /status``: 200 with who we are, or 503 when :attr:`healthy` is False."""
-        status = ServiceStatus(self.name, self.message, self.version).to_json()
+        message = self.message if self.healthy else "unavailable"
+        status = ServiceStatus(self.name, message, self.version).to_json()
         return (200 if self.healthy else 503), status
 
     async def handle_task(self, body: Any) -> tuple[int, Any]:

@@ -50,6 +50,15 @@ REPORTED_STATES = frozenset(
     {"pending", "running", "staged", "publishing", "published", "failed", "canceled", "rejected"}
 )
 
+
+def _show(value: object) -> str:
+    """A short, safe rendering of an untrusted value for an error message."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return f"a {type(value).__name__}"
+
+
 _PERCENT = re.compile(r"^\s*(\d{1,3})\s*%?\s*$")
 
 
@@ -123,7 +132,9 @@ def decode_request(body: object) -> TaskRequest:
     raw_action = data.get("action")
     action = _ACTIONS.get(raw_action) if isinstance(raw_action, str) else None
     if action is None:
-        problems.append(("action", f"must be one of {', '.join(TaskAction)}; got {raw_action!r}"))
+        problems.append(
+            ("action", f"must be one of {', '.join(TaskAction)}; got {_show(raw_action)}")
+        )
         action = TaskAction.GET_STATUS
     task_id = _text(data, "task_id", problems)
     release_id = _text(data, "release_id", problems)

@@ -615,3 +615,12 @@ async def test_addresses_the_transport_cannot_reach_are_refused(setup: Setup) ->
     with pytest.raises(ValidationError, match="url"):
         await c.update_service(service.id, url="ftp://nowhere")
     assert (await c.get_service(service.id)).url == service.url
+
+
+async def test_bad_studies_and_tags_are_refused_before_anything_is_stored(setup: Setup) -> None:
+    c = setup.coordinator
+    with pytest.raises(ValidationError) as info:
+        await c.create_release("r", studies=["SD_1", "", "SD_\ud800"], tags=["x" * 300])
+    paths = [p for p, _ in info.value.problems]
+    assert paths == ["studies[1]", "studies[2]", "tags[0]"]
+    assert await c.list_releases() == []

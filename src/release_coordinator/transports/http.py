@@ -44,6 +44,10 @@ MAX_ANSWER_BYTES = 1024 * 1024
 TokenSource = str | Callable[[TaskService], str | None] | None
 
 
+def _is_header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable()
+
+
 class HttpTransport(TaskServiceTransport):
     """Reaches task services at their ``http(s)://`` base URLs.
 
@@ -66,6 +70,8 @@ class HttpTransport(TaskServiceTransport):
     ) -> None:
         if timeout <= 0:
             raise ConfigurationError("timeout must be positive")
+        if isinstance(token, str) and not _is_header_safe(token):
+            raise ConfigurationError("the bearer token must be printable ASCII")
         self._token = token
         self._user_agent = user_agent
         self._owns_client = client is None
@@ -77,9 +83,18 @@ class HttpTransport(TaskServiceTransport):
         )
 
     def _headers(self, service: TaskService) -> dict[str, str]:
-        headers = {"User-Agent": self._user_agent, "Accept": "application/json"}
+        headers = {
+            "User-Agent": self._user_agent,
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
         token = self._token(service) if callable(self._token) else self._token
         if token:
+            if not _is_header_safe(token):
+                raise TransportError(
+                    f"the token for task service {service.name!r} is not printable ASCII",
+                    peer=service.url,
+                )
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
@@ -103,10 +118,19 @@ class HttpTransport(TaskServiceTransport):
     ) -> Any:
         url = self._url(service, path)
         peer = service.url
+        headers = self._headers(service)
+        # Encoded here, ASCII-escaped: any str (even a lone surrogate) makes valid JSON text.
+        content = None if body is None else json.dumps(body, ensure_ascii=True).encode()
         try:
-            response = await self._client.request(
-                method, url, json=body, headers=self._headers(service)
-            )
+            async with self._client.stream(
+                method, url, content=content, headers=headers
+            ) as response:
+                status = response.status_code
+                if status in (502, 504):  # judged before the body, which may be anything
+                    raise BadGatewayError(
+                        f"{peer} answered {status} to {what} (gateway)", peer=peer
+                    )
+                raw = await self._read(response, peer, what)
         except httpx.TimeoutException as error:
             raise PeerTimeoutError(f"{peer} did not answer {what} in time", peer=peer) from error
         except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
@@ -115,27 +139,36 @@ class HttpTransport(TaskServiceTransport):
             ) from error
         except httpx.HTTPError as error:
             raise TransportError(f"{what} to {peer} failed: {error}", peer=peer) from error
-        if response.status_code in (502, 504):
-            raise BadGatewayError(
-                f"{peer} answered {response.status_code} to {what} (gateway)", peer=peer
-            )
-        text = response.text[:MAX_ANSWER_BYTES]
-        if response.status_code != 200:
+        text = raw.decode("utf-8", errors="replace")
+        if status != 200:
             raise PeerAnswerError(
-                f"{peer} answered {response.status_code} to {what}",
-                peer=peer,
-                status_code=response.status_code,
-                body=text,
+                f"{peer} answered {status} to {what}", peer=peer, status_code=status, body=text
             )
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MalformedAnswerError(
                 f"{peer} answered {what} with a body that is not JSON",
                 peer=peer,
                 status_code=200,
                 body=text,
             ) from None
+
+    @staticmethod
+    async def _read(response: httpx.Response, peer: str, what: str) -> bytes:
+        """The answer's body, refused past :data:`MAX_ANSWER_BYTES` without reading it all."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise MalformedAnswerError(
+                    f"{peer} answered {what} with more than {MAX_ANSWER_BYTES} bytes",
+                    peer=peer,
+                    status_code=response.status_code,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def send(self, service: TaskService, request: TaskRequest) -> TaskAnswer:
         what = f"{request.action.value!r}"

@@ -1,0 +1,9 @@
+"""Thin ASGI apps that expose release_coordinator's wire protocols over HTTP.
+
+These modules need the ``server`` extra (Starlette and uvicorn)::
+
+    pip install 'release-coordinator[server]'
+
+Nothing here is imported by ``import release_coordinator``; import the app modules explicitly,
+e.g. ``from release_coordinator.server.taskservice_app import task_service_app``.
+"""
