@@ -7,7 +7,8 @@ Generated blocks sit between marker comments in hand-written pages::
     <!-- END GENERATED: release-diagram -->
 
 - ``docs/reference/state-machines.md``: mermaid diagrams (``MachineSpec.mermaid()``, from
-  transitions' GraphMachine) and transition tables of ``RELEASE_MACHINE`` and ``TASK_MACHINE``;
+  transitions' GraphMachine) and transition tables of ``RELEASE_MACHINE``, ``TASK_MACHINE``,
+  ``CHILD_RELEASE_MACHINE`` and ``STAGE_MACHINE``;
 - ``docs/reference/errors.md``: the exception tree drawn in the docstring of
   ``release_coordinator.errors``.
 
@@ -33,6 +34,7 @@ if str(ROOT / "src") not in sys.path:  # document this source tree, not an insta
 from release_coordinator import errors  # noqa: E402
 from release_coordinator.fsm.base import MachineSpec  # noqa: E402
 from release_coordinator.fsm.release import RELEASE_MACHINE, TASK_MACHINE  # noqa: E402
+from release_coordinator.fsm.rollout import CHILD_RELEASE_MACHINE, STAGE_MACHINE  # noqa: E402
 
 __all__ = ["PAGES", "main", "outdated", "render", "render_page", "write"]
 
@@ -101,6 +103,10 @@ PAGES: Mapping[str, Mapping[str, Callable[[], str]]] = {
         "release-table": lambda: transition_table(RELEASE_MACHINE),
         "task-diagram": lambda: mermaid_block(TASK_MACHINE),
         "task-table": lambda: transition_table(TASK_MACHINE),
+        "child-release-diagram": lambda: mermaid_block(CHILD_RELEASE_MACHINE),
+        "child-release-table": lambda: transition_table(CHILD_RELEASE_MACHINE),
+        "stage-diagram": lambda: mermaid_block(STAGE_MACHINE),
+        "stage-table": lambda: transition_table(STAGE_MACHINE),
     },
     "reference/errors.md": {
         "error-tree": error_tree,

@@ -37,6 +37,12 @@ from release_coordinator.errors import (
     ValidationError,
 )
 from release_coordinator.fsm.release import RELEASE_MACHINE, TASK_MACHINE, ReleaseState, TaskState
+from release_coordinator.fsm.rollout import (
+    CHILD_RELEASE_MACHINE,
+    STAGE_MACHINE,
+    ReleaseStatus,
+    StageStatus,
+)
 from release_coordinator.models import (
     Event,
     EventKind,
@@ -47,8 +53,53 @@ from release_coordinator.models import (
     Task,
     TaskService,
 )
-from release_coordinator.storage.base import CoordinatorStore, EventFilter, TaskChange
-from release_coordinator.storage.memory import MemoryStore
+from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
+from release_coordinator.rollout.geo import Area, GeoIndex
+from release_coordinator.rollout.manager import (
+    EndStageAnswer,
+    PollAnswer,
+    RolloutManager,
+    RolloutReport,
+)
+from release_coordinator.rollout.models import (
+    Child,
+    ChildRelease,
+    ChildStage,
+    GlobalIncremental,
+    Outcome,
+    ReleaseBundle,
+    Rollout,
+    RolloutState,
+)
+from release_coordinator.rollout.results import (
+    ResultReport,
+    StageReport,
+    StageSummary,
+    TimesSummary,
+    aggregate,
+    parse_result,
+)
+from release_coordinator.rollout.strategy import (
+    EndAction,
+    EndCondition,
+    Function,
+    FunctionVersion,
+    MetricCondition,
+    Stage,
+    StageType,
+    Strategy,
+    Threshold,
+    Variant,
+    dump_strategy,
+    parse_strategy,
+)
+from release_coordinator.storage.base import (
+    CoordinatorStore,
+    EventFilter,
+    RolloutStore,
+    TaskChange,
+)
+from release_coordinator.storage.memory import MemoryRolloutStore, MemoryStore
 from release_coordinator.sync import SyncCoordinator
 from release_coordinator.taskservice import KitTask, TaskServiceKit
 from release_coordinator.transports.base import TaskServiceTransport
@@ -57,42 +108,75 @@ from release_coordinator.transports.memory import Fault, MemoryTransport, SentRe
 from release_coordinator.wire import ServiceStatus, TaskAction, TaskAnswer, TaskRequest
 
 __all__ = [
+    "CHILD_RELEASE_MACHINE",
     "RELEASE_MACHINE",
+    "STAGE_MACHINE",
     "TASK_MACHINE",
+    "ArchiveLimits",
+    "Area",
     "BadGatewayError",
     "BundleError",
+    "Child",
+    "ChildRelease",
+    "ChildStage",
     "ConcurrentUpdateError",
     "ConfigurationError",
     "ConflictError",
     "Coordinator",
     "CoordinatorConfig",
     "CoordinatorStore",
+    "EndAction",
+    "EndCondition",
+    "EndStageAnswer",
     "Event",
     "EventFilter",
     "EventKind",
     "EventType",
     "Fault",
+    "Function",
+    "FunctionArchive",
+    "FunctionVersion",
+    "GeoIndex",
     "GeoJSONError",
+    "GlobalIncremental",
     "HealthStatus",
     "HttpTransport",
     "InvalidTransitionError",
     "KitTask",
     "MalformedAnswerError",
+    "MemoryRolloutStore",
     "MemoryStore",
     "MemoryTransport",
+    "MetricCondition",
     "NotFoundError",
+    "Outcome",
     "PeerAnswerError",
     "PeerTimeoutError",
     "PeerUnreachableError",
+    "PollAnswer",
     "Release",
+    "ReleaseBundle",
     "ReleaseCoordinatorError",
     "ReleaseState",
+    "ReleaseStatus",
+    "ResultReport",
     "RetryPolicy",
+    "Rollout",
+    "RolloutManager",
+    "RolloutReport",
+    "RolloutState",
+    "RolloutStore",
     "SchemaError",
     "SentRequest",
     "ServiceHealth",
     "ServiceStatus",
+    "Stage",
+    "StageReport",
+    "StageStatus",
+    "StageSummary",
+    "StageType",
     "StorageError",
+    "Strategy",
     "StrategyError",
     "Subscriber",
     "SyncCoordinator",
@@ -105,8 +189,15 @@ __all__ = [
     "TaskServiceKit",
     "TaskServiceTransport",
     "TaskState",
+    "Threshold",
+    "TimesSummary",
     "TransientTransportError",
     "TransportError",
     "ValidationError",
+    "Variant",
     "__version__",
+    "aggregate",
+    "dump_strategy",
+    "parse_result",
+    "parse_strategy",
 ]

@@ -19,8 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_all_is_sorted_complete_and_importable() -> None:
     names = release_coordinator.__all__
     assert len(names) == len(set(names))
-    # constants first, then the rest alphabetically, dunders last (ruff's RUF022 order)
-    assert sorted(names, key=lambda n: (n.startswith("_"), not n.isupper(), n)) == names
+    # ruff's RUF022 (isort-style) order: CONSTANTS, then Classes, then everything else
+    def category(name: str) -> int:
+        return 0 if name.isupper() else 1 if name[0].isupper() else 2
+
+    assert sorted(names, key=lambda n: (category(n), n)) == names
     for name in names:
         assert hasattr(release_coordinator, name), name
     public_classes = {

@@ -20,8 +20,9 @@ Rules every adapter keeps:
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -37,7 +38,16 @@ from release_coordinator.models import (
     TaskService,
 )
 
-__all__ = ["CoordinatorStore", "EventFilter", "TaskChange"]
+if TYPE_CHECKING:  # the rollout half's records, without importing shapely at run time
+    from release_coordinator.rollout.models import (
+        Child,
+        ChildRelease,
+        ReleaseBundle,
+        Rollout,
+        RolloutState,
+    )
+
+__all__ = ["CoordinatorStore", "EventFilter", "RolloutStore", "TaskChange"]
 
 
 @attrs.frozen
@@ -257,3 +267,100 @@ class CoordinatorStore(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files. Idempotent."""
+
+
+class RolloutStore(abc.ABC):
+    """What a RolloutManager keeps: rollouts with their bundles, children, and per-child state.
+
+    A child release that was targeted but never fetched is ``Todo`` with every stage
+    ``Pending``; adapters may keep such records implicit (a fleet has far more targetings than
+    fetches). Changes of a child release or stage are compare-and-sets like the Coordinator's.
+    """
+
+    # -- rollouts ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_rollout(self, rollout: Rollout, bundle: ReleaseBundle) -> Rollout:
+        """Store a new rollout with its bundle; ``seq`` is assigned (creation order).
+        ConflictError when the id exists."""
+
+    @abc.abstractmethod
+    async def get_rollout(self, rollout_id: str) -> Rollout:
+        """The rollout; NotFoundError."""
+
+    @abc.abstractmethod
+    async def get_bundle(self, rollout_id: str) -> ReleaseBundle:
+        """The rollout's release bundle; NotFoundError."""
+
+    @abc.abstractmethod
+    async def list_rollouts(
+        self, *, states: Collection[RolloutState] | None = None
+    ) -> list[Rollout]:
+        """Rollouts by priority (highest first), then creation."""
+
+    @abc.abstractmethod
+    async def set_rollout_state(
+        self,
+        rollout_id: str,
+        from_states: Collection[RolloutState],
+        to_state: RolloutState,
+        *,
+        reason: str | None = None,
+    ) -> Rollout:
+        """Compare-and-set the rollout's state; ConcurrentUpdateError, NotFoundError."""
+
+    # -- children ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def save_child(self, child: Child) -> None:
+        """Insert or replace a child."""
+
+    @abc.abstractmethod
+    async def get_child(self, child_id: str) -> Child:
+        """The child; NotFoundError."""
+
+    @abc.abstractmethod
+    async def list_children(self) -> list[Child]:
+        """Every child, in registration order."""
+
+    @abc.abstractmethod
+    async def touch_child(self, child_id: str, seen_at: float) -> None:
+        """Record that the child polled at ``seen_at`` (the manager's monotonic clock)."""
+
+    @abc.abstractmethod
+    async def last_seen(self, child_ids: Iterable[str]) -> dict[str, float]:
+        """When each known child last polled."""
+
+    # -- targeting and offers ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def target(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
+        """Make the rollout wait for these children (``No`` -> ``Todo``); children already
+        targeted are left as they are. Returns the ids newly targeted."""
+
+    @abc.abstractmethod
+    async def withdraw(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
+        """Take back the rollout from children that have not fetched it (``Todo`` -> ``No``).
+        Returns the ids withdrawn."""
+
+    @abc.abstractmethod
+    async def targeted(self, rollout_id: str) -> list[str]:
+        """Every child the rollout waits for or went to, in targeting order."""
+
+    @abc.abstractmethod
+    async def first_offer(self, child_id: str) -> str:
+        """The id of the first active rollout waiting for the child (by priority, then
+        creation): one it is ``Todo`` for, or one it fetched and never reported on. ``""``
+        when none. The hot path of every poll."""
+
+    # -- per-child state ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def child_release(self, rollout_id: str, child_id: str) -> ChildRelease:
+        """The child's state for the rollout; NotFoundError if it was never targeted."""
+
+    @abc.abstractmethod
+    async def child_releases(self, rollout_id: str) -> list[ChildRelease]:
+        """The state of every targeted child, in targeting order."""
+
+    @abc.abstractmethod
+    async def put_child_release(self, expected: ChildRelease, new: ChildRelease) -> ChildRelease:
+        """Replace the child's state with ``new`` if it still equals ``expected``
+        (ConcurrentUpdateError otherwise): the compare-and-set every status change goes
+        through, so racing reports never both win."""

@@ -1,0 +1,605 @@
+"""The RolloutManager: staged, geo-targeted function rollouts to edge children.
+
+Children poll with their area; the manager offers them the releases whose target their area
+reaches, serves the strategy and the function archive, takes their stage results through the
+per-child state machines of :mod:`release_coordinator.fsm.rollout`, and decides, by the
+rollout's orchestration policy, when a ``WaitForSignal`` stage ends.
+
+The poll is the hot path: matching is precomputed (a spatial index is queried when a child
+registers or moves, and when a rollout starts, never per poll), an unchanged area is recognised
+by a hash of its JSON, and the store answers "what waits for this child" from a short sorted
+list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from release_coordinator.errors import (
+    ConcurrentUpdateError,
+    ConflictError,
+    InvalidTransitionError,
+    NotFoundError,
+    ValidationError,
+)
+from release_coordinator.fsm.rollout import (
+    STAGE_TRIGGER_FOR,
+    ReleaseStatus,
+    StageStatus,
+    release_step,
+    stage_step,
+)
+from release_coordinator.models import new_id
+from release_coordinator.rollout.geo import Area, GeoIndex, MatchMode
+from release_coordinator.rollout.models import (
+    Child,
+    ChildRelease,
+    ChildStage,
+    GlobalIncremental,
+    Outcome,
+    Policy,
+    ReleaseBundle,
+    Rollout,
+    RolloutState,
+)
+from release_coordinator.rollout.results import (
+    ResultReport,
+    StageReport,
+    StageSummary,
+    aggregate,
+    parse_result,
+)
+from release_coordinator.rollout.strategy import StageType
+from release_coordinator.storage.base import RolloutStore
+from release_coordinator.storage.memory import MemoryRolloutStore
+
+__all__ = ["EndStageAnswer", "PollAnswer", "RolloutManager", "RolloutReport", "StageReportRow"]
+
+_MAX_ID = 256
+
+
+@attrs.frozen
+class PollAnswer:
+    """``POST /poll``'s answer: the child's id and the first release waiting for it."""
+
+    id: str
+    new_release: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "new_release": self.new_release}
+
+
+@attrs.frozen
+class EndStageAnswer:
+    """``POST /end_stage``'s answer; ``action`` (``"rollback"``) is an extra old agents ignore."""
+
+    end_stage: bool
+    action: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"end_stage": self.end_stage}
+        if self.action:
+            body["action"] = self.action
+        return body
+
+
+@attrs.frozen
+class StageReportRow:
+    """One stage across the rollout's children: how many are in each status, and the
+    call-weighted aggregate of their summaries (the shape of a child's summary)."""
+
+    name: str
+    counts: Mapping[str, int]
+    aggregate: StageSummary | None
+
+
+@attrs.frozen
+class RolloutReport:
+    rollout: Rollout
+    children: tuple[ChildRelease, ...]
+    stages: tuple[StageReportRow, ...]
+    statuses: Mapping[str, int]
+    outcomes: Mapping[str, int]
+    lost: tuple[str, ...]
+
+
+def _area_fingerprint(area: object) -> int:
+    try:
+        return hash(json.dumps(area, sort_keys=True, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        return 0  # not JSON: parsing will say what is wrong
+
+
+@attrs.define
+class _Barrier:
+    """A WaitForSignal stage's barrier: open once the policy's condition held."""
+
+    open: bool = False
+    first_waiting_at: float | None = None
+
+
+class RolloutManager:
+    """Serves the edge-rollout protocol to children and runs rollouts over them.
+
+    ``lost_after`` (seconds): a child that has not polled for that long is *lost* and no longer
+    holds up barriers. ``clock`` is a monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        store: RolloutStore | None = None,
+        *,
+        lost_after: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store if store is not None else MemoryRolloutStore()
+        self.lost_after = lost_after
+        self._clock = clock
+        self._fingerprints: dict[str, int] = {}
+        self._children_count: dict[str, int] = {}
+        self._children = GeoIndex[str]()
+        self._targets: dict[MatchMode, GeoIndex[str]] = {
+            "intersects": GeoIndex[str](),
+            "within": GeoIndex[str](),
+        }
+        self._barriers: dict[tuple[str, str], _Barrier] = {}
+        self._loaded = False
+
+    async def load(self) -> None:
+        """Rebuild the in-memory indexes from the store (a manager restarted over a store)."""
+        for child in await self.store.list_children():
+            self._fingerprints.setdefault(child.id, 0)
+            self._children_count[child.id] = child.number_of_children
+            self._children.add(child.id, child.area)
+        for rollout in await self.store.list_rollouts(
+            states={RolloutState.ACTIVE, RolloutState.PAUSED}
+        ):
+            self._targets[rollout.match].add(rollout.id, rollout.target)
+        self._loaded = True
+
+    # -- operator ----------------------------------------------------------------------------
+    async def create_rollout(
+        self,
+        bundle: ReleaseBundle,
+        target: Area | Mapping[str, Any],
+        *,
+        name: str = "",
+        match: MatchMode = "intersects",
+        priority: int = 0,
+        policy: Policy | None = None,
+        start: bool = True,
+    ) -> Rollout:
+        """Deploy ``bundle`` to the children whose area reaches ``target``.
+
+        ``match="within"`` asks for children whose area lies inside the target instead of
+        merely intersecting it. Started at once unless ``start=False``.
+        """
+        area = target if isinstance(target, Area) else Area.from_geojson(target, path="target")
+        if match not in ("intersects", "within"):
+            raise ValidationError("invalid rollout", [("match", "must be intersects or within")])
+        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) >= 2**31:
+            raise ValidationError("invalid rollout", [("priority", "must be a 32-bit integer")])
+        rollout = Rollout(
+            id=bundle.id,
+            name=name or bundle.strategy.name,
+            target=area,
+            match=match,
+            priority=priority,
+            policy=policy or GlobalIncremental(),
+        )
+        stored = await self.store.add_rollout(rollout, bundle)
+        if start:
+            stored = await self.start(stored.id)
+        return stored
+
+    async def _operate(self, rollout_id: str, action: str, reason: str | None = None) -> Rollout:
+        sources, dest = _OPERATIONS[action]
+        current = await self.store.get_rollout(rollout_id)
+        if current.state not in sources:
+            raise InvalidTransitionError(
+                "rollout",
+                current.state.value,
+                action,
+                subject=rollout_id,
+                hint=f"only a rollout that is {' or '.join(s.value for s in sources)} can be "
+                f"{_PAST[action]}",
+            )
+        return await self.store.set_rollout_state(rollout_id, sources, dest, reason=reason)
+
+    async def start(self, rollout_id: str) -> Rollout:
+        """Offer a draft rollout to every child its target reaches (and to later ones)."""
+        rollout = await self._operate(rollout_id, "start")
+        self._targets[rollout.match].add(rollout.id, rollout.target)
+        await self.store.target(rollout.id, self._children.match(rollout.target, rollout.match))
+        return rollout
+
+    async def pause(self, rollout_id: str) -> Rollout:
+        """Stop offering the rollout and stop ending stages; children keep what they run."""
+        return await self._operate(rollout_id, "pause")
+
+    async def resume(self, rollout_id: str) -> Rollout:
+        """Undo :meth:`pause`; barriers that became ready meanwhile open at the next report."""
+        return await self._operate(rollout_id, "resume")
+
+    async def abort(self, rollout_id: str, *, reason: str = "aborted by the operator") -> Rollout:
+        """Stop the rollout: children that have not fetched it never will, and children running
+        it are told to roll back (``end_stage`` answers ``{"end_stage": true, "action":
+        "rollback"}``)."""
+        rollout = await self._operate(rollout_id, "abort", reason)
+        self._targets[rollout.match].discard(rollout_id)
+        await self.store.withdraw(rollout_id, await self.store.targeted(rollout_id))
+        return rollout
+
+    async def get_rollout(self, rollout_id: str) -> Rollout:
+        return await self.store.get_rollout(rollout_id)
+
+    async def list_rollouts(self, *, states: set[RolloutState] | None = None) -> list[Rollout]:
+        return await self.store.list_rollouts(states=states)
+
+    async def report(self, rollout_id: str, *, area: Area | None = None) -> RolloutReport:
+        """The rollout per child, per stage (counts and aggregate), overall; with ``area``,
+        only the children whose area intersects it."""
+        rollout = await self.store.get_rollout(rollout_id)
+        bundle = await self.store.get_bundle(rollout_id)
+        children = await self.store.child_releases(rollout_id)
+        if area is not None:
+            inside = set(self._children.match(area, "intersects"))
+            children = [c for c in children if c.child_id in inside]
+        seen = await self.store.last_seen(c.child_id for c in children)
+        now = self._clock()
+        lost = tuple(
+            c.child_id for c in children if now - seen.get(c.child_id, -1e18) > self.lost_after
+        )
+        rows = []
+        for name in bundle.strategy.stage_names:
+            counts: dict[str, int] = {}
+            summaries: list[StageSummary] = []
+            for child in children:
+                stage = child.stages[name]
+                counts[stage.status.wire_name] = counts.get(stage.status.wire_name, 0) + 1
+                if isinstance(stage.summary, StageSummary):
+                    summaries.append(stage.summary)
+            rows.append(StageReportRow(name, counts, aggregate(summaries)))
+        statuses: dict[str, int] = {}
+        outcomes: dict[str, int] = {}
+        for child in children:
+            statuses[child.status.wire_name] = statuses.get(child.status.wire_name, 0) + 1
+            if child.outcome is not Outcome.NONE:
+                outcomes[child.outcome.value] = outcomes.get(child.outcome.value, 0) + 1
+        return RolloutReport(rollout, tuple(children), tuple(rows), statuses, outcomes, lost)
+
+    # -- the child protocol ------------------------------------------------------------------
+    async def poll(
+        self, child_id: object, area: object, number_of_children: object = 0
+    ) -> PollAnswer:
+        """``POST /poll``: register or refresh a child; the first release waiting for it.
+
+        An empty id registers a new child under a fresh id; an unknown id is registered as
+        given. Raises ValidationError/GeoJSONError (400) for a bad id, count or area.
+        """
+        problems = []
+        if not isinstance(child_id, str) or len(child_id) > _MAX_ID:
+            problems.append(("id", f"must be a string of at most {_MAX_ID} characters"))
+        if (
+            isinstance(number_of_children, bool)
+            or not isinstance(number_of_children, int)
+            or not 0 <= number_of_children < 2**31
+        ):
+            problems.append(("number_of_children", "must be a non-negative integer"))
+        if problems:
+            raise ValidationError("invalid poll", problems)
+        assert isinstance(child_id, str)
+        assert isinstance(number_of_children, int)
+        if not child_id:
+            child_id = new_id("CH")
+        fingerprint = _area_fingerprint(area)
+        if fingerprint == 0 or self._fingerprints.get(child_id) != fingerprint:
+            parsed = Area.from_geojson(area)
+            await self._register(child_id, parsed, number_of_children, fingerprint)
+        elif self._children_count.get(child_id) != number_of_children:
+            child = await self.store.get_child(child_id)
+            await self.store.save_child(attrs.evolve(child, number_of_children=number_of_children))
+            self._children_count[child_id] = number_of_children
+        await self.store.touch_child(child_id, self._clock())
+        return PollAnswer(child_id, await self.store.first_offer(child_id))
+
+    async def _register(self, child_id: str, area: Area, count: int, fingerprint: int) -> None:
+        try:
+            old: Child | None = await self.store.get_child(child_id)
+        except NotFoundError:
+            old = None
+        changed = old is None or old.area != area
+        child = Child(child_id, area, count, old.registered_at if old else self._clock())
+        await self.store.save_child(child)
+        self._fingerprints[child_id] = fingerprint
+        self._children_count[child_id] = count
+        if not changed:
+            return
+        self._children.add(child_id, area)
+        reached = set(self._targets["intersects"].match(area, "intersects"))
+        reached.update(self._targets["within"].match(area, "contains"))
+        for rollout_id in sorted(reached):
+            rollout = await self.store.get_rollout(rollout_id)
+            if rollout.state in (RolloutState.ACTIVE, RolloutState.PAUSED):
+                await self.store.target(rollout_id, [child_id])
+        if old is not None:  # moved away: take back what it has not fetched yet
+            for rollout in await self.store.list_rollouts(
+                states={RolloutState.ACTIVE, RolloutState.PAUSED}
+            ):
+                if rollout.id not in reached:
+                    await self.store.withdraw(rollout.id, [child_id])
+
+    async def get_release(self, child_id: object, release_id: object) -> str:
+        """``GET /release``: the strategy text; the child's release turns ``Doing`` and its
+        first stage ``InProgress``. NotFoundError for an unknown release or one not meant for
+        the child (or aborted); ValidationError for a missing parameter."""
+        child_id, release_id = self._ids(child_id, release_id)
+        rollout = await self.store.get_rollout(release_id)
+        if rollout.state in (RolloutState.ABORTED, RolloutState.DRAFT):
+            raise NotFoundError("release", release_id)
+        bundle = await self.store.get_bundle(release_id)
+        first = bundle.strategy.first_stage.name
+        for _attempt in range(5):
+            state = await self.store.child_release(release_id, child_id)
+            if state.status in (ReleaseStatus.DONE, ReleaseStatus.FAILED):
+                raise NotFoundError("release for child", f"{release_id}/{child_id}")
+            status = release_step(state.status, "fetch", subject=child_id)
+            stages = dict(state.stages)
+            if stages[first].status is StageStatus.PENDING:
+                now = self._clock()
+                stages[first] = ChildStage(StageStatus.IN_PROGRESS, None, now, now)
+            try:
+                await self.store.put_child_release(
+                    state, attrs.evolve(state, status=status, stages=stages)
+                )
+            except ConcurrentUpdateError:
+                continue
+            return bundle.strategy_text
+        raise ConflictError(f"release {release_id} for {child_id} keeps changing; ask again")
+
+    async def get_functions(self, release_id: object) -> bytes:
+        """``GET /release/functions/{id}``: the function archive, byte for byte."""
+        if not isinstance(release_id, str) or not release_id:
+            raise ValidationError("invalid request", [("release_id", "is required")])
+        return (await self.store.get_bundle(release_id)).archive.data
+
+    async def submit_result(self, body: object) -> None:
+        """``POST /result`` (either encoding): apply each stage summary in order.
+
+        ValidationError (400) for a malformed body, NotFoundError (404) for an unknown child,
+        release or stage, InvalidTransitionError (409) for a status change the stage machine
+        or the stage's type does not allow. A repeated identical report changes nothing.
+        """
+        report = parse_result(body)
+        for attempt in range(5):
+            try:
+                await self._apply(report)
+                return
+            except ConcurrentUpdateError:
+                if attempt == 4:
+                    raise ConflictError("the child's state keeps changing; report again") from None
+
+    async def _apply(self, report: ResultReport) -> None:
+        await self.store.get_child(report.child_id)
+        rollout = await self.store.get_rollout(report.release_id)
+        bundle = await self.store.get_bundle(rollout.id)
+        before = await self.store.child_release(rollout.id, report.child_id)
+        state = before
+        last = len(report.reports) - 1
+        for i, stage_report in enumerate(report.reports):
+            state = self._apply_stage(rollout, bundle, state, stage_report, last=i == last)
+        if state != before:
+            await self.store.put_child_release(before, attrs.evolve(state, acknowledged=True))
+            for name, stage in state.stages.items():
+                if stage.status is StageStatus.SUCCESS_WAITING:
+                    await self._check_barrier(rollout, name)
+
+    def _apply_stage(
+        self,
+        rollout: Rollout,
+        bundle: ReleaseBundle,
+        state: ChildRelease,
+        report: StageReport,
+        *,
+        last: bool = True,
+    ) -> ChildRelease:
+        strategy = bundle.strategy
+        subject = f"{state.child_id}/{rollout.id}"
+        name = report.stage_name or state.live_stage
+        if name is None:
+            raise InvalidTransitionError(
+                "stage",
+                "Pending",
+                f"report {report.status.wire_name}",
+                subject=subject,
+                hint="the child has no stage in progress to report on",
+            )
+        stage_def = strategy.stage(name)  # NotFoundError for an unknown stage
+        current = state.stage(name)
+        if current.status is report.status and current.summary == report.summary:
+            return state  # an identical repeat changes nothing
+        if (
+            report.status is StageStatus.SUCCESS_WAITING
+            and current.status is StageStatus.SHOULD_END
+        ):
+            return state  # still waiting, as far as the child knows: the barrier opened already
+        if state.status is not ReleaseStatus.DOING:
+            raise InvalidTransitionError(
+                "child release",
+                state.status.wire_name,
+                "report",
+                subject=subject,
+                hint="results are taken only while the release is Doing",
+            )
+        trigger = STAGE_TRIGGER_FOR.get(report.status)
+        if trigger is None:
+            raise InvalidTransitionError(
+                "stage",
+                current.status.wire_name,
+                f"report {report.status.wire_name}",
+                subject=f"{subject}/{name}",
+                hint="a child reports only final or waiting states",
+            )
+        waits = stage_def.type is StageType.WAIT_FOR_SIGNAL
+        if report.status is StageStatus.SUCCESS_WAITING and not waits:
+            raise InvalidTransitionError(
+                "stage",
+                current.status.wire_name,
+                "wait",
+                subject=f"{subject}/{name}",
+                hint="only a WaitForSignal stage waits for the parent",
+            )
+        if (
+            report.status is StageStatus.COMPLETED
+            and waits
+            and current.status is not StageStatus.SHOULD_END
+        ):
+            raise InvalidTransitionError(
+                "stage",
+                current.status.wire_name,
+                "complete",
+                subject=f"{subject}/{name}",
+                hint="a WaitForSignal stage completes only after the parent said ShouldEnd",
+            )
+        new_status = stage_step(current.status, trigger, subject=f"{subject}/{name}")
+        now = self._clock()
+        stages = dict(state.stages)
+        stages[name] = ChildStage(new_status, report.summary, now, current.started_at or now)
+        if not new_status.is_final:
+            return attrs.evolve(state, stages=stages)
+        nxt = report.next_stage
+        if not nxt and not last:
+            # Several summaries in one body: only the last carries the child's next stage (the
+            # original agent's encoding); the earlier ones went where the strategy says.
+            nxt = (
+                stage_def.end_action.on_success
+                if new_status is StageStatus.COMPLETED
+                else stage_def.end_action.on_failure
+            )
+        if nxt and nxt not in ("rollout", "rollback"):
+            follow = state.stage(nxt)  # NotFoundError for an unknown next stage
+            step = stage_step(follow.status, "begin", subject=f"{subject}/{nxt}")
+            stages[nxt] = ChildStage(step, None, now, now)
+            return attrs.evolve(state, stages=stages)
+        # The child ended the release: rolled out or back.
+        action = nxt or (
+            stage_def.end_action.on_success
+            if new_status is StageStatus.COMPLETED
+            else stage_def.end_action.on_failure
+        )
+        outcome = Outcome.ROLLED_OUT if action == "rollout" else Outcome.ROLLED_BACK
+        trigger = "finish" if new_status is StageStatus.COMPLETED else "fail"
+        return attrs.evolve(
+            state,
+            stages=stages,
+            status=release_step(state.status, trigger, subject=subject),
+            outcome=outcome,
+        )
+
+    async def end_stage(
+        self, child_id: object, strategy_id: object, stage_name: object
+    ) -> EndStageAnswer:
+        """``POST /end_stage``: whether the stage should end (``ShouldEnd`` or later)."""
+        if isinstance(strategy_id, int) and not isinstance(strategy_id, bool):
+            strategy_id = str(strategy_id)
+        child_id, release_id = self._ids(child_id, strategy_id)
+        if not isinstance(stage_name, str) or not stage_name:
+            raise ValidationError("invalid end_stage", [("stage_name", "is required")])
+        rollout = await self.store.get_rollout(release_id)
+        state = await self.store.child_release(release_id, child_id)
+        stage = state.stage(stage_name)
+        if rollout.state is RolloutState.ABORTED:
+            return EndStageAnswer(True, "rollback")
+        if stage.status is StageStatus.SUCCESS_WAITING:
+            await self._check_barrier(rollout, stage_name)
+            stage = (await self.store.child_release(release_id, child_id)).stage(stage_name)
+        return EndStageAnswer(stage.status >= StageStatus.SHOULD_END)
+
+    # -- orchestration -----------------------------------------------------------------------
+    async def _check_barrier(self, rollout: Rollout, stage_name: str) -> None:
+        """Open the stage's barrier when the policy's condition holds, and tell every child
+        waiting on the stage to end it."""
+        if rollout.state is not RolloutState.ACTIVE:
+            return
+        barrier = self._barriers.setdefault((rollout.id, stage_name), _Barrier())
+        children = await self.store.child_releases(rollout.id)
+        now = self._clock()
+        waiting = [
+            c for c in children if c.stages[stage_name].status is StageStatus.SUCCESS_WAITING
+        ]
+        if waiting and barrier.first_waiting_at is None:
+            barrier.first_waiting_at = now
+        if not barrier.open:
+            seen = await self.store.last_seen(c.child_id for c in children)
+            taking_part = [
+                c
+                for c in children
+                if c.status in (ReleaseStatus.TODO, ReleaseStatus.DOING)
+                and not c.stages[stage_name].status.is_final
+                and now - seen.get(c.child_id, -1e18) <= self.lost_after
+            ]
+            ready = sum(
+                1 for c in taking_part if c.stages[stage_name].status >= StageStatus.SUCCESS_WAITING
+            )
+            policy = rollout.policy
+            if taking_part and ready >= policy.quorum * len(taking_part):
+                barrier.open = True
+            elif (
+                policy.barrier_timeout is not None
+                and barrier.first_waiting_at is not None
+                and now - barrier.first_waiting_at > policy.barrier_timeout
+            ):
+                await self.abort(
+                    rollout.id,
+                    reason=f"stage {stage_name!r}: {ready} of {len(taking_part)} children ready "
+                    f"after the barrier time-out of {policy.barrier_timeout:g}s",
+                )
+                return
+        if barrier.open:
+            for child in waiting:
+                stages = dict(child.stages)
+                old = stages[stage_name]
+                stages[stage_name] = attrs.evolve(
+                    old, status=stage_step(old.status, "signal"), changed_at=now
+                )
+                # A child that moved meanwhile is seen again by the next check.
+                with contextlib.suppress(ConcurrentUpdateError):
+                    await self.store.put_child_release(child, attrs.evolve(child, stages=stages))
+
+    async def tick(self) -> None:
+        """Re-judge every open question that time alone can settle: barriers held up by
+        children that went quiet (lost), barrier time-outs. Call it periodically."""
+        for rollout in await self.store.list_rollouts(states={RolloutState.ACTIVE}):
+            bundle = await self.store.get_bundle(rollout.id)
+            for stage in bundle.strategy.stages:
+                if stage.type is StageType.WAIT_FOR_SIGNAL:
+                    await self._check_barrier(rollout, stage.name)
+
+    @staticmethod
+    def _ids(child_id: object, release_id: object) -> tuple[str, str]:
+        problems = []
+        if not isinstance(child_id, str) or not child_id or len(child_id) > _MAX_ID:
+            problems.append(("childID", "is required (a string)"))
+        if not isinstance(release_id, str) or not release_id or len(release_id) > _MAX_ID:
+            problems.append(("releaseID", "is required (a string)"))
+        if problems:
+            raise ValidationError("invalid request", problems)
+        assert isinstance(child_id, str)
+        assert isinstance(release_id, str)
+        return child_id, release_id
+
+
+_RS = RolloutState
+_OPERATIONS: dict[str, tuple[frozenset[RolloutState], RolloutState]] = {
+    "start": (frozenset({_RS.DRAFT}), _RS.ACTIVE),
+    "pause": (frozenset({_RS.ACTIVE}), _RS.PAUSED),
+    "resume": (frozenset({_RS.PAUSED}), _RS.ACTIVE),
+    "abort": (frozenset({_RS.DRAFT, _RS.ACTIVE, _RS.PAUSED}), _RS.ABORTED),
+}
+_PAST = {"start": "started", "pause": "paused", "resume": "resumed", "abort": "aborted"}

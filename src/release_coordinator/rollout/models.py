@@ -1,0 +1,192 @@
+"""Records of the rollout half: release bundles, rollouts, children and their per-child state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from pathlib import Path
+
+import attrs
+
+from release_coordinator.errors import BundleError, ConfigurationError, NotFoundError
+from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
+from release_coordinator.rollout.geo import Area, MatchMode
+from release_coordinator.rollout.strategy import Strategy, parse_strategy
+
+__all__ = [
+    "Child",
+    "ChildRelease",
+    "ChildStage",
+    "GlobalIncremental",
+    "Outcome",
+    "Policy",
+    "ReleaseBundle",
+    "Rollout",
+    "RolloutState",
+]
+
+
+@attrs.frozen
+class ReleaseBundle:
+    """A release: its strategy and its function archive, served back byte-for-byte.
+
+    Build it with :meth:`from_parts` (strategy text + archive bytes) or :meth:`from_folder`
+    (a folder with ``strategy.yaml`` and ``fns/``); both validate that every version path the
+    strategy names is a folder of the archive.
+    """
+
+    strategy: Strategy
+    strategy_text: str
+    archive: FunctionArchive
+
+    @property
+    def id(self) -> str:
+        return self.strategy.id
+
+    @classmethod
+    def from_parts(
+        cls,
+        strategy_text: str | bytes,
+        archive: bytes | FunctionArchive,
+        *,
+        limits: ArchiveLimits | None = None,
+    ) -> ReleaseBundle:
+        text = strategy_text.decode("utf-8") if isinstance(strategy_text, bytes) else strategy_text
+        strategy = parse_strategy(text)
+        if not isinstance(archive, FunctionArchive):
+            archive = FunctionArchive.from_bytes(
+                archive,
+                limits=limits or ArchiveLimits(),
+                required_folders=strategy.version_paths(),
+            )
+        # A strategy naming a folder that is not in the archive is refused with its path.
+        parse_strategy(text, available_paths=archive.folders)
+        return cls(strategy, text, archive)
+
+    @classmethod
+    def from_folder(
+        cls, folder: str | Path, *, limits: ArchiveLimits | None = None
+    ) -> ReleaseBundle:
+        root = Path(folder)
+        strategy_file = root / "strategy.yaml"
+        if not strategy_file.is_file():
+            raise BundleError(
+                "invalid release folder", [(str(strategy_file), "strategy.yaml is missing")]
+            )
+        archive = FunctionArchive.from_folder(root, limits=limits or ArchiveLimits())
+        return cls.from_parts(strategy_file.read_text(encoding="utf-8"), archive)
+
+
+class RolloutState(StrEnum):
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ABORTED = "aborted"
+    COMPLETED = "completed"
+
+
+class Outcome(StrEnum):
+    """How a child's release ended, recorded beside Done/Failed."""
+
+    NONE = ""
+    ROLLED_OUT = "rolled_out"
+    ROLLED_BACK = "rolled_back"
+
+
+def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 < value <= 1:
+        raise ConfigurationError(f"{attribute.name} must be within (0, 1], not {value!r}")
+
+
+@attrs.frozen
+class GlobalIncremental:
+    """A ``WaitForSignal`` stage ends for every targeted live child together.
+
+    The barrier opens once ``quorum`` (a fraction) of the children taking part in the stage
+    (targeted, not lost, not finished or failed) are ``SuccessWaiting`` on it; every child that
+    reaches ``SuccessWaiting`` later is told to end at once. With ``barrier_timeout`` (seconds,
+    from the first child waiting), a barrier still closed by then aborts the rollout.
+    """
+
+    quorum: float = attrs.field(default=1.0, validator=_fraction)
+    barrier_timeout: float | None = None
+
+    name = "global_incremental"
+
+
+Policy = GlobalIncremental
+
+
+@attrs.frozen
+class Rollout:
+    """A release deployed to the children whose area reaches ``target``.
+
+    Its id is the release's (the strategy's ``id``). ``seq`` orders rollouts of equal priority
+    by creation.
+    """
+
+    id: str
+    name: str
+    target: Area
+    match: MatchMode = "intersects"
+    priority: int = 0
+    policy: Policy = GlobalIncremental()
+    state: RolloutState = RolloutState.DRAFT
+    seq: int = 0
+    reason: str = ""
+
+
+@attrs.frozen(slots=True)
+class Child:
+    """A node below this manager: an edge node, or a manager (relay) with nodes of its own."""
+
+    id: str
+    area: Area
+    number_of_children: int = 0
+    registered_at: float = 0.0
+
+
+@attrs.frozen(slots=True)
+class ChildStage:
+    status: StageStatus = StageStatus.PENDING
+    summary: object = None  # a StageSummary once reported (rollout.results)
+    changed_at: float = 0.0
+    started_at: float = 0.0
+
+
+@attrs.frozen
+class ChildRelease:
+    """One rollout on one child: its ReleaseStatus, its stages, and how it ended.
+
+    ``acknowledged`` turns true with the child's first result; until then a child that
+    fetched the release and went quiet is offered it again.
+    """
+
+    rollout_id: str
+    child_id: str
+    status: ReleaseStatus
+    stages: Mapping[str, ChildStage]
+    outcome: Outcome = Outcome.NONE
+    acknowledged: bool = False
+
+    @classmethod
+    def todo(cls, rollout_id: str, child_id: str, stage_names: Iterable[str]) -> ChildRelease:
+        return cls(rollout_id, child_id, ReleaseStatus.TODO, {n: ChildStage() for n in stage_names})
+
+    def stage(self, name: str) -> ChildStage:
+        try:
+            return self.stages[name]
+        except KeyError:
+            raise NotFoundError("stage", name) from None
+
+    @property
+    def live_stage(self) -> str | None:
+        """The stage the child is in (in progress, waiting or told to end), if any."""
+        for name, stage in self.stages.items():
+            if stage.status in _LIVE:
+                return name
+        return None
+
+
+_LIVE = frozenset({StageStatus.IN_PROGRESS, StageStatus.SUCCESS_WAITING, StageStatus.SHOULD_END})

@@ -1,0 +1,377 @@
+"""The RolloutManager through its child-protocol methods and operator actions."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from release_coordinator.errors import (
+    GeoJSONError,
+    InvalidTransitionError,
+    NotFoundError,
+    ValidationError,
+)
+from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.manager import RolloutManager
+from release_coordinator.rollout.models import GlobalIncremental, Outcome, ReleaseBundle
+
+pytestmark = pytest.mark.anyio
+
+STRATEGY = """\
+id: "42"
+name: checkout-gradual
+type: minor
+functions:
+  - name: checkout
+    base_version: {path: fns/checkout_v1, env: nodejs}
+    new_version: {path: fns/checkout_v2, env: nodejs}
+stages:
+  - name: canary-10
+    type: WaitForSignal
+    func_name: checkout
+    variants:
+      - {name: base_version, trafficPercentage: 90}
+      - {name: new_version, trafficPercentage: 10}
+    metrics_conditions:
+      - {name: errorRate, threshold: "<=0.01"}
+    end_conditions:
+      - {name: minCalls, threshold: "20"}
+    end_action: {onSuccess: ab-50, onFailure: rollback}
+  - name: ab-50
+    type: A/B
+    func_name: checkout
+    variants:
+      - {name: base_version, trafficPercentage: 50}
+      - {name: new_version, trafficPercentage: 50}
+    metrics_conditions: [{name: errorRate, threshold: "<0.05"}]
+    end_conditions: [{name: minCalls, threshold: "10"}]
+    end_action: {onSuccess: rollout, onFailure: rollback}
+rollback: {action: {function: base_version}}
+"""
+
+
+def archive() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("fns/checkout_v1/index.js", "module.exports = () => 'v1'")
+        zf.writestr("fns/checkout_v2/index.js", "module.exports = () => 'v2'")
+    return buffer.getvalue()
+
+
+def bundle(release_id: str = "42") -> ReleaseBundle:
+    return ReleaseBundle.from_parts(STRATEGY.replace('id: "42"', f'id: "{release_id}"'), archive())
+
+
+def square(lon: float, lat: float, size: float = 1.0) -> dict[str, Any]:
+    return {
+        "type": "Polygon",
+        "coordinates": [
+            [[lon, lat], [lon + size, lat], [lon + size, lat + size], [lon, lat + size], [lon, lat]]
+        ],
+    }
+
+
+EUROPE = square(0, 40, 20)
+INSIDE = square(5, 45)
+OUTSIDE = square(-80, 10)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def summary(**extra: Any) -> dict[str, Any]:
+    times = {"median": 12.0, "minimum": 3.0, "maximum": 40.0}
+    return {
+        "proxy_times": times,
+        "f1_times_summary": times,
+        "f2_times_summary": times,
+        "f1_err_rate": 0.0,
+        "f2_err_rate": 0.0,
+        "f1_calls": 90,
+        "f2_calls": 10,
+        **extra,
+    }
+
+
+def result(child: str, stage: str, status: int, next_stage: str = "", **extra: Any) -> Any:
+    return {
+        "id": child,
+        "release_id": "42",
+        "next_stage": next_stage,
+        "stage_summaries": [{"stage_name": stage, "status": status, **summary(**extra)}],
+    }
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def manager(clock: Clock) -> RolloutManager:
+    return RolloutManager(lost_after=30, clock=clock)
+
+
+async def fetched(manager: RolloutManager, *areas: dict[str, Any]) -> list[str]:
+    ids = []
+    for area in areas:
+        answer = await manager.poll("", area, 0)
+        assert answer.new_release == "42"
+        await manager.get_release(answer.id, "42")
+        ids.append(answer.id)
+    return ids
+
+
+# -- poll and targeting ------------------------------------------------------------------------
+
+
+async def test_poll_registers_and_offers_by_area(manager: RolloutManager) -> None:
+    first = await manager.poll("", INSIDE, 0)
+    assert first.id
+    assert first.new_release == ""
+    await manager.create_rollout(bundle(), EUROPE)
+    assert (await manager.poll(first.id, INSIDE, 0)).new_release == "42"
+    outside = await manager.poll("", OUTSIDE, 0)
+    assert outside.new_release == ""
+    named = await manager.poll("edge-berlin", square(13, 52, 0.5), 3)
+    assert named.id == "edge-berlin"  # an unknown id is registered as given
+    assert named.new_release == "42"  # joined mid-rollout, offered too
+    assert (await manager.store.get_child("edge-berlin")).number_of_children == 3
+
+
+async def test_bad_polls_are_refused_and_register_nothing(manager: RolloutManager) -> None:
+    open_ring = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]}
+    for area in (open_ring, {"type": "Point", "coordinates": [0, 0]}, square(200, 0), "x"):
+        with pytest.raises(GeoJSONError):
+            await manager.poll("c1", area, 0)
+    for bad_id, count in ((3, 0), ("c1", -1), ("c1", True), ("x" * 300, 0)):
+        with pytest.raises(ValidationError):
+            await manager.poll(bad_id, INSIDE, count)
+    assert await manager.store.list_children() == []
+
+
+async def test_containment_priority_and_creation_order(manager: RolloutManager) -> None:
+    edge = square(19.5, 45, 1)  # straddles the east border of EUROPE
+    await manager.create_rollout(bundle("a"), EUROPE, match="within")
+    await manager.create_rollout(bundle("b"), EUROPE)
+    await manager.create_rollout(bundle("c"), EUROPE)
+    straddling = await manager.poll("", edge, 0)
+    assert straddling.new_release == "b"  # not within "a"; "b" before "c"
+    await manager.create_rollout(bundle("urgent"), EUROPE, priority=5)
+    assert (await manager.poll(straddling.id, edge, 0)).new_release == "urgent"
+    inside = await manager.poll("", INSIDE, 0)
+    assert inside.new_release == "urgent"
+
+
+async def test_moving_away_withdraws_what_was_not_fetched(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    child = (await manager.poll("", INSIDE, 0)).id
+    assert (await manager.poll(child, OUTSIDE, 0)).new_release == ""
+    assert (await manager.poll(child, INSIDE, 0)).new_release == "42"
+
+
+# -- fetching ------------------------------------------------------------------------------------
+
+
+async def test_release_and_functions(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    child = (await manager.poll("", INSIDE, 0)).id
+    text = await manager.get_release(child, "42")
+    assert text == STRATEGY
+    assert await manager.get_functions("42") == archive()
+    state = await manager.store.child_release("42", child)
+    assert state.status is ReleaseStatus.DOING
+    assert state.stages["canary-10"].status is StageStatus.IN_PROGRESS
+    assert state.stages["ab-50"].status is StageStatus.PENDING
+    with pytest.raises(ValidationError):
+        await manager.get_release(child, "")
+    with pytest.raises(NotFoundError):
+        await manager.get_release(child, "nope")
+    with pytest.raises(NotFoundError):
+        await manager.get_functions("nope")
+    stranger = (await manager.poll("", OUTSIDE, 0)).id
+    with pytest.raises(NotFoundError):
+        await manager.get_release(stranger, "42")
+
+
+async def test_child_that_crashes_after_fetching_is_offered_again(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    (child,) = await fetched(manager, INSIDE)
+    assert (await manager.poll(child, INSIDE, 0)).new_release == "42"  # no result yet
+    assert await manager.get_release(child, "42") == STRATEGY
+    await manager.submit_result(result(child, "canary-10", 2))
+    assert (await manager.poll(child, INSIDE, 0)).new_release == ""  # acknowledged
+
+
+# -- results and barriers ------------------------------------------------------------------------
+
+
+async def test_global_barrier_then_rollout(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    a, b = await fetched(manager, INSIDE, square(6, 46))
+    await manager.submit_result(result(a, "canary-10", 2))
+    assert not (await manager.end_stage(a, "42", "canary-10")).end_stage  # b not ready
+    with pytest.raises(InvalidTransitionError, match="ShouldEnd"):
+        await manager.submit_result(result(a, "canary-10", 4, "ab-50"))  # not told to end
+    await manager.submit_result(result(b, "canary-10", 2))
+    assert (await manager.end_stage(a, "42", "canary-10")).end_stage
+    assert (await manager.end_stage(b, 42, "canary-10")).to_json() == {"end_stage": True}
+    for child in (a, b):
+        await manager.submit_result(result(child, "canary-10", 4, "ab-50"))
+        await manager.submit_result(result(child, "ab-50", 4))
+    report = await manager.report("42")
+    assert report.statuses == {"Done": 2}
+    assert report.outcomes == {"rolled_out": 2}
+    canary = report.stages[0]
+    assert canary.counts == {"Completed": 2}
+    assert canary.aggregate is not None
+    assert canary.aggregate.f2_calls == 20
+
+
+async def test_results_that_the_protocol_refuses(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    (child,) = await fetched(manager, INSIDE)
+    before = await manager.store.child_release("42", child)
+    with pytest.raises(ValidationError):  # an empty summary list (crashed the original)
+        await manager.submit_result({"id": child, "release_id": "42", "stage_summaries": []})
+    with pytest.raises(InvalidTransitionError, match="Pending"):  # a result for a Pending stage
+        await manager.submit_result(result(child, "ab-50", 4))
+    with pytest.raises(InvalidTransitionError, match="WaitForSignal"):
+        await manager.submit_result(result(child, "ab-50", 2))
+    with pytest.raises(NotFoundError):
+        await manager.submit_result(result(child, "no-such-stage", 4))
+    with pytest.raises(NotFoundError):
+        await manager.submit_result(result("ghost", "canary-10", 2))
+    assert await manager.store.child_release("42", child) == before
+
+
+async def test_rollback_as_next_stage_and_its_outcome(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    (child,) = await fetched(manager, INSIDE)
+    await manager.submit_result(result(child, "canary-10", 5, "rollback", f2_err_rate=0.3))
+    state = await manager.store.child_release("42", child)
+    assert state.status is ReleaseStatus.FAILED
+    assert state.outcome is Outcome.ROLLED_BACK
+    assert state.stages["canary-10"].status is StageStatus.FAILURE
+    assert (await manager.poll(child, INSIDE, 0)).new_release == ""
+
+
+async def test_identical_repeat_changes_nothing(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    (child,) = await fetched(manager, INSIDE)
+    await manager.submit_result(result(child, "canary-10", 2))
+    once = await manager.store.child_release("42", child)
+    await manager.submit_result(result(child, "canary-10", 2))
+    assert await manager.store.child_release("42", child) == once
+
+
+async def test_lost_child_no_longer_holds_the_barrier(
+    manager: RolloutManager, clock: Clock
+) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    a, b = await fetched(manager, INSIDE, square(6, 46))
+    await manager.submit_result(result(a, "canary-10", 2))
+    await manager.tick()
+    assert not (await manager.end_stage(a, "42", "canary-10")).end_stage
+    clock.now += 31  # b went quiet; a keeps polling
+    await manager.poll(a, INSIDE, 0)
+    await manager.tick()
+    assert (await manager.end_stage(a, "42", "canary-10")).end_stage
+    assert (await manager.report("42")).lost == (b,)
+
+
+async def test_quorum_and_barrier_timeout(manager: RolloutManager, clock: Clock) -> None:
+    policy = GlobalIncremental(quorum=0.6, barrier_timeout=10)
+    await manager.create_rollout(bundle(), EUROPE, policy=policy)
+    a, b, c = await fetched(manager, INSIDE, square(6, 46), square(7, 47))
+    await manager.submit_result(result(a, "canary-10", 2))
+    assert not (await manager.end_stage(a, "42", "canary-10")).end_stage  # 1 of 3
+    await manager.submit_result(result(b, "canary-10", 2))
+    assert (await manager.end_stage(a, "42", "canary-10")).end_stage  # 2 of 3 >= 60%
+    await manager.submit_result(result(c, "canary-10", 2))  # late: told at once
+    assert (await manager.end_stage(c, "42", "canary-10")).end_stage
+
+    await manager.create_rollout(bundle("slow"), EUROPE, policy=policy)
+    ids = []
+    for child in (a, b, c):
+        assert (await manager.poll(child, INSIDE, 0)).new_release == "slow"
+        await manager.get_release(child, "slow")
+        ids.append(child)
+    slow = result(a, "canary-10", 2)
+    slow["release_id"] = "slow"
+    await manager.submit_result(slow)
+    clock.now += 11
+    for child in ids:
+        await manager.poll(child, INSIDE, 0)
+    await manager.tick()
+    rollout = await manager.get_rollout("slow")
+    assert rollout.state.value == "aborted"
+    assert "time-out" in rollout.reason
+    assert (await manager.end_stage(b, "slow", "canary-10")).to_json() == {
+        "end_stage": True,
+        "action": "rollback",
+    }
+
+
+async def test_pause_resume_abort(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    (fetcher,) = await fetched(manager, INSIDE)
+    waiting = (await manager.poll("", square(8, 48), 0)).id
+    await manager.pause("42")
+    assert (await manager.poll(waiting, square(8, 48), 0)).new_release == ""
+    await manager.resume("42")
+    assert (await manager.poll(waiting, square(8, 48), 0)).new_release == "42"
+    await manager.abort("42", reason="bad canary")
+    assert (await manager.poll(waiting, square(8, 48), 0)).new_release == ""
+    answer = await manager.end_stage(fetcher, "42", "canary-10")
+    assert answer.action == "rollback"
+    with pytest.raises(InvalidTransitionError):
+        await manager.resume("42")
+
+
+async def test_report_per_area(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    await fetched(manager, INSIDE, square(15, 55))
+    north = await manager.report("42", area=_area(square(10, 50, 10)))
+    assert len(north.children) == 1
+    assert len((await manager.report("42")).children) == 2
+
+
+def _area(geojson: dict[str, Any]) -> Any:
+    from release_coordinator.rollout.geo import Area
+
+    return Area.from_geojson(geojson)
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+coords = st.floats(-170, 160, allow_nan=False)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    target=st.tuples(coords, st.floats(-80, 60), st.floats(1, 15)),
+    child=st.tuples(coords, st.floats(-80, 60), st.floats(0.1, 5)),
+)
+async def test_a_child_gets_the_release_exactly_when_its_area_reaches_the_target(
+    target: tuple[float, float, float], child: tuple[float, float, float]
+) -> None:
+    manager = RolloutManager()
+    target_area = square(*target)
+    child_area = square(*child)
+    await manager.create_rollout(bundle(), target_area)
+    answer = await manager.poll("", child_area, 0)
+    reaches = _area(child_area).intersects(_area(target_area))
+    assert (answer.new_release == "42") is reaches
