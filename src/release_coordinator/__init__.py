@@ -65,12 +65,12 @@ from release_coordinator.rollout.models import (
     Child,
     ChildRelease,
     ChildStage,
-    GlobalIncremental,
     Outcome,
     ReleaseBundle,
     Rollout,
     RolloutState,
 )
+from release_coordinator.rollout.policies import GlobalIncremental, LocationSequential, Waves
 from release_coordinator.rollout.results import (
     ResultReport,
     StageReport,
@@ -143,6 +143,7 @@ __all__ = [
     "HttpTransport",
     "InvalidTransitionError",
     "KitTask",
+    "LocationSequential",
     "MalformedAnswerError",
     "MemoryRolloutStore",
     "MemoryStore",
@@ -195,6 +196,7 @@ __all__ = [
     "TransportError",
     "ValidationError",
     "Variant",
+    "Waves",
     "__version__",
     "aggregate",
     "dump_strategy",

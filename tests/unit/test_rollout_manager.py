@@ -18,7 +18,8 @@ from release_coordinator.errors import (
 )
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.manager import RolloutManager
-from release_coordinator.rollout.models import GlobalIncremental, Outcome, ReleaseBundle
+from release_coordinator.rollout.models import Outcome, ReleaseBundle
+from release_coordinator.rollout.policies import GlobalIncremental
 
 pytestmark = pytest.mark.anyio
 
@@ -375,3 +376,99 @@ async def test_a_child_gets_the_release_exactly_when_its_area_reaches_the_target
     answer = await manager.poll("", child_area, 0)
     reaches = _area(child_area).intersects(_area(target_area))
     assert (answer.new_release == "42") is reaches
+
+
+# -- other policies -----------------------------------------------------------------------------
+
+
+async def finish(manager: RolloutManager, child: str, release: str, *, ok: bool = True) -> None:
+    """Fetch and run the release to its end on ``child`` (canary waits, then A/B)."""
+    await manager.get_release(child, release)
+    body = result(child, "canary-10", 2)
+    body["release_id"] = release
+    await manager.submit_result(body)
+    if not ok:
+        failed = result(child, "canary-10", 5, "rollback", f2_err_rate=0.5)
+        failed["release_id"] = release
+        await manager.submit_result(failed)
+        return
+    assert (await manager.end_stage(child, release, "canary-10")).end_stage
+    for stage, status, nxt in (("canary-10", 4, "ab-50"), ("ab-50", 4, "")):
+        body = result(child, stage, status, nxt)
+        body["release_id"] = release
+        await manager.submit_result(body)
+
+
+async def offered(manager: RolloutManager, children: dict[str, dict[str, Any]]) -> set[str]:
+    return {c for c, area in children.items() if (await manager.poll(c, area, 0)).new_release}
+
+
+async def test_location_sequential_by_area(manager: RolloutManager) -> None:
+    from release_coordinator import LocationSequential
+
+    west, east = square(0, 40, 10), square(10, 40, 10)
+    children = {"w1": square(2, 42), "w2": square(4, 44), "e1": square(12, 42), "x": square(2, 55)}
+    for child, area in children.items():
+        await manager.poll(child, area, 0)
+    policy = LocationSequential(groups=(_area(west), _area(east)))
+    await manager.create_rollout(bundle(), EUROPE, policy=policy)
+    assert await offered(manager, children) == {"w1", "w2"}
+    await finish(manager, "w2", "42", ok=False)  # failed counts as finished ...
+    assert await offered(manager, children) == {"w1"}  # ... but the west is not done yet
+    await finish(manager, "w1", "42")  # the barrier no longer waits for the failed w2
+    assert await offered(manager, children) == {"e1"}
+    await finish(manager, "e1", "42")
+    assert await offered(manager, children) == {"x"}  # in no group: last
+
+
+async def test_location_sequential_child_by_child_skips_the_lost(
+    manager: RolloutManager, clock: Clock
+) -> None:
+    from release_coordinator import LocationSequential
+
+    children = {"a": square(2, 42), "b": square(4, 44), "c": square(6, 46)}
+    for child, area in children.items():
+        await manager.poll(child, area, 0)
+    await manager.create_rollout(bundle(), EUROPE, policy=LocationSequential())
+    assert await offered(manager, children) == {"a"}
+    await manager.get_release("a", "42")  # a fetches, then goes quiet
+    clock.now += 31
+    await manager.poll("b", children["b"], 0)
+    await manager.tick()
+    assert (await manager.poll("b", children["b"], 0)).new_release == "42"
+
+
+async def test_waves_advance_on_success_and_abort_on_failures(manager: RolloutManager) -> None:
+    from release_coordinator import Waves
+
+    children = {f"c{i}": square(1 + i, 42 + i % 5) for i in range(10)}
+    for child, area in children.items():
+        await manager.poll(child, area, 0)
+    policy = Waves(
+        sizes=(0.1, 0.5, 1.0), success_threshold=1.0, failure_threshold=0.3, min_finished=3
+    )
+    await manager.create_rollout(bundle(), EUROPE, policy=policy)
+    assert await offered(manager, children) == {"c0"}  # 10% of 10
+    await finish(manager, "c0", "42")
+    assert await offered(manager, children) == {"c1", "c2", "c3", "c4"}  # up to 50%
+    await finish(manager, "c1", "42", ok=False)
+    await finish(manager, "c2", "42", ok=False)  # 2 of 3 finished failed > 30%
+    rollout = await manager.get_rollout("42")
+    assert rollout.state.value == "aborted"
+    assert "2 of 3 finished children failed" in rollout.reason
+    assert await offered(manager, children) == set()
+
+
+def test_policies_refuse_nonsense() -> None:
+    from release_coordinator import ConfigurationError, Waves
+
+    for bad in (
+        {"sizes": ()},
+        {"sizes": (0.5, 0.2)},
+        {"sizes": (0, 1)},
+        {"failure_threshold": 0},
+        {"quorum": 1.5},
+        {"barrier_timeout": -1},
+    ):
+        with pytest.raises(ConfigurationError):
+            Waves(**bad)  # type: ignore[arg-type]

@@ -41,13 +41,12 @@ from release_coordinator.rollout.models import (
     Child,
     ChildRelease,
     ChildStage,
-    GlobalIncremental,
     Outcome,
-    Policy,
     ReleaseBundle,
     Rollout,
     RolloutState,
 )
+from release_coordinator.rollout.policies import GlobalIncremental, Policy, admit
 from release_coordinator.rollout.results import (
     ResultReport,
     StageReport,
@@ -149,7 +148,9 @@ class RolloutManager:
             "within": GeoIndex[str](),
         }
         self._barriers: dict[tuple[str, str], _Barrier] = {}
-        self._loaded = False
+        # Per active or paused rollout: the children its target reaches, in the order they
+        # became eligible, with their areas (the policy admits from these).
+        self._eligible: dict[str, dict[str, Area]] = {}
 
     async def load(self) -> None:
         """Rebuild the in-memory indexes from the store (a manager restarted over a store)."""
@@ -161,7 +162,7 @@ class RolloutManager:
             states={RolloutState.ACTIVE, RolloutState.PAUSED}
         ):
             self._targets[rollout.match].add(rollout.id, rollout.target)
-        self._loaded = True
+            await self._find_eligible(rollout)
 
     # -- operator ----------------------------------------------------------------------------
     async def create_rollout(
@@ -216,8 +217,39 @@ class RolloutManager:
         """Offer a draft rollout to every child its target reaches (and to later ones)."""
         rollout = await self._operate(rollout_id, "start")
         self._targets[rollout.match].add(rollout.id, rollout.target)
-        await self.store.target(rollout.id, self._children.match(rollout.target, rollout.match))
+        await self._find_eligible(rollout)
+        await self._admit(rollout)
         return rollout
+
+    async def _find_eligible(self, rollout: Rollout) -> None:
+        eligible = self._eligible.setdefault(rollout.id, {})
+        for child_id in self._children.match(rollout.target, rollout.match):
+            if child_id not in eligible:
+                eligible[child_id] = (await self.store.get_child(child_id)).area
+
+    async def _admit(self, rollout: Rollout, newcomer: str | None = None) -> None:
+        """Offer the rollout to the children its policy admits now (or abort it)."""
+        if rollout.state is not RolloutState.ACTIVE:
+            return
+        eligible = self._eligible.get(rollout.id, {})
+        if isinstance(rollout.policy, GlobalIncremental):
+            # Everyone at once: no need to look at anybody's state.
+            await self.store.target(rollout.id, [newcomer] if newcomer else list(eligible))
+            return
+        states = {c.child_id: c for c in await self.store.child_releases(rollout.id)}
+        seen = await self.store.last_seen(states)
+        now = self._clock()
+        decision = admit(
+            rollout.policy,
+            list(eligible),
+            states,
+            lost=lambda child: now - seen.get(child, -1e18) > self.lost_after,
+            area_of=eligible.__getitem__,
+        )
+        if decision.abort:
+            await self.abort(rollout.id, reason=decision.abort)
+        elif decision.admit:
+            await self.store.target(rollout.id, decision.admit)
 
     async def pause(self, rollout_id: str) -> Rollout:
         """Stop offering the rollout and stop ending stages; children keep what they run."""
@@ -225,7 +257,9 @@ class RolloutManager:
 
     async def resume(self, rollout_id: str) -> Rollout:
         """Undo :meth:`pause`; barriers that became ready meanwhile open at the next report."""
-        return await self._operate(rollout_id, "resume")
+        rollout = await self._operate(rollout_id, "resume")
+        await self._admit(rollout)
+        return rollout
 
     async def abort(self, rollout_id: str, *, reason: str = "aborted by the operator") -> Rollout:
         """Stop the rollout: children that have not fetched it never will, and children running
@@ -233,6 +267,7 @@ class RolloutManager:
         "rollback"}``)."""
         rollout = await self._operate(rollout_id, "abort", reason)
         self._targets[rollout.match].discard(rollout_id)
+        self._eligible.pop(rollout_id, None)
         await self.store.withdraw(rollout_id, await self.store.targeted(rollout_id))
         return rollout
 
@@ -327,13 +362,12 @@ class RolloutManager:
         for rollout_id in sorted(reached):
             rollout = await self.store.get_rollout(rollout_id)
             if rollout.state in (RolloutState.ACTIVE, RolloutState.PAUSED):
-                await self.store.target(rollout_id, [child_id])
+                self._eligible.setdefault(rollout_id, {})[child_id] = area
+                await self._admit(rollout, newcomer=child_id)
         if old is not None:  # moved away: take back what it has not fetched yet
-            for rollout in await self.store.list_rollouts(
-                states={RolloutState.ACTIVE, RolloutState.PAUSED}
-            ):
-                if rollout.id not in reached:
-                    await self.store.withdraw(rollout.id, [child_id])
+            for rollout_id, eligible in self._eligible.items():
+                if rollout_id not in reached and eligible.pop(child_id, None) is not None:
+                    await self.store.withdraw(rollout_id, [child_id])
 
     async def get_release(self, child_id: object, release_id: object) -> str:
         """``GET /release``: the strategy text; the child's release turns ``Doing`` and its
@@ -399,6 +433,8 @@ class RolloutManager:
             for name, stage in state.stages.items():
                 if stage.status is StageStatus.SUCCESS_WAITING:
                     await self._check_barrier(rollout, name)
+            if state.status is not before.status:  # finished: the next group or wave may go
+                await self._admit(rollout)
 
     def _apply_stage(
         self,
@@ -573,9 +609,14 @@ class RolloutManager:
                     await self.store.put_child_release(child, attrs.evolve(child, stages=stages))
 
     async def tick(self) -> None:
-        """Re-judge every open question that time alone can settle: barriers held up by
-        children that went quiet (lost), barrier time-outs. Call it periodically."""
+        """Re-judge every open question that time alone can settle: barriers and groups held
+        up by children that went quiet (lost), barrier time-outs. Call it periodically."""
         for rollout in await self.store.list_rollouts(states={RolloutState.ACTIVE}):
+            if not isinstance(rollout.policy, GlobalIncremental):
+                await self._admit(rollout)  # lost children no longer hold up the next group
+                rollout = await self.store.get_rollout(rollout.id)
+                if rollout.state is not RolloutState.ACTIVE:
+                    continue
             bundle = await self.store.get_bundle(rollout.id)
             for stage in bundle.strategy.stages:
                 if stage.type is StageType.WAIT_FOR_SIGNAL:

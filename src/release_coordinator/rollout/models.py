@@ -8,19 +8,18 @@ from pathlib import Path
 
 import attrs
 
-from release_coordinator.errors import BundleError, ConfigurationError, NotFoundError
+from release_coordinator.errors import BundleError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
 from release_coordinator.rollout.geo import Area, MatchMode
+from release_coordinator.rollout.policies import GlobalIncremental, Policy
 from release_coordinator.rollout.strategy import Strategy, parse_strategy
 
 __all__ = [
     "Child",
     "ChildRelease",
     "ChildStage",
-    "GlobalIncremental",
     "Outcome",
-    "Policy",
     "ReleaseBundle",
     "Rollout",
     "RolloutState",
@@ -94,30 +93,6 @@ class Outcome(StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
-def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not 0 < value <= 1:
-        raise ConfigurationError(f"{attribute.name} must be within (0, 1], not {value!r}")
-
-
-@attrs.frozen
-class GlobalIncremental:
-    """A ``WaitForSignal`` stage ends for every targeted live child together.
-
-    The barrier opens once ``quorum`` (a fraction) of the children taking part in the stage
-    (targeted, not lost, not finished or failed) are ``SuccessWaiting`` on it; every child that
-    reaches ``SuccessWaiting`` later is told to end at once. With ``barrier_timeout`` (seconds,
-    from the first child waiting), a barrier still closed by then aborts the rollout.
-    """
-
-    quorum: float = attrs.field(default=1.0, validator=_fraction)
-    barrier_timeout: float | None = None
-
-    name = "global_incremental"
-
-
-Policy = GlobalIncremental
-
-
 @attrs.frozen
 class Rollout:
     """A release deployed to the children whose area reaches ``target``.
@@ -131,7 +106,7 @@ class Rollout:
     target: Area
     match: MatchMode = "intersects"
     priority: int = 0
-    policy: Policy = GlobalIncremental()
+    policy: Policy = attrs.field(factory=GlobalIncremental)
     state: RolloutState = RolloutState.DRAFT
     seq: int = 0
     reason: str = ""

@@ -1,0 +1,175 @@
+"""Orchestration policies: which eligible children get a rollout now, and when to give up.
+
+A rollout's *eligible* children are those its target reaches; a policy decides which of them
+are *admitted* (offered the release) at each moment, from the children's states. The stage
+barrier of ``WaitForSignal`` stages (``quorum``, ``barrier_timeout``) is common to every policy
+and is judged among the admitted children.
+
+- :class:`GlobalIncremental` admits everyone at once (the original's *global incremental*).
+- :class:`LocationSequential` admits one group (an area, or a single child) at a time, the next
+  once every child of the previous one has finished the whole release (or is lost).
+- :class:`Waves` admits growing shares of the children, advancing once a wave's successes
+  reach a threshold, and aborts when the failure share passes a threshold after a minimum number
+  of children finished.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from release_coordinator.errors import ConfigurationError
+from release_coordinator.fsm.rollout import ReleaseStatus
+from release_coordinator.rollout.geo import Area
+
+if TYPE_CHECKING:
+    from release_coordinator.rollout.models import ChildRelease
+
+__all__ = ["Admission", "GlobalIncremental", "LocationSequential", "Policy", "Waves", "admit"]
+
+
+def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 < value <= 1:
+        raise ConfigurationError(f"{attribute.name} must be within (0, 1], not {value!r}")
+
+
+def _timeout(_: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigurationError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen
+class GlobalIncremental:
+    """Every eligible child at once; a ``WaitForSignal`` stage ends for all together once
+    ``quorum`` of the children taking part wait on it (see the module docstring)."""
+
+    quorum: float = attrs.field(default=1.0, validator=_fraction)
+    barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
+
+
+@attrs.frozen
+class LocationSequential:
+    """One group after another: ``groups`` are areas (a child belongs to the first one its area
+    intersects; children in none form a last group), or, when empty, each child is its own
+    group, in registration order. The next group gets the release once every child of the
+    current one has finished it (or is lost)."""
+
+    groups: tuple[Area, ...] = ()
+    quorum: float = attrs.field(default=1.0, validator=_fraction)
+    barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
+
+
+def _sizes(
+    _: object, attribute: attrs.Attribute[tuple[float, ...]], value: tuple[float, ...]
+) -> None:
+    if not value or any(not 0 < s <= 1 for s in value) or list(value) != sorted(value):
+        raise ConfigurationError(
+            f"{attribute.name} must be growing fractions within (0, 1], not {value!r}"
+        )
+
+
+@attrs.frozen
+class Waves:
+    """Growing waves: wave k holds the first ``sizes[k]`` share of the eligible children (in
+    eligibility order; the last wave is everyone). The next wave starts once
+    ``success_threshold`` of the children admitted so far finished and rolled out; the rollout
+    aborts once more than ``failure_threshold`` of the finished children failed, after at least
+    ``min_finished`` finished."""
+
+    sizes: tuple[float, ...] = attrs.field(default=(0.01, 0.1, 0.5, 1.0), validator=_sizes)
+    success_threshold: float = attrs.field(default=0.9, validator=_fraction)
+    failure_threshold: float = attrs.field(default=0.2, validator=_fraction)
+    min_finished: int = 1
+    quorum: float = attrs.field(default=1.0, validator=_fraction)
+    barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
+
+
+Policy = GlobalIncremental | LocationSequential | Waves
+
+
+@attrs.frozen
+class Admission:
+    """What a policy decided: children to offer the release to now, or a reason to abort."""
+
+    admit: tuple[str, ...] = ()
+    abort: str = ""
+
+
+_FINISHED = frozenset({ReleaseStatus.DONE, ReleaseStatus.FAILED})
+ROLLED_OUT = "rolled_out"  # Outcome.ROLLED_OUT (a StrEnum): compared by value
+
+
+def admit(
+    policy: Policy,
+    eligible: Sequence[str],
+    states: Mapping[str, ChildRelease],
+    *,
+    lost: Callable[[str], bool],
+    area_of: Callable[[str], Area],
+) -> Admission:
+    """The policy's decision. ``eligible`` in eligibility order; ``states`` of the children
+    admitted so far (the others are not in it)."""
+    if isinstance(policy, GlobalIncremental):
+        return Admission(tuple(c for c in eligible if c not in states))
+    if isinstance(policy, LocationSequential):
+        return _sequential(policy, eligible, states, lost, area_of)
+    return _waves(policy, eligible, states)
+
+
+def _done(child: str, states: Mapping[str, ChildRelease], lost: Callable[[str], bool]) -> bool:
+    state = states.get(child)
+    return state is not None and (state.status in _FINISHED or lost(child))
+
+
+def _sequential(
+    policy: LocationSequential,
+    eligible: Sequence[str],
+    states: Mapping[str, ChildRelease],
+    lost: Callable[[str], bool],
+    area_of: Callable[[str], Area],
+) -> Admission:
+    if policy.groups:
+        groups: list[list[str]] = [[] for _ in range(len(policy.groups) + 1)]
+        for child in eligible:
+            area = area_of(child)
+            index = next(
+                (i for i, g in enumerate(policy.groups) if g.intersects(area)), len(policy.groups)
+            )
+            groups[index].append(child)
+    else:
+        groups = [[child] for child in eligible]
+    for group in groups:
+        if not group:
+            continue
+        if all(_done(child, states, lost) for child in group):
+            continue
+        return Admission(tuple(c for c in group if c not in states))
+    return Admission()
+
+
+def _waves(policy: Waves, eligible: Sequence[str], states: Mapping[str, ChildRelease]) -> Admission:
+    finished = [s for s in states.values() if s.status in _FINISHED]
+    failed = sum(1 for s in finished if s.status is ReleaseStatus.FAILED)
+    if (
+        finished
+        and len(finished) >= policy.min_finished
+        and (failed / len(finished) > policy.failure_threshold)
+    ):
+        return Admission(
+            abort=f"{failed} of {len(finished)} finished children failed "
+            f"(more than {policy.failure_threshold:.0%})"
+        )
+    admitted = len(states)
+    succeeded = sum(
+        1 for s in finished if s.status is ReleaseStatus.DONE and s.outcome == ROLLED_OUT
+    )
+    if admitted and succeeded < policy.success_threshold * admitted:
+        return Admission()  # the current wave is still proving itself
+    # The next wave: the first whose size passes what was admitted so far; the last wave is
+    # everyone, children that became eligible late included.
+    sizes = [max(1, math.ceil(share * len(eligible))) for share in policy.sizes]
+    wanted = next((size for size in sizes if size > admitted), len(eligible))
+    return Admission(tuple(c for c in eligible[:wanted] if c not in states))
