@@ -56,6 +56,7 @@ from release_coordinator.models import (
 from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
 from release_coordinator.rollout.geo import Area, GeoIndex
 from release_coordinator.rollout.manager import (
+    BarrierState,
     EndStageAnswer,
     PollAnswer,
     RolloutManager,
@@ -71,6 +72,7 @@ from release_coordinator.rollout.models import (
     RolloutState,
 )
 from release_coordinator.rollout.policies import GlobalIncremental, LocationSequential, Waves
+from release_coordinator.rollout.relay import InProcessParent, ParentLink, Relay
 from release_coordinator.rollout.results import (
     ResultReport,
     StageReport,
@@ -79,6 +81,7 @@ from release_coordinator.rollout.results import (
     aggregate,
     parse_result,
 )
+from release_coordinator.rollout.simulate import SimulatedLeaf
 from release_coordinator.rollout.strategy import (
     EndAction,
     EndCondition,
@@ -115,6 +118,7 @@ __all__ = [
     "ArchiveLimits",
     "Area",
     "BadGatewayError",
+    "BarrierState",
     "BundleError",
     "Child",
     "ChildRelease",
@@ -141,6 +145,7 @@ __all__ = [
     "GlobalIncremental",
     "HealthStatus",
     "HttpTransport",
+    "InProcessParent",
     "InvalidTransitionError",
     "KitTask",
     "LocationSequential",
@@ -151,10 +156,12 @@ __all__ = [
     "MetricCondition",
     "NotFoundError",
     "Outcome",
+    "ParentLink",
     "PeerAnswerError",
     "PeerTimeoutError",
     "PeerUnreachableError",
     "PollAnswer",
+    "Relay",
     "Release",
     "ReleaseBundle",
     "ReleaseCoordinatorError",
@@ -171,6 +178,7 @@ __all__ = [
     "SentRequest",
     "ServiceHealth",
     "ServiceStatus",
+    "SimulatedLeaf",
     "Stage",
     "StageReport",
     "StageStatus",

@@ -58,20 +58,36 @@ from release_coordinator.rollout.strategy import StageType
 from release_coordinator.storage.base import RolloutStore
 from release_coordinator.storage.memory import MemoryRolloutStore
 
-__all__ = ["EndStageAnswer", "PollAnswer", "RolloutManager", "RolloutReport", "StageReportRow"]
+__all__ = [
+    "BarrierState",
+    "EndStageAnswer",
+    "PollAnswer",
+    "RolloutManager",
+    "RolloutReport",
+    "StageReportRow",
+]
 
 _MAX_ID = 256
 
 
 @attrs.frozen
 class PollAnswer:
-    """``POST /poll``'s answer: the child's id and the first release waiting for it."""
+    """``POST /poll``'s answer: the child's id and the first release waiting for it.
+
+    ``target_area`` (GeoJSON) is an extra for relays (children with children of their own):
+    the release's target, so that they offer it only to their children inside it. Old agents
+    ignore it; leaves never get it.
+    """
 
     id: str
     new_release: str = ""
+    target_area: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "new_release": self.new_release}
+        body: dict[str, Any] = {"id": self.id, "new_release": self.new_release}
+        if self.target_area is not None:
+            body["target_area"] = self.target_area
+        return body
 
 
 @attrs.frozen
@@ -115,6 +131,19 @@ def _area_fingerprint(area: object) -> int:
         return 0  # not JSON: parsing will say what is wrong
 
 
+@attrs.frozen
+class BarrierState:
+    """A ``WaitForSignal`` stage's barrier: ``ready`` when the policy's condition holds among
+    the ``taking_part`` children (``ready_count`` of them wait or are told to end); ``waiting``
+    are the children waiting on it now."""
+
+    open: bool
+    ready: bool
+    waiting: tuple[ChildRelease, ...]
+    taking_part: int
+    ready_count: int
+
+
 @attrs.define
 class _Barrier:
     """A WaitForSignal stage's barrier: open once the policy's condition held."""
@@ -151,6 +180,9 @@ class RolloutManager:
         # Per active or paused rollout: the children its target reaches, in the order they
         # became eligible, with their areas (the policy admits from these).
         self._eligible: dict[str, dict[str, Area]] = {}
+        self._target_json: dict[str, Mapping[str, Any]] = {}
+        #: Grows whenever a child registers or moves (relays recompute their area then).
+        self.children_version = 0
 
     async def load(self) -> None:
         """Rebuild the in-memory indexes from the store (a manager restarted over a store)."""
@@ -175,11 +207,13 @@ class RolloutManager:
         priority: int = 0,
         policy: Policy | None = None,
         start: bool = True,
+        gated: bool = False,
     ) -> Rollout:
         """Deploy ``bundle`` to the children whose area reaches ``target``.
 
         ``match="within"`` asks for children whose area lies inside the target instead of
-        merely intersecting it. Started at once unless ``start=False``.
+        merely intersecting it. Started at once unless ``start=False``. ``gated`` leaves the
+        opening of stage barriers to :meth:`open_barrier` (a relay's parent decides).
         """
         area = target if isinstance(target, Area) else Area.from_geojson(target, path="target")
         if match not in ("intersects", "within"):
@@ -193,6 +227,7 @@ class RolloutManager:
             match=match,
             priority=priority,
             policy=policy or GlobalIncremental(),
+            gated=gated,
         )
         stored = await self.store.add_rollout(rollout, bundle)
         if start:
@@ -274,6 +309,17 @@ class RolloutManager:
     async def get_rollout(self, rollout_id: str) -> Rollout:
         return await self.store.get_rollout(rollout_id)
 
+    async def children(self) -> list[Child]:
+        """Every registered child."""
+        return await self.store.list_children()
+
+    async def live_children(self) -> list[Child]:
+        """The children that are not lost."""
+        children = await self.store.list_children()
+        seen = await self.store.last_seen(c.id for c in children)
+        now = self._clock()
+        return [c for c in children if now - seen.get(c.id, -1e18) <= self.lost_after]
+
     async def list_rollouts(self, *, states: set[RolloutState] | None = None) -> list[Rollout]:
         return await self.store.list_rollouts(states=states)
 
@@ -342,7 +388,17 @@ class RolloutManager:
             await self.store.save_child(attrs.evolve(child, number_of_children=number_of_children))
             self._children_count[child_id] = number_of_children
         await self.store.touch_child(child_id, self._clock())
-        return PollAnswer(child_id, await self.store.first_offer(child_id))
+        offer = await self.store.first_offer(child_id)
+        if offer and number_of_children:
+            return PollAnswer(child_id, offer, await self._target_geojson(offer))
+        return PollAnswer(child_id, offer)
+
+    async def _target_geojson(self, rollout_id: str) -> Mapping[str, Any]:
+        cached = self._target_json.get(rollout_id)
+        if cached is None:
+            cached = (await self.store.get_rollout(rollout_id)).target.to_geojson()
+            self._target_json[rollout_id] = cached
+        return cached
 
     async def _register(self, child_id: str, area: Area, count: int, fingerprint: int) -> None:
         try:
@@ -356,6 +412,7 @@ class RolloutManager:
         self._children_count[child_id] = count
         if not changed:
             return
+        self.children_version += 1
         self._children.add(child_id, area)
         reached = set(self._targets["intersects"].match(area, "intersects"))
         reached.update(self._targets["within"].match(area, "contains"))
@@ -558,33 +615,61 @@ class RolloutManager:
         return EndStageAnswer(stage.status >= StageStatus.SHOULD_END)
 
     # -- orchestration -----------------------------------------------------------------------
+    async def barrier(self, rollout_id: str, stage_name: str) -> BarrierState:
+        """Where a ``WaitForSignal`` stage's barrier stands among the admitted children."""
+        rollout = await self.store.get_rollout(rollout_id)
+        children = await self.store.child_releases(rollout_id)
+        return await self._barrier_state(rollout, stage_name, children)
+
+    async def _barrier_state(
+        self, rollout: Rollout, stage_name: str, children: list[ChildRelease]
+    ) -> BarrierState:
+        now = self._clock()
+        seen = await self.store.last_seen(c.child_id for c in children)
+        taking_part = [
+            c
+            for c in children
+            if c.status in (ReleaseStatus.TODO, ReleaseStatus.DOING)
+            and not c.stages[stage_name].status.is_final
+            and now - seen.get(c.child_id, -1e18) <= self.lost_after
+        ]
+        ready = sum(
+            1 for c in taking_part if c.stages[stage_name].status >= StageStatus.SUCCESS_WAITING
+        )
+        waiting = tuple(
+            c for c in children if c.stages[stage_name].status is StageStatus.SUCCESS_WAITING
+        )
+        barrier = self._barriers.get((rollout.id, stage_name))
+        return BarrierState(
+            open=barrier is not None and barrier.open,
+            ready=bool(taking_part) and ready >= rollout.policy.quorum * len(taking_part),
+            waiting=waiting,
+            taking_part=len(taking_part),
+            ready_count=ready,
+        )
+
+    async def open_barrier(self, rollout_id: str, stage_name: str) -> None:
+        """Open a stage's barrier now (a relay does, when its parent says the stage ends): every
+        child waiting on it, and every child that waits on it later, is told to end it."""
+        rollout = await self.store.get_rollout(rollout_id)
+        self._barriers.setdefault((rollout_id, stage_name), _Barrier()).open = True
+        await self._check_barrier(rollout, stage_name)
+
     async def _check_barrier(self, rollout: Rollout, stage_name: str) -> None:
-        """Open the stage's barrier when the policy's condition holds, and tell every child
-        waiting on the stage to end it."""
+        """Open the stage's barrier when the policy's condition holds (for a rollout gated by
+        a parent, only :meth:`open_barrier` opens it), and tell every child waiting on the
+        stage to end it."""
         if rollout.state is not RolloutState.ACTIVE:
             return
         barrier = self._barriers.setdefault((rollout.id, stage_name), _Barrier())
         children = await self.store.child_releases(rollout.id)
+        state = await self._barrier_state(rollout, stage_name, children)
         now = self._clock()
-        waiting = [
-            c for c in children if c.stages[stage_name].status is StageStatus.SUCCESS_WAITING
-        ]
-        if waiting and barrier.first_waiting_at is None:
+        if state.waiting and barrier.first_waiting_at is None:
             barrier.first_waiting_at = now
-        if not barrier.open:
-            seen = await self.store.last_seen(c.child_id for c in children)
-            taking_part = [
-                c
-                for c in children
-                if c.status in (ReleaseStatus.TODO, ReleaseStatus.DOING)
-                and not c.stages[stage_name].status.is_final
-                and now - seen.get(c.child_id, -1e18) <= self.lost_after
-            ]
-            ready = sum(
-                1 for c in taking_part if c.stages[stage_name].status >= StageStatus.SUCCESS_WAITING
-            )
-            policy = rollout.policy
-            if taking_part and ready >= policy.quorum * len(taking_part):
+        policy = rollout.policy
+        if not barrier.open and not rollout.gated:
+            if state.ready:
                 barrier.open = True
             elif (
                 policy.barrier_timeout is not None
@@ -593,12 +678,12 @@ class RolloutManager:
             ):
                 await self.abort(
                     rollout.id,
-                    reason=f"stage {stage_name!r}: {ready} of {len(taking_part)} children ready "
-                    f"after the barrier time-out of {policy.barrier_timeout:g}s",
+                    reason=f"stage {stage_name!r}: {state.ready_count} of {state.taking_part} "
+                    f"children ready after the barrier time-out of {policy.barrier_timeout:g}s",
                 )
                 return
         if barrier.open:
-            for child in waiting:
+            for child in state.waiting:
                 stages = dict(child.stages)
                 old = stages[stage_name]
                 stages[stage_name] = attrs.evolve(

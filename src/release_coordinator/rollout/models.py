@@ -110,6 +110,8 @@ class Rollout:
     state: RolloutState = RolloutState.DRAFT
     seq: int = 0
     reason: str = ""
+    #: Stage barriers are opened by a parent manager (the rollout of a relay), not locally.
+    gated: bool = False
 
 
 @attrs.frozen(slots=True)

@@ -1,0 +1,267 @@
+"""Hierarchy: a RolloutManager that is itself the child of another manager (a relay).
+
+A :class:`Relay` speaks the child protocol upward through a :class:`ParentLink` on behalf of a
+local :class:`~release_coordinator.rollout.manager.RolloutManager`:
+
+- it polls the parent with its id, the union of its children's areas and the number of nodes
+  below it;
+- it fetches a release the parent offers, and runs it as a local rollout over its own children
+  inside the release's target (the parent's ``target_area`` extra; the relay's whole area when
+  the parent does not send one), *gated*: stage barriers open only when the parent says so;
+- per stage, it reports one call-weighted aggregate summary upward: ``SuccessWaiting`` once the
+  subtree is ready on a ``WaitForSignal`` stage, the stage's final status once every child of
+  the subtree finished it;
+- it passes the parent's ``ShouldEnd`` down (opening the local barrier) and the parent's abort
+  (``action: rollback``) down (aborting the local rollout).
+
+Trees of any depth are relays over relays. :class:`InProcessParent` links to a manager in the
+same process (a whole tree runs in one event loop); the HTTP link comes with the server.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import attrs
+
+from release_coordinator.errors import ConflictError, ReleaseCoordinatorError
+from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.manager import EndStageAnswer, PollAnswer, RolloutManager
+from release_coordinator.rollout.models import ChildRelease, ReleaseBundle, RolloutState
+from release_coordinator.rollout.policies import GlobalIncremental, Policy
+from release_coordinator.rollout.results import (
+    ResultReport,
+    StageReport,
+    StageSummary,
+    TimesSummary,
+    aggregate,
+    to_original,
+)
+from release_coordinator.rollout.strategy import Stage, StageType
+
+__all__ = ["InProcessParent", "ParentLink", "Relay"]
+
+log = logging.getLogger(__name__)
+
+_EMPTY = StageSummary(
+    TimesSummary(0.0, 0.0, 0.0), TimesSummary(0.0, 0.0, 0.0), TimesSummary(0.0, 0.0, 0.0), 0.0, 0.0
+)
+
+
+class ParentLink(abc.ABC):
+    """The child protocol as seen from a child: how a relay (or an agent) talks to its parent."""
+
+    @abc.abstractmethod
+    async def poll(
+        self, child_id: str, area: dict[str, Any], number_of_children: int
+    ) -> PollAnswer:
+        """``POST /poll``."""
+
+    @abc.abstractmethod
+    async def get_release(self, child_id: str, release_id: str) -> str:
+        """``GET /release``: the strategy text."""
+
+    @abc.abstractmethod
+    async def get_functions(self, release_id: str) -> bytes:
+        """``GET /release/functions/{id}``: the archive."""
+
+    @abc.abstractmethod
+    async def submit_result(self, body: dict[str, Any]) -> None:
+        """``POST /result``."""
+
+    @abc.abstractmethod
+    async def end_stage(self, child_id: str, strategy_id: str, stage_name: str) -> EndStageAnswer:
+        """``POST /end_stage``."""
+
+
+class InProcessParent(ParentLink):
+    """A parent manager in the same process."""
+
+    def __init__(self, manager: RolloutManager) -> None:
+        self.manager = manager
+
+    async def poll(
+        self, child_id: str, area: dict[str, Any], number_of_children: int
+    ) -> PollAnswer:
+        return await self.manager.poll(child_id, area, number_of_children)
+
+    async def get_release(self, child_id: str, release_id: str) -> str:
+        return await self.manager.get_release(child_id, release_id)
+
+    async def get_functions(self, release_id: str) -> bytes:
+        return await self.manager.get_functions(release_id)
+
+    async def submit_result(self, body: dict[str, Any]) -> None:
+        await self.manager.submit_result(body)
+
+    async def end_stage(self, child_id: str, strategy_id: str, stage_name: str) -> EndStageAnswer:
+        return await self.manager.end_stage(child_id, strategy_id, stage_name)
+
+
+@attrs.define
+class _Upward:
+    """How far a relayed release got upward."""
+
+    stage: str
+    waiting_reported: bool = False
+    released: bool = False
+    done: bool = False
+
+
+class Relay:
+    """Runs ``manager`` as the child of ``parent`` (see the module docstring).
+
+    ``area`` is reported when the relay has no children yet (without it, the relay does not
+    poll until a child registers); ``policy`` orchestrates relayed releases among the relay's
+    children. Call :meth:`sync` periodically, or :meth:`run` as a task.
+    """
+
+    def __init__(
+        self,
+        manager: RolloutManager,
+        parent: ParentLink,
+        *,
+        relay_id: str = "",
+        area: Area | None = None,
+        policy: Policy | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.manager = manager
+        self.parent = parent
+        self.id = relay_id
+        self.area = area
+        self.policy = policy or GlobalIncremental()
+        self.interval = interval
+        self._relayed: dict[str, _Upward] = {}
+        self._area_version = -1
+        self._area_json: dict[str, Any] | None = None
+
+    async def run(self) -> None:
+        """Sync with the parent and tick the local manager every ``interval`` seconds."""
+        while True:
+            try:
+                await self.sync()
+                await self.manager.tick()
+            except ReleaseCoordinatorError as error:  # the parent may be away for a while
+                log.warning("relay %s: %s", self.id or "(unregistered)", error)
+            await asyncio.sleep(self.interval)
+
+    async def sync(self) -> None:
+        """One round: poll the parent, adopt a new release, report upward, pass signals down."""
+        await self._poll_parent()
+        for release_id, upward in list(self._relayed.items()):
+            if not upward.done:
+                await self._advance(release_id, upward)
+
+    async def _own_area(self) -> dict[str, Any] | None:
+        if self.manager.children_version != self._area_version:
+            children = await self.manager.children()
+            self._area_version = self.manager.children_version
+            if children:
+                self._area_json = Area.union(c.area for c in children).to_geojson()
+            elif self.area is not None:
+                self._area_json = self.area.to_geojson()
+        return self._area_json
+
+    async def _poll_parent(self) -> None:
+        area = await self._own_area()
+        if area is None:
+            return
+        children = await self.manager.live_children()
+        nodes = sum(1 + c.number_of_children for c in children)
+        answer = await self.parent.poll(self.id, area, max(nodes, 1))
+        self.id = answer.id
+        release_id = answer.new_release
+        if not release_id or release_id in self._relayed:
+            return
+        text = await self.parent.get_release(self.id, release_id)
+        bundle = ReleaseBundle.from_parts(text, await self.parent.get_functions(release_id))
+        target = (
+            Area.from_geojson(answer.target_area, path="target_area")
+            if answer.target_area is not None
+            else Area.from_geojson(area)
+        )
+        with contextlib.suppress(ConflictError):  # adopted before (restarted over its store)
+            await self.manager.create_rollout(bundle, target, policy=self.policy, gated=True)
+        self._relayed[release_id] = _Upward(stage=bundle.strategy.first_stage.name)
+
+    async def _advance(self, release_id: str, upward: _Upward) -> None:
+        rollout = await self.manager.get_rollout(release_id)
+        bundle = await self.manager.store.get_bundle(release_id)
+        stage = bundle.strategy.stage(upward.stage)
+        if rollout.state is RolloutState.ABORTED:
+            await self._report(release_id, stage, StageStatus.FAILURE, None, "rollback")
+            upward.done = True
+            return
+        if stage.type is StageType.WAIT_FOR_SIGNAL and not upward.released:
+            state = await self.manager.barrier(release_id, stage.name)
+            if not upward.waiting_reported and state.ready:
+                summaries = [c.stages[stage.name].summary for c in state.waiting]
+                await self._report(release_id, stage, StageStatus.SUCCESS_WAITING, summaries, "")
+                upward.waiting_reported = True
+            if upward.waiting_reported:
+                answer = await self.parent.end_stage(self.id, release_id, stage.name)
+                if answer.action == "rollback":
+                    await self.manager.abort(release_id, reason="the parent aborted the release")
+                    await self._report(release_id, stage, StageStatus.FAILURE, None, "rollback")
+                    upward.done = True
+                    return
+                if answer.end_stage:
+                    await self.manager.open_barrier(release_id, stage.name)
+                    upward.released = True
+        await self._finish_stage(release_id, stage, upward)
+
+    async def _finish_stage(self, release_id: str, stage: Stage, upward: _Upward) -> None:
+        """Report the stage's final status once every child of the subtree finished it."""
+        children = await self.manager.store.child_releases(release_id)
+        live = {c.id for c in await self.manager.live_children()}
+        finals: list[ChildRelease] = []
+        for child in children:
+            status = child.stages[stage.name].status
+            if status.is_final:
+                finals.append(child)
+            elif child.status in (ReleaseStatus.TODO, ReleaseStatus.DOING) and (
+                child.child_id in live
+            ):
+                return  # somebody below is still at it
+        if not finals:
+            return
+        if (
+            stage.type is StageType.WAIT_FOR_SIGNAL
+            and not upward.released
+            and (any(c.stages[stage.name].status is StageStatus.COMPLETED for c in finals))
+        ):
+            return  # cannot complete upward before the parent said the stage ends
+        completed = all(c.stages[stage.name].status is StageStatus.COMPLETED for c in finals)
+        status = StageStatus.COMPLETED if completed else StageStatus.FAILURE
+        action = stage.end_action.on_success if completed else stage.end_action.on_failure
+        following = "" if action in ("rollout", "rollback") else action
+        await self._report(
+            release_id, stage, status, [c.stages[stage.name].summary for c in finals], following
+        )
+        if following:
+            upward.stage = following
+            upward.waiting_reported = upward.released = False
+        else:
+            upward.done = True
+
+    async def _report(
+        self,
+        release_id: str,
+        stage: Stage,
+        status: StageStatus,
+        summaries: list[object] | None,
+        next_stage: str,
+    ) -> None:
+        combined = aggregate([s for s in summaries or () if isinstance(s, StageSummary)])
+        report = ResultReport(
+            self.id,
+            release_id,
+            (StageReport(stage.name, status, next_stage, combined or _EMPTY),),
+        )
+        await self.parent.submit_result(to_original(report))

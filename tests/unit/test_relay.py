@@ -1,0 +1,121 @@
+"""A three-level tree in one process: a manager, relays below it, simulated leaves below them."""
+
+from __future__ import annotations
+
+import pytest
+
+from release_coordinator.fsm.rollout import ReleaseStatus
+from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.manager import RolloutManager
+from release_coordinator.rollout.relay import InProcessParent, Relay
+from release_coordinator.rollout.simulate import SimulatedLeaf
+
+from .test_rollout_manager import bundle, square
+
+pytestmark = pytest.mark.anyio
+
+WEST = square(0, 40, 10)  # region of relay "west"
+EAST = square(10, 40, 10)  # region of relay "east"
+
+
+class Tree:
+    def __init__(self, *, failing_east: bool = False, leaves: int = 4) -> None:
+        self.top = RolloutManager(lost_after=1e9)
+        self.relays: dict[str, Relay] = {}
+        self.leaves: dict[str, list[SimulatedLeaf]] = {}
+        for name, region in (("west", WEST), ("east", EAST)):
+            relay = Relay(RolloutManager(lost_after=1e9), InProcessParent(self.top), relay_id=name)
+            self.relays[name] = relay
+            lon0 = region["coordinates"][0][0][0]
+            self.leaves[name] = [
+                SimulatedLeaf(
+                    InProcessParent(relay.manager),
+                    square(lon0 + 1 + 2 * i, 42, 1),
+                    failing=failing_east and name == "east",
+                    calls_per_step=40,
+                    seed=i,
+                )
+                for i in range(leaves)
+            ]
+
+    async def run(self, steps: int = 60) -> None:
+        for _ in range(steps):
+            for leaves in self.leaves.values():
+                for leaf in leaves:
+                    await leaf.step()
+            for relay in self.relays.values():
+                await relay.sync()
+                await relay.manager.tick()
+            await self.top.tick()
+            if all(leaf.done for leaves in self.leaves.values() for leaf in leaves):
+                # one more round so the relays report the end upward
+                for relay in self.relays.values():
+                    await relay.sync()
+                return
+
+    def outcomes(self, region: str) -> set[str]:
+        return {leaf.outcome for leaf in self.leaves[region]}
+
+
+async def test_a_release_rolls_out_through_two_levels_of_relays() -> None:
+    tree = Tree()
+    for leaves in tree.leaves.values():  # the leaves register first, then the relays poll
+        for leaf in leaves:
+            await leaf.step()
+    for relay in tree.relays.values():
+        await relay.sync()
+    top_children = {c.id: c for c in await tree.top.children()}
+    assert set(top_children) == {"west", "east"}
+    assert top_children["west"].number_of_children == 4
+    assert top_children["west"].area == Area.union(
+        Area.from_geojson(leaf.area) for leaf in tree.leaves["west"]
+    )
+
+    await tree.top.create_rollout(bundle(), square(0, 40, 20))
+    await tree.run()
+    assert tree.outcomes("west") == {"rolled_out"}
+    assert tree.outcomes("east") == {"rolled_out"}
+    for leaves in tree.leaves.values():
+        assert all(leaf.history == ["canary-10", "ab-50"] for leaf in leaves)
+    report = await tree.top.report("42")
+    assert report.statuses == {"Done": 2}
+    assert report.outcomes == {"rolled_out": 2}
+    canary = report.stages[0].aggregate
+    assert canary is not None
+    west_calls = sum(
+        (c.stages["canary-10"].summary.total_calls)  # type: ignore[attr-defined]
+        for c in await tree.relays["west"].manager.store.child_releases("42")
+    )
+    assert canary.total_calls >= west_calls  # the top sees the subtrees' calls
+
+
+async def test_a_failing_region_rolls_back_and_the_other_goes_on() -> None:
+    tree = Tree(failing_east=True)
+    await tree.top.create_rollout(bundle(), square(0, 40, 20))
+    await tree.run()
+    assert tree.outcomes("west") == {"rolled_out"}
+    assert tree.outcomes("east") == {"rolled_back"}
+    top = {c.child_id: c for c in await tree.top.store.child_releases("42")}
+    assert top["west"].status is ReleaseStatus.DONE
+    assert top["east"].status is ReleaseStatus.FAILED
+    assert top["east"].outcome.value == "rolled_back"
+
+
+async def test_an_abort_at_the_top_rolls_back_every_leaf() -> None:
+    tree = Tree()
+    await tree.top.create_rollout(bundle(), square(0, 40, 20))
+    await tree.run(steps=2)  # the relays adopted the release, the leaves fetched it
+    assert all(leaf.history == ["canary-10"] for leaf in tree.leaves["west"])
+    await tree.top.abort("42", reason="operator")
+    await tree.run()
+    for region in ("west", "east"):
+        assert tree.outcomes(region) == {"rolled_back"}
+
+
+async def test_relays_only_offer_inside_the_parent_target() -> None:
+    tree = Tree()
+    await tree.top.create_rollout(bundle(), square(0, 40, 4))  # the two western-most leaves
+    await tree.run()
+    west = tree.leaves["west"]
+    assert [leaf.outcome for leaf in west] == ["rolled_out", "rolled_out", "", ""]
+    assert all(leaf.outcome == "" for leaf in tree.leaves["east"])
