@@ -381,7 +381,7 @@ def test_problems_are_capped() -> None:
     ring = [[0, 0]] + [[999, 999]] * (2 * MAX_PROBLEMS) + [[0, 0]]
     err = refuse(polygon(ring))
     assert len(err.problems) == MAX_PROBLEMS + 1
-    assert "more problems" in err.problems[-1][1]
+    assert "further problem(s) not listed" in err.problems[-1][1]
 
 
 def test_too_many_positions() -> None:

@@ -47,7 +47,8 @@ from typing import Final
 
 import attrs
 
-from release_coordinator.errors import BundleError, ConfigurationError, Problem
+from release_coordinator.errors import BundleError, ConfigurationError
+from release_coordinator.problems import Problems
 
 __all__ = [
     "ARCHIVE_FILENAME",
@@ -79,7 +80,6 @@ _COMPRESS_LEVEL: Final = 9
 #: Size of one step when inflating or reading a member.
 _CHUNK: Final = 64 * 1024
 #: At most this many problems are listed; the rest are summed up in one last problem.
-_MAX_PROBLEMS: Final = 100
 #: Names longer than this are shortened in problem paths.
 _MAX_SHOWN_NAME: Final = 300
 
@@ -144,29 +144,13 @@ class ArchiveLimits:
     ratio_exempt_bytes: int = attrs.field(default=64 * 1024, validator=_not_negative)
 
 
-class _Problems:
-    """Collects problems, keeping at most :data:`_MAX_PROBLEMS` of them."""
+class _Problems(Problems):
+    """Problems of an archive, its long entry names shortened."""
 
-    def __init__(self) -> None:
-        self.items: list[Problem] = []
-        self.dropped = 0
+    __slots__ = ()
 
     def add(self, path: str, message: str) -> None:
-        if len(self.items) < _MAX_PROBLEMS:
-            self.items.append((_shown(path), message))
-        else:
-            self.dropped += 1
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-    def raise_if_any(self, message: str) -> None:
-        if not self.items:
-            return
-        listed = list(self.items)
-        if self.dropped:
-            listed.append(("", f"{self.dropped} further problem(s) not listed"))
-        raise BundleError(message, problems=listed)
+        super().add(_shown(path), message)
 
 
 def _shown(name: str) -> str:
@@ -442,7 +426,7 @@ class FunctionArchive:
                 problems.add(folder, f"not a version folder path like {FUNCTIONS_ROOT}/<name>")
             elif wanted not in folders:
                 problems.add(wanted + "/", "required function folder missing or empty")
-        problems.raise_if_any("function archive refused")
+        problems.raise_if_any("function archive refused", BundleError)
         return cls(
             data=data,
             sha256=hashlib.sha256(data).hexdigest(),
@@ -478,7 +462,7 @@ class FunctionArchive:
         if not top.is_dir():
             raise _refuse(FUNCTIONS_ROOT + "/", f"the folder holds no {FUNCTIONS_ROOT}/ folder")
         entries = _walk(top, limits, problems)
-        problems.raise_if_any("function folder refused")
+        problems.raise_if_any("function folder refused", BundleError)
 
         buffer = io.BytesIO()
         total = 0
@@ -503,7 +487,7 @@ class FunctionArchive:
                     compress_type=zipfile.ZIP_DEFLATED,
                     compresslevel=_COMPRESS_LEVEL,
                 )
-        problems.raise_if_any("function folder refused")
+        problems.raise_if_any("function folder refused", BundleError)
         return cls.from_bytes(buffer.getvalue(), limits=limits, required_folders=required_folders)
 
 

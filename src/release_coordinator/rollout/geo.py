@@ -25,9 +25,9 @@ Decisions (where GeoJSON or the protocol leave room):
   holes clockwise. Input of either orientation is accepted and re-oriented, so two children
   that send the same ring in opposite orientations have equal areas. Ring start points and the
   Polygon/MultiPolygon type are kept as sent.
-- A refusal lists at most :data:`MAX_PROBLEMS` problems (then one "... more" entry) and an area
-  has at most ``max_positions`` positions (default :data:`MAX_POSITIONS`), so a hostile body
-  cannot make the error or the work unbounded.
+- A refusal lists at most :data:`MAX_PROBLEMS` problems (then one "further problems" entry),
+  and an area has at most ``max_positions`` positions (default :data:`MAX_POSITIONS`), so a
+  hostile body cannot make the error or the work unbounded.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.validation import explain_validity
 
-from release_coordinator.errors import ConfigurationError, GeoJSONError, NotFoundError, Problem
+from release_coordinator.errors import ConfigurationError, GeoJSONError, NotFoundError
+from release_coordinator.problems import MAX_PROBLEMS, Problems
 
 __all__ = [
     "MAX_POSITIONS",
@@ -63,7 +64,6 @@ AreaKind = Literal["Polygon", "MultiPolygon"]
 Bounds = tuple[float, float, float, float]
 """``(min_lon, min_lat, max_lon, max_lat)``."""
 
-MAX_PROBLEMS: Final = 100
 """At most this many problems are listed in one GeoJSONError (then a "... more" entry)."""
 MAX_POSITIONS: Final = 100_000
 """Default limit on the number of positions of one area."""
@@ -77,33 +77,6 @@ _repr.maxlevel = 2
 
 
 # --------------------------------------------------------------------------- validation helpers
-
-
-class _Problems:
-    """Collects (path, message) pairs, capped at MAX_PROBLEMS."""
-
-    __slots__ = ("items", "overflow")
-
-    def __init__(self) -> None:
-        self.items: list[Problem] = []
-        self.overflow = 0
-
-    def add(self, path: str, message: str) -> None:
-        if len(self.items) < MAX_PROBLEMS:
-            self.items.append((path, message))
-        else:
-            self.overflow += 1
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-    def raise_if_any(self, message: str, root: str) -> None:
-        if not self.items:
-            return
-        problems = list(self.items)
-        if self.overflow:
-            problems.append((root, f"... and {self.overflow} more problems not listed"))
-        raise GeoJSONError(message, problems)
 
 
 def _describe(value: object) -> str:
@@ -164,7 +137,7 @@ def _parse_number(value: object) -> float | str:
     return number
 
 
-def _parse_position(value: object, path: str, problems: _Problems) -> tuple[float, float] | None:
+def _parse_position(value: object, path: str, problems: Problems) -> tuple[float, float] | None:
     if not _is_list(value):
         problems.add(path, f"expected a position [longitude, latitude], got {_describe(value)}")
         return None
@@ -202,7 +175,7 @@ def _parse_position(value: object, path: str, problems: _Problems) -> tuple[floa
 
 
 def _parse_ring(
-    value: object, path: str, problems: _Problems, budget: _PositionBudget
+    value: object, path: str, problems: Problems, budget: _PositionBudget
 ) -> list[tuple[float, float]] | None:
     if not _is_list(value):
         problems.add(path, f"expected a linear ring (a list of positions), got {_describe(value)}")
@@ -236,7 +209,7 @@ def _parse_ring(
 
 
 def _parse_polygon(
-    value: object, path: str, problems: _Problems, budget: _PositionBudget
+    value: object, path: str, problems: Problems, budget: _PositionBudget
 ) -> Polygon | None:
     """Structure checks, then shapely's validity check, of one polygon's coordinates."""
     if not _is_list(value):
@@ -350,11 +323,11 @@ class Area:
         that is not valid (self-intersection, a hole outside its shell, overlapping parts...),
         explained by shapely's ``explain_validity``. Never raises anything else.
         """
-        problems = _Problems()
+        problems = Problems()
         message = "invalid geographic area"
         if not isinstance(obj, Mapping):
             problems.add(path, f"expected a GeoJSON Polygon or MultiPolygon, got {_describe(obj)}")
-            problems.raise_if_any(message, path)
+            problems.raise_if_any(message, GeoJSONError)
         assert isinstance(obj, Mapping)
         try:
             kind = obj.get("type")
@@ -367,7 +340,7 @@ class Area:
                         "a Feature must carry a Polygon or MultiPolygon geometry, "
                         f"got {_describe(geometry)}",
                     )
-                    problems.raise_if_any(message, path)
+                    problems.raise_if_any(message, GeoJSONError)
                 assert isinstance(geometry, Mapping)
                 obj = geometry
                 kind = obj.get("type")
@@ -388,7 +361,7 @@ class Area:
         cpath = f"{path}.coordinates"
         if not has_coordinates:
             problems.add(cpath, "missing")
-        problems.raise_if_any(message, path)
+        problems.raise_if_any(message, GeoJSONError)
 
         budget = _PositionBudget(max_positions)
         geometry_out: Any = None
@@ -401,7 +374,7 @@ class Area:
             problems.add(cpath, f"too many positions: at most {budget.limit} are accepted")
         except RecursionError:  # pragma: no cover - nesting depth is fixed, kept as a guard
             problems.add(cpath, "coordinates are nested too deeply")
-        problems.raise_if_any(message, path)
+        problems.raise_if_any(message, GeoJSONError)
         if geometry_out is None:  # pragma: no cover - every None path records a problem
             raise GeoJSONError(message, [(cpath, "not a polygon")])
         return cls(_orient(geometry_out))
@@ -412,10 +385,10 @@ class Area:
 
         Z values are dropped; the result is re-oriented like :meth:`from_geojson`.
         """
-        problems = _Problems()
+        problems = Problems()
         if not isinstance(geometry, (Polygon, MultiPolygon)):
             problems.add(path, f"expected a Polygon or MultiPolygon, got {type(geometry).__name__}")
-            problems.raise_if_any("invalid area", path)
+            problems.raise_if_any("invalid area", GeoJSONError)
         shape: Any = geometry
         if shape.is_empty:
             problems.add(path, "empty polygon: it encloses no area")
@@ -435,7 +408,7 @@ class Area:
                     problems.add(path, f"invalid geometry: {explain_validity(shape)}")
                 elif not shape.area > 0.0:
                     problems.add(path, "empty polygon: it encloses no area")
-        problems.raise_if_any("invalid area", path)
+        problems.raise_if_any("invalid area", GeoJSONError)
         return cls(_orient(shape))
 
     @classmethod
@@ -503,7 +476,7 @@ class Area:
 
 
 def _parse_multipolygon(
-    value: object, path: str, problems: _Problems, budget: _PositionBudget
+    value: object, path: str, problems: Problems, budget: _PositionBudget
 ) -> MultiPolygon | None:
     if not _is_list(value):
         problems.add(path, f"expected a list of polygons, got {_describe(value)}")

@@ -49,7 +49,6 @@ The records do not validate themselves (like :mod:`release_coordinator.rollout.s
 from __future__ import annotations
 
 import math
-import reprlib
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -57,8 +56,10 @@ from typing import Any, Final, TypeGuard
 
 import attrs
 
-from release_coordinator.errors import Problem, ValidationError
+from release_coordinator.errors import ValidationError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.problems import Problems, short
+from release_coordinator.problems import kind as kind_of
 from release_coordinator.rollout.strategy import (
     CompareWith,
     EndConditionName,
@@ -93,7 +94,6 @@ MAX_CALLS: Final = 2**63 - 1
 #: Integer release ids (``"release_id": 0``) are taken up to this bound.
 _MAX_INT_ID: Final = 2**63 - 1
 #: At most this many problems are listed; the rest are summed up in one last problem.
-_MAX_PROBLEMS: Final = 100
 #: The largest finite float: times above it are infinite.
 _MAX_FLOAT: Final = sys.float_info.max
 #: What a time must be, for problem messages.
@@ -269,59 +269,6 @@ class _Missing:
 
 _MISSING: Final[Any] = _Missing()
 
-_repr = reprlib.Repr()
-_repr.maxstring = 40
-_repr.maxother = 40
-_repr.maxlevel = 1
-
-
-def _short(value: object) -> str:
-    """A short, safe repr of an untrusted value for a problem message."""
-    return _repr.repr(value)
-
-
-def _kind(value: object) -> str:
-    """What a decoded value is, in words."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "an object"
-    return f"a {type(value).__name__}"
-
-
-class _Problems:
-    """Collects problems, keeping at most :data:`_MAX_PROBLEMS` of them."""
-
-    __slots__ = ("count", "items")
-
-    def __init__(self) -> None:
-        self.items: list[Problem] = []
-        self.count = 0
-
-    def add(self, path: str, message: str) -> None:
-        self.count += 1
-        if len(self.items) < _MAX_PROBLEMS:
-            self.items.append((path, message))
-
-    def raise_if_any(self) -> None:
-        if not self.count:
-            return
-        listed = list(self.items)
-        if self.count > len(listed):
-            listed.append(("", f"{self.count - len(listed)} further problem(s) not listed"))
-        raise ValidationError("invalid result", listed)
-
-
 # The decoders below take the path of a value as ``where`` (the enclosing path) and ``key`` and
 # join them only when they record a problem: a valid body builds no path strings. Each has a
 # fast path for the plain types ``json.loads`` gives, and falls back to the full checks.
@@ -335,7 +282,7 @@ def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
     return type(value) is dict or isinstance(value, Mapping)
 
 
-def _text(value: object, where: str, key: str, p: _Problems, *, required: bool) -> str:
+def _text(value: object, where: str, key: str, p: Problems, *, required: bool) -> str:
     """A string of at most :data:`MAX_TEXT` characters (non-empty when ``required``).
 
     Missing or null is ``""`` (a problem when required); anything else wrong is a problem.
@@ -347,7 +294,7 @@ def _text(value: object, where: str, key: str, p: _Problems, *, required: bool) 
             p.add(_join(where, key), "is required")
         return ""
     if not isinstance(value, str):
-        p.add(_join(where, key), f"must be a string, not {_kind(value)}")
+        p.add(_join(where, key), f"must be a string, not {kind_of(value)}")
         return ""
     if len(value) > MAX_TEXT:
         p.add(_join(where, key), f"is longer than {MAX_TEXT} characters")
@@ -357,16 +304,16 @@ def _text(value: object, where: str, key: str, p: _Problems, *, required: bool) 
     return str(value)
 
 
-def _release_id(value: object, p: _Problems) -> str:
+def _release_id(value: object, p: Problems) -> str:
     """``release_id``: a non-empty string, or a non-negative integer (``0`` means ``"0"``)."""
     if isinstance(value, int) and not isinstance(value, bool):
         if 0 <= value <= _MAX_INT_ID:
             return str(int(value))
-        p.add("release_id", f"{_short(value)} is not a release id (an integer 0..2**63-1)")
+        p.add("release_id", f"{short(value)} is not a release id (an integer 0..2**63-1)")
         return ""
     if value is _MISSING or value is None or isinstance(value, str):
         return _text(value, "", "release_id", p, required=True)
-    p.add("release_id", f"must be a string or an integer, not {_kind(value)}")
+    p.add("release_id", f"must be a string or an integer, not {kind_of(value)}")
     return ""
 
 
@@ -379,18 +326,18 @@ def _plain_number(value: object, high: float) -> float | None:
     return None
 
 
-def _checked_number(value: object, path: str, p: _Problems, high: float, what: str) -> float | None:
+def _checked_number(value: object, path: str, p: Problems, high: float, what: str) -> float | None:
     """The full checks behind :func:`_plain_number`: a float, or None after a problem."""
     if value is _MISSING:
         p.add(path, "is required")
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        p.add(path, f"must be a number, not {_kind(value)}")
+        p.add(path, f"must be a number, not {kind_of(value)}")
         return None
     try:
         number = float(value)
     except OverflowError:
-        p.add(path, f"{_short(value)} is too large")
+        p.add(path, f"{short(value)} is too large")
         return None
     if not math.isfinite(number):
         p.add(path, f"must be a finite number, not {number!r}")
@@ -401,7 +348,7 @@ def _checked_number(value: object, path: str, p: _Problems, high: float, what: s
     return number
 
 
-def _times(value: object, where: str, key: str, keys: _Keys, p: _Problems) -> TimesSummary | None:
+def _times(value: object, where: str, key: str, keys: _Keys, p: Problems) -> TimesSummary | None:
     """A ``{median, minimum, maximum}`` object of the encoding ``keys``; None after problems."""
     if not _is_mapping(value):
         if value is _MISSING:
@@ -410,7 +357,7 @@ def _times(value: object, where: str, key: str, keys: _Keys, p: _Problems) -> Ti
             p.add(
                 _join(where, key),
                 f"must be an object with {keys.median}, {keys.minimum}, {keys.maximum},"
-                f" not {_kind(value)}",
+                f" not {kind_of(value)}",
             )
         return None
     raw_median = value.get(keys.median, _MISSING)
@@ -439,7 +386,7 @@ def _times(value: object, where: str, key: str, keys: _Keys, p: _Problems) -> Ti
     return TimesSummary(median, minimum, maximum)
 
 
-def _rate(value: object, where: str, key: str, p: _Problems) -> float | None:
+def _rate(value: object, where: str, key: str, p: Problems) -> float | None:
     """An error rate in 0..1, or None after a problem."""
     rate = _plain_number(value, 1.0)
     if rate is None:
@@ -447,7 +394,7 @@ def _rate(value: object, where: str, key: str, p: _Problems) -> float | None:
     return rate
 
 
-def _count(value: object, where: str, key: str, p: _Problems) -> int:
+def _count(value: object, where: str, key: str, p: Problems) -> int:
     """A call count: an integer 0..MAX_CALLS (an integral float too); missing or null is 0."""
     if type(value) is int and 0 <= value <= MAX_CALLS:
         return value
@@ -455,7 +402,7 @@ def _count(value: object, where: str, key: str, p: _Problems) -> int:
         return 0
     path = _join(where, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        p.add(path, f"must be an integer, not {_kind(value)}")
+        p.add(path, f"must be an integer, not {kind_of(value)}")
         return 0
     if isinstance(value, float):
         if not value.is_integer():
@@ -463,12 +410,12 @@ def _count(value: object, where: str, key: str, p: _Problems) -> int:
             return 0
         value = int(value)
     if not 0 <= value <= MAX_CALLS:
-        p.add(path, f"{_short(value)} is not a call count in 0..2**63-1")
+        p.add(path, f"{short(value)} is not a call count in 0..2**63-1")
         return 0
     return int(value)
 
 
-def _calls(item: Mapping[str, Any], snake: str, camel: str, where: str, p: _Problems) -> int:
+def _calls(item: Mapping[str, Any], snake: str, camel: str, where: str, p: Problems) -> int:
     """The count under ``snake`` (``f1_calls``) or ``camel`` (``F1Calls``); both must agree."""
     raw_camel = item.get(camel, _MISSING)
     if raw_camel is _MISSING:
@@ -483,7 +430,7 @@ def _calls(item: Mapping[str, Any], snake: str, camel: str, where: str, p: _Prob
     return a
 
 
-def _stage_status(value: object, where: str, p: _Problems) -> StageStatus | None:
+def _stage_status(value: object, where: str, p: Problems) -> StageStatus | None:
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         status = _STATUS_BY_WIRE.get(value)
         if status is not None:
@@ -493,12 +440,12 @@ def _stage_status(value: object, where: str, p: _Problems) -> StageStatus | None
     else:
         p.add(
             _join(where, "status"),
-            f"{_short(value)} is not a stage status; expected one of {_STATUS_ALLOWED}",
+            f"{short(value)} is not a stage status; expected one of {_STATUS_ALLOWED}",
         )
     return None
 
 
-def _encoding_of(item: Mapping[str, Any], where: str, p: _Problems) -> _Keys | None:
+def _encoding_of(item: Mapping[str, Any], where: str, p: Problems) -> _Keys | None:
     """The encoding a summary's keys say, or None after a problem."""
     documented = any(key in item for key in _DOCUMENTED.distinctive)
     original = any(key in item for key in _ORIGINAL.distinctive)
@@ -523,7 +470,7 @@ def _encoding_of(item: Mapping[str, Any], where: str, p: _Problems) -> _Keys | N
 
 
 def _stage_report(
-    item: Mapping[str, Any], where: str, keys: _Keys, top_next: str, p: _Problems
+    item: Mapping[str, Any], where: str, keys: _Keys, top_next: str, p: Problems
 ) -> StageReport | None:
     """One summary of the encoding ``keys``; None when it had problems (all recorded).
 
@@ -595,8 +542,9 @@ def parse_result(body: object) -> ResultReport:
     A valid body costs one pass over its values and builds no strings.
     """
     if not _is_mapping(body):
-        raise ValidationError("invalid result", [("", f"must be a JSON object, not {_kind(body)}")])
-    p = _Problems()
+        problem = f"must be a JSON object, not {kind_of(body)}"
+        raise ValidationError("invalid result", [("", problem)])
+    p = Problems()
     child_id = _text(body.get("id", _MISSING), "", "id", p, required=True)
     release_id = _release_id(body.get("release_id", _MISSING), p)
     top_next = _text(body.get("next_stage", _MISSING), "", "next_stage", p, required=False)
@@ -607,7 +555,7 @@ def parse_result(body: object) -> ResultReport:
     if raw is _MISSING or raw is None:
         p.add("stage_summaries", "is required")
     elif not isinstance(raw, (list, tuple)):
-        p.add("stage_summaries", f"must be a list, not {_kind(raw)}")
+        p.add("stage_summaries", f"must be a list, not {kind_of(raw)}")
     elif not raw:
         p.add("stage_summaries", "must not be empty: report at least one stage summary")
     elif len(raw) > MAX_SUMMARIES:
@@ -617,7 +565,7 @@ def parse_result(body: object) -> ResultReport:
         for i, item in enumerate(raw):
             where = f"stage_summaries[{i}]"
             if not _is_mapping(item):
-                p.add(where, f"must be an object, not {_kind(item)}")
+                p.add(where, f"must be an object, not {kind_of(item)}")
                 continue
             keys = _encoding_of(item, where, p)
             if keys is None:
@@ -640,7 +588,7 @@ def parse_result(body: object) -> ResultReport:
             "a top-level next_stage belongs to the original encoding; documented summaries"
             " carry their own next_stage",
         )
-    p.raise_if_any()
+    p.raise_if_any("invalid result")
     return ResultReport(child_id, release_id, tuple(reports))
 
 

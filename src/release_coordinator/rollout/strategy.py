@@ -50,7 +50,6 @@ import difflib
 import enum
 import math
 import re
-import reprlib
 from collections.abc import Callable, Collection
 from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -59,7 +58,9 @@ from typing import Any, Final, Literal, TypeVar, cast
 import attrs
 import yaml
 
-from release_coordinator.errors import NotFoundError, Problem, StrategyError
+from release_coordinator.errors import NotFoundError, StrategyError
+from release_coordinator.problems import Problems, short
+from release_coordinator.problems import kind as kind_of
 
 __all__ = [
     "MAX_LIST_ITEMS",
@@ -157,7 +158,6 @@ MAX_LIST_ITEMS: Final = 256
 """At most this many functions, stages, variants or conditions in one list of a strategy."""
 
 #: At most this many problems are listed; the rest are summed up in one last problem.
-_MAX_PROBLEMS: Final = 100
 #: Thresholds and durations longer than this are refused without being parsed.
 _MAX_SCALAR_TEXT: Final = 100
 #: minCalls is a Go int64 on the agents.
@@ -193,12 +193,12 @@ def _parse_threshold(text: str) -> Threshold:
     match = _THRESHOLD_RE.fullmatch(text)
     if match is None:
         raise ValueError(
-            f"threshold {_short(text)} is not an operator (<, <=, >, >=, =) followed by a"
+            f"threshold {short(text)} is not an operator (<, <=, >, >=, =) followed by a"
             " number, e.g. '<=0.01'"
         )
     value = float(match.group(2))
     if not math.isfinite(value):
-        raise ValueError(f"threshold {_short(text)} is out of range")
+        raise ValueError(f"threshold {short(text)} is out of range")
     return Threshold(cast(Operator, match.group(1)), value)
 
 
@@ -269,7 +269,7 @@ def _parse_duration(text: str) -> timedelta:
         return timedelta(0)
     if _DURATION_RE.fullmatch(stripped) is None:
         raise ValueError(
-            f"duration {_short(text)} is not a number with a unit (h, m, s, ms, us),"
+            f"duration {short(text)} is not a number with a unit (h, m, s, ms, us),"
             " e.g. '30s', '5m', '1m30s', '250ms'"
         )
     total = Decimal(0)
@@ -279,7 +279,7 @@ def _parse_duration(text: str) -> timedelta:
     try:
         return timedelta(microseconds=microseconds)
     except OverflowError:
-        raise ValueError(f"duration {_short(text)} is too long") from None
+        raise ValueError(f"duration {short(text)} is too long") from None
 
 
 def _format_duration(duration: timedelta) -> str:
@@ -561,60 +561,9 @@ class Strategy:
 # Problems
 # --------------------------------------------------------------------------------------------
 
-_repr = reprlib.Repr()
-_repr.maxstring = 60
-_repr.maxother = 60
-_repr.maxlevel = 2
-
-
-def _short(value: object) -> str:
-    """A short, safe repr of any value for a problem message."""
-    return _repr.repr(value)
-
-
-def _kind(value: object) -> str:
-    """What a decoded value is, in words."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__}"
-
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-class _Problems:
-    """Collects problems, keeping at most :data:`_MAX_PROBLEMS` of them."""
-
-    def __init__(self) -> None:
-        self.items: list[Problem] = []
-        self.dropped = 0
-
-    def add(self, path: str, message: str) -> None:
-        if len(self.items) < _MAX_PROBLEMS:
-            self.items.append((path, message))
-        else:
-            self.dropped += 1
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        listed = list(self.items)
-        if self.dropped:
-            listed.append(("", f"{self.dropped} further problem(s) not listed"))
-        raise StrategyError("invalid release strategy", problems=listed)
 
 
 def _refuse(message: str) -> StrategyError:
@@ -641,18 +590,18 @@ def _version_path_problem(path: str) -> str | None:
     """Why ``path`` is not a version folder ``fns/<name>``, or None."""
     head, sep, folder = path.partition("/")
     if head != "fns" or not sep:
-        return f"{_short(path)} is not a version folder of the form 'fns/<name>'"
+        return f"{short(path)} is not a version folder of the form 'fns/<name>'"
     if folder in ("", ".", "..") or "/" in folder:
-        return f"{_short(path)} is not a version folder of the form 'fns/<name>'"
+        return f"{short(path)} is not a version folder of the form 'fns/<name>'"
     if "\\" in folder or any(ch < " " or ch == "\x7f" for ch in folder):
-        return f"{_short(path)} contains a backslash or a control character"
+        return f"{short(path)} contains a backslash or a control character"
     return None
 
 
 class _Rules:
     """Checks a (possibly partly decoded) strategy and records every problem found."""
 
-    def __init__(self, problems: _Problems, available_paths: Collection[str] | None) -> None:
+    def __init__(self, problems: Problems, available_paths: Collection[str] | None) -> None:
         self.problems = problems
         self.available: frozenset[str] | None = None
         if available_paths is not None:
@@ -668,7 +617,7 @@ class _Rules:
         if value is _INVALID:
             return None
         if not isinstance(value, str):
-            self.add(path, f"must be a string, not {_kind(value)}")
+            self.add(path, f"must be a string, not {kind_of(value)}")
             return None
         if not value and not empty_ok:
             self.add(path, "must not be empty")
@@ -685,7 +634,7 @@ class _Rules:
             except ValueError:
                 pass
         allowed = ", ".join(repr(m.value) for m in kind)
-        self.add(path, f"{_short(value)} is not a {what}; expected one of {allowed}")
+        self.add(path, f"{short(value)} is not a {what}; expected one of {allowed}")
         return None
 
     def items(
@@ -695,7 +644,7 @@ class _Rules:
         if value is _INVALID:
             return None
         if not isinstance(value, tuple):
-            self.add(path, f"must be a tuple of {what}, not {_kind(value)}")
+            self.add(path, f"must be a tuple of {what}, not {kind_of(value)}")
             return None
         if len(value) > MAX_LIST_ITEMS:
             self.add(path, _too_many(len(value)))
@@ -705,7 +654,7 @@ class _Rules:
             if item is _INVALID:
                 continue
             if not isinstance(item, kind):
-                self.add(f"{path}[{index}]", f"must be a {what}, not {_kind(item)}")
+                self.add(f"{path}[{index}]", f"must be a {what}, not {kind_of(item)}")
                 continue
             found.append((index, item))
         return found
@@ -714,7 +663,7 @@ class _Rules:
 
     def strategy(self, strategy: object) -> None:
         if not isinstance(strategy, Strategy):
-            self.add("", f"must be a Strategy, not {_kind(strategy)}")
+            self.add("", f"must be a Strategy, not {kind_of(strategy)}")
             return
         self.text(strategy.id, "id")
         self.text(strategy.name, "name")
@@ -741,7 +690,7 @@ class _Rules:
             elif name in first_index:
                 self.add(
                     f"{path}.name",
-                    f"function {_short(name)} is already defined by functions[{first_index[name]}]",
+                    f"function {short(name)} is already defined by functions[{first_index[name]}]",
                 )
             else:
                 first_index[name] = index
@@ -753,7 +702,7 @@ class _Rules:
         if value is _INVALID:
             return
         if not isinstance(value, FunctionVersion):
-            self.add(path, f"must be a FunctionVersion, not {_kind(value)}")
+            self.add(path, f"must be a FunctionVersion, not {kind_of(value)}")
             return
         folder = self.text(value.path, f"{path}.path")
         if folder is not None:
@@ -761,7 +710,7 @@ class _Rules:
             if problem is not None:
                 self.add(f"{path}.path", problem)
             elif self.available is not None and folder not in self.available:
-                self.add(f"{path}.path", f"folder {_short(folder)} is not in the function archive")
+                self.add(f"{path}.path", f"folder {short(folder)} is not in the function archive")
         self.choice(value.env, f"{path}.env", Env, "runtime")
 
     def stages(self, value: object, function_names: frozenset[str] | None) -> None:
@@ -783,9 +732,7 @@ class _Rules:
             elif name in _FINAL_ACTIONS:
                 self.add(path, f"{name!r} is reserved for the end action; choose another name")
             elif name in first_index:
-                self.add(
-                    path, f"stage name {_short(name)} repeats stages[{first_index[name]}].name"
-                )
+                self.add(path, f"stage name {short(name)} repeats stages[{first_index[name]}].name")
             else:
                 first_index[name] = index
         stage_names = frozenset(first_index) if complete else None
@@ -801,7 +748,7 @@ class _Rules:
             ):
                 known = ", ".join(sorted(map(repr, function_names)))
                 self.add(
-                    f"{path}.func_name", f"{_short(func_name)} names no function; known: {known}"
+                    f"{path}.func_name", f"{short(func_name)} names no function; known: {known}"
                 )
             self.variants(stage.variants, f"{path}.variants")
             self.metrics(stage.metrics_conditions, f"{path}.metrics_conditions")
@@ -835,7 +782,7 @@ class _Rules:
             elif not isinstance(share, int) or isinstance(share, bool):
                 self.add(
                     f"{item}.trafficPercentage",
-                    f"must be a whole number of percent, not {_kind(share)}",
+                    f"must be a whole number of percent, not {kind_of(share)}",
                 )
                 total = None
             elif not 0 <= share <= 100:
@@ -872,13 +819,13 @@ class _Rules:
         if value is _INVALID:
             return
         if not isinstance(value, Threshold):
-            self.add(path, f"must be a Threshold such as '<=0.01', not {_kind(value)}")
+            self.add(path, f"must be a Threshold such as '<=0.01', not {kind_of(value)}")
             return
         if value.op not in OPERATORS:
-            self.add(path, f"operator {_short(value.op)} is not one of <, <=, >, >=, =")
+            self.add(path, f"operator {short(value.op)} is not one of <, <=, >, >=, =")
         number = value.value
         if isinstance(number, bool) or not isinstance(number, (int, float)):
-            self.add(path, f"value must be a number, not {_kind(number)}")
+            self.add(path, f"value must be a number, not {kind_of(number)}")
         elif isinstance(number, int):
             if abs(number) > _MAX_EXACT_INT:
                 self.add(path, f"value {number} is too large (at most {_MAX_EXACT_INT})")
@@ -906,14 +853,14 @@ class _Rules:
                 if isinstance(threshold, bool) or not isinstance(threshold, int):
                     self.add(
                         f"{item}.threshold",
-                        f"must be a whole number of calls such as '200', not {_kind(threshold)}",
+                        f"must be a whole number of calls such as '200', not {kind_of(threshold)}",
                     )
                 elif not 0 <= threshold <= _MAX_CALLS:
                     self.add(f"{item}.threshold", f"{threshold} is outside 0..{_MAX_CALLS}")
             elif not isinstance(threshold, timedelta):
                 self.add(
                     f"{item}.threshold",
-                    f"must be a duration such as '30s', not {_kind(threshold)}",
+                    f"must be a duration such as '30s', not {kind_of(threshold)}",
                 )
             elif threshold < timedelta(0):
                 self.add(f"{item}.threshold", "must not be negative")
@@ -926,7 +873,7 @@ class _Rules:
         if action is _INVALID:
             return None
         if not isinstance(action, EndAction):
-            self.add(path, f"must be an EndAction, not {_kind(action)}")
+            self.add(path, f"must be an EndAction, not {kind_of(action)}")
             return None
         targets: list[tuple[str, str]] | None = []
         for key, target in (("onSuccess", action.on_success), ("onFailure", action.on_failure)):
@@ -940,11 +887,11 @@ class _Rules:
                 targets = None
                 continue
             if text == stage.name:
-                self.add(f"{path}.{key}", f"names the stage itself ({_short(text)})")
+                self.add(f"{path}.{key}", f"names the stage itself ({short(text)})")
             elif text not in stage_names:
                 self.add(
                     f"{path}.{key}",
-                    f"{_short(text)} is neither 'rollout', 'rollback' nor a stage name",
+                    f"{short(text)} is neither 'rollout', 'rollback' nor a stage name",
                 )
             elif targets is not None:
                 targets.append((key, text))
@@ -969,7 +916,7 @@ class _Rules:
             if name not in reached:
                 self.add(
                     f"stages[{index}]",
-                    f"stage {_short(name)} cannot be reached from the first stage {_short(first)}",
+                    f"stage {short(name)} cannot be reached from the first stage {short(first)}",
                 )
         # Loops: the per-child stage status cannot go back to a finished stage.
         done: set[str] = set()
@@ -992,7 +939,7 @@ class _Rules:
                     loop = " -> ".join([*trail[trail.index(target) :], target])
                     self.add(
                         f"stages[{first_index[trail[-1]]}].end_action.{key}",
-                        f"leads back to stage {_short(target)}: stages must not loop ({loop})",
+                        f"leads back to stage {short(target)}: stages must not loop ({loop})",
                     )
                 elif target not in done:
                     trail.append(target)
@@ -1003,7 +950,7 @@ class _Rules:
         if value is _INVALID:
             return
         if not isinstance(value, Rollback):
-            self.add("rollback", f"must be a Rollback, not {_kind(value)}")
+            self.add("rollback", f"must be a Rollback, not {kind_of(value)}")
             return
         self.choice(value.function, "rollback.action.function", VariantName, "version name")
 
@@ -1023,9 +970,9 @@ def validate_strategy(
     the document's key names (``stages[1].variants[0].trafficPercentage``). Records must hold
     tuples, not lists, so that a valid strategy survives :func:`dump_strategy` unchanged.
     """
-    problems = _Problems()
+    problems = Problems()
     _Rules(problems, available_paths).strategy(strategy)
-    problems.raise_if_any()
+    problems.raise_if_any("invalid release strategy", StrategyError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1066,7 +1013,7 @@ def _member(kind: type[_E], value: Any) -> Any:
 class _Decoder:
     """Turns decoded YAML into (possibly partial) records, recording shape problems."""
 
-    def __init__(self, problems: _Problems) -> None:
+    def __init__(self, problems: Problems) -> None:
         self.problems = problems
 
     def add(self, path: str, message: str) -> None:
@@ -1079,12 +1026,12 @@ class _Decoder:
         if value is _INVALID:
             return None
         if not isinstance(value, dict):
-            self.add(path, f"must be a mapping, not {_kind(value)}")
+            self.add(path, f"must be a mapping, not {kind_of(value)}")
             return None
         for key in value:
             if isinstance(key, str) and key in keys:
                 continue
-            shown = key if isinstance(key, str) else _short(key)
+            shown = key if isinstance(key, str) else short(key)
             hint = ""
             if isinstance(key, str):
                 close = difflib.get_close_matches(key, keys, n=1)
@@ -1110,7 +1057,7 @@ class _Decoder:
         if value is _INVALID:
             return _INVALID
         if not isinstance(value, list):
-            self.add(path, f"must be a list, not {_kind(value)}")
+            self.add(path, f"must be a list, not {kind_of(value)}")
             return _INVALID
         if len(value) > MAX_LIST_ITEMS:
             self.add(path, _too_many(len(value)))
@@ -1192,7 +1139,7 @@ class _Decoder:
         if value is _INVALID:
             return _INVALID
         if not isinstance(value, str):
-            self.add(path, f"must be a string such as '<=0.01', not {_kind(value)}")
+            self.add(path, f"must be a string such as '<=0.01', not {kind_of(value)}")
             return _INVALID
         try:
             return _parse_threshold(value)
@@ -1212,7 +1159,7 @@ class _Decoder:
                 if match is None:
                     self.add(
                         f"{path}.threshold",
-                        f"{_short(threshold)} is not a whole number of calls such as '200'",
+                        f"{short(threshold)} is not a whole number of calls such as '200'",
                     )
                     threshold = _INVALID
                 else:
@@ -1252,11 +1199,11 @@ def parse_strategy_mapping(obj: Any, *, available_paths: Collection[str] | None 
     Applies the same checks as :func:`parse_strategy` and raises one
     :class:`~release_coordinator.errors.StrategyError` listing every problem.
     """
-    problems = _Problems()
+    problems = Problems()
     strategy = _Decoder(problems).strategy(obj)
     if strategy is not None:
         _Rules(problems, available_paths).strategy(strategy)
-    problems.raise_if_any()
+    problems.raise_if_any("invalid release strategy", StrategyError)
     assert strategy is not None
     return strategy
 
@@ -1268,7 +1215,7 @@ def _yaml_problem(exc: Exception) -> str:
         return f"not valid YAML: {what} (line {mark.line + 1}, column {mark.column + 1})"
     if isinstance(exc, RecursionError):
         return "not valid YAML: nested too deeply"
-    return f"not valid YAML: {_short(str(exc))}"
+    return f"not valid YAML: {short(str(exc))}"
 
 
 def parse_strategy(
