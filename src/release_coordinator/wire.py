@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from release_coordinator.errors import Problem, ValidationError
+from release_coordinator.problems import short
 
 __all__ = [
     "REPORTED_STATES",
@@ -49,14 +50,6 @@ _ACTIONS = {action.value: action for action in TaskAction}
 REPORTED_STATES = frozenset(
     {"pending", "running", "staged", "publishing", "published", "failed", "canceled", "rejected"}
 )
-
-
-def _show(value: object) -> str:
-    """A short, safe rendering of an untrusted value for an error message."""
-    if isinstance(value, str | int | float | bool) or value is None:
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-    return f"a {type(value).__name__}"
 
 
 _PERCENT = re.compile(r"^\s*(\d{1,3})\s*%?\s*$")
@@ -133,7 +126,7 @@ def decode_request(body: object) -> TaskRequest:
     action = _ACTIONS.get(raw_action) if isinstance(raw_action, str) else None
     if action is None:
         problems.append(
-            ("action", f"must be one of {', '.join(TaskAction)}; got {_show(raw_action)}")
+            ("action", f"must be one of {', '.join(TaskAction)}; got {short(raw_action)}")
         )
         action = TaskAction.GET_STATUS
     task_id = _text(data, "task_id", problems)
