@@ -13,6 +13,11 @@ participant records, in a working directory:
 The coordinator drives them through initialize -> start -> publish; the demo prints progress
 while it runs, then the event timeline and the final states. ``--fail SERVICE`` makes one
 service fail while staging, to show the release being canceled everywhere.
+
+The coordinator keeps its state in a SQLite file in the working directory
+(:class:`~release_coordinator.storage.sql.SQLStore`, the ``sql`` extra); ``--db URL`` names
+another database, or ``memory`` for the in-memory store. Without the ``sql`` extra the demo
+runs on the in-memory store and says so.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from release_coordinator.coordinator import Coordinator, CoordinatorConfig
+from release_coordinator.errors import ReleaseCoordinatorError
 from release_coordinator.models import Event, EventKind, Release
+from release_coordinator.storage.base import CoordinatorStore
+from release_coordinator.storage.memory import MemoryStore
 from release_coordinator.taskservice import KitTask, TaskServiceKit
 from release_coordinator.transports.memory import MemoryTransport
 
@@ -191,12 +199,57 @@ _SERVICES: dict[str, type[_DemoService]] = {
 }
 
 
+#: The demo's database: a SQLite file in its working directory.
+DB_FILE = "release-coordinator.db"
+
+
+async def _open_store(db: str | None, workdir: Path) -> tuple[CoordinatorStore, str]:
+    """The store the demo runs on, and a line that says which it is."""
+    if db == "memory":
+        return MemoryStore(), "in memory (--db memory)"
+    try:
+        from release_coordinator.storage.sql import SQLStore
+    except ImportError:
+        if db is not None:
+            raise
+        return MemoryStore(), (
+            "in memory: the sql extra is not installed "
+            "(pip install 'release-coordinator[sql]' to keep the state in SQLite)"
+        )
+    if db is None:
+        path = workdir / DB_FILE
+        return await SQLStore.connect(f"sqlite:///{path}"), f"SQLite, {path}"
+    store = await SQLStore.connect(db)
+    return store, f"SQL, {store.url}"
+
+
 async def _run(
-    workdir: Path, studies: list[str], records: int, fail: str | None, out: TextIO
+    workdir: Path,
+    studies: list[str],
+    records: int,
+    fail: str | None,
+    out: TextIO,
+    db: str | None = None,
+) -> Release:
+    store, which = await _open_store(db, workdir)
+    try:
+        return await _release(store, which, workdir, studies, records, fail, out)
+    finally:
+        await store.close()
+
+
+async def _release(
+    store: CoordinatorStore,
+    which: str,
+    workdir: Path,
+    studies: list[str],
+    records: int,
+    fail: str | None,
+    out: TextIO,
 ) -> Release:
     transport = MemoryTransport(timeout=30)
     coordinator = Coordinator(
-        transport=transport, config=CoordinatorConfig(poll_interval=0.5, health_interval=0)
+        store, transport, config=CoordinatorConfig(poll_interval=0.5, health_interval=0)
     )
     names: dict[str, str] = {}
     start = asyncio.get_running_loop().time()
@@ -212,16 +265,22 @@ async def _run(
     await coordinator.subscribe(show)
     async with coordinator:
         kits = []
+        # A database kept from an earlier run knows the services already.
+        known = {s.name: s for s in await coordinator.list_services()}
         for name, cls in _SERVICES.items():
             kit = cls(name, workdir, records, seed=7, fail=(name == fail))
             kit.connect(coordinator.report_task_state)
             transport.add(f"memory://{name}", kit, latency=0.005)
-            service = await coordinator.register_service(name, f"memory://{name}")
+            service = known.get(name)
+            if service is None:
+                service = await coordinator.register_service(name, f"memory://{name}")
+            elif not service.enabled:
+                service = await coordinator.enable_service(service.id)
             names[service.id] = name
             kits.append(kit)
         out.write(
             f"\nReleasing {len(studies)} studies x {records} records to {len(kits)} "
-            f"task services (work in {workdir})\n\n"
+            f"task services (work in {workdir})\nStore: {which}\n\n"
         )
         release = await coordinator.create_release(
             "demo release",
@@ -261,8 +320,13 @@ def run_demo(
     records: int = 400,
     fail: str | None = None,
     out: TextIO | None = None,
+    db: str | None = None,
 ) -> int:
-    """Run the demo; returns a process exit code (0 when the outcome is the expected one)."""
+    """Run the demo; returns a process exit code (0 when the outcome is the expected one).
+
+    ``db`` is the store: a database URL, ``"memory"``, or ``None`` for a SQLite file in the
+    working directory.
+    """
     out = out or sys.stdout
     if fail is not None and fail not in _SERVICES:
         out.write(f"--fail must name one of {', '.join(_SERVICES)}\n")
@@ -270,6 +334,14 @@ def run_demo(
     names = [f"SD_{i:04d}" for i in range(1, studies + 1)]
     with tempfile.TemporaryDirectory(prefix="rc-demo-") as tmp:
         root = Path(workdir) if workdir else Path(tmp)
-        release = asyncio.run(_run(root, names, records, fail, out))
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            release = asyncio.run(_run(root, names, records, fail, out, db))
+        except ImportError as error:
+            out.write(f"--db {db}: {error}\n")
+            return 2
+        except ReleaseCoordinatorError as error:
+            out.write(f"error: {error.message}\n")
+            return 1
     expected = "failed" if fail else "published"
     return 0 if release.state.value == expected else 1

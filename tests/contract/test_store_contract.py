@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -32,11 +33,27 @@ from release_coordinator.models import HealthStatus
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[CoordinatorStore]:
-    adapter: CoordinatorStore = MemoryStore()
-    yield adapter
-    await adapter.close()
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CoordinatorStore]:
+    adapter: CoordinatorStore
+    if request.param == "memory":
+        adapter = MemoryStore()
+        yield adapter
+        await adapter.close()
+        return
+    from release_coordinator.storage.sql import SQLStore
+
+    if request.param == "sqlite":
+        adapter = await SQLStore.connect(f"sqlite:///{tmp_path / 'store.db'}")
+        yield adapter
+        await adapter.close()
+        return
+    from sql_support import postgres_schema
+
+    with postgres_schema(request.getfixturevalue("postgres_url")) as url:
+        adapter = await SQLStore.connect(url)
+        yield adapter
+        await adapter.close()
 
 
 def ev(message: str, **kw: object) -> Event:
@@ -212,3 +229,19 @@ async def test_leases(store: CoordinatorStore) -> None:
     assert [r.id for r in await store.claim_releases("B", 30)] == ["RE_0", "RE_1"]
     with pytest.raises(NotFoundError):
         await store.claim_release("RE_missing", "A", 30)
+
+
+async def test_a_final_release_has_no_lease_to_renew(store: CoordinatorStore) -> None:
+    release, _ = await store.create_release(Release("RE_1", "r", "0.0.0"), [], ev("new"))
+    assert await store.claim_release(release.id, "A", 30)
+    await store.transition_release(
+        release.id, {ReleaseState.WAITING}, ReleaseState.STAGED, ev("staged")
+    )
+    await store.transition_release(
+        release.id, {ReleaseState.STAGED}, ReleaseState.CANCELING, ev("c")
+    )
+    await store.transition_release(
+        release.id, {ReleaseState.CANCELING}, ReleaseState.CANCELED, ev("done")
+    )
+    assert not await store.renew_lease(release.id, "A", 30)
+    assert not await store.claim_release(release.id, "A", 30)

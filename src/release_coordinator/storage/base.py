@@ -12,7 +12,9 @@ Rules every adapter keeps:
   ``UPDATE ... WHERE id = :id AND state IN (:from_states)``.
 - A state change and its event are stored together or not at all, so every state change has its
   event in the log.
-- Records handed out are immutable snapshots; ids of events grow with every append.
+- Records handed out are immutable snapshots. Event ids grow with every append and become
+  visible in that order (a reader following the log with ``after_id`` never skips one).
+- "Oldest first" means creation order (adapters keep a sequence for it, not a timestamp).
 - Unknown ids raise :class:`~release_coordinator.errors.NotFoundError`; failures underneath raise
   :class:`~release_coordinator.errors.StorageError`. Nothing else escapes.
 """
@@ -259,7 +261,8 @@ class CoordinatorStore(abc.ABC):
 
     @abc.abstractmethod
     async def renew_lease(self, release_id: str, owner: str, lease_seconds: float) -> bool:
-        """Extend ``owner``'s lease on a release; False if ``owner`` no longer holds it."""
+        """Extend ``owner``'s lease on a release; False if ``owner`` no longer holds it or the
+        release is final (there is nothing left to drive)."""
 
     @abc.abstractmethod
     async def drop_lease(self, release_id: str, owner: str) -> None:

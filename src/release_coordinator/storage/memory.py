@@ -394,7 +394,7 @@ class MemoryStore(CoordinatorStore):
         now = time.monotonic()
         with self._lock:
             holder = self._leases.get(release_id)
-            if holder is None or holder[0] != owner:
+            if holder is None or holder[0] != owner or self._release(release_id).state in _FINAL:
                 return False
             self._leases[release_id] = (owner, now + lease_seconds)
             return True
