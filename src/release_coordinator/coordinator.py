@@ -745,15 +745,16 @@ class Coordinator:
     async def _drive(self, release_id: str) -> None:
         try:
             while True:
-                if not await self.store.renew_lease(
+                renewed = await self.store.renew_lease(
                     release_id, self.owner, self.config.lease_seconds
-                ):
+                )
+                release = await self.store.get_release(release_id)
+                if release.is_final:
+                    return
+                if not renewed:
                     log.warning(
                         "lost the lease on release %s; another coordinator has it", release_id
                     )
-                    return
-                release = await self.store.get_release(release_id)
-                if release.is_final:
                     return
                 tasks = await self.store.list_tasks(release_id)
                 pause = await self._step(release, tasks)

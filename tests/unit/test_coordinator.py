@@ -624,3 +624,14 @@ async def test_bad_studies_and_tags_are_refused_before_anything_is_stored(setup:
     paths = [p for p, _ in info.value.problems]
     assert paths == ["studies[1]", "studies[2]", "tags[0]"]
     assert await c.list_releases() == []
+
+
+async def test_a_finished_release_ends_its_driver_quietly(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = setup.coordinator
+    done = await c.wait((await c.create_release("r", auto_publish=True)).id, timeout=5)
+    await asyncio.sleep(0.05)
+    assert done.state is ReleaseState.PUBLISHED
+    assert not [r for r in caplog.records if "lost the lease" in r.getMessage()]
+    assert not c._drivers
