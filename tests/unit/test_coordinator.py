@@ -635,3 +635,37 @@ async def test_a_finished_release_ends_its_driver_quietly(
     assert done.state is ReleaseState.PUBLISHED
     assert not [r for r in caplog.records if "lost the lease" in r.getMessage()]
     assert not c._drivers
+
+
+async def test_publish_is_recorded_when_decided_not_after_a_cancel() -> None:
+    class CancelDuringFanOut(MemoryTransport):
+        """Schedules a user's cancel to run at the first suspension of a publish fan-out."""
+
+        coordinator: Coordinator
+
+        async def send_many(self, calls):  # type: ignore[no-untyped-def]
+            if calls and calls[0][1].action.value == "publish":
+                asyncio.get_running_loop().create_task(
+                    self.coordinator.cancel(calls[0][1].release_id)
+                )
+            return await super().send_many(calls)
+
+    s = Setup()
+    s.transport = CancelDuringFanOut(timeout=0.2)
+    s.coordinator = s.new_coordinator()
+    s.transport.coordinator = s.coordinator
+    await s.register()
+    async with s.coordinator as c:
+        release = await c.create_release("r")
+        await c.wait(release.id, [ReleaseState.STAGED], timeout=5)
+        states_at_publish: list[ReleaseState] = []
+        s.transport.on_send(
+            lambda sent: states_at_publish.append(s.store._releases[sent.release_id].state)
+            if sent.action == "publish"
+            else None
+        )
+        await c.publish(release.id)
+        done = await c.wait(release.id, timeout=5)
+    assert done.state is ReleaseState.CANCELED
+    assert states_at_publish == [ReleaseState.PUBLISHING] * 3  # decided while publishing
+    assert set((await states(c, release.id)).values()) == {TaskState.CANCELED}

@@ -210,19 +210,32 @@ class MemoryTransport(TaskServiceTransport):
         return None
 
     # -- delivery ----------------------------------------------------------------------------
-    async def _deliver(
-        self, url: str, action: str, task_id: str, release_id: str, body: Any
-    ) -> tuple[int, Any]:
+    def _dispatch(
+        self, url: str, action: str, task_id: str, release_id: str
+    ) -> tuple[_Endpoint | None, Fault | None]:
+        """Decide a request's fate and record it as sent, synchronously: what the caller
+        decided to send is recorded in the same step as the decision."""
         with self._lock:
             endpoint = self._endpoints.get(url)
         if endpoint is None:
             self._note(SentRequest(url, action, task_id, release_id, "refuse"))
-            raise PeerUnreachableError(f"connection refused by {url}", peer=url)
+            return None, None
         fault = self._take_fault(endpoint, action) if endpoint.faults else None
         self._note(
             SentRequest(url, action, task_id, release_id, None if fault is None else fault.kind)
         )
-        if fault is not None and fault.kind == "refuse":
+        return endpoint, fault
+
+    async def _deliver(
+        self, url: str, action: str, task_id: str, release_id: str, body: Any
+    ) -> tuple[int, Any]:
+        endpoint, fault = self._dispatch(url, action, task_id, release_id)
+        return await self._complete(url, endpoint, fault, body)
+
+    async def _complete(
+        self, url: str, endpoint: _Endpoint | None, fault: Fault | None, body: Any
+    ) -> tuple[int, Any]:
+        if endpoint is None or (fault is not None and fault.kind == "refuse"):
             raise PeerUnreachableError(f"connection refused by {url}", peer=url)
         if fault is not None and fault.kind == "timeout":
             await self._call(endpoint, body)
@@ -278,23 +291,19 @@ class MemoryTransport(TaskServiceTransport):
         """
         results: list[TaskAnswer | TransportError | None] = [None] * len(calls)
         groups: dict[float, list[tuple[int, _Endpoint]]] = {}
-        singles: list[int] = []
-        with self._lock:
-            for i, (service, _request) in enumerate(calls):
-                endpoint = self._endpoints.get(service.url)
-                if endpoint is None or endpoint.faults or endpoint.latency > self.timeout:
-                    singles.append(i)
-                else:
-                    groups.setdefault(endpoint.latency, []).append((i, endpoint))
+        singles: list[tuple[int, _Endpoint | None, Fault | None]] = []
+        # Every request is decided and recorded before the first suspension, in the same step
+        # as the caller's decision to send it.
+        for i, (service, request) in enumerate(calls):
+            endpoint, fault = self._dispatch(
+                service.url, request.action.value, request.task_id, request.release_id
+            )
+            if endpoint is None or fault is not None or endpoint.latency > self.timeout:
+                singles.append((i, endpoint, fault))
+            else:
+                groups.setdefault(endpoint.latency, []).append((i, endpoint))
 
         async def group(latency: float, members: list[tuple[int, _Endpoint]]) -> None:
-            for i, _ in members:
-                service, request = calls[i]
-                self._note(
-                    SentRequest(
-                        service.url, request.action.value, request.task_id, request.release_id, None
-                    )
-                )
             loop = asyncio.get_running_loop()
             answer_at = loop.time() + latency
             if latency:
@@ -309,16 +318,17 @@ class MemoryTransport(TaskServiceTransport):
                 except TransportError as error:
                     results[i] = error
 
-        async def single(i: int) -> None:
+        async def single(i: int, endpoint: _Endpoint | None, fault: Fault | None) -> None:
             service, request = calls[i]
             try:
-                results[i] = await self.send(service, request)
+                status, body = await self._complete(service.url, endpoint, fault, request.to_json())
+                results[i] = self._decode(service.url, request, status, body)
             except TransportError as error:
                 results[i] = error
 
         await asyncio.gather(
             *(group(latency, members) for latency, members in groups.items()),
-            *(single(i) for i in singles),
+            *(single(*entry) for entry in singles),
         )
         return [r for r in results if r is not None]
 
