@@ -72,6 +72,7 @@ from release_coordinator.rollout.models import (
     RolloutState,
 )
 from release_coordinator.rollout.policies import GlobalIncremental, LocationSequential, Waves
+from release_coordinator.rollout.http_parent import HttpParent
 from release_coordinator.rollout.relay import InProcessParent, ParentLink, Relay
 from release_coordinator.rollout.results import (
     ResultReport,
@@ -144,6 +145,7 @@ __all__ = [
     "GeoJSONError",
     "GlobalIncremental",
     "HealthStatus",
+    "HttpParent",
     "HttpTransport",
     "InProcessParent",
     "InvalidTransitionError",

@@ -58,9 +58,12 @@ rollback: {action: {function: base_version}}
 
 def archive() -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("fns/checkout_v1/index.js", "module.exports = () => 'v1'")
-        zf.writestr("fns/checkout_v2/index.js", "module.exports = () => 'v2'")
+    with zipfile.ZipFile(buffer, "w") as zf:  # fixed timestamps: the same bytes every time
+        for name, text in (
+            ("fns/checkout_v1/index.js", "module.exports = () => 'v1'"),
+            ("fns/checkout_v2/index.js", "module.exports = () => 'v2'"),
+        ):
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), text)
     return buffer.getvalue()
 
 

@@ -370,8 +370,7 @@ class MemoryStore(CoordinatorStore):
                 if len(claimed) >= limit:
                     break
                 if release.state in _FINAL:
-                    self._leases.pop(release.id, None)
-                    continue
+                    continue  # nothing to drive (its lease, if any, is dropped by its holder)
                 holder = self._leases.get(release.id)
                 if holder is None or holder[0] == owner or holder[1] <= now:
                     self._leases[release.id] = (owner, now + lease_seconds)
