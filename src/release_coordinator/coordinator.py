@@ -944,8 +944,12 @@ class Coordinator:
         service: TaskService,
         request: TaskRequest,
         result: TaskAnswer | TransportError,
-    ) -> _Outcome:
-        """Turn a first attempt's result into an outcome, retrying transient trouble."""
+    ) -> _Outcome | None:
+        """Turn a first attempt's result into an outcome, retrying transient trouble.
+
+        ``None`` when a retry is abandoned because the release moved on meanwhile (canceled,
+        say): the task is left as it is, for the release's new phase to deal with.
+        """
         attempts = self.config.retry.attempts
         attempt = 1
         while True:
@@ -974,6 +978,22 @@ class Coordinator:
             if last:
                 return _Outcome(task, service, error=result, attempts=attempt)
             await asyncio.sleep(self.config.retry.delay(attempt, self._rng))
+            current = await self.store.get_release(release.id)
+            if current.state is not release.state:
+                await self.store.append_events(
+                    [
+                        self._event(
+                            EventKind.REQUEST_ERROR,
+                            f"{request.action.value!r} to {service.name!r} not retried: the "
+                            f"release is {current.state.value} now",
+                            release_id=release.id,
+                            task_id=task.id,
+                            service=service,
+                        )
+                    ]
+                )
+                self._events_written()
+                return None
             attempt += 1
             try:
                 result = await self.transport.send(service, request)
