@@ -55,12 +55,14 @@ from release_coordinator.models import (
 )
 from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
 from release_coordinator.rollout.geo import Area, GeoIndex
+from release_coordinator.rollout.http_parent import HttpParent
 from release_coordinator.rollout.manager import (
     BarrierState,
     EndStageAnswer,
     PollAnswer,
     RolloutManager,
     RolloutReport,
+    StageCounts,
 )
 from release_coordinator.rollout.models import (
     Child,
@@ -72,7 +74,6 @@ from release_coordinator.rollout.models import (
     RolloutState,
 )
 from release_coordinator.rollout.policies import GlobalIncremental, LocationSequential, Waves
-from release_coordinator.rollout.http_parent import HttpParent
 from release_coordinator.rollout.relay import InProcessParent, ParentLink, Relay
 from release_coordinator.rollout.results import (
     ResultReport,
@@ -82,7 +83,7 @@ from release_coordinator.rollout.results import (
     aggregate,
     parse_result,
 )
-from release_coordinator.rollout.simulate import SimulatedLeaf
+from release_coordinator.rollout.simulate import FleetConfig, FleetResult, SimulatedLeaf, simulate
 from release_coordinator.rollout.strategy import (
     EndAction,
     EndCondition,
@@ -138,6 +139,8 @@ __all__ = [
     "EventKind",
     "EventType",
     "Fault",
+    "FleetConfig",
+    "FleetResult",
     "Function",
     "FunctionArchive",
     "FunctionVersion",
@@ -182,6 +185,7 @@ __all__ = [
     "ServiceStatus",
     "SimulatedLeaf",
     "Stage",
+    "StageCounts",
     "StageReport",
     "StageStatus",
     "StageSummary",
@@ -212,4 +216,5 @@ __all__ = [
     "dump_strategy",
     "parse_result",
     "parse_strategy",
+    "simulate",
 ]

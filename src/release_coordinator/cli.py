@@ -55,6 +55,36 @@ def _parser() -> argparse.ArgumentParser:
             help=f"sqlite:///PATH or postgresql://... (default: {DEFAULT_DB})",
         )
 
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a rollout on a simulated fleet (a top manager, relays per region, leaves)",
+        description="Run a rollout on a simulated fleet in real time: a top manager, a relay "
+        "per region of a grid over Europe, and leaves spread over the regions, each playing a "
+        "two-stage WaitForSignal strategy with synthetic metrics. Prints progress per region "
+        "and the outcome; exits 0 when the failing regions rolled back and the others out.",
+    )
+    simulate.add_argument("--regions", type=int, default=4, help="regions r1..rN (4)")
+    simulate.add_argument("--leaves", type=int, default=200, help="leaves in all (200)")
+    simulate.add_argument(
+        "--fail",
+        metavar="REGION",
+        action="append",
+        default=[],
+        help="make the new version fail in this region (r1, r2 ...); repeatable",
+    )
+    simulate.add_argument(
+        "--poll-interval", type=float, default=0.5, help="seconds between polls (0.5)"
+    )
+    simulate.add_argument(
+        "--stage-seconds", type=float, default=4.0, help="minDuration of each stage (4)"
+    )
+    simulate.add_argument("--levels", type=int, default=3, help="depth of the tree (3)")
+    simulate.add_argument("--relays", type=int, default=1, help="relays per region (1)")
+    simulate.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    simulate.add_argument(
+        "--progress-every", type=float, default=2.0, help="seconds between progress lines (2)"
+    )
+
     diagrams = commands.add_parser("diagrams", help="print the state machines as mermaid diagrams")
     diagrams.add_argument("machine", nargs="?", choices=["release", "task"], default=None)
     return parser
@@ -81,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "db":
         return _db(args.db_command, args.db)
+    if args.command == "simulate":
+        return _simulate(args)
     if args.command == "diagrams":
         from release_coordinator.fsm.release import RELEASE_MACHINE, TASK_MACHINE
 
@@ -91,6 +123,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _parser().print_help()
     return 2
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    """``release-coordinator simulate``: 0 when the outcome is the expected one, else 1."""
+    import asyncio
+
+    from release_coordinator.errors import ReleaseCoordinatorError
+    from release_coordinator.rollout.simulate import FleetConfig, simulate
+
+    try:
+        config = FleetConfig(
+            grid=args.regions,
+            leaves=args.leaves,
+            failing=tuple(args.fail),
+            poll_interval=args.poll_interval,
+            stage_seconds=args.stage_seconds,
+            levels=args.levels,
+            relays_per_region=args.relays,
+            seed=args.seed,
+            progress_every=args.progress_every,
+        )
+    except ReleaseCoordinatorError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    result = asyncio.run(simulate(config, out=sys.stdout))
+    if result.as_expected:
+        print("outcome as expected: the failing regions rolled back, the others rolled out")
+        return 0
+    print("outcome NOT as expected (see the table)")
+    return 1
 
 
 def _db(action: str, url: str) -> int:

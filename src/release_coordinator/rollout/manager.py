@@ -9,6 +9,14 @@ The poll is the hot path: matching is precomputed (a spatial index is queried wh
 registers or moves, and when a rollout starts, never per poll), an unchanged area is recognised
 by a hash of its JSON, and the store answers "what waits for this child" from a short sorted
 list.
+
+Stage barriers are judged from counters, not by reading every child: per rollout and stage, the
+manager keeps how many targeted children are in each (release active?, stage status) bucket
+and which ones wait (:class:`_Tally`, updated wherever a child's state changes), and which
+children are lost (recomputed only once a live child may have gone quiet). A barrier check
+costs O(1) plus one look per lost child; opening a barrier touches only the waiting children.
+The counters assume this manager is the only writer of its rollouts' child states (as its other
+indexes do); they are rebuilt from the store on first use after :meth:`RolloutManager.load`.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -64,6 +72,7 @@ __all__ = [
     "PollAnswer",
     "RolloutManager",
     "RolloutReport",
+    "StageCounts",
     "StageReportRow",
 ]
 
@@ -144,12 +153,68 @@ class BarrierState:
     ready_count: int
 
 
+@attrs.frozen
+class StageCounts:
+    """Where one stage stands among a rollout's targeted children, from the counters the
+    manager keeps (no child is read): ``taking_part`` children are Todo or Doing, not lost, with
+    the stage not final, ``ready_count`` of them wait on it or were told to end it; ``ready``
+    when the policy's quorum of them is ready (:class:`BarrierState`'s ``ready``); ``waiting``
+    children are ``SuccessWaiting`` now; ``final`` children finished the stage (Completed,
+    Failure or Error), ``completed`` of them Completed. ``open``: the barrier opened."""
+
+    open: bool
+    ready: bool
+    taking_part: int
+    ready_count: int
+    waiting: int
+    final: int
+    completed: int
+
+
 @attrs.define
 class _Barrier:
     """A WaitForSignal stage's barrier: open once the policy's condition held."""
 
     open: bool = False
     first_waiting_at: float | None = None
+
+
+_ACTIVE = frozenset({ReleaseStatus.TODO, ReleaseStatus.DOING})
+_READY = frozenset({StageStatus.SUCCESS_WAITING, StageStatus.SHOULD_END})
+
+
+class _Tally:
+    """Per stage of one rollout: how many targeted children are in each (release active,
+    stage status) bucket, and which children are ``SuccessWaiting`` (in the order they began
+    to wait)."""
+
+    __slots__ = ("counts", "waiting")
+
+    def __init__(self, stage_names: Iterable[str]) -> None:
+        self.counts: dict[str, dict[tuple[bool, StageStatus], int]] = {
+            name: {} for name in stage_names
+        }
+        self.waiting: dict[str, dict[str, None]] = {name: {} for name in self.counts}
+
+    def add(self, state: ChildRelease, sign: int) -> None:
+        active = state.status in _ACTIVE
+        for name, stage in state.stages.items():
+            counts = self.counts.get(name)
+            if counts is None:
+                continue
+            key = (active, stage.status)
+            counts[key] = counts.get(key, 0) + sign
+            if stage.status is StageStatus.SUCCESS_WAITING:
+                if sign > 0:
+                    self.waiting[name][state.child_id] = None
+                else:
+                    self.waiting[name].pop(state.child_id, None)
+
+    def add_todo(self, count: int, sign: int) -> None:
+        """``count`` children targeted (or withdrawn): Todo, every stage Pending."""
+        key = (True, StageStatus.PENDING)
+        for counts in self.counts.values():
+            counts[key] = counts.get(key, 0) + sign * count
 
 
 class RolloutManager:
@@ -181,11 +246,22 @@ class RolloutManager:
         # became eligible, with their areas (the policy admits from these).
         self._eligible: dict[str, dict[str, Area]] = {}
         self._target_json: dict[str, Mapping[str, Any]] = {}
+        # Per rollout: the stage counters, and how many changes of its child states were seen
+        # (a counter built from the store is kept only if no change happened meanwhile).
+        self._tallies: dict[str, _Tally] = {}
+        self._changes: dict[str, int] = {}
+        # The children lost at ``_lost_at``, valid while no live child can have gone quiet:
+        # until ``now - _lost_ref > lost_after`` (or one of them polls again).
+        self._lost: frozenset[str] = frozenset()
+        self._lost_at: float | None = None
+        self._lost_ref = 0.0
         #: Grows whenever a child registers or moves (relays recompute their area then).
         self.children_version = 0
 
     async def load(self) -> None:
         """Rebuild the in-memory indexes from the store (a manager restarted over a store)."""
+        self._tallies.clear()
+        self._lost_at = None
         for child in await self.store.list_children():
             self._fingerprints.setdefault(child.id, 0)
             self._children_count[child.id] = child.number_of_children
@@ -251,6 +327,7 @@ class RolloutManager:
     async def start(self, rollout_id: str) -> Rollout:
         """Offer a draft rollout to every child its target reaches (and to later ones)."""
         rollout = await self._operate(rollout_id, "start")
+        await self._tally(rollout.id)
         self._targets[rollout.match].add(rollout.id, rollout.target)
         await self._find_eligible(rollout)
         await self._admit(rollout)
@@ -269,7 +346,7 @@ class RolloutManager:
         eligible = self._eligible.get(rollout.id, {})
         if isinstance(rollout.policy, GlobalIncremental):
             # Everyone at once: no need to look at anybody's state.
-            await self.store.target(rollout.id, [newcomer] if newcomer else list(eligible))
+            await self._target(rollout.id, [newcomer] if newcomer else list(eligible))
             return
         states = {c.child_id: c for c in await self.store.child_releases(rollout.id)}
         seen = await self.store.last_seen(states)
@@ -284,7 +361,7 @@ class RolloutManager:
         if decision.abort:
             await self.abort(rollout.id, reason=decision.abort)
         elif decision.admit:
-            await self.store.target(rollout.id, decision.admit)
+            await self._target(rollout.id, decision.admit)
 
     async def pause(self, rollout_id: str) -> Rollout:
         """Stop offering the rollout and stop ending stages; children keep what they run."""
@@ -303,7 +380,7 @@ class RolloutManager:
         rollout = await self._operate(rollout_id, "abort", reason)
         self._targets[rollout.match].discard(rollout_id)
         self._eligible.pop(rollout_id, None)
-        await self.store.withdraw(rollout_id, await self.store.targeted(rollout_id))
+        await self._withdraw(rollout_id, await self.store.targeted(rollout_id))
         return rollout
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
@@ -388,6 +465,8 @@ class RolloutManager:
             await self.store.save_child(attrs.evolve(child, number_of_children=number_of_children))
             self._children_count[child_id] = number_of_children
         await self.store.touch_child(child_id, self._clock())
+        if child_id in self._lost:
+            self._lost_at = None  # back from the lost
         offer = await self.store.first_offer(child_id)
         if offer and number_of_children:
             return PollAnswer(child_id, offer, await self._target_geojson(offer))
@@ -424,7 +503,7 @@ class RolloutManager:
         if old is not None:  # moved away: take back what it has not fetched yet
             for rollout_id, eligible in self._eligible.items():
                 if rollout_id not in reached and eligible.pop(child_id, None) is not None:
-                    await self.store.withdraw(rollout_id, [child_id])
+                    await self._withdraw(rollout_id, [child_id])
 
     async def get_release(self, child_id: object, release_id: object) -> str:
         """``GET /release``: the strategy text; the child's release turns ``Doing`` and its
@@ -446,9 +525,7 @@ class RolloutManager:
                 now = self._clock()
                 stages[first] = ChildStage(StageStatus.IN_PROGRESS, None, now, now)
             try:
-                await self.store.put_child_release(
-                    state, attrs.evolve(state, status=status, stages=stages)
-                )
+                await self._put(state, attrs.evolve(state, status=status, stages=stages))
             except ConcurrentUpdateError:
                 continue
             return bundle.strategy_text
@@ -486,7 +563,7 @@ class RolloutManager:
         for i, stage_report in enumerate(report.reports):
             state = self._apply_stage(rollout, bundle, state, stage_report, last=i == last)
         if state != before:
-            await self.store.put_child_release(before, attrs.evolve(state, acknowledged=True))
+            await self._put(before, attrs.evolve(state, acknowledged=True))
             for name, stage in state.stages.items():
                 if stage.status is StageStatus.SUCCESS_WAITING:
                     await self._check_barrier(rollout, name)
@@ -576,7 +653,9 @@ class RolloutManager:
                 else stage_def.end_action.on_failure
             )
         if nxt and nxt not in ("rollout", "rollback"):
-            follow = state.stage(nxt)  # NotFoundError for an unknown next stage
+            state.stage(nxt)  # NotFoundError for an unknown next stage
+            # From the stage's state after this report: a stage cannot follow itself.
+            follow = stages[nxt]
             step = stage_step(follow.status, "begin", subject=f"{subject}/{nxt}")
             stages[nxt] = ChildStage(step, None, now, now)
             return attrs.evolve(state, stages=stages)
@@ -616,36 +695,63 @@ class RolloutManager:
 
     # -- orchestration -----------------------------------------------------------------------
     async def barrier(self, rollout_id: str, stage_name: str) -> BarrierState:
-        """Where a ``WaitForSignal`` stage's barrier stands among the admitted children."""
+        """Where a ``WaitForSignal`` stage's barrier stands among the admitted children
+        (``waiting`` in the order the children began to wait)."""
         rollout = await self.store.get_rollout(rollout_id)
-        children = await self.store.child_releases(rollout_id)
-        return await self._barrier_state(rollout, stage_name, children)
-
-    async def _barrier_state(
-        self, rollout: Rollout, stage_name: str, children: list[ChildRelease]
-    ) -> BarrierState:
-        now = self._clock()
-        seen = await self.store.last_seen(c.child_id for c in children)
-        taking_part = [
-            c
-            for c in children
-            if c.status in (ReleaseStatus.TODO, ReleaseStatus.DOING)
-            and not c.stages[stage_name].status.is_final
-            and now - seen.get(c.child_id, -1e18) <= self.lost_after
-        ]
-        ready = sum(
-            1 for c in taking_part if c.stages[stage_name].status >= StageStatus.SUCCESS_WAITING
-        )
-        waiting = tuple(
-            c for c in children if c.stages[stage_name].status is StageStatus.SUCCESS_WAITING
-        )
-        barrier = self._barriers.get((rollout.id, stage_name))
+        counts = await self._counts(rollout, stage_name)
+        tally = await self._tally(rollout_id)
+        waiting = []
+        for child_id in list(tally.waiting[stage_name]):
+            with contextlib.suppress(NotFoundError):
+                waiting.append(await self.store.child_release(rollout_id, child_id))
         return BarrierState(
+            open=counts.open,
+            ready=counts.ready,
+            waiting=tuple(waiting),
+            taking_part=counts.taking_part,
+            ready_count=counts.ready_count,
+        )
+
+    async def stage_counts(self, rollout_id: str, stage_name: str) -> StageCounts:
+        """How the rollout's targeted children stand on one stage, without reading them (see
+        :class:`StageCounts`); NotFoundError for an unknown rollout or stage."""
+        rollout = await self.store.get_rollout(rollout_id)
+        return await self._counts(rollout, stage_name)
+
+    async def _counts(self, rollout: Rollout, stage_name: str) -> StageCounts:
+        tally = await self._tally(rollout.id)
+        counts = tally.counts.get(stage_name)
+        if counts is None:
+            raise NotFoundError("stage", stage_name)
+        taking_part = ready = final = completed = 0
+        for (active, status), n in counts.items():
+            if status.is_final:
+                final += n
+                if status is StageStatus.COMPLETED:
+                    completed += n
+            elif active:
+                taking_part += n
+                if status in _READY:
+                    ready += n
+        for child_id in await self._lost_children():
+            try:
+                state = await self.store.child_release(rollout.id, child_id)
+            except NotFoundError:
+                continue  # not targeted by this rollout
+            status = state.stages[stage_name].status
+            if state.status in _ACTIVE and not status.is_final:
+                taking_part -= 1
+                if status in _READY:
+                    ready -= 1
+        barrier = self._barriers.get((rollout.id, stage_name))
+        return StageCounts(
             open=barrier is not None and barrier.open,
-            ready=bool(taking_part) and ready >= rollout.policy.quorum * len(taking_part),
-            waiting=waiting,
-            taking_part=len(taking_part),
+            ready=taking_part > 0 and ready >= rollout.policy.quorum * taking_part,
+            taking_part=taking_part,
             ready_count=ready,
+            waiting=len(tally.waiting[stage_name]),
+            final=final,
+            completed=completed,
         )
 
     async def open_barrier(self, rollout_id: str, stage_name: str) -> None:
@@ -662,14 +768,14 @@ class RolloutManager:
         if rollout.state is not RolloutState.ACTIVE:
             return
         barrier = self._barriers.setdefault((rollout.id, stage_name), _Barrier())
-        children = await self.store.child_releases(rollout.id)
-        state = await self._barrier_state(rollout, stage_name, children)
+        waiting = (await self._tally(rollout.id)).waiting[stage_name]
         now = self._clock()
-        if state.waiting and barrier.first_waiting_at is None:
+        if waiting and barrier.first_waiting_at is None:
             barrier.first_waiting_at = now
         policy = rollout.policy
         if not barrier.open and not rollout.gated:
-            if state.ready:
+            counts = await self._counts(rollout, stage_name)
+            if counts.ready:
                 barrier.open = True
             elif (
                 policy.barrier_timeout is not None
@@ -678,20 +784,89 @@ class RolloutManager:
             ):
                 await self.abort(
                     rollout.id,
-                    reason=f"stage {stage_name!r}: {state.ready_count} of {state.taking_part} "
+                    reason=f"stage {stage_name!r}: {counts.ready_count} of {counts.taking_part} "
                     f"children ready after the barrier time-out of {policy.barrier_timeout:g}s",
                 )
                 return
         if barrier.open:
-            for child in state.waiting:
+            for child_id in list(waiting):
+                child = await self.store.child_release(rollout.id, child_id)
                 stages = dict(child.stages)
                 old = stages[stage_name]
+                if old.status is not StageStatus.SUCCESS_WAITING:
+                    continue
                 stages[stage_name] = attrs.evolve(
                     old, status=stage_step(old.status, "signal"), changed_at=now
                 )
                 # A child that moved meanwhile is seen again by the next check.
                 with contextlib.suppress(ConcurrentUpdateError):
-                    await self.store.put_child_release(child, attrs.evolve(child, stages=stages))
+                    await self._put(child, attrs.evolve(child, stages=stages))
+
+    # -- counters ------------------------------------------------------------------------------
+    async def _tally(self, rollout_id: str) -> _Tally:
+        """The rollout's stage counters, built from the store the first time."""
+        tally = self._tallies.get(rollout_id)
+        if tally is not None:
+            return tally
+        names = (await self.store.get_bundle(rollout_id)).strategy.stage_names
+        for _attempt in range(5):
+            changes = self._changes.get(rollout_id, 0)
+            children = await self.store.child_releases(rollout_id)
+            if self._changes.get(rollout_id, 0) == changes:
+                break
+        tally = _Tally(names)
+        for child in children:
+            tally.add(child, 1)
+        return self._tallies.setdefault(rollout_id, tally)
+
+    def _changed(self, rollout_id: str) -> _Tally | None:
+        self._changes[rollout_id] = self._changes.get(rollout_id, 0) + 1
+        return self._tallies.get(rollout_id)
+
+    async def _put(self, expected: ChildRelease, new: ChildRelease) -> None:
+        """Compare-and-set a child's state (ConcurrentUpdateError) and count the change."""
+        await self.store.put_child_release(expected, new)
+        tally = self._changed(new.rollout_id)
+        if tally is not None:
+            tally.add(expected, -1)
+            tally.add(new, 1)
+
+    async def _target(self, rollout_id: str, child_ids: Iterable[str]) -> None:
+        added = await self.store.target(rollout_id, child_ids)
+        tally = self._changed(rollout_id)
+        if tally is not None and added:
+            tally.add_todo(len(added), 1)
+
+    async def _withdraw(self, rollout_id: str, child_ids: Iterable[str]) -> None:
+        # Only Todo children are withdrawn, and a Todo child has every stage Pending (it never
+        # fetched the release).
+        removed = await self.store.withdraw(rollout_id, child_ids)
+        tally = self._changed(rollout_id)
+        if tally is not None and removed:
+            tally.add_todo(len(removed), -1)
+
+    async def _lost_children(self) -> frozenset[str]:
+        """The children that have not polled for ``lost_after``: recomputed from the store only
+        when a child that was live then may have gone quiet since (or a lost one polled)."""
+        now = self._clock()
+        if (
+            self._lost_at is not None
+            and self._lost_at <= now
+            and now - self._lost_ref <= self.lost_after
+        ):
+            return self._lost
+        children = await self.store.list_children()
+        seen = await self.store.last_seen(c.id for c in children)
+        lost = set()
+        ref = now  # children registering later polled after now
+        for child in children:
+            at = seen.get(child.id, -1e18)
+            if now - at > self.lost_after:
+                lost.add(child.id)
+            elif at < ref:
+                ref = at
+        self._lost, self._lost_at, self._lost_ref = frozenset(lost), now, ref
+        return self._lost
 
     async def tick(self) -> None:
         """Re-judge every open question that time alone can settle: barriers and groups held

@@ -32,7 +32,7 @@ from release_coordinator.errors import ConflictError, ReleaseCoordinatorError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import EndStageAnswer, PollAnswer, RolloutManager
-from release_coordinator.rollout.models import ChildRelease, ReleaseBundle, RolloutState
+from release_coordinator.rollout.models import ReleaseBundle, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental, Policy
 from release_coordinator.rollout.results import (
     ResultReport,
@@ -199,11 +199,17 @@ class Relay:
             upward.done = True
             return
         if stage.type is StageType.WAIT_FOR_SIGNAL and not upward.released:
-            state = await self.manager.barrier(release_id, stage.name)
-            if not upward.waiting_reported and state.ready:
-                summaries = [c.stages[stage.name].summary for c in state.waiting]
-                await self._report(release_id, stage, StageStatus.SUCCESS_WAITING, summaries, "")
-                upward.waiting_reported = True
+            if not upward.waiting_reported:
+                # The counters say whether the subtree is ready; the children are read only
+                # once, for the summary reported upward.
+                counts = await self.manager.stage_counts(release_id, stage.name)
+                state = await self.manager.barrier(release_id, stage.name) if counts.ready else None
+                if state is not None and state.ready:
+                    summaries = [c.stages[stage.name].summary for c in state.waiting]
+                    await self._report(
+                        release_id, stage, StageStatus.SUCCESS_WAITING, summaries, ""
+                    )
+                    upward.waiting_reported = True
             if upward.waiting_reported:
                 answer = await self.parent.end_stage(self.id, release_id, stage.name)
                 if answer.action == "rollback":
@@ -217,26 +223,22 @@ class Relay:
         await self._finish_stage(release_id, stage, upward)
 
     async def _finish_stage(self, release_id: str, stage: Stage, upward: _Upward) -> None:
-        """Report the stage's final status once every child of the subtree finished it."""
-        children = await self.manager.store.child_releases(release_id)
-        live = {c.id for c in await self.manager.live_children()}
-        finals: list[ChildRelease] = []
-        for child in children:
-            status = child.stages[stage.name].status
-            if status.is_final:
-                finals.append(child)
-            elif child.status in (ReleaseStatus.TODO, ReleaseStatus.DOING) and (
-                child.child_id in live
-            ):
-                return  # somebody below is still at it
-        if not finals:
-            return
-        if (
-            stage.type is StageType.WAIT_FOR_SIGNAL
-            and not upward.released
-            and (any(c.stages[stage.name].status is StageStatus.COMPLETED for c in finals))
-        ):
+        """Report the stage's final status once every child of the subtree finished it.
+
+        A stage that failed below (and so upward) and rolls back rolls the whole subtree back:
+        the children that completed it and went on are told to roll back too (the local
+        rollout is aborted), as the parent now counts this subtree rolled back.
+        """
+        counts = await self.manager.stage_counts(release_id, stage.name)
+        if counts.taking_part or not counts.final:
+            return  # somebody below is still at it, or nobody finished yet
+        if stage.type is StageType.WAIT_FOR_SIGNAL and not upward.released and counts.completed:
             return  # cannot complete upward before the parent said the stage ends
+        finals = [
+            c
+            for c in await self.manager.store.child_releases(release_id)
+            if c.stages[stage.name].status.is_final
+        ]
         completed = all(c.stages[stage.name].status is StageStatus.COMPLETED for c in finals)
         status = StageStatus.COMPLETED if completed else StageStatus.FAILURE
         action = stage.end_action.on_success if completed else stage.end_action.on_failure
@@ -247,8 +249,13 @@ class Relay:
         if following:
             upward.stage = following
             upward.waiting_reported = upward.released = False
-        else:
-            upward.done = True
+            return
+        upward.done = True
+        if action == "rollback" and any(c.status is ReleaseStatus.DOING for c in finals):
+            with contextlib.suppress(ConflictError):  # aborted or finished meanwhile
+                await self.manager.abort(
+                    release_id, reason=f"stage {stage.name!r} failed below: rolled back"
+                )
 
     async def _report(
         self,
