@@ -1,0 +1,637 @@
+"""The RolloutManager under random child and operator events (a hypothesis state machine), and
+geographic targeting under random polygons.
+
+The machine drives one rollout (GlobalIncremental, random quorum and barrier time-out) over a
+few children inside the target and a few outside it, through every child-protocol call with
+random (often invalid) arguments, the passing of time and the operator's pause, resume and
+abort. After every step it checks, against the store:
+
+(a) every child release and stage status moved only along the transitions the per-child
+    machines (``CHILD_RELEASE_MACHINE`` / ``STAGE_MACHINE``) allow from its last observed value
+    (a short chain per step, each link allowed);
+(b) a stage's barrier opens (the first ``ShouldEnd``) only when the policy's quorum of the live,
+    targeted, unfinished children is waiting on it, and only while the rollout is active; a
+    child told to end was waiting;
+(c) a child outside the target is never offered the release and never fetches it;
+(d) final statuses never change;
+(e) after an abort, ``end_stage`` tells every child that fetched the release to roll back.
+
+Refused calls must raise one of the protocol's errors and change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from shapely.geometry import shape
+
+from release_coordinator.errors import (
+    ConflictError,
+    InvalidTransitionError,
+    NotFoundError,
+    ValidationError,
+)
+from release_coordinator.fsm.base import MachineSpec
+from release_coordinator.fsm.rollout import (
+    CHILD_RELEASE_MACHINE,
+    STAGE_MACHINE,
+    ReleaseStatus,
+    StageStatus,
+)
+from release_coordinator.rollout.manager import RolloutManager
+from release_coordinator.rollout.models import ChildRelease, RolloutState
+from release_coordinator.rollout.policies import GlobalIncremental
+from strategies_geo import multipolygons, polygons
+
+from .test_rollout_manager import Clock, bundle, result, square
+
+T = TypeVar("T")
+
+RELEASE = "42"
+WAITING_STAGE = "canary-10"  # WaitForSignal; "ab-50" is A/B
+STAGES = ("canary-10", "ab-50")
+LOST_AFTER = 30.0
+BUNDLE = bundle(RELEASE)  # immutable: parsed once, shared by every run
+STRATEGY_TEXT = BUNDLE.strategy_text
+TARGET = square(0, 40, 20)  # lon 0..20, lat 40..60
+
+REFUSALS = (ValidationError, NotFoundError, InvalidTransitionError, ConflictError)
+RS = ReleaseStatus
+SS = StageStatus
+
+#: What may follow what for the rollout itself (operator actions and time-out aborts).
+ROLLOUT_MOVES = {
+    (RolloutState.ACTIVE, RolloutState.PAUSED),
+    (RolloutState.PAUSED, RolloutState.ACTIVE),
+    (RolloutState.ACTIVE, RolloutState.ABORTED),
+    (RolloutState.PAUSED, RolloutState.ABORTED),
+}
+
+# A child record as the model sees it: None when the child is not targeted (status No).
+Snapshot = dict[int, ChildRelease | None]
+
+
+def reachable(machine: MachineSpec, old: str, new: str, max_steps: int) -> bool:
+    """Whether ``new`` follows ``old`` by at most ``max_steps`` allowed transitions."""
+    frontier = deque([(old, 0)])
+    seen = {old}
+    while frontier:
+        state, steps = frontier.popleft()
+        if state == new:
+            return True
+        if steps == max_steps:
+            continue
+        for trigger in machine.triggers:
+            if machine.can(state, trigger):
+                nxt = machine.table[(state, trigger)]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    frontier.append((nxt, steps + 1))
+    return False
+
+
+def release_name(record: ChildRelease | None) -> str:
+    return record.status.wire_name if record is not None else RS.NO.wire_name
+
+
+def stage_name(record: ChildRelease | None, stage: str) -> str:
+    return record.stages[stage].status.wire_name if record is not None else SS.PENDING.wire_name
+
+
+# Odd reports name stages by the part they play for the child right now (resolved when sent),
+# by name, not at all (""), or wrongly; any status 0..6 (final ones a bit more often).
+ROLES = ("<live>", "<pending>", "<finished>", "<itself>")
+report_stages = st.sampled_from([*ROLES[:3], *STAGES, "", "no-such-stage"])
+report_statuses = st.one_of(st.integers(0, 6), st.sampled_from([2, 4, 5, 6]))
+report_next_stages = st.sampled_from([*ROLES, *STAGES, "", "rollback", "rollout", "junk"])
+
+
+def resolve(role: str, record: ChildRelease | None, itself: str = "") -> str:
+    """The stage a role stands for on this child (a real stage name if there is none)."""
+    if role == "<itself>":
+        return itself
+    if role not in ROLES:
+        return role
+    if record is None:
+        return STAGES[0] if role == "<live>" else STAGES[-1]
+    statuses = {name: stage.status for name, stage in record.stages.items()}
+    if role == "<live>":
+        found = [n for n, s in statuses.items() if s in (SS.IN_PROGRESS, SS.SUCCESS_WAITING)]
+        found += [n for n, s in statuses.items() if s is SS.SHOULD_END]
+        return found[0] if found else STAGES[0]
+    if role == "<pending>":
+        found = [n for n, s in statuses.items() if s is SS.PENDING]
+    else:
+        found = [n for n, s in statuses.items() if s.is_final]
+    return found[0] if found else STAGES[-1]
+
+
+inside_squares = st.tuples(
+    st.floats(0.5, 18.5), st.floats(40.5, 58.5), st.floats(0.05, 1.0)
+)  # lon, lat, size: strictly inside TARGET
+outside_squares = st.tuples(
+    st.one_of(st.floats(-40.0, -2.0), st.floats(21.0, 40.0)),
+    st.floats(-30.0, 30.0),
+    st.floats(0.05, 1.0),
+)
+
+
+class RolloutMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = Clock()
+        self.manager = RolloutManager(lost_after=LOST_AFTER, clock=self.clock)
+        self.ready = False
+        self.areas: list[dict[str, Any]] = []
+        self.inside: list[bool] = []
+        self.ids: list[str] = []
+        self.registered: list[bool] = []
+        self.empty_id: list[bool] = []
+        self.quorum = 1.0
+        self.prev: Snapshot = {}
+        self.prev_rollout = RolloutState.ACTIVE
+        self.barrier_opened = False
+
+    def teardown(self) -> None:
+        self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def child(self, index: int) -> int:
+        return index % len(self.areas)
+
+    async def _snapshot(self) -> tuple[RolloutState, Snapshot]:
+        store = self.manager.store
+        records: Snapshot = {}
+        for i, child_id in enumerate(self.ids):
+            try:
+                records[i] = await store.child_release(RELEASE, child_id)
+            except NotFoundError:
+                records[i] = None
+        return (await store.get_rollout(RELEASE)).state, records
+
+    def snapshot(self) -> tuple[RolloutState, Snapshot]:
+        return self.run(self._snapshot())
+
+    async def _poll(self, i: int, count: int = 0) -> Any:
+        if not self.registered[i] and self.empty_id[i]:
+            answer = await self.manager.poll("", self.areas[i], count)
+            assert answer.id
+            self.ids[i] = answer.id
+        else:
+            answer = await self.manager.poll(self.ids[i], self.areas[i], count)
+            assert answer.id == self.ids[i]
+        self.registered[i] = True
+        return answer
+
+    def refused_changes_nothing(self, before: tuple[RolloutState, Snapshot], what: str) -> None:
+        after = self.snapshot()
+        assert after == before, f"refused {what} changed the store"
+
+    # -- set-up ----------------------------------------------------------------------------------
+    @initialize(
+        inside=st.lists(inside_squares, min_size=3, max_size=6),
+        outside=st.lists(outside_squares, min_size=0, max_size=2),
+        quorum=st.sampled_from([0.5, 1.0]),
+        barrier_timeout=st.sampled_from([None, None, 10.0, 45.0]),
+        data=st.data(),
+    )
+    def setup(
+        self,
+        inside: list[tuple[float, float, float]],
+        outside: list[tuple[float, float, float]],
+        quorum: float,
+        barrier_timeout: float | None,
+        data: st.DataObject,
+    ) -> None:
+        for spec, is_inside in [(s, True) for s in inside] + [(s, False) for s in outside]:
+            self.areas.append(square(*spec))
+            self.inside.append(is_inside)
+        n = len(self.areas)
+        self.ids = [f"{'in' if self.inside[i] else 'out'}-{i}" for i in range(n)]
+        self.registered = [False] * n
+        self.empty_id = data.draw(st.lists(st.booleans(), min_size=n, max_size=n), "empty ids")
+        early = data.draw(st.lists(st.booleans(), min_size=n, max_size=n), "register early")
+        self.quorum = quorum
+        for i in range(n):
+            if early[i]:
+                self.run(self._poll(i))
+        policy = GlobalIncremental(quorum=quorum, barrier_timeout=barrier_timeout)
+        rollout = self.run(self.manager.create_rollout(BUNDLE, TARGET, policy=policy))
+        assert rollout.state is RolloutState.ACTIVE
+        self.prev_rollout, self.prev = self.snapshot()
+        self.ready = True
+
+    # -- the child protocol (each call is followed by the invariants' check) ----------------
+    def do_poll(self, i: int, count: int = 0) -> str:
+        answer = self.run(self._poll(i, count))
+        state, records = self.snapshot()
+        record = records[i]
+        if not self.inside[i]:
+            assert answer.new_release == "", "a child outside the target was offered the release"
+            assert record is None
+        else:
+            if state is RolloutState.ACTIVE:
+                # One inside always does: registered (now at the latest) means targeted.
+                assert record is not None, "a child inside the target was never targeted"
+            offered = (
+                state is RolloutState.ACTIVE
+                and record is not None
+                and (
+                    record.status is RS.TODO
+                    or (record.status is RS.DOING and not record.acknowledged)
+                )
+            )
+            assert answer.new_release == (RELEASE if offered else ""), (answer, record, state)
+            assert (answer.target_area is not None) is bool(offered and count)
+        self.check()
+        return str(answer.new_release)
+
+    def do_fetch(self, i: int) -> None:
+        before = self.snapshot()
+        state, records = before
+        record = records[i]
+        expect_ok = (
+            state in (RolloutState.ACTIVE, RolloutState.PAUSED)
+            and record is not None
+            and record.status in (RS.TODO, RS.DOING)
+        )
+        refusal: Exception | None = None
+        try:
+            text = self.run(self.manager.get_release(self.ids[i], RELEASE))
+        except REFUSALS as exc:
+            refusal = exc
+        if refusal is not None:
+            assert not self.inside[i] or not expect_ok, (
+                f"refused a fetch it should serve: {refusal!r}"
+            )
+            self.refused_changes_nothing(before, "fetch")
+        else:
+            assert self.inside[i], "a child outside the target fetched the release"
+            assert expect_ok, (state, record)
+            assert text == STRATEGY_TEXT
+            after = self.snapshot()[1][i]
+            assert after is not None
+            assert after.status is RS.DOING
+            assert after.stages[STAGES[0]].status is not SS.PENDING
+        self.check()
+
+    def do_report(
+        self, i: int, child_id: str, stage: str, status: int, next_stage: str, err_rate: float
+    ) -> None:
+        before = self.snapshot()
+        record = before[1][i] if child_id == self.ids[i] else None
+        stage = resolve(stage, before[1][i])
+        next_stage = resolve(next_stage, before[1][i], itself=stage)
+        body = result(child_id, stage, status, next_stage, f2_err_rate=err_rate)
+        try:
+            self.run(self.manager.submit_result(body))
+        except REFUSALS:
+            self.refused_changes_nothing(before, "result")
+            self.check()
+            return
+        assert child_id == self.ids[i], "a result from an unknown child was taken"
+        assert self.inside[i], "a result from a child outside the target was taken"
+        assert record is not None, "a result from a child that was never targeted was taken"
+        name = stage or record.live_stage
+        assert name in STAGES
+        after = self.snapshot()[1][i]
+        assert after is not None
+        stored = after.stages[name].status
+        reported = StageStatus(status)
+        # An accepted report puts the stage where the child said it is (a waiting stage may be
+        # told to end at once).
+        assert stored is reported or (reported is SS.SUCCESS_WAITING and stored is SS.SHOULD_END), (
+            f"reported {reported.wire_name} for {name}, stored {stored.wire_name}"
+        )
+        self.check()
+
+    def do_next_step(self, i: int, choice: int, err_rate: float) -> None:
+        """A well-behaved child reports what its live stage may lead to (so that runs get deep:
+        barriers open, releases finish); the result must be taken."""
+        record = self.snapshot()[1][i]
+        if record is None or record.status is not RS.DOING or record.live_stage is None:
+            return
+        live = record.live_stage
+        status = record.stages[live].status
+        options: list[tuple[int, str]]
+        if live == WAITING_STAGE:
+            if status is SS.IN_PROGRESS:
+                options = [(2, ""), (2, ""), (2, ""), (5, "rollback"), (6, "rollback")]
+            elif status is SS.SUCCESS_WAITING:
+                if choice:  # mostly: asks whether to end the stage, as a waiting child does
+                    self.do_end_stage(i, live)
+                    return
+                options = [(5, "rollback")]
+            else:  # told to end
+                options = [(4, "ab-50"), (4, "ab-50"), (5, "rollback"), (6, "rollback")]
+        else:
+            options = [(4, ""), (4, "rollout"), (5, "rollback"), (6, "")]
+        code, next_stage = options[choice % len(options)]
+        body = result(self.ids[i], live, code, next_stage, f2_err_rate=err_rate)
+        self.run(self.manager.submit_result(body))
+        after = self.snapshot()[1][i]
+        assert after is not None
+        stored = after.stages[live].status
+        assert stored is SS(code) or (code == 2 and stored is SS.SHOULD_END)
+        if code >= 4 and next_stage == "ab-50":
+            assert after.stages["ab-50"].status is SS.IN_PROGRESS
+            assert after.status is RS.DOING
+        elif code >= 4:
+            assert after.status is (RS.DONE if code == 4 else RS.FAILED)
+        self.check()
+
+    def do_end_stage(self, i: int, stage: str) -> None:
+        before = self.snapshot()
+        state, records = before
+        record = records[i]
+        try:
+            answer = self.run(self.manager.end_stage(self.ids[i], RELEASE, stage))
+        except REFUSALS:
+            assert not (
+                state is RolloutState.ABORTED
+                and record is not None
+                and record.status is not RS.TODO
+                and stage in STAGES
+            ), "end_stage refused a child that fetched an aborted release"
+            self.refused_changes_nothing(before, "end_stage")
+            self.check()
+            return
+        assert record is not None
+        assert stage in STAGES
+        if state is RolloutState.ABORTED:
+            assert answer.to_json() == {"end_stage": True, "action": "rollback"}
+        else:
+            assert answer.action == ""
+            after = self.snapshot()[1][i]
+            assert after is not None
+            assert answer.end_stage == (after.stages[stage].status >= SS.SHOULD_END)
+        self.check()
+
+    # -- rules -----------------------------------------------------------------------------------
+    @rule(index=st.integers(0, 7), count=st.sampled_from([0, 0, 2]))
+    def poll(self, index: int, count: int) -> None:
+        self.do_poll(self.child(index), count)
+
+    @rule(index=st.integers(0, 7))
+    def fetch(self, index: int) -> None:
+        self.do_fetch(self.child(index))
+
+    @rule(
+        index=st.integers(0, 7),
+        reports=st.lists(
+            st.tuples(report_stages, report_statuses, report_next_stages), min_size=1, max_size=8
+        ),
+        err_rate=st.sampled_from([0.0, 0.3]),
+        ghost=st.integers(0, 7),
+        running=st.booleans(),
+    )
+    def report(
+        self,
+        index: int,
+        reports: list[tuple[str, int, str]],
+        err_rate: float,
+        ghost: int,
+        running: bool,
+    ) -> None:
+        """A child sends a burst of reports: any status for any stage, valid or not (refused
+        ones change nothing); ``running`` picks among the children running the release, where
+        most of the questions are."""
+        i = self.child(index)
+        if running:
+            doing = [j for j, r in self.snapshot()[1].items() if r and r.status is RS.DOING]
+            i = doing[index % len(doing)] if doing else i
+        child_id = "ghost" if ghost == 0 else self.ids[i]
+        for stage, status, next_stage in reports:
+            self.do_report(i, child_id, stage, status, next_stage, err_rate)
+
+    @rule(index=st.integers(0, 7), choice=st.integers(0, 5), err_rate=st.sampled_from([0.0, 0.3]))
+    def report_next_step(self, index: int, choice: int, err_rate: float) -> None:
+        self.do_next_step(self.child(index), choice, err_rate)
+
+    @rule(index=st.integers(0, 7), stage=st.sampled_from([*STAGES, STAGES[0], "", "junk"]))
+    def ask_end_stage(self, index: int, stage: str) -> None:
+        self.do_end_stage(self.child(index), stage)
+
+    @rule(
+        choices=st.lists(st.integers(0, 5), min_size=8, max_size=8),
+        skip=st.lists(st.booleans(), min_size=8, max_size=8),
+        odd=st.lists(
+            st.none() | st.tuples(report_stages, report_statuses, report_next_stages),
+            min_size=8,
+            max_size=8,
+        ),
+    )
+    def round_of_children(
+        self, choices: list[int], skip: list[bool], odd: list[tuple[str, int, str] | None]
+    ) -> None:
+        """Every child (but the skipped ones) polls, fetches what it is offered, or takes the
+        next step of what it runs; some then send an odd report (valid or not)."""
+        for i in range(len(self.areas)):
+            if skip[i]:
+                continue
+            offered = self.do_poll(i)
+            record = self.snapshot()[1][i]
+            if offered and (record is None or record.status is RS.TODO):
+                self.do_fetch(i)
+            else:  # (a child that fetched already runs it, whatever the offer says)
+                self.do_next_step(i, choices[i], 0.0)
+            extra = odd[i]
+            if extra is not None:
+                self.do_report(i, self.ids[i], *extra, 0.0)
+
+    # -- time and the operator ---------------------------------------------------------------
+    @rule(seconds=st.floats(0, 2 * LOST_AFTER))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.run(self.manager.tick())
+        self.check()
+
+    @rule(action=st.sampled_from(["pause", "pause", "resume", "abort"]), really=st.integers(0, 3))
+    def operate(self, action: str, really: int) -> None:
+        if action == "abort" and really:  # an abort ends the story: keep it rarer
+            action = "resume"
+        before = self.snapshot()
+        state = before[0]
+        allowed = {
+            "pause": {RolloutState.ACTIVE},
+            "resume": {RolloutState.PAUSED},
+            "abort": {RolloutState.ACTIVE, RolloutState.PAUSED},
+        }[action]
+        try:
+            rollout = self.run(getattr(self.manager, action)(RELEASE))
+        except REFUSALS:
+            assert state not in allowed, f"{action} refused on a {state.value} rollout"
+            self.refused_changes_nothing(before, action)
+            self.check()
+            return
+        assert state in allowed, f"{action} accepted on a {state.value} rollout"
+        self.check()
+        if action == "abort":
+            assert rollout.state is RolloutState.ABORTED
+            # (e) every child that fetched the release is told to roll back
+            for i, record in before[1].items():
+                if record is not None and record.status is not RS.TODO:
+                    for name in STAGES:
+                        self.do_end_stage(i, name)
+
+    # -- invariants ------------------------------------------------------------------------------
+    @invariant()
+    def check_after_every_step(self) -> None:
+        if self.ready:
+            self.check()
+
+    def check(self) -> None:
+        state, records = self.snapshot()
+        self.check_transitions(state, records)
+        self.check_outside_never_targeted()
+        self.check_barrier(state, records)
+        self.prev_rollout, self.prev = state, records
+
+    def check_transitions(self, state: RolloutState, records: Snapshot) -> None:
+        """(a) and (d): statuses move only along the machines' transitions; finals stay."""
+        assert (self.prev_rollout, state) in ROLLOUT_MOVES or self.prev_rollout is state, (
+            f"rollout went {self.prev_rollout.value} -> {state.value}"
+        )
+        for i, record in records.items():
+            old = self.prev.get(i)
+            old_r, new_r = release_name(old), release_name(record)
+            if old_r != new_r:
+                assert not CHILD_RELEASE_MACHINE.is_final(old_r), (
+                    f"child {i}: final {old_r} became {new_r}"
+                )
+                assert reachable(CHILD_RELEASE_MACHINE, old_r, new_r, 1), (
+                    f"child {i}: release {old_r} -> {new_r} is not a transition"
+                )
+            for name in STAGES:
+                old_s, new_s = stage_name(old, name), stage_name(record, name)
+                if old_s == new_s:
+                    continue
+                assert not STAGE_MACHINE.is_final(old_s), (
+                    f"child {i}: stage {name} final {old_s} became {new_s}"
+                )
+                assert reachable(STAGE_MACHINE, old_s, new_s, 2), (
+                    f"child {i}: stage {name} {old_s} -> {new_s} is not a chain of transitions"
+                )
+
+    def check_outside_never_targeted(self) -> None:
+        """(c), in the store: the rollout never targets a child outside its target."""
+        targeted = set(self.run(self.manager.store.targeted(RELEASE)))
+        for i, child_id in enumerate(self.ids):
+            if not self.inside[i]:
+                assert child_id not in targeted, f"child {i} outside the target was targeted"
+
+    def check_barrier(self, state: RolloutState, records: Snapshot) -> None:
+        """(b): the first ShouldEnd appears only when the quorum of the live, targeted,
+        unfinished children waits on the stage, on an active rollout; anyone told to end was
+        waiting."""
+        for i, record in records.items():
+            if record is None or record.stages[WAITING_STAGE].status is not SS.SHOULD_END:
+                continue
+            old = stage_name(self.prev.get(i), WAITING_STAGE)
+            assert old in ("InProgress", "SuccessWaiting", "ShouldEnd"), (
+                f"child {i} told to end {WAITING_STAGE} from {old}"
+            )
+        ending = any(
+            r is not None and r.stages[WAITING_STAGE].status is SS.SHOULD_END
+            for r in records.values()
+        )
+        if not ending or self.barrier_opened:
+            return
+        # The first ShouldEnd: the barrier opened during the last call, in the state seen now.
+        self.barrier_opened = True
+        assert state is RolloutState.ACTIVE, f"a barrier opened on a {state.value} rollout"
+        present = [r for r in records.values() if r is not None]
+        seen = self.run(self.manager.store.last_seen(r.child_id for r in present))
+        now = self.clock.now
+        taking_part = [
+            r
+            for r in present
+            if r.status in (RS.TODO, RS.DOING)
+            and not r.stages[WAITING_STAGE].status.is_final
+            and now - seen.get(r.child_id, -1e18) <= LOST_AFTER
+        ]
+        ready = sum(1 for r in taking_part if r.stages[WAITING_STAGE].status >= SS.SUCCESS_WAITING)
+        assert taking_part, "ShouldEnd with no child taking part"
+        assert ready >= self.quorum * len(taking_part), (
+            f"ShouldEnd with {ready} of {len(taking_part)} children ready (quorum {self.quorum})"
+        )
+
+
+RolloutMachine.TestCase.settings = settings(
+    # 100 rather than 50: most generated runs are short, and the deep states (a barrier that
+    # opens, a pause at the wrong moment) need the long ones; a green run takes a few seconds.
+    max_examples=100,
+    # no "explain" phase: it reruns a failing trace thousands of times (minutes, not seconds)
+    phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink),
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestRolloutMachine = RolloutMachine.TestCase
+
+
+# -- random polygons ---------------------------------------------------------------------------
+
+
+@st.composite
+def targeting_cases(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[dict[str, Any]], int]:
+    match = draw(st.sampled_from(["intersects", "within"]))
+    lon = draw(st.floats(-150.0, 150.0))
+    lat = draw(st.floats(-60.0, 60.0))
+    target = draw(polygons(center=(lon, lat), max_radius=6.0, hole=None))
+    near = polygons(lon=(lon - 8, lon + 8), lat=(lat - 8, lat + 8), max_radius=3.0, hole=None)
+    central = polygons(center=(lon, lat), max_radius=0.5, hole=None)
+    children = draw(
+        st.lists(
+            st.one_of(near, central, multipolygons(max_radius=2.0), st.just(target)),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    early = draw(st.integers(0, len(children)))
+    return match, target, children, early
+
+
+@settings(max_examples=50, deadline=None)
+@given(case=targeting_cases())
+def test_poll_offers_the_release_exactly_to_the_children_the_target_reaches(
+    case: tuple[str, dict[str, Any], list[dict[str, Any]], int],
+) -> None:
+    match, target, children, early = case
+    target_shape = shape(target)
+
+    def reaches(area: dict[str, Any]) -> bool:
+        child = shape(area)
+        return bool(
+            child.within(target_shape) if match == "within" else child.intersects(target_shape)
+        )
+
+    async def scenario() -> None:
+        manager = RolloutManager()
+        ids = [f"c{i}" for i in range(len(children))]
+        for child_id, area in zip(ids[:early], children[:early], strict=True):
+            assert (await manager.poll(child_id, area, 0)).new_release == ""
+        await manager.create_rollout(BUNDLE, target, match=match)  # type: ignore[arg-type]
+        for child_id, area in zip(ids, children, strict=True):  # late ones register here
+            answer = await manager.poll(child_id, area, 0)
+            expected = RELEASE if reaches(area) else ""
+            assert answer.new_release == expected, (child_id, match, area)
+        for child_id, area in zip(ids, children, strict=True):  # and again, registered
+            answer = await manager.poll(child_id, area, 0)
+            assert answer.new_release == (RELEASE if reaches(area) else "")
+            if not reaches(area):  # and cannot fetch it
+                with pytest.raises(NotFoundError):
+                    await manager.get_release(child_id, RELEASE)
+
+    asyncio.run(scenario())
