@@ -475,3 +475,16 @@ def test_policies_refuse_nonsense() -> None:
     ):
         with pytest.raises(ConfigurationError):
             Waves(**bad)  # type: ignore[arg-type]
+
+
+async def test_a_child_that_ends_early_after_a_completed_stage_rolled_out(
+    manager: RolloutManager,
+) -> None:
+    await manager.create_rollout(bundle(), EUROPE, policy=GlobalIncremental())
+    (child,) = await fetched(manager, INSIDE)
+    await manager.submit_result(result(child, "canary-10", 2))
+    assert (await manager.end_stage(child, "42", "canary-10")).end_stage
+    await manager.submit_result(result(child, "canary-10", 4, ""))  # ends, skipping ab-50
+    state = await manager.store.child_release("42", child)
+    assert state.status is ReleaseStatus.DONE
+    assert state.outcome is Outcome.ROLLED_OUT

@@ -665,7 +665,13 @@ class RolloutManager:
             if new_status is StageStatus.COMPLETED
             else stage_def.end_action.on_failure
         )
-        outcome = Outcome.ROLLED_OUT if action == "rollout" else Outcome.ROLLED_BACK
+        if action in ("rollout", "rollback"):
+            outcome = Outcome.ROLLED_OUT if action == "rollout" else Outcome.ROLLED_BACK
+        else:
+            # The child ended although the strategy names a next stage: it kept the new version
+            # if the stage completed, the base one otherwise.
+            completed = new_status is StageStatus.COMPLETED
+            outcome = Outcome.ROLLED_OUT if completed else Outcome.ROLLED_BACK
         trigger = "finish" if new_status is StageStatus.COMPLETED else "fail"
         return attrs.evolve(
             state,
