@@ -180,7 +180,10 @@ async def main_async(args: argparse.Namespace) -> None:
             + ("" if name == "memory" else f"   (memory is {ratios} faster)")
         )
     # TODO(rollout): RolloutManager polls per second, once the RolloutManager's store exists.
-    print("RolloutManager polls/s: n/a: RolloutManager not built yet")
+    print(
+        "RolloutManager polls/s: n/a: there is no SQL RolloutStore yet, so no side-by-side "
+        "figure (memory: see benchmarks/rollout_poll.py)"
+    )
 
 
 def main() -> None:
