@@ -36,17 +36,14 @@ import httpx
 
 from release_coordinator import __version__
 from release_coordinator.errors import (
-    BadGatewayError,
     ConfigurationError,
     MalformedAnswerError,
-    PeerAnswerError,
-    PeerTimeoutError,
-    PeerUnreachableError,
     TransportError,
 )
 from release_coordinator.rollout.archive import ArchiveLimits
 from release_coordinator.rollout.manager import EndStageAnswer, PollAnswer
 from release_coordinator.rollout.relay import ParentLink
+from release_coordinator.transports._httpx import exchange
 
 __all__ = ["USER_AGENT", "HttpParent"]
 
@@ -148,49 +145,17 @@ class HttpParent(ParentLink):
                     peer=peer,
                 ) from None
             headers["Content-Type"] = "application/json"
-        try:
-            async with self._client.stream(
-                method, peer + path, content=content, headers=headers, params=params
-            ) as response:
-                status = response.status_code
-                if status in (502, 504):  # judged before the body, which may be anything
-                    raise BadGatewayError(
-                        f"{peer} answered {status} to {what} (gateway)", peer=peer
-                    )
-                raw = await self._read(response, what, limit)
-        except httpx.TimeoutException as error:
-            raise PeerTimeoutError(f"{peer} did not answer {what} in time", peer=peer) from error
-        except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
-            raise PeerUnreachableError(
-                f"cannot reach {peer} for {what}: {type(error).__name__}", peer=peer
-            ) from error
-        except httpx.HTTPError as error:
-            raise TransportError(
-                f"{what} to {peer} failed: {type(error).__name__}", peer=peer
-            ) from error
-        if status != 200:
-            raise PeerAnswerError(
-                f"{peer} answered {status} to {what}",
-                peer=peer,
-                status_code=status,
-                body=raw[:500].decode("utf-8", errors="replace"),
-            )
-        return raw
-
-    async def _read(self, response: httpx.Response, what: str, limit: int) -> bytes:
-        """The answer's body, refused past ``limit`` bytes without reading it all."""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise MalformedAnswerError(
-                    f"{self.base_url} answered {what} with more than {limit} bytes",
-                    peer=self.base_url,
-                    status_code=response.status_code,
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await exchange(
+            self._client,
+            method,
+            peer + path,
+            peer=peer,
+            what=what,
+            headers=headers,
+            content=content,
+            params=params,
+            limit=limit,
+        )
 
     def _malformed(self, what: str, why: str, raw: bytes = b"") -> MalformedAnswerError:
         return MalformedAnswerError(

@@ -15,16 +15,13 @@ import httpx
 
 from release_coordinator import __version__
 from release_coordinator.errors import (
-    BadGatewayError,
     ConfigurationError,
     MalformedAnswerError,
-    PeerAnswerError,
-    PeerTimeoutError,
-    PeerUnreachableError,
     TransportError,
     ValidationError,
 )
 from release_coordinator.models import TaskService
+from release_coordinator.transports._httpx import exchange
 from release_coordinator.transports.base import TaskServiceTransport
 from release_coordinator.wire import (
     ServiceStatus,
@@ -121,29 +118,17 @@ class HttpTransport(TaskServiceTransport):
         headers = self._headers(service)
         # Encoded here, ASCII-escaped: any str (even a lone surrogate) makes valid JSON text.
         content = None if body is None else json.dumps(body, ensure_ascii=True).encode()
-        try:
-            async with self._client.stream(
-                method, url, content=content, headers=headers
-            ) as response:
-                status = response.status_code
-                if status in (502, 504):  # judged before the body, which may be anything
-                    raise BadGatewayError(
-                        f"{peer} answered {status} to {what} (gateway)", peer=peer
-                    )
-                raw = await self._read(response, peer, what)
-        except httpx.TimeoutException as error:
-            raise PeerTimeoutError(f"{peer} did not answer {what} in time", peer=peer) from error
-        except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
-            raise PeerUnreachableError(
-                f"cannot reach {peer} for {what}: {type(error).__name__}", peer=peer
-            ) from error
-        except httpx.HTTPError as error:
-            raise TransportError(f"{what} to {peer} failed: {error}", peer=peer) from error
+        raw = await exchange(
+            self._client,
+            method,
+            url,
+            peer=peer,
+            what=what,
+            headers=headers,
+            content=content,
+            limit=MAX_ANSWER_BYTES,
+        )
         text = raw.decode("utf-8", errors="replace")
-        if status != 200:
-            raise PeerAnswerError(
-                f"{peer} answered {status} to {what}", peer=peer, status_code=status, body=text
-            )
         try:
             return json.loads(text)
         except (ValueError, RecursionError):
@@ -153,22 +138,6 @@ class HttpTransport(TaskServiceTransport):
                 status_code=200,
                 body=text,
             ) from None
-
-    @staticmethod
-    async def _read(response: httpx.Response, peer: str, what: str) -> bytes:
-        """The answer's body, refused past :data:`MAX_ANSWER_BYTES` without reading it all."""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
-                raise MalformedAnswerError(
-                    f"{peer} answered {what} with more than {MAX_ANSWER_BYTES} bytes",
-                    peer=peer,
-                    status_code=response.status_code,
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def send(self, service: TaskService, request: TaskRequest) -> TaskAnswer:
         what = f"{request.action.value!r}"
