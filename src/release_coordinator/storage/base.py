@@ -38,6 +38,8 @@ from release_coordinator.models import (
     ServiceHealth,
     Task,
     TaskService,
+    new_id,
+    utcnow,
 )
 
 if TYPE_CHECKING:  # the rollout half's records, without importing shapely at run time
@@ -49,7 +51,7 @@ if TYPE_CHECKING:  # the rollout half's records, without importing shapely at ru
         RolloutState,
     )
 
-__all__ = ["CoordinatorStore", "EventFilter", "RolloutStore", "TaskChange"]
+__all__ = ["CoordinatorStore", "EventFilter", "RolloutStore", "TaskChange", "new_tasks"]
 
 
 @attrs.frozen
@@ -94,6 +96,23 @@ class EventFilter:
 
 
 _ALL = EventFilter()
+
+
+def new_tasks(release_id: str, service_ids: Sequence[str]) -> list[Task]:
+    """The ``waiting`` tasks of a new release, one per service, with fresh ids (what every
+    adapter's :meth:`CoordinatorStore.create_release` stores)."""
+    now = utcnow()
+    return [
+        Task(
+            id=new_id("TA"),
+            release_id=release_id,
+            service_id=sid,
+            created_at=now,
+            updated_at=now,
+            progress_at=now,
+        )
+        for sid in service_ids
+    ]
 
 
 class CoordinatorStore(abc.ABC):

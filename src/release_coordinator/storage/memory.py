@@ -24,7 +24,6 @@ from release_coordinator.models import (
     ServiceHealth,
     Task,
     TaskService,
-    new_id,
     utcnow,
 )
 from release_coordinator.rollout.models import (
@@ -40,6 +39,7 @@ from release_coordinator.storage.base import (
     EventFilter,
     RolloutStore,
     TaskChange,
+    new_tasks,
 )
 from release_coordinator.versions import Version, next_release_version, published_version
 
@@ -192,18 +192,7 @@ class MemoryStore(CoordinatorStore):
                 self._service(service_id)
             version = next_release_version([self._top_version])
             stored = attrs.evolve(release, version=version)
-            now = utcnow()
-            tasks = [
-                Task(
-                    id=new_id("TA"),
-                    release_id=release.id,
-                    service_id=sid,
-                    created_at=now,
-                    updated_at=now,
-                    progress_at=now,
-                )
-                for sid in service_ids
-            ]
+            tasks = new_tasks(release.id, service_ids)
             self._releases[stored.id] = stored
             self._hold_version(version)
             self._tasks_by_release[stored.id] = [t.id for t in tasks]

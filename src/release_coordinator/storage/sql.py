@@ -104,10 +104,15 @@ from release_coordinator.models import (
     ServiceHealth,
     Task,
     TaskService,
-    new_id,
     utcnow,
 )
-from release_coordinator.storage.base import _ALL, CoordinatorStore, EventFilter, TaskChange
+from release_coordinator.storage.base import (
+    _ALL,
+    CoordinatorStore,
+    EventFilter,
+    TaskChange,
+    new_tasks,
+)
 from release_coordinator.versions import Version, next_release_version, published_version
 
 __all__ = [
@@ -953,18 +958,7 @@ class SQLStore(CoordinatorStore):
                     state_changed_at=stored.state_changed_at,
                 )
             )
-            now = utcnow()
-            created = [
-                Task(
-                    id=new_id("TA"),
-                    release_id=stored.id,
-                    service_id=sid,
-                    created_at=now,
-                    updated_at=now,
-                    progress_at=now,
-                )
-                for sid in service_ids
-            ]
+            created = new_tasks(stored.id, service_ids)
             if created:
                 await conn.execute(
                     sa.insert(tasks),
