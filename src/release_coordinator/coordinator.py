@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -45,6 +46,7 @@ from release_coordinator.fsm.release import (
     task_steps,
 )
 from release_coordinator.models import (
+    _TASK_FINISHED,
     Event,
     EventKind,
     EventType,
@@ -81,6 +83,7 @@ _REPORTED_TO_TASK = {
     "published": TS.PUBLISHED,
 }
 _BAD_REPORTS = frozenset({"failed", "canceled", "rejected"})
+_KNOWN_REPORTS = _BAD_REPORTS | frozenset(_REPORTED_TO_TASK)
 
 #: Per release state: the task states the coordinator is waiting to see move on.
 _WAITING_ON = {
@@ -91,6 +94,34 @@ _WAITING_ON = {
         {TS.WAITING, TS.INITIALIZED, TS.RUNNING, TS.STAGED, TS.PUBLISHING, TS.PUBLISHED}
     ),
 }
+
+
+def _in_state(tasks: Iterable[Task], state: TaskState) -> list[Task]:
+    """The tasks in ``state`` (an argument: ``TS.X`` in the filter itself would be an Enum
+    member lookup per task, which is slow)."""
+    return [t for t in tasks if t.state is state]
+
+
+def _all_in_state(tasks: Iterable[Task], state: TaskState) -> bool:
+    return all(t.state is state for t in tasks)
+
+
+def _late_tasks(
+    tasks: Iterable[Task], states: Collection[TaskState], now: datetime, limit: float
+) -> list[Task]:
+    """The tasks in ``states`` whose last progress is more than ``limit`` seconds before
+    ``now``, i.e. ``(now - t.progress_at).total_seconds() > limit``, without the arithmetic
+    per task: that is ``now - t.progress_at`` of at least ``least`` microseconds, the fewest
+    whose seconds (as ``total_seconds`` computes them) exceed ``limit``."""
+    if math.isfinite(limit) and 0 <= limit < 10**9:  # (else: the slow way, which is exact)
+        least = math.floor(limit * 10**6)
+        while least > 0 and (least - 1) / 10**6 > limit:
+            least -= 1
+        while not least / 10**6 > limit:
+            least += 1
+        cutoff = now - timedelta(microseconds=least)
+        return [t for t in tasks if t.state in states and t.progress_at <= cutoff]
+    return [t for t in tasks if t.state in states and (now - t.progress_at).total_seconds() > limit]
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -168,6 +199,56 @@ class CoordinatorConfig:
     health_threshold: int = attrs.field(default=3, validator=_positive)
     lease_seconds: float = attrs.field(default=30.0, validator=_positive)
     claim_interval: float = attrs.field(default=5.0, validator=_positive)
+
+
+class _Plan(NamedTuple):
+    """How a report changes a task, whatever its ids and figures (see ``_report_plan``).
+
+    ``to_state`` ``None`` is a progress report (a change only if the figure is new); ``steps``
+    are the states passed through, each with its event's type and the end of its message;
+    ``message`` is written to the task; ``with_progress`` says whether the reported progress
+    is written too.
+    """
+
+    to_state: TaskState | None
+    from_states: frozenset[TaskState]
+    #: Per state passed through: its event's type, the end of its message, the state's value.
+    steps: tuple[tuple[EventType, str, str], ...]
+    message: str | None
+    with_progress: bool
+    #: The same, unpacked, for a plan of exactly one step (the common case), else None.
+    single: _Single | None
+
+
+_Single = tuple[frozenset[TaskState], TaskState, EventType, str, str, str | None, bool]
+
+
+def _plan(
+    to_state: TaskState | None,
+    from_state: TaskState,
+    steps: Iterable[tuple[TaskState, EventType, str]],
+    message: str | None = None,
+    with_progress: bool = True,
+) -> _Plan:
+    """A plan; ``steps`` are (state, event type, detail after the state in the message)."""
+    from_states = _FROM[from_state]
+    events = tuple(
+        (type, f" is {state.value}{detail}", state.value) for state, type, detail in steps
+    )
+    single = None
+    if to_state is not None and len(events) == 1:
+        type, suffix, value = events[0]
+        single = (from_states, to_state, type, suffix, value, message, with_progress)
+    return _Plan(to_state, from_states, events, message, with_progress, single)
+
+
+#: The compare-and-set expectation of a change from each state (shared: they never change).
+_FROM = {state: frozenset({state}) for state in TaskState}
+
+#: Decided plans for answers: (task state, reported state, release state, action) -> plan.
+_ANSWER_PLANS: dict[tuple[TaskState, str, ReleaseState, TaskAction], _Plan | None] = {}
+_UNDECIDED = _Plan(None, frozenset(), (), "undecided", False, None)
+_NO_SINGLE: _Single = (frozenset(), TaskState.WAITING, EventType.INFO, "", "", None, False)
 
 
 @attrs.frozen
@@ -790,7 +871,7 @@ class Coordinator:
         state = release.state
         now = utcnow()
         if state is not RS.CANCELING:
-            finished = [t for t in tasks if t.is_finished]
+            finished = [t for t in tasks if t.state in _TASK_FINISHED]
             if finished:
                 bad = finished[0]
                 await self._transition(
@@ -810,19 +891,19 @@ class Coordinator:
                 await self._transition(release, "initialize")
             return 0
         if state is RS.INITIALIZING:
-            todo = [t for t in tasks if t.state is TS.WAITING]
+            todo = _in_state(tasks, TS.WAITING)
             if not todo:
                 await self._transition(release, "start")
                 return 0
             return await self._fan_out(release, todo, TaskAction.INITIALIZE)
         if state is RS.RUNNING:
-            todo = [t for t in tasks if t.state is TS.INITIALIZED]
+            todo = _in_state(tasks, TS.INITIALIZED)
             if todo:
                 return await self._fan_out(release, todo, TaskAction.START, pause=0)
-            if all(t.state is TS.STAGED for t in tasks):
+            if _all_in_state(tasks, TS.STAGED):
                 await self._transition(release, "stage")
                 return 0
-            polled = [t for t in tasks if t.state is TS.RUNNING]
+            polled = _in_state(tasks, TS.RUNNING)
             return await self._fan_out(release, polled, TaskAction.GET_STATUS)
         if state is RS.STAGED:
             if release.auto_publish:
@@ -830,13 +911,13 @@ class Coordinator:
                 return 0
             return self.config.lease_seconds  # wait for publish() to wake us
         if state is RS.PUBLISHING:
-            todo = [t for t in tasks if t.state is TS.STAGED]
+            todo = _in_state(tasks, TS.STAGED)
             if todo:
                 return await self._fan_out(release, todo, TaskAction.PUBLISH, pause=0)
-            if all(t.state is TS.PUBLISHED for t in tasks):
+            if _all_in_state(tasks, TS.PUBLISHED):
                 await self._transition(release, "complete")
                 return 0
-            polled = [t for t in tasks if t.state is TS.PUBLISHING]
+            polled = _in_state(tasks, TS.PUBLISHING)
             return await self._fan_out(release, polled, TaskAction.GET_STATUS)
         if state is RS.CANCELING:
             todo = [t for t in tasks if not t.is_finished]
@@ -863,12 +944,7 @@ class Coordinator:
             else:
                 await self._transition(release, "cancel", failure=why)
             return 0
-        late = [
-            t
-            for t in tasks
-            if t.state in waiting_on
-            and (now - t.progress_at).total_seconds() > self.config.phase_timeout
-        ]
+        late = _late_tasks(tasks, waiting_on, now, self.config.phase_timeout)
         if not late:
             return None
         changes = [
@@ -895,29 +971,47 @@ class Coordinator:
         no task moved (nothing to do but wait), else 0.
         """
         services = {s.id: s for s in await self.store.list_services()}
+        release_id, studies = release.id, release.studies
         calls = [
-            (services[t.service_id], TaskRequest(action, t.id, release.id, release.studies))
-            for t in tasks
+            (services[t.service_id], TaskRequest(action, t.id, release_id, studies)) for t in tasks
         ]
         # First attempt for everyone in one concurrent batch; then only the transient failures
         # are retried (concurrently, each with its own backoff).
         first = await self.transport.send_many(calls)
-        outcomes = [
-            _Outcome(task, service, answer=result) if isinstance(result, TaskAnswer) else None
-            for task, (service, request), result in zip(tasks, calls, first, strict=True)
-        ]
-        troubled = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        if troubled:
+        if len(first) != len(tasks):
+            raise ValueError(f"{len(tasks)} requests sent, {len(first)} results received")
+        answers = [r for r in first if isinstance(r, TaskAnswer)]
+        if len(answers) == len(first):  # the common case: every service answered
+            del calls, first  # (not needed any more: fewer live objects for the collector)
+            # One pass over the answers, every event of the batch dated alike.
+            now = utcnow()
+            uniform = self._moves_for_answers(release, tasks, answers, action, now)
+            if uniform is not None:  # ... all making the same move: one batch of it
+                del answers
+                from_state, to_state, message, moves = uniform
+                done = await self.store.move_tasks(from_state, to_state, moves, message=message)
+                self._events_written()
+                if pause is not None:
+                    return pause
+                if any(not isinstance(r, ConcurrentUpdateError) for r in done):
+                    return 0
+                return self._poll_pause(release, tasks)
+            found = self._changes_for_answers(release, tasks, answers, action, now)
+            del answers
+        else:
+            troubled = [i for i, result in enumerate(first) if not isinstance(result, TaskAnswer)]
             settled = await asyncio.gather(
                 *(self._settle(release, tasks[i], *calls[i], first[i]) for i in troubled)
             )
-            for i, outcome in zip(troubled, settled, strict=True):
-                outcomes[i] = outcome
-        changes = [
-            change
-            for o in outcomes
-            if o is not None and (change := self._change_for_outcome(release, o, action))
-        ]
+            now = utcnow()  # (every event of the batch dated alike)
+            outcomes = dict(zip(troubled, settled, strict=True))
+            found = []
+            for i, (task, result) in enumerate(zip(tasks, first, strict=True)):
+                if isinstance(result, TaskAnswer):
+                    found += self._changes_for_answers(release, [task], [result], action, now)
+                elif (outcome := outcomes[i]) is not None:
+                    found.append(self._change_for_outcome(release, outcome, action, at=now))
+        changes = [change for change in found if change is not None]
         results = await self.store.change_tasks(changes) if changes else []
         self._events_written()
         moved = any(
@@ -1001,7 +1095,7 @@ class Coordinator:
                 result = error
 
     def _change_for_outcome(
-        self, release: Release, outcome: _Outcome, action: TaskAction
+        self, release: Release, outcome: _Outcome, action: TaskAction, *, at: datetime
     ) -> TaskChange | None:
         task = outcome.task
         error = outcome.error
@@ -1016,36 +1110,170 @@ class Coordinator:
                     task,
                     "cancel",
                     message="the service does not know it: nothing to cancel",
+                    at=at,
                 )
             trigger = "reject" if action is TaskAction.INITIALIZE else "fail"
             why = error.message
             if isinstance(error, TransientTransportError) and outcome.attempts > 1:
                 why = f"{why} (gave up after {outcome.attempts} attempts)"
-            return self._task_change(release, task, trigger, message=why, type=EventType.ERROR)
-        assert outcome.answer is not None
-        answer = outcome.answer
-        if action is TaskAction.CANCEL:
-            if answer.state == "canceled":
-                return self._task_change(release, task, "cancel", progress=answer.progress)
             return self._task_change(
-                release,
+                release, task, trigger, message=why, type=EventType.ERROR, at=at
+            )
+        assert outcome.answer is not None
+        return self._changes_for_answers(release, [task], [outcome.answer], action, at)[0]
+
+    def _changes_for_answers(
+        self,
+        release: Release,
+        tasks: Sequence[Task],
+        answers: Sequence[TaskAnswer],
+        action: TaskAction,
+        at: datetime,
+    ) -> list[TaskChange | None]:
+        """The change each answer calls for (``None``: none), in order; events are dated ``at``.
+
+        The hot path of every fan-out: what an answer does to a task depends only on the task's
+        state, the reported state, the release's state and the action, so it is decided once
+        per such combination (:meth:`_answer_plan`) and only applied per answer.
+        """
+        plans = _ANSWER_PLANS
+        release_id = release.id
+        release_state = release.state
+        check_ids = action is not TaskAction.CANCEL  # (cancel is judged by its state alone)
+        transition = EventKind.TRANSITION
+        changes: list[TaskChange | None] = []
+        append = changes.append
+        # The plan of the previous answer, and its single step unpacked: most answers of a
+        # batch report the same for tasks in the same state.
+        plan: _Plan | None = _UNDECIDED
+        last_state: TaskState | None = None
+        last_reported = ""
+        single: _Single | None = None
+        from_states, to_state, type_, suffix, value, message, with_progress = _NO_SINGLE
+        for task, answer in zip(tasks, answers, strict=True):
+            task_id = task.id
+            if check_ids and (answer.task_id != task_id or answer.release_id != release_id):
+                append(
+                    self._task_change(
+                        release,
+                        task,
+                        "reject" if action is TaskAction.INITIALIZE else "fail",
+                        type=EventType.ERROR,
+                        message=f"the service answered for task {answer.task_id!r} of release "
+                        f"{answer.release_id!r}",
+                        at=at,
+                    )
+                )
+                continue
+            state, reported = task.state, answer.state
+            if state is not last_state or reported != last_reported or plan is _UNDECIDED:
+                plan = plans.get((state, reported, release_state, action), _UNDECIDED)
+                if plan is _UNDECIDED:
+                    plan = self._cached_answer_plan(release, task, reported, action)
+                last_state, last_reported = state, reported
+                single = None if plan is None else plan.single
+                if single is not None:
+                    from_states, to_state, type_, suffix, value, message, with_progress = single
+            if single is not None:  # the common case, inline
+                service_id = task.service_id
+                event = Event(
+                    type_,
+                    transition,
+                    f"task {task_id} on {service_id}{suffix}",
+                    release_id,
+                    task_id,
+                    service_id,
+                    value,
+                    at,
+                )
+                append(
+                    TaskChange(
+                        task_id,
+                        from_states,
+                        to_state,
+                        (event,),
+                        answer.progress if with_progress else None,
+                        message,
+                    )
+                )
+            elif plan is None:
+                append(None)
+            else:
+                append(self._apply_plan(plan, release, task, answer.progress, at))
+        return changes
+
+    def _moves_for_answers(
+        self,
+        release: Release,
+        tasks: Sequence[Task],
+        answers: Sequence[TaskAnswer],
+        action: TaskAction,
+        at: datetime,
+    ) -> tuple[TaskState, TaskState, str | None, list[tuple[str, Event, int | None]]] | None:
+        """When every answer moves its task the same one step (the common case): the move,
+        ``(from_state, to_state, message, moves)``, for :meth:`CoordinatorStore.move_tasks`,
+        with what :meth:`_changes_for_answers` would put in each task's change; else None."""
+        if not tasks:
+            return None
+        state, reported = tasks[0].state, answers[0].state
+        plan = self._cached_answer_plan(release, tasks[0], reported, action)
+        if plan is None or plan.single is None:
+            return None
+        _, to_state, type_, suffix, value, message, with_progress = plan.single
+        release_id = release.id
+        check_ids = action is not TaskAction.CANCEL  # (cancel is judged by its state alone)
+        transition = EventKind.TRANSITION
+        moves: list[tuple[str, Event, int | None]] = []
+        append = moves.append
+        for task, answer in zip(tasks, answers, strict=True):
+            task_id = task.id
+            if (
+                task.state is not state
+                or answer.state != reported
+                or (check_ids and (answer.task_id != task_id or answer.release_id != release_id))
+            ):
+                return None  # not all alike: the general way
+            service_id = task.service_id
+            event = Event(
+                type_,
+                transition,
+                f"task {task_id} on {service_id}{suffix}",
+                release_id,
+                task_id,
+                service_id,
+                value,
+                at,
+            )
+            append((task_id, event, answer.progress if with_progress else None))
+        return state, to_state, message, moves
+
+    def _cached_answer_plan(
+        self, release: Release, task: Task, reported: str, action: TaskAction
+    ) -> _Plan | None:
+        """:meth:`_answer_plan`, decided once per (task state, report, release state, action)."""
+        key = (task.state, reported, release.state, action)
+        plan = _ANSWER_PLANS.get(key, _UNDECIDED)
+        if plan is _UNDECIDED:
+            plan = self._answer_plan(release, task, reported, action)
+            if reported in _KNOWN_REPORTS:  # (the cache stays small whatever comes)
+                _ANSWER_PLANS[key] = plan
+        return plan
+
+    def _answer_plan(
+        self, release: Release, task: Task, reported: str, action: TaskAction
+    ) -> _Plan | None:
+        """What an answer reporting ``reported`` to ``action`` does to ``task`` (ids checked)."""
+        if action is TaskAction.CANCEL:
+            if reported == "canceled":
+                return self._trigger_plan(task, "cancel")
+            return self._trigger_plan(
                 task,
                 "fail",
                 type=EventType.ERROR,
-                message=f"the service answered 'cancel' with {answer.state!r}",
+                message=f"the service answered 'cancel' with {reported!r}",
+                with_progress=False,
             )
-        if answer.task_id != task.id or answer.release_id != release.id:
-            return self._task_change(
-                release,
-                task,
-                "reject" if action is TaskAction.INITIALIZE else "fail",
-                type=EventType.ERROR,
-                message=f"the service answered for task {answer.task_id!r} of release "
-                f"{answer.release_id!r}",
-            )
-        return self._change_for_report(
-            release, task, answer.state, answer.progress, callback=False, action=action
-        )
+        return self._report_plan(release, task, reported, callback=False, action=action)
 
     def _change_for_report(
         self,
@@ -1062,18 +1290,30 @@ class Coordinator:
         For callbacks an impossible report raises InvalidTransitionError; for answers, which
         may arrive late, a report behind the task is ignored.
         """
+        plan = self._report_plan(release, task, reported, callback=callback, action=action)
+        return self._apply_plan(plan, release, task, progress, utcnow())
+
+    def _report_plan(
+        self,
+        release: Release,
+        task: Task,
+        reported: str,
+        *,
+        callback: bool,
+        action: TaskAction | None = None,
+    ) -> _Plan | None:
+        """The decision of :meth:`_change_for_report`. It depends on the states only (the
+        ids go into the errors raised for callbacks), so that answers can share it."""
         source = "callback" if callback else f"answer to {action.value!r}" if action else "report"
         if reported in _BAD_REPORTS:
             if task.is_finished:
                 return None
             if reported == "canceled" and release.state is RS.CANCELING:
-                return self._task_change(release, task, "cancel", progress=progress)
+                return self._trigger_plan(task, "cancel")
             trigger = "reject" if (reported == "rejected" and task.state is TS.WAITING) else "fail"
-            return self._task_change(
-                release,
+            return self._trigger_plan(
                 task,
                 trigger,
-                progress=progress,
                 type=EventType.ERROR,
                 message=f"the service reported {reported!r} ({source})",
             )
@@ -1103,40 +1343,87 @@ class Coordinator:
                     hint=f"{reported!r} is not reachable from {task.state!r} while release "
                     f"{release.id} is {release.state}",
                 )
-            return self._task_change(
-                release,
+            return self._trigger_plan(
                 task,
                 "reject" if task.state is TS.WAITING else "fail",
-                progress=progress,
                 type=EventType.ERROR,
                 message=f"the service reported {reported!r}, which a {task.state} task "
                 f"cannot reach ({source})",
             )
-        if not steps:
+        if not steps:  # a progress report, if the figure is new
+            return _plan(None, task.state, ())
+        detail = f" ({source})"
+        return _plan(
+            steps[-1][1], task.state, ((state, EventType.INFO, detail) for _, state in steps)
+        )
+
+    def _trigger_plan(
+        self,
+        task: Task,
+        trigger: str,
+        *,
+        message: str | None = None,
+        type: EventType = EventType.INFO,
+        with_progress: bool = True,
+    ) -> _Plan:
+        """Fire ``trigger`` on the task (InvalidTransitionError if the machine refuses it)."""
+        dest = TaskState(TASK_MACHINE.next_state(task.state, trigger, subject=task.id))
+        detail = f": {message}" if message else ""
+        return _plan(dest, task.state, ((dest, type, detail),), message, with_progress)
+
+    def _apply_plan(
+        self,
+        plan: _Plan | None,
+        release: Release,
+        task: Task,
+        progress: int | None,
+        at: datetime,
+    ) -> TaskChange | None:
+        """The change ``plan`` makes to ``task``, its events dated ``at``."""
+        if plan is None:
+            return None
+        if not plan.with_progress:
+            progress = None
+        if plan.to_state is None:
             if progress is None or progress == task.progress:
                 return None
             return TaskChange(
                 task.id,
-                frozenset({task.state}),
+                plan.from_states,
                 None,
                 events=(
-                    self._event(
+                    Event(
+                        EventType.INFO,
                         EventKind.PROGRESS,
                         f"task {task.id} on {task.service_id} at {progress}%",
-                        release_id=release.id,
-                        task_id=task.id,
-                        service_id=task.service_id,
+                        release.id,
+                        task.id,
+                        task.service_id,
+                        at=at,
                     ),
                 ),
                 progress=progress,
             )
-        detail = f" ({source})"
+        head = f"task {task.id} on {task.service_id}"
         return TaskChange(
             task.id,
-            frozenset({task.state}),
-            steps[-1][1],
-            events=tuple(self._task_event(release, task, state, detail) for _, state in steps),
+            plan.from_states,
+            plan.to_state,
+            events=tuple(
+                Event(
+                    type,
+                    EventKind.TRANSITION,
+                    head + suffix,
+                    release.id,
+                    task.id,
+                    task.service_id,
+                    value,
+                    at,
+                )
+                for type, suffix, value in plan.steps
+            ),
             progress=progress,
+            message=plan.message,
         )
 
     def _task_change(
@@ -1148,36 +1435,12 @@ class Coordinator:
         message: str | None = None,
         progress: int | None = None,
         type: EventType = EventType.INFO,
+        at: datetime | None = None,
     ) -> TaskChange:
-        dest = TaskState(TASK_MACHINE.next_state(task.state, trigger, subject=task.id))
-        detail = f": {message}" if message else ""
-        return TaskChange(
-            task.id,
-            frozenset({task.state}),
-            dest,
-            events=(self._task_event(release, task, dest, detail, type=type),),
-            progress=progress,
-            message=message,
-        )
-
-    def _task_event(
-        self,
-        release: Release,
-        task: Task,
-        state: TaskState,
-        detail: str = "",
-        *,
-        type: EventType = EventType.INFO,
-    ) -> Event:
-        return Event(
-            type=type,
-            kind=EventKind.TRANSITION,
-            message=f"task {task.id} on {task.service_id} is {state.value}{detail}",
-            release_id=release.id,
-            task_id=task.id,
-            task_service_id=task.service_id,
-            state=state.value,
-        )
+        plan = self._trigger_plan(task, trigger, message=message, type=type)
+        change = self._apply_plan(plan, release, task, progress, utcnow() if at is None else at)
+        assert change is not None  # (a plan that moves the task always changes it)
+        return change
 
     async def _transition(
         self,

@@ -45,6 +45,7 @@ class TaskAction(StrEnum):
 
 
 _ACTIONS = {action.value: action for action in TaskAction}
+_ACTION_VALUES = {action: action.value for action in TaskAction}
 
 #: The states a task service may report.
 REPORTED_STATES = frozenset(
@@ -111,7 +112,8 @@ class TaskRequest:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "action": self.action.value,
+            # (a plain str, without the cost of Enum.value)
+            "action": _ACTION_VALUES.get(self.action) or self.action.value,
             "task_id": self.task_id,
             "release_id": self.release_id,
             "studies": list(self.studies),
@@ -120,6 +122,25 @@ class TaskRequest:
 
 def decode_request(body: object) -> TaskRequest:
     """A request body as a task service receives it."""
+    # Fast path for the common, clean body (plain dict, plain values): exactly the checks of
+    # the full path below, which runs instead (and lists the problems) whenever one fails.
+    if type(body) is dict:
+        raw_action = body.get("action")
+        action = _ACTIONS.get(raw_action) if type(raw_action) is str else None
+        task_id = body.get("task_id")
+        release_id = body.get("release_id")
+        studies_raw = body.get("studies", [])
+        if (
+            action is not None
+            and type(task_id) is str
+            and 0 < len(task_id) <= MAX_TEXT
+            and type(release_id) is str
+            and 0 < len(release_id) <= MAX_TEXT
+            and type(studies_raw) is list
+            and len(studies_raw) <= MAX_STUDIES
+            and (not studies_raw or all(type(s) is str and len(s) <= MAX_TEXT for s in studies_raw))
+        ):
+            return TaskRequest(action, task_id, release_id, tuple(studies_raw))
     data = _mapping(body, "task request")
     problems: list[Problem] = []
     raw_action = data.get("action")
@@ -183,6 +204,28 @@ def _state(data: Mapping[str, Any], problems: list[Problem]) -> str:
 
 def decode_answer(body: object) -> TaskAnswer:
     """A task service's answer body as the coordinator receives it."""
+    # Fast path for the common, clean body (plain dict, plain values): exactly the checks of
+    # the full path below, which runs instead (and lists the problems) whenever one fails.
+    if type(body) is dict:
+        task_id = body.get("task_id")
+        release_id = body.get("release_id")
+        state = body.get("state")
+        progress = body.get("progress", 0)
+        name = body.get("name")
+        submitted = body.get("date_submitted")
+        if (
+            type(task_id) is str
+            and 0 < len(task_id) <= MAX_TEXT
+            and type(release_id) is str
+            and 0 < len(release_id) <= MAX_TEXT
+            and type(state) is str
+            and state in REPORTED_STATES
+            and type(progress) is int
+            and 0 <= progress <= 100
+            and (name is None or (type(name) is str and len(name) <= MAX_TEXT))
+            and (submitted is None or type(submitted) is str)
+        ):
+            return TaskAnswer(task_id, release_id, state, progress, name or "", submitted or "")
     data = _mapping(body, "task answer")
     problems: list[Problem] = []
     task_id = _text(data, "task_id", problems)

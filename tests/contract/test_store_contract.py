@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,3 +246,53 @@ async def test_a_final_release_has_no_lease_to_renew(store: CoordinatorStore) ->
     )
     assert not await store.renew_lease(release.id, "A", 30)
     assert not await store.claim_release(release.id, "A", 30)
+
+
+async def test_move_tasks_is_change_tasks_for_one_move(store: CoordinatorStore) -> None:
+    # The same story on two releases: one told with move_tasks, the other with the
+    # change_tasks it stands for; they must end alike (an adapter may override move_tasks).
+    services = [
+        await store.add_service(TaskService(f"TS_{i}", f"svc{i}", f"memory://svc{i}"), ev("add"))
+        for i in range(3)
+    ]
+    ids = [s.id for s in services]
+    _, moved = await store.create_release(Release("RE_m", "m", "0.0.0"), ids, ev("new"))
+    _, changed = await store.create_release(Release("RE_c", "c", "0.0.0"), ids, ev("new"))
+    for tasks in (moved, changed):  # the third task is elsewhere: its compare-and-set loses
+        await store.change_task(
+            TaskChange(tasks[2].id, frozenset({TaskState.WAITING}), TaskState.REJECTED)
+        )
+    w, i = TaskState.WAITING, TaskState.INITIALIZED
+
+    def story(tasks: list[Any]) -> list[tuple[str, Event, int | None]]:
+        steps = zip("abc", tasks, (5, None, 7), strict=True)
+        return [(t.id, ev(f"{n} in", task_id=t.id), p) for n, t, p in steps]
+
+    before = await store.last_event_id()
+    by_move = await store.move_tasks(w, i, story(moved), message="why")
+    middle = await store.last_event_id()
+    by_change = await store.change_tasks(
+        [TaskChange(t, frozenset({w}), i, (e,), p, "why") for t, e, p in story(changed)]
+    )
+
+    def outcome(result: object) -> object:
+        if isinstance(result, ConcurrentUpdateError):
+            return ("lost", result.expected, result.actual)
+        return (result.state, result.progress, result.message)  # type: ignore[attr-defined]
+
+    assert [outcome(r) for r in by_move] == [outcome(r) for r in by_change]
+    assert outcome(by_move[0]) == (i, 5, "why")
+    assert outcome(by_move[1]) == (i, 0, "why")
+    assert outcome(by_move[2]) == ("lost", ("waiting",), "rejected")
+    assert [await store.get_task(t.id) for t in moved[:2]] == by_move[:2]
+    logged = await store.list_events(EventFilter(after_id=before))
+    moves = [e for e in logged if e.id <= middle]
+    changes = [e for e in logged if e.id > middle]
+    assert [(e.message, e.task_id) for e in moves] == [("a in", moved[0].id), ("b in", moved[1].id)]
+    assert [e.message for e in changes] == ["a in", "b in"]
+    with pytest.raises(NotFoundError):  # for the whole call, before any change
+        await store.move_tasks(
+            i, TaskState.RUNNING, [(moved[0].id, ev("x"), 1), ("TA_x", ev("y"), 1)]
+        )
+    assert (await store.get_task(moved[0].id)).state is i
+    assert len(await store.list_events(EventFilter(after_id=before))) == 4  # nothing more logged

@@ -38,11 +38,12 @@ from release_coordinator.models import (
     ServiceHealth,
     Task,
     TaskService,
-    new_id,
+    new_ids,
     utcnow,
 )
 
 if TYPE_CHECKING:  # the rollout half's records, without importing shapely at run time
+    from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
     from release_coordinator.rollout.models import (
         Child,
         ChildRelease,
@@ -51,7 +52,14 @@ if TYPE_CHECKING:  # the rollout half's records, without importing shapely at ru
         RolloutState,
     )
 
-__all__ = ["CoordinatorStore", "EventFilter", "RolloutStore", "TaskChange", "new_tasks"]
+__all__ = [
+    "BarrierRecord",
+    "CoordinatorStore",
+    "EventFilter",
+    "RolloutStore",
+    "TaskChange",
+    "new_tasks",
+]
 
 
 @attrs.frozen
@@ -102,16 +110,11 @@ def new_tasks(release_id: str, service_ids: Sequence[str]) -> list[Task]:
     """The ``waiting`` tasks of a new release, one per service, with fresh ids (what every
     adapter's :meth:`CoordinatorStore.create_release` stores)."""
     now = utcnow()
+    waiting = TaskState.WAITING
     return [
-        Task(
-            id=new_id("TA"),
-            release_id=release_id,
-            service_id=sid,
-            created_at=now,
-            updated_at=now,
-            progress_at=now,
-        )
-        for sid in service_ids
+        # (id, release_id, service_id, state, progress, message, created, updated, progress_at)
+        Task(task_id, release_id, sid, waiting, 0, "", now, now, now)
+        for task_id, sid in zip(new_ids("TA", len(service_ids)), service_ids, strict=True)
     ]
 
 
@@ -246,6 +249,26 @@ class CoordinatorStore(abc.ABC):
             raise result
         return result
 
+    async def move_tasks(
+        self,
+        from_state: TaskState,
+        to_state: TaskState,
+        moves: Sequence[tuple[str, Event, int | None]],
+        *,
+        message: str | None = None,
+    ) -> list[Task | ConcurrentUpdateError]:
+        """Many tasks making the same move, each ``(task_id, event, progress)``: exactly
+        :meth:`change_tasks` with ``TaskChange(task_id, frozenset({from_state}), to_state,
+        (event,), progress, message)`` for each, in order (what this default does). The
+        coordinator's fan-out records a phase's answers with it; an adapter may do it faster."""
+        from_states = frozenset({from_state})
+        return await self.change_tasks(
+            [
+                TaskChange(task_id, from_states, to_state, (event,), progress, message)
+                for task_id, event, progress in moves
+            ]
+        )
+
     # -- events ------------------------------------------------------------------------------
     @abc.abstractmethod
     async def append_events(self, events: Sequence[Event]) -> list[Event]:
@@ -291,13 +314,29 @@ class CoordinatorStore(abc.ABC):
         """Release connections and files. Idempotent."""
 
 
+@attrs.frozen
+class BarrierRecord:
+    """A ``WaitForSignal`` stage's barrier as stored: ``open`` once it opened (for good), and
+    when the first child began to wait on it (the manager's clock; for the barrier time-out)."""
+
+    open: bool = False
+    waiting_since: float | None = None
+
+
 class RolloutStore(abc.ABC):
     """What a RolloutManager keeps: rollouts with their bundles, children, and per-child state.
 
     A child release that was targeted but never fetched is ``Todo`` with every stage
     ``Pending``; adapters may keep such records implicit (a fleet has far more targetings than
     fetches). Changes of a child release or stage are compare-and-sets like the Coordinator's.
+
+    ``shared`` is true for a store that several RolloutManager processes may use at once
+    (PostgreSQL): the manager then re-reads what other processes may have changed instead of
+    trusting its own counters (see :class:`~release_coordinator.rollout.manager.RolloutManager`).
     """
+
+    #: Several manager processes may use this store at once.
+    shared: bool = False
 
     # -- rollouts ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -345,11 +384,13 @@ class RolloutStore(abc.ABC):
 
     @abc.abstractmethod
     async def touch_child(self, child_id: str, seen_at: float) -> None:
-        """Record that the child polled at ``seen_at`` (the manager's monotonic clock)."""
+        """Record that the child polled at ``seen_at`` (the manager's clock); the newest time
+        wins (a late, older one changes nothing). A child never saved is ignored."""
 
     @abc.abstractmethod
     async def last_seen(self, child_ids: Iterable[str]) -> dict[str, float]:
-        """When each known child last polled."""
+        """When each of these children last polled (children never saved, or that never
+        polled, are left out); a poll is seen as soon as :meth:`touch_child` returned."""
 
     # -- targeting and offers ----------------------------------------------------------------
     @abc.abstractmethod
@@ -386,3 +427,46 @@ class RolloutStore(abc.ABC):
         """Replace the child's state with ``new`` if it still equals ``expected``
         (ConcurrentUpdateError otherwise): the compare-and-set every status change goes
         through, so racing reports never both win."""
+
+    # -- counts, barriers, changes -----------------------------------------------------------
+    @abc.abstractmethod
+    async def status_counts(
+        self, rollout_id: str
+    ) -> dict[tuple[ReleaseStatus, tuple[StageStatus, ...]], int]:
+        """How many targeted children are in each (release status, stage statuses) state; the
+        stage statuses in the strategy's order. NotFoundError for an unknown rollout."""
+
+    @abc.abstractmethod
+    async def waiting(self, rollout_id: str, stage_name: str) -> list[str]:
+        """The children whose stage ``stage_name`` is ``SuccessWaiting``, in the order they
+        began to wait (then by id)."""
+
+    @abc.abstractmethod
+    async def barrier(self, rollout_id: str, stage_name: str) -> BarrierRecord:
+        """The stage's barrier (closed, nobody waiting, when never marked); NotFoundError for
+        an unknown rollout."""
+
+    @abc.abstractmethod
+    async def mark_barrier(
+        self,
+        rollout_id: str,
+        stage_name: str,
+        *,
+        open: bool = False,
+        waiting_since: float | None = None,
+    ) -> BarrierRecord:
+        """Record that the barrier opened (it stays open) and/or when the first child began to
+        wait (the first time given is kept); returns the barrier as stored now. NotFoundError
+        for an unknown rollout."""
+
+    @abc.abstractmethod
+    async def children_since(self, change: int) -> tuple[list[Child], int]:
+        """The children saved (registered, moved, changed) after change number ``change``, in
+        the order of their last change, and the latest change number (0 for none): a manager
+        sharing the store follows what other processes registered."""
+
+    async def flush(self) -> None:  # noqa: B027 - optional hook
+        """Write what the adapter buffers (e.g. when children last polled). Idempotent."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Write what is buffered, release connections and files. Idempotent."""

@@ -16,8 +16,8 @@ from collections.abc import Collection, Iterable, Sequence
 import attrs
 
 from release_coordinator.errors import ConcurrentUpdateError, ConflictError, NotFoundError
-from release_coordinator.fsm.release import ReleaseState
-from release_coordinator.fsm.rollout import ReleaseStatus
+from release_coordinator.fsm.release import ReleaseState, TaskState
+from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.models import (
     Event,
     Release,
@@ -35,6 +35,7 @@ from release_coordinator.rollout.models import (
 )
 from release_coordinator.storage.base import (
     _ALL,
+    BarrierRecord,
     CoordinatorStore,
     EventFilter,
     RolloutStore,
@@ -48,6 +49,21 @@ __all__ = ["MemoryRolloutStore", "MemoryStore"]
 _FINAL = frozenset({ReleaseState.PUBLISHED, ReleaseState.CANCELED, ReleaseState.FAILED})
 
 
+def _with_id(e: Event, event_id: int) -> Event:
+    # The constructor, not attrs.evolve: every event of the log passes here.
+    return Event(
+        e.type,
+        e.kind,
+        e.message,
+        e.release_id,
+        e.task_id,
+        e.task_service_id,
+        e.state,
+        e.at,
+        event_id,
+    )
+
+
 class MemoryStore(CoordinatorStore):
     """A :class:`CoordinatorStore` in process memory."""
 
@@ -59,8 +75,10 @@ class MemoryStore(CoordinatorStore):
         self._releases: dict[str, Release] = {}
         self._tasks: dict[str, Task] = {}
         self._tasks_by_release: dict[str, list[str]] = {}
+        # The log. An event's id is its position (1..n); one appended with a change is kept as
+        # the caller made it (immutable, so nothing is copied on the write path) and gets its
+        # id when it is first read (see _stamped).
         self._events: list[Event] = []
-        self._event_ids = itertools.count(1)
         self._versions: set[str] = set()
         self._top_version = "0.0.0"
         self._leases: dict[str, tuple[str, float]] = {}
@@ -69,20 +87,16 @@ class MemoryStore(CoordinatorStore):
     def _append(self, event: Event | None) -> Event | None:
         if event is None:
             return None
-        e = event  # (the constructor, not attrs.evolve: this is the hot path of every change)
-        stored = Event(
-            e.type,
-            e.kind,
-            e.message,
-            e.release_id,
-            e.task_id,
-            e.task_service_id,
-            e.state,
-            e.at,
-            next(self._event_ids),
-        )
+        stored = _with_id(event, len(self._events) + 1)
         self._events.append(stored)
         return stored
+
+    def _stamped(self, index: int) -> Event:
+        """The event at ``index`` of the log, with its id (given now if it has none yet)."""
+        event = self._events[index]
+        if event.id != index + 1:
+            event = self._events[index] = _with_id(event, index + 1)
+        return event
 
     def _service(self, service_id: str) -> TaskService:
         try:
@@ -188,8 +202,10 @@ class MemoryStore(CoordinatorStore):
         with self._lock:
             if release.id in self._releases:
                 raise ConflictError(f"release {release.id!r} exists", id=release.id)
+            services = self._services
             for service_id in service_ids:
-                self._service(service_id)
+                if service_id not in services:
+                    raise NotFoundError("task service", service_id)
             version = next_release_version([self._top_version])
             stored = attrs.evolve(release, version=version)
             tasks = new_tasks(release.id, service_ids)
@@ -290,27 +306,30 @@ class MemoryStore(CoordinatorStore):
         self, changes: Sequence[TaskChange]
     ) -> list[Task | ConcurrentUpdateError]:
         results: list[Task | ConcurrentUpdateError] = []
+        append = results.append
         with self._lock:
+            tasks = self._tasks
             for change in changes:
-                if change.task_id not in self._tasks:
+                if change.task_id not in tasks:
                     raise NotFoundError("task", change.task_id)
             now = utcnow()
+            log = self._events.append
             for change in changes:
-                current = self._tasks[change.task_id]
-                if current.state not in change.from_states:
-                    results.append(
-                        ConcurrentUpdateError(
-                            "task", change.task_id, change.from_states, current.state
-                        )
-                    )
+                task_id = change.task_id
+                current = tasks[task_id]
+                old_state = current.state
+                if old_state not in change.from_states:
+                    append(ConcurrentUpdateError("task", task_id, change.from_states, old_state))
                     continue
-                state = current.state if change.to_state is None else change.to_state
-                progress = current.progress if change.progress is None else change.progress
-                moved = state != current.state or progress != current.progress
-                if change.to_state is None and not moved:
-                    results.append(current)  # a report that changes nothing records nothing
+                to_state = change.to_state
+                state = old_state if to_state is None else to_state
+                old_progress = current.progress
+                progress = old_progress if change.progress is None else change.progress
+                moved = state != old_state or progress != old_progress
+                if to_state is None and not moved:
+                    append(current)  # a report that changes nothing records nothing
                     continue
-                updated = Task(
+                updated = tasks[task_id] = Task(
                     current.id,
                     current.release_id,
                     current.service_id,
@@ -321,10 +340,56 @@ class MemoryStore(CoordinatorStore):
                     now,
                     now if moved else current.progress_at,
                 )
-                self._tasks[change.task_id] = updated
-                for event in change.events:
-                    self._append(event)
-                results.append(updated)
+                for event in change.events:  # ids are given when first read (see _stamped)
+                    if event is not None:
+                        log(event)
+                append(updated)
+        return results
+
+    async def move_tasks(
+        self,
+        from_state: TaskState,
+        to_state: TaskState,
+        moves: Sequence[tuple[str, Event, int | None]],
+        *,
+        message: str | None = None,
+    ) -> list[Task | ConcurrentUpdateError]:
+        # change_tasks for this one kind of change, without a TaskChange per task.
+        if to_state is None:  # (not a move: the general way)
+            return await super().move_tasks(from_state, to_state, moves, message=message)
+        results: list[Task | ConcurrentUpdateError] = []
+        append = results.append
+        with self._lock:
+            tasks = self._tasks
+            for task_id, _, _ in moves:
+                if task_id not in tasks:
+                    raise NotFoundError("task", task_id)
+            now = utcnow()
+            log = self._events.append
+            new_state = to_state != from_state  # (the state of every task that moves)
+            for task_id, event, new_progress in moves:
+                current = tasks[task_id]
+                old_state = current.state
+                if old_state != from_state:
+                    append(ConcurrentUpdateError("task", task_id, [from_state], old_state))
+                    continue
+                old_progress = current.progress
+                progress = old_progress if new_progress is None else new_progress
+                moved = new_state or progress != old_progress
+                updated = tasks[task_id] = Task(
+                    current.id,
+                    current.release_id,
+                    current.service_id,
+                    to_state,
+                    progress,
+                    current.message if message is None else message,
+                    current.created_at,
+                    now,
+                    now if moved else current.progress_at,
+                )
+                if event is not None:  # its id is given when first read (see _stamped)
+                    log(event)
+                append(updated)
         return results
 
     # -- events ------------------------------------------------------------------------------
@@ -334,17 +399,18 @@ class MemoryStore(CoordinatorStore):
 
     async def last_event_id(self) -> int:
         with self._lock:
-            return self._events[-1].id if self._events else 0
+            return len(self._events)
 
     async def list_events(
         self, filter: EventFilter = _ALL, *, limit: int | None = None, offset: int = 0
     ) -> list[Event]:
         with self._lock:
-            events = self._events
+            positions = range(len(self._events))
             if filter.after_id:
                 # ids are 1..n in list order, so the tail after an id is a slice
-                events = events[filter.after_id :]
-            found = [e for e in events if filter.matches(e)]
+                positions = positions[filter.after_id :]
+            stamped = self._stamped
+            found = [e for e in map(stamped, positions) if filter.matches(e)]
         end = None if limit is None else offset + limit
         return found[offset:end]
 
@@ -413,6 +479,9 @@ class MemoryRolloutStore(RolloutStore):
         self._key_to_rollout: dict[int, str] = {}
         self._targeted: dict[str, dict[str, None]] = {}  # rollout -> children (ordered set)
         self._state: dict[tuple[str, str], ChildRelease] = {}
+        self._barriers: dict[tuple[str, str], BarrierRecord] = {}
+        self._change = 0
+        self._child_change: dict[str, int] = {}  # child -> number of its last save
 
     @staticmethod
     def _sort_key(rollout: Rollout) -> int:
@@ -476,6 +545,14 @@ class MemoryRolloutStore(RolloutStore):
         with self._lock:
             self._children[child.id] = child
             self._offers.setdefault(child.id, [])
+            self._change += 1
+            self._child_change.pop(child.id, None)  # (keeps the dict in change order)
+            self._child_change[child.id] = self._change
+
+    async def children_since(self, change: int) -> tuple[list[Child], int]:
+        with self._lock:
+            found = [self._children[c] for c, n in self._child_change.items() if n > change]
+            return found, self._change
 
     async def get_child(self, child_id: str) -> Child:
         with self._lock:
@@ -489,7 +566,10 @@ class MemoryRolloutStore(RolloutStore):
             return list(self._children.values())
 
     async def touch_child(self, child_id: str, seen_at: float) -> None:
-        self._seen[child_id] = seen_at  # one dict store: atomic under the GIL
+        # No lock: one dict read and one store (a racing touch may keep the older of two
+        # simultaneous times, which a poll moments later corrects).
+        if seen_at > self._seen.get(child_id, -1e300) and child_id in self._children:
+            self._seen[child_id] = seen_at
 
     async def last_seen(self, child_ids: Iterable[str]) -> dict[str, float]:
         seen = self._seen
@@ -580,4 +660,61 @@ class MemoryRolloutStore(RolloutStore):
                     current.status.wire_name,
                 )
             self._state[(new.rollout_id, new.child_id)] = new
+            return new
+
+    # -- counts, barriers ----------------------------------------------------------------------
+    async def status_counts(
+        self, rollout_id: str
+    ) -> dict[tuple[ReleaseStatus, tuple[StageStatus, ...]], int]:
+        counts: dict[tuple[ReleaseStatus, tuple[StageStatus, ...]], int] = {}
+        with self._lock:
+            self._rollout(rollout_id)
+            todo = (
+                ReleaseStatus.TODO,
+                tuple(StageStatus.PENDING for _ in self._stage_names(rollout_id)),
+            )
+            for child_id in self._targeted[rollout_id]:
+                state = self._state.get((rollout_id, child_id))
+                key = (
+                    todo
+                    if state is None
+                    else (state.status, tuple(s.status for s in state.stages.values()))
+                )
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _stage_names(self, rollout_id: str) -> tuple[str, ...]:
+        return self._bundles[rollout_id].strategy.stage_names
+
+    async def waiting(self, rollout_id: str, stage_name: str) -> list[str]:
+        found: list[tuple[float, str]] = []
+        with self._lock:
+            self._rollout(rollout_id)
+            for (rid, child_id), state in self._state.items():
+                stage = state.stages.get(stage_name) if rid == rollout_id else None
+                if stage is not None and stage.status is StageStatus.SUCCESS_WAITING:
+                    found.append((stage.changed_at, child_id))
+        return [child_id for _, child_id in sorted(found)]
+
+    async def barrier(self, rollout_id: str, stage_name: str) -> BarrierRecord:
+        with self._lock:
+            self._rollout(rollout_id)
+            return self._barriers.get((rollout_id, stage_name), BarrierRecord())
+
+    async def mark_barrier(
+        self,
+        rollout_id: str,
+        stage_name: str,
+        *,
+        open: bool = False,
+        waiting_since: float | None = None,
+    ) -> BarrierRecord:
+        with self._lock:
+            self._rollout(rollout_id)
+            old = self._barriers.get((rollout_id, stage_name), BarrierRecord())
+            new = BarrierRecord(
+                old.open or open,
+                old.waiting_since if old.waiting_since is not None else waiting_since,
+            )
+            self._barriers[(rollout_id, stage_name)] = new
             return new
