@@ -6,9 +6,14 @@
 - releases completed per second: a Coordinator drives releases to ``published`` across
   ``--services`` in-memory task services (TaskServiceKit over MemoryTransport, latency 0,
   ``auto_publish``, ``poll_interval`` 0), one release after another;
-- RolloutManager polls per second: not measured yet (the RolloutManager's store comes later).
+- RolloutManager polls per second: ``--children`` children (10,000) registered, with 10
+  active rollouts over parts of the map, then every child polls with its unchanged area, in
+  random order: one poll at a time (a client that waits for each answer), and ``--in-flight``
+  (64) polls at once (what a server sees; the SQL store shares one query among the polls
+  waiting at the same moment). Target (issue 4): PostgreSQL at least a quarter of memory.
 
     python benchmarks/store.py [--services 50] [--transitions 5000] [--releases 10]
+                               [--children 10000] [--in-flight 64]
 
 SQLite is a file in a temporary folder; PostgreSQL is ``RC_POSTGRES_URL`` (default: the local
 server), in a schema of its own that is dropped afterwards, and is left out when unreachable.
@@ -19,12 +24,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import os
+import random
 import secrets
 import tempfile
 import time
+import zipfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from release_coordinator import (
     Coordinator,
@@ -33,10 +42,14 @@ from release_coordinator import (
     Event,
     EventKind,
     EventType,
+    MemoryRolloutStore,
     MemoryStore,
     MemoryTransport,
     Release,
+    ReleaseBundle,
     ReleaseState,
+    RolloutManager,
+    RolloutStore,
     TaskChange,
     TaskService,
     TaskServiceKit,
@@ -46,6 +59,7 @@ from release_coordinator import (
 POSTGRES_URL = os.environ.get("RC_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 StoreFactory = Callable[[], contextlib.AbstractAsyncContextManager[CoordinatorStore]]
+RolloutFactory = Callable[[], contextlib.AbstractAsyncContextManager[RolloutStore]]
 
 
 @contextlib.asynccontextmanager
@@ -86,6 +100,36 @@ async def postgres_store() -> AsyncIterator[CoordinatorStore]:
     finally:
         async with await psycopg.AsyncConnection.connect(libpq, autocommit=True) as conn:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextlib.asynccontextmanager
+async def memory_rollouts() -> AsyncIterator[RolloutStore]:
+    yield MemoryRolloutStore()
+
+
+@contextlib.asynccontextmanager
+async def sqlite_rollouts() -> AsyncIterator[RolloutStore]:
+    from release_coordinator.storage.sql import SQLRolloutStore
+
+    with tempfile.TemporaryDirectory(prefix="rc-bench-") as folder:
+        store = await SQLRolloutStore.connect(f"sqlite:///{Path(folder) / 'bench.db'}")
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+@contextlib.asynccontextmanager
+async def postgres_rollouts() -> AsyncIterator[RolloutStore]:
+    from release_coordinator.storage.sql import SQLRolloutStore, SQLStore
+
+    async with postgres_store() as coordinator_store:  # a schema of its own, dropped after
+        assert isinstance(coordinator_store, SQLStore)
+        store = SQLRolloutStore.over(coordinator_store)
+        try:
+            yield store
+        finally:
+            await store.close()
 
 
 def ev(message: str, **kw: str) -> Event:
@@ -148,6 +192,80 @@ async def releases_per_second(factory: StoreFactory, services: int, releases: in
     return releases / elapsed
 
 
+STRATEGY = """\
+id: "{id}"
+name: bench-{id}
+type: minor
+functions:
+  - name: f
+    base_version: {{path: fns/f1, env: python}}
+    new_version: {{path: fns/f2, env: python}}
+stages:
+  - name: canary
+    type: WaitForSignal
+    func_name: f
+    variants:
+      - {{name: base_version, trafficPercentage: 90}}
+      - {{name: new_version, trafficPercentage: 10}}
+    metrics_conditions: [{{name: errorRate, threshold: "<=0.01"}}]
+    end_conditions: [{{name: minCalls, threshold: "100"}}]
+    end_action: {{onSuccess: rollout, onFailure: rollback}}
+rollback: {{action: {{function: base_version}}}}
+"""
+
+
+def _square(lon: float, lat: float, size: float) -> dict[str, Any]:
+    ring = [[lon, lat], [lon + size, lat], [lon + size, lat + size], [lon, lat + size], [lon, lat]]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+def _archive() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("fns/f1/fn.py", "def handler(r): return 1")
+        zf.writestr("fns/f2/fn.py", "def handler(r): return 2")
+    return buffer.getvalue()
+
+
+async def polls_per_second(
+    factory: RolloutFactory, children: int, in_flight: int
+) -> tuple[float, float, float]:
+    """(one at a time, ``in_flight`` at once) polls per second, and the share offered."""
+    rng = random.Random(7)
+    async with factory() as store:
+        manager = RolloutManager(store, lost_after=3600)
+        functions = _archive()
+        for i in range(10):  # ten rollouts, each over a tenth of the map's width
+            bundle = ReleaseBundle.from_parts(STRATEGY.format(id=f"r{i}"), functions)
+            await manager.create_rollout(bundle, _square(i * 10.0, 0.0, 6.0), priority=i % 3)
+        fleet = [
+            (f"c{i}", _square(rng.uniform(0, 99), rng.uniform(0, 5), 0.1)) for i in range(children)
+        ]
+        for child_id, area in fleet:  # registration (not measured)
+            await manager.poll(child_id, area)
+        await store.flush()
+        offered = 0
+        order = fleet[:]
+        rng.shuffle(order)
+        started = time.perf_counter()
+        for child_id, area in order:
+            offered += bool((await manager.poll(child_id, area)).new_release)
+        one = len(order) / (time.perf_counter() - started)
+
+        rng.shuffle(order)
+        chunks = [order[k::in_flight] for k in range(in_flight)]
+
+        async def poller(mine: list[tuple[str, dict[str, Any]]]) -> None:
+            for child_id, area in mine:
+                await manager.poll(child_id, area)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(poller(chunk) for chunk in chunks))
+        many = len(order) / (time.perf_counter() - started)
+        await store.flush()
+    return one, many, offered / len(order)
+
+
 async def postgres_reachable() -> bool:
     try:
         async with postgres_store():
@@ -179,10 +297,28 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{name:<11} {batched:>13,.0f} {single:>12,.0f} {rate:>11.2f}"
             + ("" if name == "memory" else f"   (memory is {ratios} faster)")
         )
-    # TODO(rollout): RolloutManager polls per second, once the RolloutManager's store exists.
+
+    rollout_stores: dict[str, RolloutFactory] = {
+        "memory": memory_rollouts,
+        "sqlite": sqlite_rollouts,
+    }
+    if "postgresql" in stores:
+        rollout_stores["postgresql"] = postgres_rollouts
+    print()
     print(
-        "RolloutManager polls/s: n/a: there is no SQL RolloutStore yet, so no side-by-side "
-        "figure (memory: see benchmarks/rollout_poll.py)"
+        f"RolloutManager.poll, {args.children:,} children with unchanged areas, 10 active rollouts"
+    )
+    in_flight = f"polls/s, {args.in_flight} at once"
+    header = f"{'store':<11} {'polls/s, 1 at a time':>21} {in_flight:>22} {'vs memory':>10}"
+    print(header)
+    print("-" * len(header))
+    memory_many = 0.0
+    for name, rollout_factory in rollout_stores.items():
+        one, many, share = await polls_per_second(rollout_factory, args.children, args.in_flight)
+        memory_many = memory_many or many
+        print(f"{name:<11} {one:>21,.0f} {many:>22,.0f} {many / memory_many:>10.2f}")
+    print(
+        f"({share:.0%} of the polls were offered a release; target: PostgreSQL >= 0.25 of memory)"
     )
 
 
@@ -191,6 +327,8 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=50, help="task services (50)")
     parser.add_argument("--transitions", type=int, default=5000, help="batched moves (5000)")
     parser.add_argument("--releases", type=int, default=10, help="releases per store (10)")
+    parser.add_argument("--children", type=int, default=10_000, help="polling children (10000)")
+    parser.add_argument("--in-flight", type=int, default=64, help="polls at once (64)")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +41,26 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(f"{message} (CI=true: PostgreSQL tests must run, not skip)")
         pytest.skip(message)
     return POSTGRES_URL
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def rollout_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """Every RolloutStore adapter: memory, SQLite (a file), PostgreSQL (a schema of its own)."""
+    from release_coordinator.storage.memory import MemoryRolloutStore
+
+    if request.param == "memory":
+        yield MemoryRolloutStore()
+        return
+    from release_coordinator.storage.sql import SQLRolloutStore
+
+    if request.param == "sqlite":
+        store = await SQLRolloutStore.connect(f"sqlite:///{tmp_path / 'rollout.db'}")
+        yield store
+        await store.close()
+        return
+    from sql_support import postgres_schema
+
+    with postgres_schema(request.getfixturevalue("postgres_url")) as url:
+        store = await SQLRolloutStore.connect(url)
+        yield store
+        await store.close()

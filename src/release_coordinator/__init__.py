@@ -99,6 +99,7 @@ from release_coordinator.rollout.strategy import (
     parse_strategy,
 )
 from release_coordinator.storage.base import (
+    BarrierRecord,
     CoordinatorStore,
     EventFilter,
     RolloutStore,
@@ -120,6 +121,7 @@ __all__ = [
     "ArchiveLimits",
     "Area",
     "BadGatewayError",
+    "BarrierRecord",
     "BarrierState",
     "BundleError",
     "Child",

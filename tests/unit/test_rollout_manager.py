@@ -20,6 +20,7 @@ from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import Outcome, ReleaseBundle
 from release_coordinator.rollout.policies import GlobalIncremental
+from release_coordinator.storage.base import RolloutStore
 
 pytestmark = pytest.mark.anyio
 
@@ -122,8 +123,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def manager(clock: Clock) -> RolloutManager:
-    return RolloutManager(lost_after=30, clock=clock)
+async def manager(clock: Clock, rollout_store: RolloutStore) -> RolloutManager:
+    """A manager over every store adapter (memory, SQLite, PostgreSQL)."""
+    return RolloutManager(rollout_store, lost_after=30, clock=clock)
 
 
 async def fetched(manager: RolloutManager, *areas: dict[str, Any]) -> list[str]:

@@ -42,9 +42,12 @@ from release_coordinator import (
     TaskState,
 )
 from release_coordinator.cli import main
+from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.models import Child
 from release_coordinator.storage.sql import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    SQLRolloutStore,
     SQLStore,
     check,
     normalize_url,
@@ -54,6 +57,8 @@ from release_coordinator.versions import Version
 from sql_support import postgres_schema
 
 pytestmark = pytest.mark.anyio
+
+SQUARE = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
 
 FAST = CoordinatorConfig(
     poll_interval=0.01,
@@ -185,6 +190,33 @@ async def test_an_older_schema_names_the_upgrade_command_and_upgrades(db_url: st
         await store.close()
 
 
+async def test_version_1_gains_the_rollout_tables(db_url: str) -> None:
+    store = await SQLStore.connect(db_url)
+    await store.add_service(TaskService("TS_1", "svc", "memory://svc"), ev("add"))
+    await store.close()
+    await execute(
+        db_url,
+        *(f"DROP TABLE {t}" for t in ("rc_barriers", "rc_child_releases", "rc_children")),
+        "DROP TABLE rc_rollouts",
+        "DROP TABLE rc_counters",
+        "UPDATE rc_schema_version SET version = 1",
+    )
+    with pytest.raises(SchemaError, match="schema version 1"):
+        await SQLRolloutStore.connect(db_url)
+    assert await upgrade(db_url) == (1, SCHEMA_VERSION)
+    rollouts = await SQLRolloutStore.connect(db_url, create=False)
+    try:
+        await rollouts.save_child(Child("c1", Area.from_geojson(SQUARE)))
+        assert [c.id for c in await rollouts.list_children()] == ["c1"]
+    finally:
+        await rollouts.close()
+    store = await SQLStore.connect(db_url, create=False)
+    try:
+        assert [s.id for s in await store.list_services()] == ["TS_1"]
+    finally:
+        await store.close()
+
+
 async def test_a_newer_schema_is_refused(db_url: str) -> None:
     await (await SQLStore.connect(db_url)).close()
     await execute(db_url, f"UPDATE rc_schema_version SET version = {SCHEMA_VERSION + 1}")
@@ -206,14 +238,14 @@ def test_the_db_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["db", "check", "--db", url]) == 1
     assert "no database file" in capsys.readouterr().err
     assert main(["db", "upgrade", "--db", url]) == 0
-    assert "created schema version 1" in capsys.readouterr().out
+    assert f"created schema version {SCHEMA_VERSION}" in capsys.readouterr().out
     assert main(["db", "check", "--db", url]) == 0
-    assert "schema version 1" in capsys.readouterr().out
+    assert f"schema version {SCHEMA_VERSION}" in capsys.readouterr().out
     asyncio.run(make_version_0(url))
     assert main(["db", "check", "--db", url]) == 1
     assert "release-coordinator db upgrade" in capsys.readouterr().err
     assert main(["db", "upgrade", "--db", url]) == 0
-    assert "from schema version 0 to 1" in capsys.readouterr().out
+    assert f"from schema version 0 to {SCHEMA_VERSION}" in capsys.readouterr().out
     assert main(["db", "check", "--db", "mysql://nowhere/x"]) == 1
     assert "unsupported database URL" in capsys.readouterr().err
 

@@ -625,6 +625,14 @@ class GeoIndex(Generic[K]):
         with self._lock:
             return list(self._slot_of)  # dicts keep insertion order; replacement keeps it too
 
+    def area(self, key: K) -> Area:
+        """The area indexed under ``key``; NotFoundError when it is not indexed."""
+        with self._lock:
+            slot = self._slot_of.get(key)
+            if slot is None:
+                raise NotFoundError("indexed area", key)
+            return Area(self._geometries[slot])
+
     # ---- changes
 
     def add(self, key: K, area: Area) -> None:

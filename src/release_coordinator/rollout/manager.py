@@ -17,6 +17,15 @@ children are lost (recomputed only once a live child may have gone quiet). A bar
 costs O(1) plus one look per lost child; opening a barrier touches only the waiting children.
 The counters assume this manager is the only writer of its rollouts' child states (as its other
 indexes do); they are rebuilt from the store on first use after :meth:`RolloutManager.load`.
+
+**Several managers on one store.** Over a store that is ``shared`` (PostgreSQL), several
+manager processes serve the same fleet: every change of a child's state is a compare-and-set in
+the store, so racing results never both win; stage barriers are kept in the store and only
+open; and each manager re-reads what others may have changed instead of trusting its own
+copies: registrations and rollouts (at most every ``refresh`` seconds, and before every
+operator action), stage counters (older than ``refresh`` seconds are rebuilt, and always before
+a barrier opens), lost children (every ``refresh`` seconds). Times are then wall-clock times
+(``time.time``), the same in every process; policies admit children in the order of their ids.
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ from release_coordinator.rollout.results import (
     parse_result,
 )
 from release_coordinator.rollout.strategy import StageType
-from release_coordinator.storage.base import RolloutStore
+from release_coordinator.storage.base import BarrierRecord, RolloutStore
 from release_coordinator.storage.memory import MemoryRolloutStore
 
 __all__ = [
@@ -210,6 +219,24 @@ class _Tally:
                 else:
                     self.waiting[name].pop(state.child_id, None)
 
+    @classmethod
+    def from_counts(
+        cls,
+        stage_names: tuple[str, ...],
+        counts: Mapping[tuple[ReleaseStatus, tuple[StageStatus, ...]], int],
+        waiting: Mapping[str, list[str]],
+    ) -> _Tally:
+        tally = cls(stage_names)
+        for (status, statuses), n in counts.items():
+            active = status in _ACTIVE
+            for name, stage_status in zip(stage_names, statuses, strict=True):
+                bucket = tally.counts[name]
+                key = (active, stage_status)
+                bucket[key] = bucket.get(key, 0) + n
+        for name, child_ids in waiting.items():
+            tally.waiting[name] = dict.fromkeys(child_ids)
+        return tally
+
     def add_todo(self, count: int, sign: int) -> None:
         """``count`` children targeted (or withdrawn): Todo, every stage Pending."""
         key = (True, StageStatus.PENDING)
@@ -221,7 +248,10 @@ class RolloutManager:
     """Serves the edge-rollout protocol to children and runs rollouts over them.
 
     ``lost_after`` (seconds): a child that has not polled for that long is *lost* and no longer
-    holds up barriers. ``clock`` is a monotonic clock in seconds (injectable for tests).
+    holds up barriers. ``clock``: seconds, injectable for tests; by default a monotonic clock,
+    or wall-clock time over a ``shared`` store (whose times every process must agree on).
+    ``refresh`` (seconds): over a shared store, how old what this manager knows of other
+    processes' changes may be (see the module documentation).
     """
 
     def __init__(
@@ -229,11 +259,18 @@ class RolloutManager:
         store: RolloutStore | None = None,
         *,
         lost_after: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
+        refresh: float = 1.0,
     ) -> None:
         self.store = store if store is not None else MemoryRolloutStore()
+        #: Other manager processes may change the same rollouts (the store is shared).
+        self.shared = bool(self.store.shared)
         self.lost_after = lost_after
-        self._clock = clock
+        self.refresh = refresh
+        self._clock = clock or (time.time if self.shared else time.monotonic)
+        self._synced_at: float | None = None
+        self._child_change = 0
+        self._tally_at: dict[str, float] = {}
         self._fingerprints: dict[str, int] = {}
         self._children_count: dict[str, int] = {}
         self._children = GeoIndex[str]()
@@ -241,7 +278,7 @@ class RolloutManager:
             "intersects": GeoIndex[str](),
             "within": GeoIndex[str](),
         }
-        self._barriers: dict[tuple[str, str], _Barrier] = {}
+        self._barriers: dict[tuple[str, str], _Barrier] = {}  # read from the store
         # Per active or paused rollout: the children its target reaches, in the order they
         # became eligible, with their areas (the policy admits from these).
         self._eligible: dict[str, dict[str, Area]] = {}
@@ -261,16 +298,74 @@ class RolloutManager:
     async def load(self) -> None:
         """Rebuild the in-memory indexes from the store (a manager restarted over a store)."""
         self._tallies.clear()
+        self._barriers.clear()
         self._lost_at = None
-        for child in await self.store.list_children():
-            self._fingerprints.setdefault(child.id, 0)
-            self._children_count[child.id] = child.number_of_children
-            self._children.add(child.id, child.area)
+        self._child_change = 0
+        self._synced_at = self._clock()
+        await self._sync_children()
         for rollout in await self.store.list_rollouts(
             states={RolloutState.ACTIVE, RolloutState.PAUSED}
         ):
             self._targets[rollout.match].add(rollout.id, rollout.target)
             await self._find_eligible(rollout)
+
+    async def _sync_children(self) -> list[Child]:
+        """Index the children saved since the last look (by this or another process)."""
+        saved, self._child_change = await self.store.children_since(self._child_change)
+        changed = []
+        for child in saved:
+            self._children_count[child.id] = child.number_of_children
+            if child.id in self._children and self._children.area(child.id) == child.area:
+                continue  # (saved by this manager, or a change of its count only)
+            self._fingerprints[child.id] = 0  # its next poll here is parsed again
+            changed.append(child)
+        self._children.add_many((child.id, child.area) for child in changed)
+        return changed
+
+    async def _sync(self, *, force: bool = False) -> None:
+        """Over a shared store: take in the children and rollouts other processes registered,
+        moved, started or stopped (at most every ``refresh`` seconds unless ``force``)."""
+        if not self.shared:
+            return
+        now = self._clock()
+        if not force and self._synced_at is not None and 0 <= now - self._synced_at < self.refresh:
+            return
+        self._synced_at = now
+        changed = await self._sync_children()
+        live = {
+            r.id: r
+            for r in await self.store.list_rollouts(
+                states={RolloutState.ACTIVE, RolloutState.PAUSED}
+            )
+        }
+        for rollout_id in [r for r in self._eligible if r not in live]:
+            self._eligible.pop(rollout_id)
+            for index in self._targets.values():
+                index.discard(rollout_id)
+        newcomers: dict[str, list[str] | None] = {}
+        for rollout in live.values():
+            if rollout.id not in self._eligible:
+                self._targets[rollout.match].add(rollout.id, rollout.target)
+                await self._find_eligible(rollout)
+                newcomers[rollout.id] = None  # (every eligible child)
+        for child in changed:  # moved or new: which rollouts reach it now
+            reached = set(self._targets["intersects"].match(child.area, "intersects"))
+            reached.update(self._targets["within"].match(child.area, "contains"))
+            for rollout_id, eligible in self._eligible.items():
+                if rollout_id in reached:
+                    if child.id not in eligible:
+                        found = newcomers.setdefault(rollout_id, [])
+                        if found is not None:
+                            found.append(child.id)
+                    eligible[child.id] = child.area
+                else:
+                    eligible.pop(child.id, None)
+        # A rollout started elsewhere, or a child registered elsewhere, may reach children the
+        # other process did not know of: admit them (targeting is idempotent).
+        for rollout_id, new in newcomers.items():
+            rollout = live[rollout_id]
+            if rollout.state is RolloutState.ACTIVE:
+                await self._admit(rollout, new)
 
     # -- operator ----------------------------------------------------------------------------
     async def create_rollout(
@@ -326,6 +421,7 @@ class RolloutManager:
 
     async def start(self, rollout_id: str) -> Rollout:
         """Offer a draft rollout to every child its target reaches (and to later ones)."""
+        await self._sync(force=True)
         rollout = await self._operate(rollout_id, "start")
         await self._tally(rollout.id)
         self._targets[rollout.match].add(rollout.id, rollout.target)
@@ -337,23 +433,24 @@ class RolloutManager:
         eligible = self._eligible.setdefault(rollout.id, {})
         for child_id in self._children.match(rollout.target, rollout.match):
             if child_id not in eligible:
-                eligible[child_id] = (await self.store.get_child(child_id)).area
+                eligible[child_id] = self._children.area(child_id)
 
-    async def _admit(self, rollout: Rollout, newcomer: str | None = None) -> None:
-        """Offer the rollout to the children its policy admits now (or abort it)."""
+    async def _admit(self, rollout: Rollout, newcomers: list[str] | None = None) -> None:
+        """Offer the rollout to the children its policy admits now (or abort it);
+        ``newcomers``: only these became eligible since the last look."""
         if rollout.state is not RolloutState.ACTIVE:
             return
         eligible = self._eligible.get(rollout.id, {})
         if isinstance(rollout.policy, GlobalIncremental):
             # Everyone at once: no need to look at anybody's state.
-            await self._target(rollout.id, [newcomer] if newcomer else list(eligible))
+            await self._target(rollout.id, list(eligible) if newcomers is None else newcomers)
             return
         states = {c.child_id: c for c in await self.store.child_releases(rollout.id)}
         seen = await self.store.last_seen(states)
         now = self._clock()
         decision = admit(
             rollout.policy,
-            list(eligible),
+            sorted(eligible) if self.shared else list(eligible),
             states,
             lost=lambda child: now - seen.get(child, -1e18) > self.lost_after,
             area_of=eligible.__getitem__,
@@ -369,6 +466,7 @@ class RolloutManager:
 
     async def resume(self, rollout_id: str) -> Rollout:
         """Undo :meth:`pause`; barriers that became ready meanwhile open at the next report."""
+        await self._sync(force=True)
         rollout = await self._operate(rollout_id, "resume")
         await self._admit(rollout)
         return rollout
@@ -403,6 +501,7 @@ class RolloutManager:
     async def report(self, rollout_id: str, *, area: Area | None = None) -> RolloutReport:
         """The rollout per child, per stage (counts and aggregate), overall; with ``area``,
         only the children whose area intersects it."""
+        await self._sync()
         rollout = await self.store.get_rollout(rollout_id)
         bundle = await self.store.get_bundle(rollout_id)
         children = await self.store.child_releases(rollout_id)
@@ -486,10 +585,12 @@ class RolloutManager:
             old = None
         changed = old is None or old.area != area
         child = Child(child_id, area, count, old.registered_at if old else self._clock())
-        await self.store.save_child(child)
+        await self._sync()  # (over a shared store: the rollouts other processes started)
+        if child != old:
+            await self.store.save_child(child)
         self._fingerprints[child_id] = fingerprint
         self._children_count[child_id] = count
-        if not changed:
+        if not changed and child_id in self._children:
             return
         self.children_version += 1
         self._children.add(child_id, area)
@@ -499,8 +600,8 @@ class RolloutManager:
             rollout = await self.store.get_rollout(rollout_id)
             if rollout.state in (RolloutState.ACTIVE, RolloutState.PAUSED):
                 self._eligible.setdefault(rollout_id, {})[child_id] = area
-                await self._admit(rollout, newcomer=child_id)
-        if old is not None:  # moved away: take back what it has not fetched yet
+                await self._admit(rollout, [child_id])
+        if changed and old is not None:  # moved away: take back what it has not fetched yet
             for rollout_id, eligible in self._eligible.items():
                 if rollout_id not in reached and eligible.pop(child_id, None) is not None:
                     await self._withdraw(rollout_id, [child_id])
@@ -749,9 +850,9 @@ class RolloutManager:
                 taking_part -= 1
                 if status in _READY:
                     ready -= 1
-        barrier = self._barriers.get((rollout.id, stage_name))
+        barrier = await self._barrier(rollout.id, stage_name)
         return StageCounts(
-            open=barrier is not None and barrier.open,
+            open=barrier.open,
             ready=taking_part > 0 and ready >= rollout.policy.quorum * taking_part,
             taking_part=taking_part,
             ready_count=ready,
@@ -764,8 +865,28 @@ class RolloutManager:
         """Open a stage's barrier now (a relay does, when its parent says the stage ends): every
         child waiting on it, and every child that waits on it later, is told to end it."""
         rollout = await self.store.get_rollout(rollout_id)
-        self._barriers.setdefault((rollout_id, stage_name), _Barrier()).open = True
+        if stage_name not in (await self._tally(rollout_id)).counts:
+            raise NotFoundError("stage", stage_name)
+        await self._open(rollout_id, stage_name)
         await self._check_barrier(rollout, stage_name)
+
+    async def _barrier(self, rollout_id: str, stage_name: str) -> _Barrier:
+        """The stage's barrier: from the store, kept here once open (it stays open) or, when
+        this manager is the store's only user, kept here from the first read."""
+        barrier = self._barriers.get((rollout_id, stage_name))
+        if barrier is None or not (barrier.open or not self.shared):
+            record = await self.store.barrier(rollout_id, stage_name)
+            barrier = self._remember(rollout_id, stage_name, record)
+        return barrier
+
+    def _remember(self, rollout_id: str, stage_name: str, record: BarrierRecord) -> _Barrier:
+        barrier = _Barrier(record.open, record.waiting_since)
+        self._barriers[(rollout_id, stage_name)] = barrier
+        return barrier
+
+    async def _open(self, rollout_id: str, stage_name: str) -> _Barrier:
+        record = await self.store.mark_barrier(rollout_id, stage_name, open=True)
+        return self._remember(rollout_id, stage_name, record)
 
     async def _check_barrier(self, rollout: Rollout, stage_name: str) -> None:
         """Open the stage's barrier when the policy's condition holds (for a rollout gated by
@@ -773,16 +894,21 @@ class RolloutManager:
         stage to end it."""
         if rollout.state is not RolloutState.ACTIVE:
             return
-        barrier = self._barriers.setdefault((rollout.id, stage_name), _Barrier())
+        barrier = await self._barrier(rollout.id, stage_name)
         waiting = (await self._tally(rollout.id)).waiting[stage_name]
         now = self._clock()
         if waiting and barrier.first_waiting_at is None:
-            barrier.first_waiting_at = now
+            record = await self.store.mark_barrier(rollout.id, stage_name, waiting_since=now)
+            barrier = self._remember(rollout.id, stage_name, record)
         policy = rollout.policy
         if not barrier.open and not rollout.gated:
             counts = await self._counts(rollout, stage_name)
+            if counts.ready and self.shared:
+                # Counters may be up to `refresh` old: judge again from the store.
+                self._tallies.pop(rollout.id, None)
+                counts = await self._counts(rollout, stage_name)
             if counts.ready:
-                barrier.open = True
+                barrier = await self._open(rollout.id, stage_name)
             elif (
                 policy.barrier_timeout is not None
                 and barrier.first_waiting_at is not None
@@ -795,6 +921,8 @@ class RolloutManager:
                 )
                 return
         if barrier.open:
+            if self.shared:  # children of other processes wait too
+                waiting = dict.fromkeys(await self.store.waiting(rollout.id, stage_name))
             for child_id in list(waiting):
                 child = await self.store.child_release(rollout.id, child_id)
                 stages = dict(child.stages)
@@ -812,18 +940,24 @@ class RolloutManager:
     async def _tally(self, rollout_id: str) -> _Tally:
         """The rollout's stage counters, built from the store the first time."""
         tally = self._tallies.get(rollout_id)
-        if tally is not None:
+        now = self._clock()
+        if tally is not None and (
+            not self.shared or 0 <= now - self._tally_at.get(rollout_id, now) < self.refresh
+        ):
             return tally
-        names = (await self.store.get_bundle(rollout_id)).strategy.stage_names
+        bundle = await self.store.get_bundle(rollout_id)
+        names = bundle.strategy.stage_names
+        waits = [s.name for s in bundle.strategy.stages if s.type is StageType.WAIT_FOR_SIGNAL]
         for _attempt in range(5):
             changes = self._changes.get(rollout_id, 0)
-            children = await self.store.child_releases(rollout_id)
+            counts = await self.store.status_counts(rollout_id)
+            waiting = {name: await self.store.waiting(rollout_id, name) for name in waits}
             if self._changes.get(rollout_id, 0) == changes:
                 break
-        tally = _Tally(names)
-        for child in children:
-            tally.add(child, 1)
-        return self._tallies.setdefault(rollout_id, tally)
+        tally = _Tally.from_counts(names, counts, waiting)
+        self._tally_at[rollout_id] = now
+        self._tallies[rollout_id] = tally
+        return tally
 
     def _changed(self, rollout_id: str) -> _Tally | None:
         self._changes[rollout_id] = self._changes.get(rollout_id, 0) + 1
@@ -859,16 +993,18 @@ class RolloutManager:
             self._lost_at is not None
             and self._lost_at <= now
             and now - self._lost_ref <= self.lost_after
+            and not (self.shared and now - self._lost_at >= self.refresh)
         ):
             return self._lost
-        children = await self.store.list_children()
-        seen = await self.store.last_seen(c.id for c in children)
+        await self._sync()
+        known = list(self._children_count)  # every registered child (load, polls, sync)
+        seen = await self.store.last_seen(known)
         lost = set()
         ref = now  # children registering later polled after now
-        for child in children:
-            at = seen.get(child.id, -1e18)
+        for child_id in known:
+            at = seen.get(child_id, -1e18)
             if now - at > self.lost_after:
-                lost.add(child.id)
+                lost.add(child_id)
             elif at < ref:
                 ref = at
         self._lost, self._lost_at, self._lost_ref = frozenset(lost), now, ref
@@ -877,6 +1013,7 @@ class RolloutManager:
     async def tick(self) -> None:
         """Re-judge every open question that time alone can settle: barriers and groups held
         up by children that went quiet (lost), barrier time-outs. Call it periodically."""
+        await self._sync()
         for rollout in await self.store.list_rollouts(states={RolloutState.ACTIVE}):
             if not isinstance(rollout.policy, GlobalIncremental):
                 await self._admit(rollout)  # lost children no longer hold up the next group

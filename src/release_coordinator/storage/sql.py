@@ -119,6 +119,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Migration",
+    "SQLRolloutStore",
     "SQLStore",
     "check",
     "normalize_url",
@@ -272,6 +273,78 @@ events = sa.Table(
     sa.Index("ix_rc_events_service", "task_service_id"),
 )
 
+# The rollout half (schema version 2). Times of children and stages are the managers' clock
+# (seconds; wall-clock time when several managers share the database).
+counters = sa.Table(
+    "rc_counters",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+rollouts = sa.Table(
+    "rc_rollouts",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False, unique=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("target", sa.Text, nullable=False),  # GeoJSON
+    sa.Column("match", sa.String(16), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("policy", sa.Text, nullable=False),  # JSON (policy_json)
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("gated", sa.Boolean, nullable=False),
+    sa.Column("strategy_text", sa.Text, nullable=False),
+    sa.Column("archive", sa.LargeBinary, nullable=False),
+    sa.Column("archive_files", sa.Text, nullable=False),  # JSON list, as checked on upload
+    sa.Column("targets", sa.BigInteger, nullable=False),  # how many targetings so far
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_rc_rollouts_state", "state"),
+)
+
+children = sa.Table(
+    "rc_children",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("area", sa.Text, nullable=False),  # GeoJSON
+    sa.Column("number_of_children", sa.Integer, nullable=False),
+    sa.Column("registered_at", sa.Float, nullable=False),
+    sa.Column("seen_at", sa.Float, nullable=True),
+    sa.Column("first_change", sa.BigInteger, nullable=False),  # registration order
+    sa.Column("change", sa.BigInteger, nullable=False),  # the last save's number
+    sa.Index("ix_rc_children_change", "change"),
+)
+
+child_releases = sa.Table(
+    "rc_child_releases",
+    metadata,
+    sa.Column("rollout_id", _ID, sa.ForeignKey("rc_rollouts.id"), primary_key=True),
+    sa.Column("child_id", _ID, sa.ForeignKey("rc_children.id"), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),  # targeting order within the rollout
+    sa.Column("status", sa.SmallInteger, nullable=False),
+    sa.Column("acknowledged", sa.Boolean, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    # JSON of the stages; NULL while the child is Todo with every stage Pending.
+    sa.Column("stages", sa.Text, nullable=True),
+    # The stage statuses, "." joined in the strategy's order ("" while NULL stages): counted
+    # with GROUP BY.
+    sa.Column("statuses", sa.String(256), nullable=False),
+    sa.Column("waiting_stage", sa.Text, nullable=False),  # the SuccessWaiting stage, or ""
+    sa.Column("waiting_since", sa.Float, nullable=True),
+    sa.Index("ix_rc_child_releases_child", "child_id"),
+    sa.Index("ix_rc_child_releases_order", "rollout_id", "seq"),
+)
+
+barriers = sa.Table(
+    "rc_barriers",
+    metadata,
+    sa.Column("rollout_id", _ID, sa.ForeignKey("rc_rollouts.id"), primary_key=True),
+    sa.Column("stage", sa.String(256), primary_key=True),
+    sa.Column("open", sa.Boolean, nullable=False),
+    sa.Column("waiting_since", sa.Float, nullable=True),
+)
+
 _TABLES = frozenset(metadata.tables)
 
 
@@ -302,11 +375,22 @@ def _to_v1(conn: Connection) -> None:
                 f"ALTER TABLE {preparer.format_table(releases)} "
                 f"ADD COLUMN {preparer.format_column(column)} {kind}"
             )
-    metadata.create_all(conn, checkfirst=True)  # any table a version-0 database lacks
+    # Any table a version-0 database lacks (of version 1: later steps add their own).
+    for table in (schema_version_table, services, releases, tasks, events):
+        table.create(conn, checkfirst=True)
+
+
+def _to_v2(conn: Connection) -> None:
+    """The rollout half's tables (children, rollouts, per-child state, barriers)."""
+    for table in (counters, rollouts, children, child_releases, barriers):
+        table.create(conn, checkfirst=True)
 
 
 #: Every step, in order; the last one's version is the schema this library writes.
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "leases on releases", _to_v1),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "leases on releases", _to_v1),
+    Migration(2, "the RolloutManager's tables", _to_v2),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
@@ -1388,3 +1472,7 @@ def _missing_file(url: URL) -> str | None:
     if url.get_backend_name() != "sqlite" or _in_memory(url) or not path or url.query.get("uri"):
         return None
     return None if Path(path).exists() else path
+
+
+# The rollout half's store lives in its own module and is named here too.
+from release_coordinator.storage.sql_rollout import SQLRolloutStore  # noqa: E402
