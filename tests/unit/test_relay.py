@@ -119,3 +119,21 @@ async def test_relays_only_offer_inside_the_parent_target() -> None:
     west = tree.leaves["west"]
     assert [leaf.outcome for leaf in west] == ["rolled_out", "rolled_out", "", ""]
     assert all(leaf.outcome == "" for leaf in tree.leaves["east"])
+
+
+async def test_a_region_with_failing_leaves_rolls_back_as_a_whole() -> None:
+    """One relay over healthy and failing leaves is one child to the top: a failure below on a
+    stage that rolls back fails the region at once, before its barrier opens, so that no leaf
+    goes on to roll out while the top counts the region rolled back."""
+    tree = Tree()
+    for i, leaf in enumerate(tree.leaves["west"]):
+        leaf.failing = i % 2 == 1  # two of the four fail the canary
+    await tree.top.create_rollout(bundle(), square(0, 40, 20))
+    await tree.run()
+    assert tree.outcomes("west") == {"rolled_back"}
+    assert tree.outcomes("east") == {"rolled_out"}
+    top = {c.child_id: c for c in await tree.top.store.child_releases("42")}
+    assert (top["west"].status, top["west"].outcome.value) == (ReleaseStatus.FAILED, "rolled_back")
+    assert top["east"].status is ReleaseStatus.DONE
+    local = await tree.relays["west"].manager.store.child_releases("42")
+    assert all(c.outcome.value == "rolled_back" for c in local), local

@@ -273,8 +273,8 @@ async def test_a_relay_rolls_its_subtree_back_when_a_stage_failed_below() -> Non
         SimulatedLeaf(InProcessParent(relay.manager), square(1 + 2 * i, 42), failing=i == 0, seed=i)
         for i in range(3)
     ]
-    # Two WaitForSignal stages: the healthy leaves went on to the second one and wait there,
-    # asking the relay, which tells them to roll back.
+    # The failing leaf fails the canary (a WaitForSignal stage that rolls back): the relay fails
+    # it upward at once, and the healthy leaves waiting at its barrier are told to roll back.
     await top.create_rollout(FleetConfig(stage_seconds=0).bundle(), square(0, 40, 20))
     for _ in range(60):
         for leaf in leaves:
@@ -283,7 +283,7 @@ async def test_a_relay_rolls_its_subtree_back_when_a_stage_failed_below() -> Non
         await relay.manager.tick()
         await top.tick()
     assert [leaf.outcome for leaf in leaves] == ["rolled_back"] * 3
-    assert leaves[1].history == ["canary", "half"]
+    assert leaves[1].history == ["canary"]
     (upward,) = await top.store.child_releases("fleet-1")
     assert upward.status is ReleaseStatus.FAILED
     assert upward.outcome.value == "rolled_back"

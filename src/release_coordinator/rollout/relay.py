@@ -10,7 +10,8 @@ local :class:`~release_coordinator.rollout.manager.RolloutManager`:
   the parent does not send one), *gated*: stage barriers open only when the parent says so;
 - per stage, it reports one call-weighted aggregate summary upward: ``SuccessWaiting`` once the
   subtree is ready on a ``WaitForSignal`` stage, the stage's final status once every child of
-  the subtree finished it;
+  the subtree finished it; a child failing a ``WaitForSignal`` stage that rolls back fails the
+  stage upward at once and rolls the whole subtree back (the subtree is one child upward);
 - it passes the parent's ``ShouldEnd`` down (opening the local barrier) and the parent's abort
   (``action: rollback``) down (aborting the local rollout).
 
@@ -149,6 +150,8 @@ class Relay:
                 await self.manager.tick()
             except ReleaseCoordinatorError as error:  # the parent may be away for a while
                 log.warning("relay %s: %s", self.id or "(unregistered)", error)
+            except Exception:  # a bug must not stop the relay silently
+                log.exception("relay %s: unexpected error", self.id or "(unregistered)")
             await asyncio.sleep(self.interval)
 
     async def sync(self) -> None:
@@ -199,6 +202,11 @@ class Relay:
             upward.done = True
             return
         if stage.type is StageType.WAIT_FOR_SIGNAL and not upward.released:
+            if stage.end_action.on_failure == "rollback" and await self._failed_below(
+                release_id, stage
+            ):
+                return
+
             if not upward.waiting_reported:
                 # The counters say whether the subtree is ready; the children are read only
                 # once, for the summary reported upward.
@@ -221,6 +229,27 @@ class Relay:
                     await self.manager.open_barrier(release_id, stage.name)
                     upward.released = True
         await self._finish_stage(release_id, stage, upward)
+
+    async def _failed_below(self, release_id: str, stage: Stage) -> bool:
+        """A child failed a ``WaitForSignal`` stage that rolls back, before its barrier opened:
+        the subtree is one child to the parent, so it fails the stage upward at once and rolls
+        back as a whole (the children waiting at the barrier are told to roll back) rather
+        than let the others go on and roll out while the parent counts it rolled back."""
+        counts = await self.manager.stage_counts(release_id, stage.name)
+        if counts.final <= counts.completed:
+            return False
+        failed = [
+            c.stages[stage.name].summary
+            for c in await self.manager.store.child_releases(release_id)
+            if c.stages[stage.name].status in (StageStatus.FAILURE, StageStatus.ERROR)
+        ]
+        with contextlib.suppress(ConflictError):  # aborted meanwhile
+            await self.manager.abort(
+                release_id, reason=f"stage {stage.name!r} failed below: the subtree rolls back"
+            )
+        await self._report(release_id, stage, StageStatus.FAILURE, failed, "rollback")
+        self._relayed[release_id].done = True
+        return True
 
     async def _finish_stage(self, release_id: str, stage: Stage, upward: _Upward) -> None:
         """Report the stage's final status once every child of the subtree finished it.
