@@ -12,6 +12,7 @@
 method  path                                    what                                   success
 ======  ======================================  =====================================  ==========
 GET     ``/status``                             name and version (no token needed)     200
+GET     ``/openapi.json``                       the OpenAPI 3.1 document (no token)    200
 GET     ``/task-services``                      list (``enabled``, paging)             200
 POST    ``/task-services``                      register ``{name, url, enabled, check}`` 201
 GET     ``/task-services/{id}``                 one                                    200
@@ -43,10 +44,11 @@ token that may not do this, 404 an unknown id or path, 405 a wrong method, 409 a
 does not allow it, 413 a body over ``max_body``, 422 invalid values (``details.problems`` lists
 them by path). A refusal changes nothing.
 
-Tokens: every endpoint but ``GET /status`` needs ``Authorization: Bearer <token>``: an
-operator token (``tokens`` or ``verifier``) for everything, or, for the callbacks only, the
-token of the task service the task belongs to (``callback_tokens``, keyed by the service's name
-or id); a service token anywhere else is a 403, and on another service's task too.
+Tokens: every endpoint but ``GET /status`` and ``GET /openapi.json`` needs
+``Authorization: Bearer <token>``: an operator token (``tokens`` or ``verifier``) for
+everything, or, for the callbacks only, the token of the task service the task belongs to
+(``callback_tokens``, keyed by the service's name or id); a service token anywhere else is a
+403, and on another service's task too.
 
 Needs the ``server`` extra (Starlette). ``import release_coordinator`` does not import this
 module.
@@ -102,6 +104,7 @@ from release_coordinator.server.common import (
     read_object,
     unauthorized,
 )
+from release_coordinator.server.openapi import OPENAPI_PATH, coordinator_openapi
 from release_coordinator.wire import MAX_TEXT, decode_callback
 
 __all__ = [
@@ -389,6 +392,11 @@ def coordinator_app(
     async def status(request: Request) -> Response:
         return json_response(200, {"name": name, "version": __version__, "message": "ok"})
 
+    document = coordinator_openapi(__version__)
+
+    async def openapi(request: Request) -> Response:
+        return json_response(200, document)
+
     # -- task services ----------------------------------------------------------------------
     async def list_services(request: Request) -> Response:
         await operator(request)
@@ -631,6 +639,7 @@ def coordinator_app(
     release_path = "/releases/{release_id}"
     routes = [
         route("/status", "GET", status),
+        route(OPENAPI_PATH, "GET", openapi),
         route("/task-services", "GET", list_services),
         route("/task-services", "POST", register_service),
         route(services_path, "GET", get_service),

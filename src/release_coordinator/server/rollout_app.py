@@ -44,6 +44,7 @@ GET     ``/rollouts/{id}/children``         per child: status, outcome, stages (
                                             ``bbox``/``area``, paging) (200)
 GET     ``/children``                       registered children (paging) (200)
 DELETE  ``/children/{id}/token``            revoke a child's token (204)
+GET     ``/openapi.json``                   the OpenAPI 3.1 document (no token needed) (200)
 ======  ==================================  ====================================================
 
 ``POST /rollouts`` takes either ``multipart/form-data`` with the parts ``strategy`` (the YAML
@@ -115,10 +116,8 @@ from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import ChildRelease, ReleaseBundle, Rollout, RolloutState
 from release_coordinator.rollout.policies import (
-    GlobalIncremental,
-    LocationSequential,
-    Policy,
-    Waves,
+    parse_policy,
+    policy_json,
 )
 from release_coordinator.rollout.relay import Relay
 from release_coordinator.rollout.results import StageSummary
@@ -143,6 +142,7 @@ from release_coordinator.server.common import (
     read_object,
     unauthorized,
 )
+from release_coordinator.server.openapi import OPENAPI_PATH, rollout_openapi
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -160,29 +160,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD = 64 * 1024 * 1024
 
 _MAX_TEXT = 256
-_MAX_GROUPS = 1000
-_MAX_WAVES = 100
 
 
 # -- records as JSON ---------------------------------------------------------------------------
-
-
-def policy_json(policy: Policy) -> dict[str, Any]:
-    """A policy as the API shows it (and :func:`parse_policy` reads it back)."""
-    common = {"quorum": policy.quorum, "barrier_timeout": policy.barrier_timeout}
-    if isinstance(policy, GlobalIncremental):
-        return {"type": "global_incremental", **common}
-    if isinstance(policy, LocationSequential):
-        groups = [g.to_geojson() for g in policy.groups]
-        return {"type": "location_sequential", "groups": groups, **common}
-    return {
-        "type": "waves",
-        "sizes": list(policy.sizes),
-        "success_threshold": policy.success_threshold,
-        "failure_threshold": policy.failure_threshold,
-        "min_finished": policy.min_finished,
-        **common,
-    }
 
 
 def rollout_json(rollout: Rollout) -> dict[str, Any]:
@@ -271,93 +251,6 @@ def _text_problem(value: object, most: int = _MAX_TEXT) -> str | None:
     if not value.isprintable():
         return "must be printable text"
     return None
-
-
-_POLICY_FIELDS = {
-    "global_incremental": {"quorum", "barrier_timeout"},
-    "location_sequential": {"groups", "quorum", "barrier_timeout"},
-    "waves": {
-        "sizes",
-        "success_threshold",
-        "failure_threshold",
-        "min_finished",
-        "quorum",
-        "barrier_timeout",
-    },
-}
-
-
-def parse_policy(value: object, path: str = "policy") -> Policy:
-    """A policy from its JSON form (see :func:`policy_json`); ValidationError listing every
-    problem by path. ``null`` is the default policy (global incremental)."""
-    if value is None:
-        return GlobalIncremental()
-    problems: list[Problem] = []
-
-    def refuse(where: str, message: str) -> None:
-        problems.append((f"{path}.{where}" if where else path, message))
-
-    if not isinstance(value, Mapping):
-        raise ValidationError("invalid policy", [(path, "must be a JSON object")])
-    kind = value.get("type", "global_incremental")
-    if not isinstance(kind, str) or kind not in _POLICY_FIELDS:
-        raise ValidationError(
-            "invalid policy", [(f"{path}.type", f"must be one of {', '.join(_POLICY_FIELDS)}")]
-        )
-    for key in value:
-        if key != "type" and key not in _POLICY_FIELDS[kind]:
-            refuse(str(key)[:60], f"is not a field of a {kind} policy")
-    options: dict[str, Any] = {}
-    for key in ("quorum", "success_threshold", "failure_threshold"):
-        if value.get(key) is not None and key in _POLICY_FIELDS[kind]:
-            number = _number(value[key])
-            if number is None:
-                refuse(key, "must be a number")
-            else:
-                options[key] = number
-    if value.get("barrier_timeout") is not None:
-        number = _number(value["barrier_timeout"])
-        if number is None:
-            refuse("barrier_timeout", "must be a number of seconds or null")
-        else:
-            options["barrier_timeout"] = number
-    if kind == "waves":
-        sizes = value.get("sizes")
-        if sizes is not None:
-            numbers = [_number(s) for s in sizes] if isinstance(sizes, list) else [None]
-            if not numbers or len(numbers) > _MAX_WAVES or None in numbers:
-                refuse("sizes", f"must be a list of 1 to {_MAX_WAVES} numbers")
-            else:
-                options["sizes"] = tuple(n for n in numbers if n is not None)
-        least = value.get("min_finished")
-        if least is not None:
-            if isinstance(least, bool) or not isinstance(least, int) or not 0 <= least < 2**31:
-                refuse("min_finished", "must be a non-negative integer")
-            else:
-                options["min_finished"] = least
-    if kind == "location_sequential":
-        groups = value.get("groups")
-        if groups is not None:
-            if not isinstance(groups, list) or len(groups) > _MAX_GROUPS:
-                refuse("groups", f"must be a list of at most {_MAX_GROUPS} GeoJSON areas")
-            else:
-                areas = []
-                for i, group in enumerate(groups):
-                    try:
-                        areas.append(Area.from_geojson(group, path=f"{path}.groups[{i}]"))
-                    except GeoJSONError as error:
-                        problems.extend(error.problems)
-                options["groups"] = tuple(areas)
-    if problems:
-        raise ValidationError("invalid policy", problems)
-    cls = {"global_incremental": GlobalIncremental, "location_sequential": LocationSequential}
-    try:
-        if kind == "waves":
-            return Waves(**options)
-        policy: Policy = cls[kind](**options)
-        return policy
-    except ConfigurationError as error:  # the policy's own validators
-        raise ValidationError("invalid policy", [(path, error.message)]) from None
 
 
 def _area_query(request: Request) -> Area | None:
@@ -811,6 +704,11 @@ def rollout_app(
         log.info("the token of child %s was revoked", child_id)
         return Response(status_code=204)
 
+    document = rollout_openapi()
+
+    async def openapi(request: Request) -> Response:
+        return json_response(200, document)
+
     def child(path: str, method: str, handler: Endpoint) -> tuple[str, str, Endpoint]:
         return path, method, guarded(handler, status_for=_child_status)
 
@@ -835,6 +733,7 @@ def rollout_app(
         op(f"{one}/children", "GET", rollout_children),
         op("/children", "GET", list_children),
         op("/children/{child_id}/token", "DELETE", revoke_token),
+        op(OPENAPI_PATH, "GET", openapi),
     ]
 
     async def tick_forever() -> None:
