@@ -11,7 +11,8 @@ from release_coordinator import __version__
 
 __all__ = ["DEFAULT_DB", "main"]
 
-#: The database of ``release-coordinator db``: a SQLite file in the working directory.
+#: The database of ``release-coordinator db`` and ``serve``: a SQLite file in the working
+#: directory.
 DEFAULT_DB = "sqlite:///release-coordinator.db"
 
 
@@ -85,6 +86,61 @@ def _parser() -> argparse.ArgumentParser:
         "--progress-every", type=float, default=2.0, help="seconds between progress lines (2)"
     )
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve the Coordinator's API and the edge-rollout protocols over HTTP (uvicorn)",
+        description="Serve the Coordinator's API (task services, releases, tasks, events,\n"
+        "task-service callbacks) and a RolloutManager's (child protocol, operator API)\n"
+        "from one uvicorn process, logging one line per request, until SIGTERM or SIGINT\n"
+        "(then exit 0). Tokens come from environment variables, never from options.",
+        epilog="environment variables:\n"
+        "  RC_OPERATOR_TOKENS     operator tokens for both APIs: tok1,tok2 or alice=tok1,bob=tok2\n"
+        "                         (required unless --allow-anonymous)\n"
+        "  RC_CALLBACK_TOKENS     task-service callback tokens: service=token,... (service\n"
+        "                         name or id); each may only report its own service's tasks\n"
+        "  RC_TASK_SERVICE_TOKEN  the bearer token sent to task services\n"
+        "  RC_DB                  the default of --db\n"
+        "Token values are never logged.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--db",
+        metavar="URL",
+        default=None,
+        help="sqlite:///PATH (one process only), postgresql://USER@HOST/DB, or 'memory' "
+        f"(nothing kept); default: $RC_DB, else {DEFAULT_DB} (a file in the working directory)",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=8000, help="the port to listen on; 0: any free port (8000)"
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        default="info",
+        help="the level of the log on stderr; the per-request lines are INFO (default: info)",
+    )
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="start without RC_OPERATOR_TOKENS: every request may operate "
+        "(tests and trusted networks only)",
+    )
+    serve.add_argument(
+        "--owner",
+        metavar="NAME",
+        help="the coordinator's name in its release leases (default: a new random id); a "
+        "process restarted under the same name resumes its releases at once",
+    )
+    serve.add_argument(
+        "--child-tokens",
+        action="store_true",
+        help="issue each child a token at its first poll and require it from then on "
+        "(original agents send none: leave it off for them)",
+    )
+
     diagrams = commands.add_parser("diagrams", help="print the state machines as mermaid diagrams")
     diagrams.add_argument("machine", nargs="?", choices=["release", "task"], default=None)
     return parser
@@ -92,10 +148,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.WARNING
+    if args.command == "serve" and not args.verbose:
+        level = logging.getLevelName(args.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         from release_coordinator.demo import run_demo
 
@@ -113,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _db(args.db_command, args.db)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "diagrams":
         from release_coordinator.fsm.release import RELEASE_MACHINE, TASK_MACHINE
 
@@ -153,6 +211,43 @@ def _simulate(args: argparse.Namespace) -> int:
         return 0
     print("outcome NOT as expected (see the table)")
     return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``release-coordinator serve``: 0 after SIGTERM/SIGINT, 2 for unusable options or
+    variables, 1 when a store cannot be opened or the server cannot start."""
+    import os
+
+    from release_coordinator.errors import ConfigurationError, ReleaseCoordinatorError
+
+    try:
+        from release_coordinator.server import serve
+    except ImportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if not args.verbose and args.log_level != "debug":
+        # the coordinator's own requests to task services: not one line each
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    db = args.db or os.environ.get("RC_DB", "").strip() or DEFAULT_DB
+    try:
+        return serve.serve(
+            db=db,
+            host=args.host,
+            port=args.port,
+            allow_anonymous=args.allow_anonymous,
+            child_tokens=args.child_tokens,
+            log_level="debug" if args.verbose else args.log_level,
+            owner=args.owner,
+        )
+    except ConfigurationError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    except ReleaseCoordinatorError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before the server took over the signals
+        return 130
 
 
 def _db(action: str, url: str) -> int:

@@ -1,0 +1,640 @@
+"""One process serving the Coordinator's API and a RolloutManager's: ``release-coordinator serve``.
+
+::
+
+    from release_coordinator.server.serve import service_app
+
+    app = service_app(coordinator, manager, operator_tokens={"ops": os.environ["RC_OPS"]})
+    # one Starlette app: coordinator_app's routes and rollout_app's, both lifespans
+
+- :func:`service_app` builds ONE ASGI app from :func:`~release_coordinator.server.
+  coordinator_app.coordinator_app` and :func:`~release_coordinator.server.rollout_app.
+  rollout_app`: their routes side by side (their paths do not clash, which is checked; the
+  one path both serve, ``GET /openapi.json``, answers :func:`~release_coordinator.server.
+  openapi.combined_openapi`, one document for both), the startup of both (the coordinator
+  starts; the manager loads its store and ticks) and the shutdown of both, in reverse order;
+  and :class:`AccessLog`, one log line per request.
+- :func:`serve` (and :func:`serve_async`) is the command: it opens the stores (a SQLite file in
+  the working directory by default, a PostgreSQL URL, or ``memory``), builds a Coordinator
+  over :class:`~release_coordinator.transports.http.HttpTransport` and a RolloutManager, runs
+  uvicorn until SIGTERM or SIGINT, lets both lifespans shut down, closes the stores, and
+  answers the exit status (0 after a signal).
+
+**Tokens come from the environment**, never from the command line (where ``ps`` shows them),
+and are never logged:
+
+==========================  ===================================================================
+variable                    what
+==========================  ===================================================================
+``RC_OPERATOR_TOKENS``      operator tokens, for both APIs: ``tok1,tok2`` or ``alice=tok1,bob=
+                            tok2`` (named: a name becomes a new release's ``author``)
+``RC_CALLBACK_TOKENS``      task-service callback tokens: ``service=token,...``, keyed by the
+                            service's name or id; such a token may only report its own tasks
+``RC_TASK_SERVICE_TOKEN``   the bearer token the coordinator sends to task services
+``RC_DB``                   the default of ``--db`` (keeps a password out of the process list)
+==========================  ===================================================================
+
+Without an operator token the command refuses to start, unless ``--allow-anonymous``.
+
+Needs the ``server`` extra (Starlette, uvicorn) and, for a database, the ``sql`` or ``postgres``
+extra. ``import release_coordinator`` does not import this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import (
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
+from types import FrameType
+from typing import Any
+
+import attrs
+
+try:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import BaseRoute, Route
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "release_coordinator.server needs the server extra: "
+        "pip install 'release-coordinator[server]'"
+    ) from error
+
+from release_coordinator import __version__
+from release_coordinator.cli import DEFAULT_DB
+from release_coordinator.coordinator import Coordinator
+from release_coordinator.errors import ConfigurationError
+from release_coordinator.rollout.manager import RolloutManager
+from release_coordinator.server.common import (
+    DEFAULT_MAX_BODY,
+    Verifier,
+    check_token,
+    guarded,
+    http_error,
+    json_response,
+    method_routes,
+)
+from release_coordinator.server.coordinator_app import coordinator_app
+from release_coordinator.server.openapi import OPENAPI_PATH, combined_openapi
+from release_coordinator.server.rollout_app import DEFAULT_MAX_UPLOAD, rollout_app
+from release_coordinator.storage.base import CoordinatorStore, RolloutStore
+from release_coordinator.storage.memory import MemoryRolloutStore, MemoryStore
+
+__all__ = [
+    "ACCESS_LOGGER",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ENV_CALLBACK_TOKENS",
+    "ENV_DB",
+    "ENV_OPERATOR_TOKENS",
+    "ENV_TASK_SERVICE_TOKEN",
+    "GRACEFUL_SHUTDOWN",
+    "LOG_LEVELS",
+    "AccessLog",
+    "ServeTokens",
+    "parse_tokens",
+    "serve",
+    "serve_async",
+    "service_app",
+    "tokens_from_env",
+]
+
+log = logging.getLogger(__name__)
+
+#: The logger of the one line per request.
+ACCESS_LOGGER = "release_coordinator.access"
+#: Operator tokens (both APIs): ``tok1,tok2`` or ``name=tok1,other=tok2``.
+ENV_OPERATOR_TOKENS = "RC_OPERATOR_TOKENS"
+#: Task-service callback tokens: ``service=token,...`` (service name or id).
+ENV_CALLBACK_TOKENS = "RC_CALLBACK_TOKENS"
+#: The bearer token sent to task services.
+ENV_TASK_SERVICE_TOKEN = "RC_TASK_SERVICE_TOKEN"
+#: The default of ``--db``.
+ENV_DB = "RC_DB"
+#: Where ``serve`` listens by default: loopback only.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+#: Seconds open requests get to finish after SIGTERM before they are canceled.
+GRACEFUL_SHUTDOWN = 10
+#: The values of ``--log-level``.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+#: Bare tokens shorter than this are accepted with a warning.
+_SHORT_TOKEN = 16
+_MAX_LOGGED_PATH = 1000
+# Characters of a path logged as they are; anything else (controls, blanks, quotes, non-ASCII)
+# is percent-encoded, so that a request cannot forge or break a log line.
+_SAFE_PATH = "/!$&'()*+,;=:@-._~%"
+
+
+# -- tokens from the environment ----------------------------------------------------------------
+
+
+def parse_tokens(text: str, *, variable: str, named: bool | None = None) -> list[tuple[str, str]]:
+    """The entries of a token variable as ``(name, token)`` pairs (name ``""`` when bare).
+
+    ``text`` is a comma-separated list; blanks around entries and empty entries are ignored.
+    An entry is ``name=token`` when it holds an ``=`` with a name before it and a token after
+    it; otherwise (no ``=``, or only ``=`` after the first one: base64 padding) it is a bare
+    token. ``named=True`` requires names, ``False`` forbids them, ``None`` takes either but not
+    both in one variable. Names and tokens are unique. ConfigurationError says which entry is
+    wrong, never showing a token.
+    """
+    entries: list[tuple[str, str]] = []
+    for position, raw in enumerate(text.split(","), start=1):
+        entry = raw.strip()
+        if not entry:
+            continue
+        name, sep, token = entry.partition("=")
+        name, token = name.strip(), token.strip()
+        if not sep or not name or not token.strip("="):
+            name, token = "", entry
+        where = f"{variable}, entry {position}"
+        check_token(token, f"the token of {where}")
+        if name and not name.isprintable():
+            raise ConfigurationError(f"{where}: the name must be printable text")
+        entries.append((name, token))
+    names = [name for name, _ in entries if name]
+    if named is True and len(names) != len(entries):
+        raise ConfigurationError(f"{variable}: every entry must be name=token")
+    if named is False and names:
+        raise ConfigurationError(f"{variable}: entries are tokens, not name=token")
+    if named is None and names and len(names) != len(entries):
+        raise ConfigurationError(
+            f"{variable}: name every token (name=token) or none of them, not some"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"{variable}: a name is given twice")
+    tokens = [token for _, token in entries]
+    if len(set(tokens)) != len(tokens):
+        raise ConfigurationError(f"{variable}: the same token is given twice")
+    return entries
+
+
+@attrs.frozen(repr=False)
+class ServeTokens:
+    """The tokens of ``serve``, read by :func:`tokens_from_env`. Its repr shows no token."""
+
+    #: Operator tokens as ``(name, token)`` (name ``""``: unnamed).
+    operators: tuple[tuple[str, str], ...] = ()
+    #: Task-service callback tokens by service name or id.
+    callbacks: tuple[tuple[str, str], ...] = ()
+    #: The token sent to task services (None: no ``Authorization`` header).
+    task_service: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        operators = {token for _, token in self.operators}
+        if any(token in operators for _, token in self.callbacks):
+            raise ConfigurationError(
+                f"a token of {ENV_CALLBACK_TOKENS} is also an operator token: "
+                "a task service would get operator rights"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"ServeTokens(operators={len(self.operators)}, callbacks={len(self.callbacks)}, "
+            f"task_service={'set' if self.task_service else 'unset'})"
+        )
+
+    def operator_tokens(self) -> list[str] | dict[str, str]:
+        """As ``coordinator_app`` and ``rollout_app`` take them: a mapping if named."""
+        if self.operators and all(name for name, _ in self.operators):
+            return dict(self.operators)
+        return [token for _, token in self.operators]
+
+    def callback_tokens(self) -> dict[str, str]:
+        return dict(self.callbacks)
+
+
+def tokens_from_env(environ: Mapping[str, str] | None = None) -> ServeTokens:
+    """:class:`ServeTokens` from ``RC_OPERATOR_TOKENS``, ``RC_CALLBACK_TOKENS`` and
+    ``RC_TASK_SERVICE_TOKEN`` (of ``environ``, ``os.environ`` by default)."""
+    env = os.environ if environ is None else environ
+    operators = parse_tokens(env.get(ENV_OPERATOR_TOKENS, ""), variable=ENV_OPERATOR_TOKENS)
+    if any(len(token) < _SHORT_TOKEN for _, token in operators):
+        log.warning(
+            "%s holds a token shorter than %d characters: easy to guess",
+            ENV_OPERATOR_TOKENS,
+            _SHORT_TOKEN,
+        )
+    callbacks = parse_tokens(
+        env.get(ENV_CALLBACK_TOKENS, ""), variable=ENV_CALLBACK_TOKENS, named=True
+    )
+    task_service = env.get(ENV_TASK_SERVICE_TOKEN, "").strip() or None
+    if task_service is not None:
+        check_token(task_service, ENV_TASK_SERVICE_TOKEN)
+    return ServeTokens(tuple(operators), tuple(callbacks), task_service)
+
+
+# -- one log line per request -------------------------------------------------------------------
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    if not client:
+        return "-"
+    host, port = client[0], client[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _shown_path(scope: Scope) -> str:
+    """The request's path, never its query string (where secrets end up), made safe to log."""
+    path = str(scope.get("root_path", "")) + str(scope.get("path", ""))
+    shown = urllib.parse.quote(path, safe=_SAFE_PATH, errors="backslashreplace")
+    if len(shown) > _MAX_LOGGED_PATH:
+        shown = shown[:_MAX_LOGGED_PATH] + "..."
+    return shown
+
+
+class AccessLog:
+    """Pure ASGI middleware logging one INFO line per HTTP request to ``logger``:
+
+    ``127.0.0.1:53411 "GET /releases" 200 1.4ms``
+
+    (client address, method, path without the query string, status, duration). The record
+    also carries them as ``client``, ``method``, ``path``, ``status`` and ``duration_ms``.
+    Headers, and so tokens, are never looked at. A request whose app raised before answering
+    is logged with status 500.
+    """
+
+    def __init__(self, app: ASGIApp, logger: logging.Logger | str = ACCESS_LOGGER) -> None:
+        self.app = app
+        self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        failed = False
+        try:
+            await self.app(scope, receive, sending)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            if status is None and failed:
+                status = 500
+            self._log(scope, status, (time.perf_counter() - started) * 1000.0)
+
+    def _log(self, scope: Scope, status: int | None, duration_ms: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        method = urllib.parse.quote(str(scope.get("method", "-"))[:20], safe="")
+        path = _shown_path(scope)
+        client = _client(scope)
+        shown_status = "-" if status is None else str(status)
+        self.logger.info(
+            '%s "%s %s" %s %.1fms',
+            client,
+            method,
+            path,
+            shown_status,
+            duration_ms,
+            extra={
+                "client": client,
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": duration_ms,
+            },
+        )
+
+
+# -- the combined app -----------------------------------------------------------------------------
+
+
+def _paths(routes: Sequence[BaseRoute]) -> set[str]:
+    return {route.path for route in routes if isinstance(route, Route)}
+
+
+def _merged_routes(*apps: Starlette, shared: Sequence[Route] = ()) -> list[BaseRoute]:
+    """The ``shared`` routes, then the routes of ``apps`` in order, less their own routes at
+    the paths of ``shared``; ConfigurationError when two apps serve another path both."""
+    replaced = _paths(shared)
+    routes: list[BaseRoute] = list(shared)
+    for app in apps:
+        own = [r for r in app.routes if not (isinstance(r, Route) and r.path in replaced)]
+        clash = _paths(routes) & _paths(own)
+        if clash:
+            raise ConfigurationError(f"two apps serve the same paths: {', '.join(sorted(clash))}")
+        routes.extend(own)
+    return routes
+
+
+def service_app(
+    coordinator: Coordinator,
+    manager: RolloutManager,
+    *,
+    operator_tokens: Iterable[str] | Mapping[str, str] = (),
+    verifier: Verifier | None = None,
+    callback_tokens: Mapping[str, str] | None = None,
+    allow_anonymous: bool = False,
+    child_tokens: bool = False,
+    child_token_store: MutableMapping[str, str] | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_upload: int = DEFAULT_MAX_UPLOAD,
+    lifespan: bool = True,
+    tick_interval: float = 1.0,
+    access_log: bool = True,
+    name: str = "release-coordinator",
+) -> Starlette:
+    """One ASGI app serving ``coordinator``'s API and ``manager``'s (child protocol and
+    operator API): the routes of :func:`coordinator_app` and :func:`rollout_app` side by side.
+
+    ``operator_tokens`` and ``verifier`` admit operators to both APIs (one of them is required
+    unless ``allow_anonymous``); ``callback_tokens`` are the task services' (see
+    ``coordinator_app``); ``child_tokens`` and ``child_token_store``, the children's (see
+    ``rollout_app``). With ``lifespan`` (the default) the app's startup starts the coordinator,
+    then loads the manager from its store and ticks it every ``tick_interval`` seconds; its
+    shutdown stops them in reverse order. ``access_log`` adds :class:`AccessLog`.
+    """
+    if not isinstance(operator_tokens, Mapping | str | bytes):
+        operator_tokens = list(operator_tokens)  # read twice, below
+    coordinator_part = coordinator_app(
+        coordinator,
+        tokens=operator_tokens,
+        verifier=verifier,
+        callback_tokens=callback_tokens,
+        allow_anonymous=allow_anonymous,
+        max_body=max_body,
+        lifespan=lifespan,
+        name=name,
+    )
+    rollout_part = rollout_app(
+        manager,
+        operator_tokens=operator_tokens,
+        verifier=verifier,
+        allow_anonymous=allow_anonymous,
+        child_tokens=child_tokens,
+        child_token_store=child_token_store,
+        max_body=max_body,
+        max_upload=max_upload,
+        lifespan=lifespan,
+        tick_interval=tick_interval,
+    )
+    parts = (coordinator_part, rollout_part)
+    # Each part serves its own OpenAPI document at /openapi.json: here one document lists both.
+    document = combined_openapi(__version__)
+
+    async def openapi(request: Request) -> Response:
+        return json_response(200, document)
+
+    routes = _merged_routes(*parts, shared=method_routes([(OPENAPI_PATH, "GET", guarded(openapi))]))
+
+    @contextlib.asynccontextmanager
+    async def run(_app: Starlette) -> AsyncIterator[None]:
+        # Each part's own lifespan (a no-op without ``lifespan``); a failed startup unwinds
+        # the parts already started.
+        async with contextlib.AsyncExitStack() as stack:
+            for part in parts:
+                await stack.enter_async_context(part.router.lifespan_context(part))
+            yield
+
+    middleware = [Middleware(AccessLog)] if access_log else []
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={HTTPException: http_error},
+        lifespan=run,
+    )
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+async def _open_stores(db: str) -> tuple[CoordinatorStore, RolloutStore, str]:
+    """The coordinator's store, the manager's, and how to describe them."""
+    if db == "memory":
+        return MemoryStore(), MemoryRolloutStore(), "in memory (nothing is kept after a stop)"
+    try:
+        from release_coordinator.storage import sql
+    except ImportError as error:
+        raise ConfigurationError(f"--db {db.split(':', 1)[0]}:...: {error}") from None
+    store = await sql.SQLStore.connect(db)
+    # The SQL rollout store (SQLRolloutStore) may be missing from a version of the sql module:
+    # then rollouts are kept in memory. Where it can share the coordinator store's engine
+    # (``over``: one connection pool, and on SQLite one writer lock), it does; otherwise it
+    # opens the database itself (``await connect(url)``, as SQLStore).
+    rollout_factory: Any = getattr(sql, "SQLRolloutStore", None)
+    if rollout_factory is None:
+        log.warning(
+            "this version has no SQL rollout store: rollouts and children are kept in memory "
+            "and forgotten at a stop"
+        )
+        return store, MemoryRolloutStore(), f"{store.url} (rollouts in memory)"
+    try:
+        rollouts: RolloutStore
+        if callable(getattr(rollout_factory, "over", None)):
+            rollouts = rollout_factory.over(store)
+        else:
+            rollouts = await rollout_factory.connect(db)
+    except BaseException:
+        await store.close()
+        raise
+    return store, rollouts, store.url
+
+
+async def _close(what: str, thing: object, method: str = "close") -> None:
+    closing = getattr(thing, method, None)
+    if closing is None:  # e.g. a rollout store without a close()
+        return
+    try:
+        await closing()
+    except Exception:
+        log.exception("closing the %s failed", what)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (``port`` 0: any free port); ConfigurationError when
+    that cannot be done."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on the connections of a TCP socket only
+    # (without it, each answer on a kept-alive connection waits ~40 ms for a delayed ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        reason = error.strerror or str(error)
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextlib.contextmanager
+def _stop_quietly_on_signals(server: Any) -> Iterator[None]:
+    """uvicorn stops on SIGINT/SIGTERM and, once stopped, raises the signal again for the
+    handler it found. The handler it finds is this one, which only asks ``server`` to stop
+    (also when the signal comes before uvicorn listens for it), so that the command closes
+    its stores and exits 0 instead of dying of the signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def noted(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    handled = [signal.SIGINT, signal.SIGTERM]
+    previous = {sig: signal.signal(sig, noted) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+async def serve_async(
+    *,
+    db: str = DEFAULT_DB,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    tokens: ServeTokens | None = None,
+    allow_anonymous: bool = False,
+    child_tokens: bool = False,
+    log_level: str = "info",
+    tick_interval: float = 1.0,
+    owner: str | None = None,
+) -> int:
+    """Serve both APIs on ``host:port`` until SIGTERM or SIGINT; the exit status (0 after a
+    signal, 1 when the server could not start).
+
+    ``db`` is ``memory`` or a database URL (a SQLite file in the working directory by
+    default); ``tokens`` default to :func:`tokens_from_env`;
+    ``owner`` names the coordinator in its leases (see :class:`~release_coordinator.
+    coordinator.Coordinator`; a random id by default).
+    Refused with ConfigurationError, before anything is opened: no operator token without
+    ``allow_anonymous``, an address that cannot be listened on. A store that cannot be opened
+    raises its StorageError.
+    """
+    if log_level not in LOG_LEVELS:
+        raise ConfigurationError(f"the log level must be one of {', '.join(LOG_LEVELS)}")
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(f"the port must be within 0..65535, not {port}")
+    tokens = tokens_from_env() if tokens is None else tokens
+    if not tokens.operators and not allow_anonymous:
+        raise ConfigurationError(
+            f"no operator token: set {ENV_OPERATOR_TOKENS} (tok1,tok2 or name=tok,...), "
+            "or pass --allow-anonymous to serve without tokens (tests and trusted networks only)"
+        )
+    sock = _listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    try:
+        store, rollout_store, described = await _open_stores(db)
+    except BaseException:
+        sock.close()
+        raise
+    transport: Any = None
+    coordinator: Coordinator | None = None
+    try:
+        from release_coordinator.transports.http import HttpTransport
+
+        transport = HttpTransport(token=tokens.task_service)
+        coordinator = Coordinator(store, transport, owner=owner)
+        # The app's startup loads the manager from its store (RolloutManager.load) before it
+        # serves the first request, and ticks it from then on.
+        manager = RolloutManager(rollout_store)
+        app = service_app(
+            coordinator,
+            manager,
+            operator_tokens=tokens.operator_tokens(),
+            callback_tokens=tokens.callback_tokens(),
+            allow_anonymous=allow_anonymous,
+            child_tokens=child_tokens,
+            tick_interval=tick_interval,
+        )
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=bound_port,
+            lifespan="on",
+            access_log=False,  # AccessLog writes the one line per request
+            log_config=None,  # the command's logging configuration applies
+            log_level=log_level,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+            server_header=False,
+        )
+        server = uvicorn.Server(config)
+        if not tokens.operators:
+            log.warning("serving without operator tokens (--allow-anonymous): anyone may operate")
+        log.info(
+            "store: %s; operator tokens: %d; callback tokens: %d; child tokens: %s",
+            described,
+            len(tokens.operators),
+            len(tokens.callbacks),
+            "on" if child_tokens else "off",
+        )
+        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        log.info("listening on http://%s:%d", shown_host, bound_port)
+        with _stop_quietly_on_signals(server):
+            try:
+                await server.serve(sockets=[sock])
+            except SystemExit as stop:  # uvicorn's way to say the startup failed
+                log.error("the server did not start (exit status %s)", stop.code)
+                return 1
+        return 0 if server.started else 1
+    finally:
+        sock.close()
+        if coordinator is not None:  # normally closed by the app's shutdown already
+            await _close("coordinator", coordinator)
+        if transport is not None:
+            await _close("transport", transport, "aclose")
+        await _close("rollout store", rollout_store)
+        await _close("store", store)
+        log.info("stopped")
+
+
+def serve(
+    *,
+    db: str = DEFAULT_DB,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    tokens: ServeTokens | None = None,
+    allow_anonymous: bool = False,
+    child_tokens: bool = False,
+    log_level: str = "info",
+    tick_interval: float = 1.0,
+    owner: str | None = None,
+) -> int:
+    """:func:`serve_async` in a new event loop (the ``release-coordinator serve`` command)."""
+    return asyncio.run(
+        serve_async(
+            db=db,
+            host=host,
+            port=port,
+            tokens=tokens,
+            allow_anonymous=allow_anonymous,
+            child_tokens=child_tokens,
+            log_level=log_level,
+            tick_interval=tick_interval,
+            owner=owner,
+        )
+    )

@@ -1,0 +1,464 @@
+"""release_coordinator.server.serve in process: the combined app through httpx.ASGITransport
+(both halves, both lifespans, one access-log line per request), the token variables, and the
+command's refusals before anything is opened."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from release_coordinator import (
+    ConfigurationError,
+    Coordinator,
+    MemoryRolloutStore,
+    MemoryStore,
+    MemoryTransport,
+    RolloutManager,
+    TaskServiceKit,
+)
+from release_coordinator.cli import main
+from release_coordinator.server import serve
+from release_coordinator.server.coordinator_app import coordinator_app
+from release_coordinator.server.rollout_app import rollout_app
+from release_coordinator.server.serve import (
+    ACCESS_LOGGER,
+    AccessLog,
+    ServeTokens,
+    parse_tokens,
+    service_app,
+    tokens_from_env,
+)
+
+OPERATOR_TOKEN = "op-token-0123456789"
+PORTAL_TOKEN = "portal-token-0123456789"
+OPS = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+PORTAL = {"Authorization": f"Bearer {PORTAL_TOKEN}"}
+AREA = {
+    "type": "Polygon",
+    "coordinates": [[[5, 45], [6, 45], [6, 46], [5, 46], [5, 45]]],
+}
+WAIT = 10.0  # seconds to wait for something to happen (never an assertion on time)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Served:
+    """A coordinator and a manager served by one service_app, and a client of it."""
+
+    def __init__(self, **options: Any) -> None:
+        transport = MemoryTransport()
+        transport.add("memory://portal", TaskServiceKit("portal"))
+        self.coordinator = Coordinator(MemoryStore(), transport)
+        self.manager = RolloutManager(MemoryRolloutStore())
+        options.setdefault("operator_tokens", {"alice": OPERATOR_TOKEN})
+        options.setdefault("callback_tokens", {"portal": PORTAL_TOKEN})
+        self.app = service_app(self.coordinator, self.manager, **options)
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url="http://rc.test"
+        )
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    node = Served(tick_interval=0.01)
+    try:
+        async with node.app.router.lifespan_context(node.app):  # httpx runs no lifespan
+            yield node
+    finally:
+        await node.client.aclose()
+
+
+# -- one app, both halves ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_both_halves_are_reachable_through_one_app(served: Served) -> None:
+    client = served.client
+    status = await client.get("/status")  # no token needed
+    assert status.status_code == 200
+    assert status.json()["name"] == "release-coordinator"
+    # the coordinator's operator API
+    assert (await client.get("/releases")).status_code == 401
+    assert (await client.get("/releases", headers=OPS)).status_code == 200
+    service = await client.post(
+        "/task-services", json={"name": "portal", "url": "memory://portal"}, headers=OPS
+    )
+    assert service.status_code == 201, service.text
+    created = await client.post(
+        "/releases", json={"name": "nightly", "studies": ["SD_1"]}, headers=OPS
+    )
+    assert created.status_code == 201
+    release = created.json()
+    assert release["author"] == "alice"
+    staged = await served.coordinator.wait(release["id"], ["staged"], timeout=WAIT)
+    assert staged.state == "staged"  # the lifespan started the coordinator
+    # a task service's callback token reports its own tasks, and operates nothing
+    tasks = (await client.get(f"/releases/{release['id']}/tasks", headers=OPS)).json()["items"]
+    task = tasks[0]
+    report = await client.patch(
+        f"/tasks/{task['id']}", json={"state": "staged", "progress": 100}, headers=PORTAL
+    )
+    assert report.status_code == 200, report.text
+    assert (await client.get("/releases", headers=PORTAL)).status_code == 403
+    assert (await client.get("/rollouts", headers=PORTAL)).status_code == 401
+    # the rollout half: the child protocol (open) and the operator API (the same tokens)
+    poll = await client.post(
+        "/poll", json={"id": "", "geographic_area": AREA, "number_of_children": 0}
+    )
+    assert poll.status_code == 200
+    child_id = poll.json()["id"]
+    assert poll.json() == {"id": child_id, "new_release": ""}
+    assert (await client.get("/rollouts")).status_code == 401
+    assert (await client.get("/rollouts", headers=OPS)).json()["items"] == []
+    children = (await client.get("/children", headers=OPS)).json()["items"]
+    assert [c["id"] for c in children] == [child_id]
+
+
+@pytest.mark.anyio
+async def test_openapi_json_describes_both_halves(served: Served) -> None:
+    answer = await served.client.get("/openapi.json")  # no token needed
+    assert answer.status_code == 200
+    paths = answer.json()["paths"]
+    assert {"/openapi.json", "/status", "/releases", "/poll", "/rollouts"} <= set(paths)
+
+
+@pytest.mark.anyio
+async def test_refusals_of_the_router_are_json(served: Served) -> None:
+    missing = await served.client.get("/nowhere", headers=OPS)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = await served.client.delete("/poll")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_the_two_halves_share_no_path() -> None:
+    node = Served()
+    coordinator = coordinator_app(node.coordinator, allow_anonymous=True)
+    rollouts = rollout_app(node.manager, allow_anonymous=True)
+
+    def paths(app: Starlette) -> set[str]:
+        return {r.path for r in app.routes if isinstance(r, Route)}
+
+    # the one path both serve: each app's OpenAPI document, one combined document here
+    assert paths(coordinator) & paths(rollouts) == {"/openapi.json"}
+    assert paths(node.app) == paths(coordinator) | paths(rollouts)
+    assert [r.path for r in node.app.routes if isinstance(r, Route)].count("/openapi.json") == 1
+    assert {"/status", "/releases", "/poll", "/release", "/rollouts"} <= paths(node.app)
+
+
+def test_a_clash_of_paths_is_refused() -> None:
+    async def ok(request: Request) -> Response:
+        return Response()
+
+    first = Starlette(routes=[Route("/same", ok), Route("/a", ok)])
+    second = Starlette(routes=[Route("/same", ok), Route("/b", ok)])
+    with pytest.raises(ConfigurationError, match="/same"):
+        serve._merged_routes(first, second)
+
+
+def test_without_operator_tokens_the_app_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="allow_anonymous"):
+        Served(operator_tokens=())
+    Served(operator_tokens=(), allow_anonymous=True)  # on purpose
+
+
+# -- lifespans -------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_lifespan_starts_and_stops_both_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    node = Served(tick_interval=0.01)
+    calls: list[str] = []
+    ticked = asyncio.Event()
+
+    def spy(target: object, name: str, event: asyncio.Event | None = None) -> None:
+        original = getattr(target, name)
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            if event is not None:
+                event.set()
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(target, name, wrapper)
+
+    spy(node.coordinator, "start")
+    spy(node.coordinator, "close")
+    spy(node.manager, "load")
+    spy(node.manager, "tick", ticked)
+    async with node.app.router.lifespan_context(node.app):
+        assert calls[:2] == ["start", "load"]  # the coordinator first, then the manager
+        await asyncio.wait_for(ticked.wait(), WAIT)  # the manager ticks
+        assert "close" not in calls
+    assert calls[-1] == "close"  # the manager stopped ticking first, then the coordinator
+    await node.client.aclose()
+
+
+@pytest.mark.anyio
+async def test_without_lifespan_the_host_owns_both_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    node = Served(lifespan=False)
+    started: list[str] = []
+
+    async def start() -> None:
+        started.append("start")
+
+    async def load() -> None:
+        started.append("load")
+
+    monkeypatch.setattr(node.coordinator, "start", start)
+    monkeypatch.setattr(node.manager, "load", load)
+    async with node.app.router.lifespan_context(node.app):
+        pass
+    assert started == []
+    await node.client.aclose()
+
+
+# -- the access log -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_one_access_line_per_request_without_secrets(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        await served.client.get("/status?token=query-secret")
+        await served.client.get("/releases", headers=OPS)
+        await served.client.get("/releases")
+        await served.client.post(
+            "/poll", json={"id": "", "geographic_area": AREA, "number_of_children": 0}
+        )
+        await served.client.get("/nowhere%0A2026-01-01 INFO forged", headers=OPS)
+    lines = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert [(r.method, r.path, r.status) for r in lines] == [  # type: ignore[attr-defined]
+        ("GET", "/status", 200),
+        ("GET", "/releases", 200),
+        ("GET", "/releases", 401),
+        ("POST", "/poll", 200),
+        ("GET", "/nowhere%0A2026-01-01%20INFO%20forged", 404),
+    ]
+    for record in lines:
+        message = record.getMessage()
+        assert "\n" not in message
+        assert OPERATOR_TOKEN not in message
+        assert "query-secret" not in message
+        assert isinstance(record.duration_ms, float)  # type: ignore[attr-defined]
+        assert record.duration_ms >= 0  # type: ignore[attr-defined]
+        assert record.client  # type: ignore[attr-defined]
+    assert lines[0].getMessage().startswith(lines[0].client + ' "GET /status" 200 ')  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_access_log_can_be_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    node = Served(access_log=False)
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        assert (await node.client.get("/status")).status_code == 200
+    assert [r for r in caplog.records if r.name == ACCESS_LOGGER] == []
+    await node.client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_request_that_raises_is_logged_as_500(caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("bug")
+
+    app = AccessLog(broken)
+    scope = {"type": "http", "method": "GET", "path": "/x", "client": ("::1", 5)}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        raise AssertionError("nothing is sent")
+
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER), pytest.raises(RuntimeError):
+        await app(scope, receive, send)
+    (record,) = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert record.status == 500  # type: ignore[attr-defined]
+    assert record.getMessage().startswith('[::1]:5 "GET /x" 500 ')
+
+
+# -- tokens from the environment -------------------------------------------------------------------
+
+
+def test_bare_and_named_tokens() -> None:
+    assert parse_tokens("", variable="V") == []
+    assert parse_tokens(" a-token , ,b-token,", variable="V") == [("", "a-token"), ("", "b-token")]
+    assert parse_tokens("alice=tok-1, bob = tok-2", variable="V") == [
+        ("alice", "tok-1"),
+        ("bob", "tok-2"),
+    ]
+    # base64 padding is part of a bare token, and of a named one
+    assert parse_tokens("YWJjZA==,eHl6=", variable="V") == [("", "YWJjZA=="), ("", "eHl6=")]
+    assert parse_tokens("alice=YWJjZA==", variable="V") == [("alice", "YWJjZA==")]
+
+
+@pytest.mark.parametrize(
+    ("text", "named", "match"),
+    [
+        ("alice=tok-1,tok-2", None, "name every token"),
+        ("tok-1", True, "every entry must be name=token"),
+        ("alice=tok-1", False, "not name=token"),
+        ("alice=tok-1,alice=tok-2", None, "a name is given twice"),
+        ("alice=tok-1,bob=tok-1", None, "the same token is given twice"),
+        ("alice=bad token", None, "entry 1"),
+        ("ok,caf\u00e9-token", None, "entry 2"),
+    ],
+)
+def test_unusable_token_variables_are_refused_without_showing_tokens(
+    text: str, named: bool | None, match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match) as caught:
+        parse_tokens(text, variable="RC_X", named=named)
+    assert "RC_X" in caught.value.message
+    for secret in ("tok-1", "tok-2", "bad token", "caf\u00e9"):
+        assert secret not in caught.value.message
+
+
+def test_tokens_from_env() -> None:
+    tokens = tokens_from_env(
+        {
+            "RC_OPERATOR_TOKENS": "alice=op-token-0123456789",
+            "RC_CALLBACK_TOKENS": "portal=portal-token-0123,SV_1=other-token-0123",
+            "RC_TASK_SERVICE_TOKEN": " outbound-token ",
+            "UNRELATED": "x",
+        }
+    )
+    assert tokens.operator_tokens() == {"alice": "op-token-0123456789"}
+    assert tokens.callback_tokens() == {"portal": "portal-token-0123", "SV_1": "other-token-0123"}
+    assert tokens.task_service == "outbound-token"
+    assert "token-0123" not in repr(tokens)
+    assert "outbound" not in repr(tokens)
+    bare = tokens_from_env({"RC_OPERATOR_TOKENS": "op-token-0123456789,op-token-9876543210"})
+    assert bare.operator_tokens() == ["op-token-0123456789", "op-token-9876543210"]
+    assert bare.callback_tokens() == {}
+    assert bare.task_service is None
+    assert tokens_from_env({}) == ServeTokens()
+
+
+def test_token_variable_rules(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ConfigurationError, match="RC_CALLBACK_TOKENS: every entry"):
+        tokens_from_env({"RC_CALLBACK_TOKENS": "portal-token-0123"})
+    with pytest.raises(ConfigurationError, match="also an operator token"):
+        tokens_from_env(
+            {
+                "RC_OPERATOR_TOKENS": "same-token-0123456",
+                "RC_CALLBACK_TOKENS": "p=same-token-0123456",
+            }
+        )
+    with pytest.raises(ConfigurationError, match="RC_TASK_SERVICE_TOKEN"):
+        tokens_from_env({"RC_TASK_SERVICE_TOKEN": "two words"})
+    with caplog.at_level(logging.WARNING, logger="release_coordinator.server.serve"):
+        tokens_from_env({"RC_OPERATOR_TOKENS": "short"})
+    assert "shorter than 16 characters" in caplog.text
+    assert "short" not in caplog.text.replace("shorter", "")
+
+
+# -- the command's refusals -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A clean environment and working directory for ``main(["serve", ...])``."""
+    for name in ("RC_OPERATOR_TOKENS", "RC_CALLBACK_TOKENS", "RC_TASK_SERVICE_TOKEN", "RC_DB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    levels = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
+    yield tmp_path
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_serve_refuses_to_start_without_operator_tokens(
+    command: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "RC_OPERATOR_TOKENS" in err
+    assert "--allow-anonymous" in err
+    assert list(command.iterdir()) == []  # no database was opened
+
+
+def test_serve_refuses_a_bad_token_variable(
+    command: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RC_OPERATOR_TOKENS", "alice=not a token")
+    assert main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "RC_OPERATOR_TOKENS, entry 1" in err
+    assert "not a token" not in err
+    assert list(command.iterdir()) == []
+
+
+def test_serve_refuses_a_port_in_use(
+    command: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RC_OPERATOR_TOKENS", OPERATOR_TOKEN)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert list(command.iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_serve_async_checks_its_arguments_first(command: Path) -> None:
+    with pytest.raises(ConfigurationError, match="RC_OPERATOR_TOKENS"):
+        await serve.serve_async(db="memory", port=0, tokens=ServeTokens())
+    with pytest.raises(ConfigurationError, match="log level"):
+        await serve.serve_async(db="memory", port=0, log_level="loud")
+    with pytest.raises(ConfigurationError, match="port"):
+        await serve.serve_async(db="memory", port=70000, allow_anonymous=True)
+
+
+def test_the_listening_socket_is_tcp() -> None:
+    # asyncio sets TCP_NODELAY on the connections of an IPPROTO_TCP socket only
+    with serve._listen("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockname()[1] != 0
+
+
+@pytest.mark.anyio
+async def test_a_failed_startup_answers_1_and_closes_the_stores(
+    command: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+
+    class Store(MemoryStore):
+        async def close(self) -> None:
+            closed.append("store")
+
+    class Rollouts(MemoryRolloutStore):
+        async def close(self) -> None:
+            closed.append("rollouts")
+
+    async def stores(db: str) -> tuple[Store, Rollouts, str]:
+        assert db == "sqlite:///somewhere.db"
+        return Store(), Rollouts(), "spies"
+
+    async def load(self: RolloutManager) -> None:
+        raise RuntimeError("the store is broken")
+
+    monkeypatch.setattr(serve, "_open_stores", stores)
+    monkeypatch.setattr(RolloutManager, "load", load)
+    status = await serve.serve_async(
+        db="sqlite:///somewhere.db", host="127.0.0.1", port=0, allow_anonymous=True
+    )
+    assert status == 1
+    assert sorted(closed) == ["rollouts", "store"]
