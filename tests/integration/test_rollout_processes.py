@@ -252,7 +252,8 @@ async def test_two_managers_never_lose_an_update(managers: tuple[str, str, str])
                 assert rows[child]["stages"]["canary"]["status"] == want, rows[child]
             for child in runners:
                 assert rows[child]["status"] == "Doing", rows[child]
-                assert rows[child]["stages"]["canary"]["status"] == "SuccessWaiting"
+                # (the barrier may have opened already: every child taking part waits)
+                assert rows[child]["stages"]["canary"]["status"] in ("SuccessWaiting", "ShouldEnd")
 
         # The barrier opens for every waiting child, whichever manager each one asks.
         async def until_told(child: str, i: int) -> None:
