@@ -271,6 +271,11 @@ class RolloutManager:
         self._synced_at: float | None = None
         self._child_change = 0
         self._tally_at: dict[str, float] = {}
+        # (rollout, stage) -> ((lost set, changes, counters) it was computed for, counts)
+        self._lost_cache: dict[
+            tuple[str, str], tuple[tuple[int, int, float | None], tuple[int, int]]
+        ] = {}
+        self._lost_version = 0  # grows whenever the lost children are recomputed
         self._fingerprints: dict[str, int] = {}
         self._children_count: dict[str, int] = {}
         self._children = GeoIndex[str]()
@@ -840,16 +845,9 @@ class RolloutManager:
                 taking_part += n
                 if status in _READY:
                     ready += n
-        for child_id in await self._lost_children():
-            try:
-                state = await self.store.child_release(rollout.id, child_id)
-            except NotFoundError:
-                continue  # not targeted by this rollout
-            status = state.stages[stage_name].status
-            if state.status in _ACTIVE and not status.is_final:
-                taking_part -= 1
-                if status in _READY:
-                    ready -= 1
+        lost_part, lost_ready = await self._lost_counts(rollout.id, stage_name)
+        taking_part -= lost_part
+        ready -= lost_ready
         barrier = await self._barrier(rollout.id, stage_name)
         return StageCounts(
             open=barrier.open,
@@ -860,6 +858,34 @@ class RolloutManager:
             final=final,
             completed=completed,
         )
+
+    async def _lost_counts(self, rollout_id: str, stage_name: str) -> tuple[int, int]:
+        """How many of the rollout's children taking part in the stage are lost, and how many
+        of those are ready: read from the store once per lost set and state of the rollout
+        (a tick over many lost children costs one look, not one query per child)."""
+        lost = await self._lost_children()
+        if not lost:
+            return 0, 0
+        key = (self._lost_version, self._changes.get(rollout_id, 0), self._tally_at.get(rollout_id))
+        cached = self._lost_cache.get((rollout_id, stage_name))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if len(lost) > 32:
+            states = [s for s in await self.store.child_releases(rollout_id) if s.child_id in lost]
+        else:
+            states = []
+            for child_id in lost:
+                with contextlib.suppress(NotFoundError):  # not targeted by this rollout
+                    states.append(await self.store.child_release(rollout_id, child_id))
+        part = ready = 0
+        for state in states:
+            status = state.stages[stage_name].status
+            if state.status in _ACTIVE and not status.is_final:
+                part += 1
+                if status in _READY:
+                    ready += 1
+        self._lost_cache[(rollout_id, stage_name)] = (key, (part, ready))
+        return part, ready
 
     async def open_barrier(self, rollout_id: str, stage_name: str) -> None:
         """Open a stage's barrier now (a relay does, when its parent says the stage ends): every
@@ -1008,6 +1034,7 @@ class RolloutManager:
             elif at < ref:
                 ref = at
         self._lost, self._lost_at, self._lost_ref = frozenset(lost), now, ref
+        self._lost_version += 1
         return self._lost
 
     async def tick(self) -> None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -400,14 +401,20 @@ def service_app(
         lifespan=lifespan,
         tick_interval=tick_interval,
     )
-    parts = (coordinator_part, rollout_part)
+    parts = (coordinator_part, rollout_part)  # started in this order, stopped in reverse
     # Each part serves its own OpenAPI document at /openapi.json: here one document lists both.
     document = combined_openapi(__version__)
 
     async def openapi(request: Request) -> Response:
         return json_response(200, document)
 
-    routes = _merged_routes(*parts, shared=method_routes([(OPENAPI_PATH, "GET", guarded(openapi))]))
+    # The rollout part's routes first: its /poll is the busiest path, and Starlette tries the
+    # routes in order (the paths do not clash, so the order changes nothing else).
+    routes = _merged_routes(
+        rollout_part,
+        coordinator_part,
+        shared=method_routes([(OPENAPI_PATH, "GET", guarded(openapi))]),
+    )
 
     @contextlib.asynccontextmanager
     async def run(_app: Starlette) -> AsyncIterator[None]:
@@ -583,6 +590,13 @@ async def serve_async(
             server_header=False,
         )
         server = uvicorn.Server(config)
+        # This process is ours: what lives as long as the server (stores, indexes, children)
+        # is moved out of the collector's sight, and young collections run less often. A busy
+        # poll path allocates many short-lived objects; default thresholds made full
+        # collections of the whole heap the long tail of its latency.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         if not tokens.operators:
             log.warning("serving without operator tokens (--allow-anonymous): anyone may operate")
         log.info(

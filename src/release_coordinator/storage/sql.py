@@ -467,8 +467,10 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     # A writer takes the write lock at BEGIN: it waits (busy timeout) rather than failing
     # later when a read transaction would need to become a write transaction.
-    write = conn.get_execution_options().get("rc_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    options = conn.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        return  # every statement on its own (the poll path's reads)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("rc_write", False) else "BEGIN")
 
 
 # -- errors ----------------------------------------------------------------------------------------

@@ -786,12 +786,13 @@ class SQLRolloutStore(RolloutStore):
     async def _offers_for(self, child_ids: Sequence[str]) -> dict[str, str]:
         query, parameters = self._offers_statement, {"ids": list(child_ids)}
         offers: dict[str, str] = {}
-        if not self._postgres:
+        if self._db._serial_reads:  # an in-memory SQLite database: its one connection
             async with self._db._read() as conn:
                 rows = (await conn.execute(query, parameters)).all()
         else:
-            # The poll path keeps a connection of its own in autocommit mode: one round trip
-            # per batch (no pool check-out, ping, BEGIN and COMMIT around it).
+            # The poll path keeps connections of its own in autocommit mode: one round trip
+            # per batch (no pool check-out, ping, BEGIN and COMMIT around it); each query
+            # reads what is committed when it runs (SQLite in WAL mode, PostgreSQL).
             if self._offer_conns:
                 conn = self._offer_conns.pop()
             else:
