@@ -798,6 +798,12 @@ class SQLRolloutStore(RolloutStore):
             else:
                 conn = await self._db._engine.connect()
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                if self._postgres:
+                    # No server-side prepared plan: a generic plan of "= ANY($1)" does not
+                    # know how many children are asked and scans every row (measured: a
+                    # batch took ~5 ms instead of well under one).
+                    raw = await conn.get_raw_connection()
+                    raw.driver_connection.prepare_threshold = None
             try:
                 rows = (await conn.execute(query, parameters)).all()
             except BaseException:
