@@ -855,3 +855,79 @@ test_fuzz_start = fuzz("/rollouts/43/start", ACTION)
 test_fuzz_pause = fuzz("/rollouts/42/pause", ACTION)
 test_fuzz_resume = fuzz("/rollouts/42/resume", ACTION)
 test_fuzz_abort = fuzz("/rollouts/42/abort", ACTION)
+
+
+# -- POST /poll's own endpoint answers as the others ------------------------------------------
+
+
+async def _asgi(
+    app: Any, path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]]
+) -> tuple[int, dict[str, str], bytes]:
+    """A POST to ``app`` as a server hands it over: the body in ``chunks`` (none: the client
+    disconnects instead)."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ] or [{"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"edge.test"), *headers],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    start = sent[0]
+    assert start["type"] == "http.response.start"
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+@pytest.mark.parametrize(
+    ("chunks", "headers"),
+    [
+        ([b'{"id": "c1"', b', "geographic_area": }'], []),  # not JSON, in two parts
+        ([b"x" * 200], []),  # past max_body, counted as read
+        ([b"{}"], [(b"content-length", b"500")]),  # declared past max_body
+        ([b"{}"], [(b"content-length", b"two")]),
+        ([], []),  # the client went away before its body came
+        ([b"\xef\xbb\xbf[]"], []),  # a UTF-8 BOM, as json.loads takes it
+        ([b"[1]"], []),
+        ([b'{"id": NaN}'], []),
+        ([b'{"id": "c1", "geographic_area": ' + b"[" * 5000 + b"]" * 5000 + b"}"], []),
+    ],
+)
+async def test_poll_refuses_bodies_as_the_other_endpoints(
+    chunks: list[bytes], headers: list[tuple[bytes, bytes]]
+) -> None:
+    """``/poll`` reads its body with its own code; ``/end_stage`` through Starlette's request:
+    the same refusals, byte for byte."""
+    node = Node(max_body=120)
+    async with node.client:
+        poll = await _asgi(node.app, "/poll", list(chunks), headers)
+        other = await _asgi(node.app, "/end_stage", list(chunks), headers)
+    assert poll[0] in (400, 413)
+    assert poll == other
+    assert await node.manager.children() == []
+
+
+async def test_poll_answers_with_the_headers_of_any_json_answer(node: Node) -> None:
+    status, headers, body = await _asgi(node.app, "/poll", [json.dumps(SAMPLE_POLL).encode()], [])
+    assert status == 200
+    assert headers == {"content-length": str(len(body)), "content-type": "application/json"}
+    assert json.loads(body) == {"id": SAMPLE_POLL["id"], "new_release": ""}

@@ -17,6 +17,7 @@ from release_coordinator.errors import (
     ValidationError,
 )
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import Outcome, ReleaseBundle
 from release_coordinator.rollout.policies import GlobalIncremental
@@ -153,6 +154,24 @@ async def test_poll_registers_and_offers_by_area(manager: RolloutManager) -> Non
     assert named.id == "edge-berlin"  # an unknown id is registered as given
     assert named.new_release == "42"  # joined mid-rollout, offered too
     assert (await manager.store.get_child("edge-berlin")).number_of_children == 3
+
+
+async def test_an_area_key_stands_in_for_the_area(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    first = await manager.poll("c1", INSIDE, 0, area_key=b"inside")
+    assert first.new_release == "42"
+    # The same key: the area is taken as known (the caller promises equal keys, equal areas).
+    assert (await manager.poll("c1", "not even GeoJSON", 0, area_key=b"inside")).id == "c1"
+    # Another key: the area is parsed and judged again; a move out of the target withdraws.
+    moved = await manager.poll("c1", OUTSIDE, 0, area_key=b"outside")
+    assert moved.new_release == ""
+    assert (await manager.store.get_child("c1")).area == Area.from_geojson(OUTSIDE)
+    with pytest.raises(GeoJSONError):
+        await manager.poll("c1", "x", 0, area_key=b"bad")
+    # Without a key, the area's JSON is the fingerprint (a key's never matches one).
+    back = await manager.poll("c1", INSIDE, 0)
+    assert back.new_release == "42"
+    assert (await manager.poll("c1", INSIDE, 0, area_key=b"outside")).new_release == "42"
 
 
 async def test_bad_polls_are_refused_and_register_nothing(manager: RolloutManager) -> None:
@@ -354,8 +373,6 @@ async def test_report_per_area(manager: RolloutManager) -> None:
 
 
 def _area(geojson: dict[str, Any]) -> Any:
-    from release_coordinator.rollout.geo import Area
-
     return Area.from_geojson(geojson)
 
 

@@ -16,7 +16,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from release_coordinator import (
     ConfigurationError,
@@ -34,6 +34,7 @@ from release_coordinator.server.rollout_app import rollout_app
 from release_coordinator.server.serve import (
     ACCESS_LOGGER,
     AccessLog,
+    FastRoutes,
     ServeTokens,
     parse_tokens,
     service_app,
@@ -226,6 +227,53 @@ async def test_without_lifespan_the_host_owns_both_halves(monkeypatch: pytest.Mo
         pass
     assert started == []
     await node.client.aclose()
+
+
+# -- the poll fast path --------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_poll_skips_the_router_and_keeps_its_answers() -> None:
+    node = Served(lifespan=False)
+    polled = {"id": "edge-1", "geographic_area": AREA, "number_of_children": 0}
+    # Mounted under a prefix in a host's app: the fast path still finds /poll, nothing else.
+    host = Starlette(routes=[Mount("/edge", app=node.app)])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=host), base_url="http://host.test"
+    ) as client:
+        answer = await client.post("/edge/poll", json=polled)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"id": "edge-1", "new_release": ""}
+        assert (await client.post("/poll", json=polled)).status_code == 404
+        wrong = await client.get("/edge/poll")
+        assert wrong.status_code == 405
+        assert wrong.headers["allow"] == "POST"
+        refused = await client.post("/edge/poll", content=b"{")
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "invalid"
+        assert (await client.get("/edge/status")).status_code == 200
+    assert [c.id for c in await node.manager.children()] == ["edge-1"]
+    await node.client.aclose()
+
+
+@pytest.mark.anyio
+async def test_fast_routes_send_only_their_method_and_path_ahead() -> None:
+    reached: list[str] = []
+
+    def app(name: str) -> Any:
+        async def answer(scope: Any, receive: Any, send: Any) -> None:
+            reached.append(f"{name} {scope['method']} {scope['path']}")
+            await Response(b"", status_code=204)(scope, receive, send)
+
+        return answer
+
+    fast = FastRoutes(app("router"), {("POST", "/poll"): app("poll")})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=fast), base_url="http://rc.test"
+    ) as client:
+        for method, path in (("POST", "/poll"), ("GET", "/poll"), ("POST", "/poll/x")):
+            assert (await client.request(method, path)).status_code == 204
+    assert reached == ["poll POST /poll", "router GET /poll", "router POST /poll/x"]
 
 
 # -- the access log -------------------------------------------------------------------------------

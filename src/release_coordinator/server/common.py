@@ -36,6 +36,7 @@ try:
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
     from starlette.routing import Route
+    from starlette.types import Receive, Scope, Send
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "release_coordinator.server needs the server extra: "
@@ -48,6 +49,8 @@ __all__ = [
     "CODES",
     "DEFAULT_MAX_BODY",
     "Endpoint",
+    "JsonObjectEndpoint",
+    "JsonWork",
     "Principal",
     "Refusal",
     "StatusFor",
@@ -58,6 +61,7 @@ __all__ = [
     "check_token",
     "error_body",
     "error_response",
+    "failure_response",
     "forbidden",
     "guarded",
     "http_error",
@@ -140,13 +144,17 @@ def _jsonable(value: object, depth: int = 0) -> Any:
     return str(value)
 
 
+# One encoder and one decoder for every request: json.dumps/json.loads with options build a
+# new one at each call.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
 def json_response(status: int, content: Any, headers: Mapping[str, str] | None = None) -> Response:
     """A JSON answer. ASCII-escaped: a lone surrogate echoed from a request (``"\\ud800"`` is
     valid JSON) cannot be encoded as UTF-8, but it can be escaped; ``allow_nan=False`` keeps
     the output strict JSON."""
-    body = json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     return Response(
-        body.encode("ascii"),
+        _ENCODER.encode(content).encode("ascii"),
         status_code=status,
         headers=dict(headers or {}),
         media_type="application/json",
@@ -181,25 +189,98 @@ StatusFor = Callable[[ReleaseCoordinatorError], int | None]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+def failure_response(
+    error: Exception, status_for: StatusFor | None, method: str, path: str
+) -> Response:
+    """The JSON answer of an endpoint that raised ``error`` (see the module docstring); a bug
+    (any exception that is not a refusal or a library error) is logged."""
+    if isinstance(error, Refusal):
+        return refused(error)
+    if isinstance(error, ReleaseCoordinatorError):
+        return error_response(error, status_for(error) if status_for else None)
+    if isinstance(error, RecursionError):  # a value nested too deeply to even describe
+        return refused(Refusal(400, "the request is nested too deeply"))
+    log.error("%s %s failed", method, path, exc_info=error)
+    return json_response(500, error_body("internal", f"internal error: {type(error).__name__}", {}))
+
+
 def guarded(handler: Endpoint, *, status_for: StatusFor | None = None) -> Endpoint:
     """``handler`` answering every failure as a JSON error (see the module docstring)."""
 
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
-        except Refusal as refusal:
-            return refused(refusal)
-        except ReleaseCoordinatorError as error:
-            return error_response(error, status_for(error) if status_for else None)
-        except RecursionError:  # a value nested too deeply to even describe
-            return refused(Refusal(400, "the request is nested too deeply"))
-        except Exception as error:  # a bug: say so in the same shape, and log it
-            log.exception("%s %s failed", request.method, request.url.path)
-            return json_response(
-                500, error_body("internal", f"internal error: {type(error).__name__}", {})
-            )
+        except Exception as error:
+            return failure_response(error, status_for, request.method, request.url.path)
 
     return endpoint
+
+
+#: The work of a :class:`JsonObjectEndpoint`: the request's JSON object, its body's bytes and
+#: its ASGI scope in, ``(status, JSON value)`` out; raises like any endpoint.
+JsonWork = Callable[[dict[str, Any], bytes, Scope], Awaitable[tuple[int, Any]]]
+
+_JSON_HEADER = (b"content-type", b"application/json")
+
+
+class JsonObjectEndpoint:
+    """A pure ASGI endpoint for a request whose body is a JSON object and whose answer is
+    JSON: what :func:`guarded` around :func:`read_object` and :func:`json_response` does, byte
+    for byte (same limits, same refusals, same answers), without building Starlette's
+    ``Request`` and ``Response`` on the way of a success. For the busiest child endpoint
+    (``POST /poll``), where they were a fifth of the app's time per request.
+    """
+
+    def __init__(
+        self, work: JsonWork, *, max_body: int, status_for: StatusFor | None = None
+    ) -> None:
+        self.work = work
+        self.max_body = max_body
+        self.status_for = status_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            raw = await self._body(scope, receive)
+            body = parse_json(raw)
+            if not isinstance(body, dict):
+                raise Refusal(400, "the body must be a JSON object", got=type(body).__name__)
+            status, content = await self.work(body, raw, scope)
+            payload = _ENCODER.encode(content).encode("ascii")
+        except Exception as error:
+            path = str(scope.get("root_path", "")) + str(scope.get("path", ""))
+            response = failure_response(error, self.status_for, str(scope.get("method")), path)
+            await response(scope, receive, send)
+            return
+        headers = [(b"content-length", str(len(payload)).encode("ascii")), _JSON_HEADER]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        """As :func:`read_body`, from the ASGI messages."""
+        max_body = self.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise Refusal(400, "Content-Length is not a number") from None
+                if length > max_body:
+                    raise _too_large(max_body, length=length)
+                break
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Refusal(400, "the client disconnected before the body was read")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > max_body:
+                    raise _too_large(max_body)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def method_routes(table: Iterable[tuple[str, str, Endpoint]]) -> list[Route]:
@@ -268,10 +349,19 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_json(raw: bytes | str) -> Any:
     """Strict JSON (no ``NaN``/``Infinity``), or a 400 refusal that says why."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        if isinstance(raw, bytes | bytearray):  # as json.loads does
+            text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        elif raw.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+        else:
+            text = raw
+        return _DECODER.decode(text)
     except (ValueError, RecursionError) as error:
         # ValueError covers JSONDecodeError and UnicodeDecodeError; RecursionError: nesting
         # too deep for the decoder.

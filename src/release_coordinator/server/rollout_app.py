@@ -91,6 +91,8 @@ try:
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import Response
+    from starlette.routing import Route
+    from starlette.types import Scope
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "release_coordinator.server needs the server extra: "
@@ -124,6 +126,7 @@ from release_coordinator.rollout.results import StageSummary
 from release_coordinator.server.common import (
     DEFAULT_MAX_BODY,
     Endpoint,
+    JsonObjectEndpoint,
     Principal,
     Refusal,
     TokenAuth,
@@ -406,21 +409,21 @@ def rollout_app(
         return child_id
 
     # -- child protocol -------------------------------------------------------------------------
-    async def poll(request: Request) -> Response:
-        body = await read_object(request, max_body)
+    async def poll(body: dict[str, Any], raw: bytes, scope: Scope) -> tuple[int, Any]:
         child_id = body.get("id")
         child_id = "" if child_id is None else child_id  # Go agents: a missing id is ""
         count = body.get("number_of_children")
         count = 0 if count is None else count
         if child_tokens and isinstance(child_id, str) and child_id in tokens.store:
-            tokens.require(request, child_id)
-        answer = await manager.poll(child_id, body.get("geographic_area"), count)
+            tokens.require(Request(scope), child_id)
+        # The same body bytes carry the same area: they stand in for its fingerprint.
+        answer = await manager.poll(child_id, body.get("geographic_area"), count, area_key=raw)
         out = answer.to_json()
         if child_tokens:
             issued = tokens.issue(answer.id)
             if issued is not None:
                 out["token"] = issued
-        return json_response(200, out)
+        return 200, out
 
     async def get_release(request: Request) -> Response:
         child_id = request.query_params.get("childID")
@@ -716,8 +719,13 @@ def rollout_app(
         return path, method, guarded(handler)
 
     one = "/rollouts/{rollout_id}"
+    # POST /poll is what a fleet sends most: a pure ASGI endpoint (same answers as the others).
+    poll_route = Route(
+        "/poll",
+        JsonObjectEndpoint(poll, max_body=max_body, status_for=_child_status),
+        methods=["POST"],
+    )
     routes = [
-        child("/poll", "POST", poll),
         child("/release", "GET", get_release),
         child("/release/functions/{release_id:path}", "GET", get_functions),
         child("/result", "POST", result),
@@ -760,5 +768,7 @@ def rollout_app(
                 await task
 
     return Starlette(
-        routes=method_routes(routes), exception_handlers={HTTPException: http_error}, lifespan=run
+        routes=[poll_route, *method_routes(routes)],
+        exception_handlers={HTTPException: http_error},
+        lifespan=run,
     )

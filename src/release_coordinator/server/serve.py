@@ -87,6 +87,7 @@ from release_coordinator.errors import ConfigurationError
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.server.common import (
     DEFAULT_MAX_BODY,
+    JsonObjectEndpoint,
     Verifier,
     check_token,
     guarded,
@@ -111,6 +112,7 @@ __all__ = [
     "GRACEFUL_SHUTDOWN",
     "LOG_LEVELS",
     "AccessLog",
+    "FastRoutes",
     "ServeTokens",
     "parse_tokens",
     "serve",
@@ -282,7 +284,7 @@ class AccessLog:
         self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not self.logger.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -330,6 +332,34 @@ class AccessLog:
 
 
 # -- the combined app -----------------------------------------------------------------------------
+
+
+def _route_path(scope: Scope) -> str:
+    """The path a router matches: the request's, less the prefix the app is mounted under."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
+
+
+class FastRoutes:
+    """Pure ASGI middleware sending the requests of a few exact ``(method, path)`` pairs
+    straight to their endpoints, past the router and Starlette's exception middleware (the
+    endpoints answer their own errors: :class:`~release_coordinator.server.common.
+    JsonObjectEndpoint`). Everything else goes on to ``app``."""
+
+    def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], ASGIApp]) -> None:
+        self.app = app
+        self.routes = dict(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self.routes.get((scope["method"], _route_path(scope)))
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _paths(routes: Sequence[BaseRoute]) -> set[str]:
@@ -426,6 +456,13 @@ def service_app(
             yield
 
     middleware = [Middleware(AccessLog)] if access_log else []
+    fast = {
+        (method, route.path): route.app
+        for route in rollout_part.routes
+        if isinstance(route, Route) and isinstance(route.app, JsonObjectEndpoint)
+        for method in route.methods or ()
+    }
+    middleware.append(Middleware(FastRoutes, routes=fast))
     return Starlette(
         routes=routes,
         middleware=middleware,

@@ -39,7 +39,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -249,8 +249,10 @@ class SQLRolloutStore(RolloutStore):
         self.url = db.url
         self.shared = db.dialect == "postgresql"
         self._postgres = self.shared
-        self._offer_conns: list[AsyncConnection] = []  # idle, in autocommit mode
+        # Idle connections of the poll path, in autocommit mode, with their driver's.
+        self._offer_conns: list[tuple[AsyncConnection, Any]] = []
         self._offers_statement = self._offers_query()
+        self._offers_sql: tuple[str, Callable[[object], Any]] | None = None
         self.flush_interval = flush_interval
         self._fixed: dict[str, _Fixed] = {}
         self._seen: dict[str, float] = {}  # polls not written yet
@@ -750,16 +752,17 @@ class SQLRolloutStore(RolloutStore):
         return await self._offers.get(child_id)
 
     def _offers_query(self) -> sa.Select[Any]:
-        """The first-offer query for the children in the parameter ``ids`` (built once).
+        """The first-offer query for the children in the parameter ``ids`` (built once; see
+        :meth:`_offers_ids`): one statement text for any number of children.
 
         The children's rows are found first, through their index, whatever the planner
         believes of the tables (a materialized CTE); the few rollouts are joined after."""
         if self._postgres:
-            # One statement text for any number of ids: psycopg prepares it once.
             ids = sa.bindparam("ids", type_=pg_dialect.ARRAY(sa.String))
             wanted = child_releases.c.child_id == sa.any_(ids)
-        else:
-            wanted = child_releases.c.child_id.in_(sa.bindparam("ids", expanding=True))
+        else:  # a JSON array, its values by SQLite's json_each (through the index as well)
+            listed = sa.func.json_each(sa.bindparam("ids", type_=sa.String)).table_valued("value")
+            wanted = child_releases.c.child_id.in_(sa.select(listed.c.value))
         waiting = (
             sa.select(child_releases.c.child_id, child_releases.c.rollout_id)
             .where(
@@ -782,30 +785,56 @@ class SQLRolloutStore(RolloutStore):
             .order_by(rollouts.c.priority.desc(), rollouts.c.seq)
         )
 
+    def _offers_ids(self, child_ids: Sequence[str]) -> object:
+        """The ``ids`` parameter of the first-offer query."""
+        return list(child_ids) if self._postgres else json.dumps(list(child_ids))
+
+    def _compile_offers(self) -> tuple[str, Callable[[object], Any]]:
+        """The first-offer query as the driver's own SQL text, and how to make its
+        parameters from the ``ids`` one."""
+        compiled = self._offers_statement.compile(dialect=self._db._engine.dialect)
+        fixed = {k: v for k, v in compiled.params.items() if k != "ids"}
+        if self._postgres:  # psycopg: named %(name)s parameters
+            return compiled.string, lambda ids: {**fixed, "ids": ids}
+        order = compiled.positiontup or ()  # sqlite3: positional ? parameters
+        return compiled.string, lambda ids: tuple(ids if k == "ids" else fixed[k] for k in order)
+
     @_edge
     async def _offers_for(self, child_ids: Sequence[str]) -> dict[str, str]:
-        query, parameters = self._offers_statement, {"ids": list(child_ids)}
+        ids = self._offers_ids(child_ids)
         offers: dict[str, str] = {}
         if self._db._serial_reads:  # an in-memory SQLite database: its one connection
             async with self._db._read() as conn:
-                rows = (await conn.execute(query, parameters)).all()
+                rows: Sequence[Any] = (
+                    await conn.execute(self._offers_statement, {"ids": ids})
+                ).all()
         else:
-            # The poll path keeps connections of its own in autocommit mode: one round trip
-            # per batch (no pool check-out, ping, BEGIN and COMMIT around it); each query
-            # reads what is committed when it runs (SQLite in WAL mode, PostgreSQL).
+            # The poll path keeps connections of its own in autocommit mode and runs its
+            # query on the driver's connection: one round trip per batch (no pool check-out,
+            # ping, BEGIN and COMMIT around it; on SQLite, one hop to the driver's thread
+            # instead of four); each query reads what is committed when it runs (SQLite in
+            # WAL mode, PostgreSQL).
+            driver: Any
             if self._offer_conns:
-                conn = self._offer_conns.pop()
+                conn, driver = self._offer_conns.pop()
             else:
                 conn = await self._db._engine.connect()
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                driver = (await conn.get_raw_connection()).driver_connection
                 if self._postgres:
                     # No server-side prepared plan: a generic plan of "= ANY($1)" does not
                     # know how many children are asked and scans every row (measured: a
                     # batch took ~5 ms instead of well under one).
-                    raw = await conn.get_raw_connection()
-                    raw.driver_connection.prepare_threshold = None
+                    driver.prepare_threshold = None
             try:
-                rows = (await conn.execute(query, parameters)).all()
+                if self._offers_sql is None:
+                    self._offers_sql = self._compile_offers()
+                sql, parameters = self._offers_sql
+                if self._postgres:
+                    cursor = await driver.execute(sql, parameters(ids))
+                    rows = await cursor.fetchall()
+                else:
+                    rows = await driver.execute_fetchall(sql, parameters(ids))
             except BaseException:
                 with contextlib.suppress(Exception):
                     await conn.close()
@@ -813,14 +842,14 @@ class SQLRolloutStore(RolloutStore):
             if self._closed:
                 await conn.close()
             else:
-                self._offer_conns.append(conn)
+                self._offer_conns.append((conn, driver))
         for child_id, rollout_id in rows:
             offers.setdefault(child_id, rollout_id)
         return offers
 
     async def _drop_offer_connections(self) -> None:
         conns, self._offer_conns = self._offer_conns, []
-        for conn in conns:
+        for conn, _driver in conns:
             with contextlib.suppress(Exception):
                 await conn.close()
 
