@@ -19,6 +19,7 @@ import hashlib
 import math
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -1061,6 +1062,52 @@ async def test_two_stores_share_rollouts_children_and_barriers(
     await one.touch_child("a", 7.0)
     await one.flush()
     assert await two.last_seen(["a", "b"]) == {"a": 7.0}
+
+
+async def test_sqlite_keeps_offers_until_a_store_on_its_engine_writes(tmp_path: Path) -> None:
+    """SQLite is single-process: first offers are answered from memory until a rollout store
+    on the same engine writes, and a query that a write overtook fills nothing."""
+    from release_coordinator.storage.sql import SQLStore
+
+    db = await SQLStore.connect(f"sqlite:///{tmp_path / 'rc.db'}")
+    one, two = SQLRolloutStore.over(db), SQLRolloutStore.over(db)
+    queried: list[list[str]] = []
+    query = two._query_offers
+
+    async def counted(ids: Any) -> dict[str, str]:
+        queried.append(list(ids))
+        return await query(ids)
+
+    two._query_offers = counted  # type: ignore[method-assign]
+    try:
+        await children(one, "a", "b")
+        await add(one, "R1")
+        await add(one, "R2", priority=5)
+        assert await two.first_offer("a") == ""
+        assert await two.first_offer("a") == ""
+        assert queried == [["a"]]  # the second from memory
+        await one.target("R1", ["a"])  # a write through the other store
+        assert await two.first_offer("a") == "R1"
+        assert len(queried) == 2
+
+        async def overtaken(ids: Any) -> dict[str, str]:
+            offers = await counted(ids)
+            await one.target("R2", ["a", "b"])  # written while the query ran
+            return offers
+
+        two._query_offers = overtaken  # type: ignore[method-assign]
+        assert await two.first_offer("b") == ""  # what the query read
+        two._query_offers = counted  # type: ignore[method-assign]
+        assert await two.first_offer("b") == "R2"
+        assert await two.first_offer("a") == "R2"
+        doing = await fetch(two, "R2", "a")
+        await put(two, doing, attrs.evolve(doing, acknowledged=True))
+        assert await two.first_offer("a") == "R1"
+        assert await one.first_offer("a") == "R1"
+    finally:
+        await one.close()
+        await two.close()
+        await db.close()
 
 
 def test_the_contract_covers_every_method() -> None:

@@ -660,6 +660,9 @@ class SQLStore(CoordinatorStore):
         self._write_lock = asyncio.Lock()
         self._serial_reads = _in_memory(engine.url)
         self._closed = False
+        #: Bumped before and after every write of the rollout tables by any SQLRolloutStore
+        #: on this engine (their single-process SQLite offer caches compare it).
+        self.rollout_changes = 0
 
     @classmethod
     async def connect(cls, url: str | URL, *, create: bool = True) -> SQLStore:

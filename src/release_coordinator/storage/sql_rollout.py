@@ -21,7 +21,8 @@ the first rollout waiting for it. The first is buffered (written in batches ever
 second is answered by the database, but concurrent polls share a query: while one is in
 flight, the children asking meanwhile are collected and answered by the next one (``WHERE
 child_id IN (...)``), so a busy server makes a few round trips for many polls and every answer
-is as fresh as the database.
+is as fresh as the database. On SQLite (one process) the answers are also kept in memory until
+a rollout store on the same engine writes any rollout table.
 
 **Several managers.** On PostgreSQL the store is :attr:`~SQLRolloutStore.shared`: several
 RolloutManager processes may serve the same fleet. Every change of a child's state is a
@@ -39,7 +40,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -253,6 +254,11 @@ class SQLRolloutStore(RolloutStore):
         self._offer_conns: list[tuple[AsyncConnection, Any]] = []
         self._offers_statement = self._offers_query()
         self._offers_sql: tuple[str, Callable[[object], Any]] | None = None
+        # SQLite has one process, and its writes of the rollout tables pass through
+        # _write: first offers are kept (child id -> offer, "" for none) while none happens.
+        self._cache_offers = not self.shared
+        self._offer_cache: dict[str, str] = {}
+        self._cached_at = -1
         self.flush_interval = flush_interval
         self._fixed: dict[str, _Fixed] = {}
         self._seen: dict[str, float] = {}  # polls not written yet
@@ -293,6 +299,17 @@ class SQLRolloutStore(RolloutStore):
                 await self._db.close()
 
     # -- helpers -------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction of the rollout tables: the offers cached before it, or read
+        while it runs, are forgotten."""
+        self._db.rollout_changes += 1
+        try:
+            async with self._db._write() as conn:
+                yield conn
+        finally:
+            self._db.rollout_changes += 1
+
     def _insert(self, table: sa.Table) -> Any:
         dialect = pg_dialect if self._db.dialect == "postgresql" else sqlite_dialect
         return dialect.insert(table)
@@ -406,7 +423,7 @@ class SQLRolloutStore(RolloutStore):
     async def add_rollout(self, rollout: Rollout, bundle: ReleaseBundle) -> Rollout:
         for _attempt in range(_SEQ_ATTEMPTS):
             try:
-                async with self._db._write() as conn:
+                async with self._write() as conn:
                     exists = await conn.execute(
                         sa.select(rollouts.c.id).where(rollouts.c.id == rollout.id)
                     )
@@ -487,7 +504,7 @@ class SQLRolloutStore(RolloutStore):
         values: dict[str, Any] = {"state": to_state.value}
         if reason is not None:
             values["reason"] = reason
-        async with self._db._write() as conn:
+        async with self._write() as conn:
             done = await conn.execute(
                 sa.update(rollouts)
                 .where(
@@ -506,7 +523,7 @@ class SQLRolloutStore(RolloutStore):
     # -- children ------------------------------------------------------------------------------
     @_edge
     async def save_child(self, child: Child) -> None:
-        async with self._db._write() as conn:
+        async with self._write() as conn:
             change = await self._next_counter(conn, "children")
             insert = self._insert(children).values(
                 id=child.id,
@@ -593,7 +610,7 @@ class SQLRolloutStore(RolloutStore):
             .values(seen_at=sa.bindparam("at"))
         )
         try:
-            async with self._db._write() as conn:
+            async with self._db._write() as conn:  # (no offer changes: not self._write)
                 for start in range(0, len(rows), 5000):
                     chunk = rows[start : start + 5000]
                     if self._postgres:  # one statement for the chunk: two arrays, unnested
@@ -651,7 +668,7 @@ class SQLRolloutStore(RolloutStore):
     async def target(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(child_ids))
         added: list[str] = []
-        async with self._db._write() as conn:
+        async with self._write() as conn:
             await self._rollout_row(conn, rollout_id)
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
@@ -721,7 +738,7 @@ class SQLRolloutStore(RolloutStore):
     async def withdraw(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(child_ids))
         removed: set[str] = set()
-        async with self._db._write() as conn:
+        async with self._write() as conn:
             await self._rollout_row(conn, rollout_id)
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
@@ -749,7 +766,13 @@ class SQLRolloutStore(RolloutStore):
             return list(result.scalars())
 
     async def first_offer(self, child_id: str) -> str:
-        return await self._offers.get(child_id)
+        if not self._cache_offers:
+            return await self._offers.get(child_id)
+        if self._cached_at != self._db.rollout_changes:
+            self._offer_cache.clear()
+            self._cached_at = self._db.rollout_changes
+        offer = self._offer_cache.get(child_id)
+        return await self._offers.get(child_id) if offer is None else offer
 
     def _offers_query(self) -> sa.Select[Any]:
         """The first-offer query for the children in the parameter ``ids`` (built once; see
@@ -801,6 +824,14 @@ class SQLRolloutStore(RolloutStore):
 
     @_edge
     async def _offers_for(self, child_ids: Sequence[str]) -> dict[str, str]:
+        offers = await self._query_offers(child_ids)
+        if self._cache_offers and self._cached_at == self._db.rollout_changes:
+            # Nothing was written since the cache was last emptied, nor while the query ran.
+            for child_id in child_ids:
+                self._offer_cache[child_id] = offers.get(child_id, "")
+        return offers
+
+    async def _query_offers(self, child_ids: Sequence[str]) -> dict[str, str]:
         ids = self._offers_ids(child_ids)
         offers: dict[str, str] = {}
         if self._db._serial_reads:  # an in-memory SQLite database: its one connection
@@ -906,7 +937,7 @@ class SQLRolloutStore(RolloutStore):
             if old["stages"] is None
             else child_releases.c.stages == old["stages"],
         ]
-        async with self._db._write() as conn:
+        async with self._write() as conn:
             done = await conn.execute(
                 sa.update(child_releases).where(*where).values(**_state_values(new, stage_names))
             )
@@ -993,7 +1024,7 @@ class SQLRolloutStore(RolloutStore):
         open: bool = False,
         waiting_since: float | None = None,
     ) -> BarrierRecord:
-        async with self._db._write() as conn:
+        async with self._write() as conn:
             await self._rollout_row(conn, rollout_id)
             insert = self._insert(barriers).values(
                 rollout_id=rollout_id, stage=stage_name, open=open, waiting_since=waiting_since
