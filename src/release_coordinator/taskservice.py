@@ -60,6 +60,8 @@ class KitTask:
     message: str = ""
     submitted_at: datetime = attrs.Factory(utcnow)
     kit: TaskServiceKit | None = attrs.field(default=None, repr=False)
+    _submitted: datetime | None = attrs.field(default=None, init=False, repr=False)
+    _submitted_iso: str = attrs.field(default="", init=False, repr=False)
 
     async def report_progress(self, progress: int) -> None:
         """Record progress (0..100) and push it to the coordinator if the kit is connected."""
@@ -74,8 +76,27 @@ class KitTask:
             state=self.state,
             progress=self.progress,
             name=name,
-            date_submitted=self.submitted_at.isoformat(),
+            date_submitted=self._submitted_text(),
         )
+
+    def answer_json(self, name: str) -> dict[str, Any]:
+        """``answer(name).to_json()``, without the record in between (every action's answer)."""
+        body: dict[str, Any] = {
+            "task_id": self.task_id,
+            "release_id": self.release_id,
+            "state": self.state,
+            "progress": self.progress,
+        }
+        if name:
+            body["name"] = name
+        body["date_submitted"] = self._submitted_text()
+        return body
+
+    def _submitted_text(self) -> str:
+        """``submitted_at`` in ISO 8601, formatted once (until it is changed)."""
+        if self._submitted is not self.submitted_at:
+            self._submitted, self._submitted_iso = self.submitted_at, self.submitted_at.isoformat()
+        return self._submitted_iso
 
 
 _FINISHED = frozenset({"canceled", "failed", "rejected"})
@@ -181,7 +202,7 @@ class TaskServiceKit:
         return self._answer(task)
 
     def _answer(self, task: KitTask) -> tuple[int, Any]:
-        return 200, task.answer(self.name).to_json()
+        return 200, task.answer_json(self.name)
 
     def _run(
         self, task: KitTask, state: str, work: Callable[[KitTask], Coroutine[Any, Any, None]]

@@ -669,3 +669,14 @@ async def test_publish_is_recorded_when_decided_not_after_a_cancel() -> None:
     assert done.state is ReleaseState.CANCELED
     assert states_at_publish == [ReleaseState.PUBLISHING] * 3  # decided while publishing
     assert set((await states(c, release.id)).values()) == {TaskState.CANCELED}
+
+
+def test_a_kit_tasks_answer_body_is_its_answers_json() -> None:
+    from datetime import UTC, datetime
+
+    task = KitTask("TA_1", "RE_1", ("SD_1",), progress=40)
+    assert task.answer_json("portal") == task.answer("portal").to_json()
+    assert task.answer_json("") == task.answer("").to_json()
+    task.submitted_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)  # formatted anew
+    assert task.answer_json("portal")["date_submitted"] == "2026-01-02T03:04:05+00:00"
+    assert task.answer_json("portal") == task.answer("portal").to_json()
