@@ -40,13 +40,11 @@ async def one_release(n: int, latency: float) -> tuple[float, int]:
             url = transport.add(f"memory://svc-{i}", TaskServiceKit(f"svc-{i}"), latency=latency)
             await coordinator.register_service(f"svc-{i}", url, check=False)
         gc.collect()
-        sent_before = 0
         started = time.perf_counter()
         release = await coordinator.create_release("bench", auto_publish=True)
         release = await coordinator.wait(release.id, timeout=600)
         elapsed = time.perf_counter() - started
         assert release.state is ReleaseState.PUBLISHED, release
-        del sent_before
         requests = len(await coordinator.events(release_id=release.id))
     return elapsed, requests
 
