@@ -26,8 +26,9 @@ server extra.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -191,10 +192,11 @@ class TaskServiceKit:
             return 404, {"message": f"unknown task {request.task_id!r}"}
         if request.action is TaskAction.START:
             if task.state == "pending":
-                self._run(task, "running", self._do_stage)
+                self._run(task, "running", self.stage, "staged")
         elif request.action is TaskAction.PUBLISH:
             if task.state == "staged":
-                self._run(task, "publishing", self._do_publish)
+                task.progress = 0
+                self._run(task, "publishing", self.publish, "published")
             elif task.state not in ("publishing", "published"):
                 return 400, {"message": f"task {task.task_id} is {task.state}, not staged"}
         elif request.action is TaskAction.CANCEL:
@@ -205,20 +207,29 @@ class TaskServiceKit:
         return 200, task.answer_json(self.name)
 
     def _run(
-        self, task: KitTask, state: str, work: Callable[[KitTask], Coroutine[Any, Any, None]]
+        self,
+        task: KitTask,
+        state: str,
+        hook: Callable[[KitTask], Awaitable[None]],
+        done: str,
     ) -> None:
+        """Move ``task`` to ``state`` and run ``hook`` for it in a job of its own."""
         task.state = state
-        job: asyncio.Task[None] = asyncio.ensure_future(work(task))
+        job = asyncio.get_running_loop().create_task(self._kit_job(task, hook, done))
         self._jobs[task.task_id] = job
-        job.add_done_callback(lambda done: self._forget(task.task_id, done))
+        # (forgotten when done, also when canceled before it ever ran)
+        job.add_done_callback(functools.partial(self._forget, task.task_id))
 
     def _forget(self, task_id: str, job: asyncio.Task[None]) -> None:
         if self._jobs.get(task_id) is job:
             del self._jobs[task_id]
 
-    async def _finish(self, task: KitTask, work: Callable[[], Awaitable[None]], done: str) -> None:
+    async def _kit_job(
+        self, task: KitTask, hook: Callable[[KitTask], Awaitable[None]], done: str
+    ) -> None:
+        """A job: ``hook``, then ``done`` (or ``failed``), then a push to the coordinator."""
         try:
-            await work()
+            await hook(task)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -227,13 +238,6 @@ class TaskServiceKit:
         else:
             task.state, task.progress = done, 100
         await self.notify(task)
-
-    async def _do_stage(self, task: KitTask) -> None:
-        await self._finish(task, lambda: self.stage(task), "staged")
-
-    async def _do_publish(self, task: KitTask) -> None:
-        task.progress = 0
-        await self._finish(task, lambda: self.publish(task), "published")
 
     async def _do_cancel(self, task: KitTask) -> None:
         if task.state in _FINISHED:
