@@ -73,10 +73,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from bench_bundle import STRATEGY, archive, square
 
 HOST = "127.0.0.1"
 OPERATOR_TOKEN = "bench-" + secrets.token_hex(16)
@@ -84,28 +85,6 @@ POSTGRES_URL = os.environ.get("RC_POSTGRES_URL", "postgresql://postgres@127.0.0.
 TARGET_RATIO = 0.5
 WEST, SOUTH, EAST, NORTH = -10.0, 35.0, 30.0, 60.0
 CHILD_SIZE = 0.05
-
-STRATEGY = """\
-id: "{id}"
-name: bench-{id}
-type: minor
-functions:
-  - name: f
-    base_version: {{path: fns/f1, env: python}}
-    new_version: {{path: fns/f2, env: python}}
-stages:
-  - name: canary
-    type: WaitForSignal
-    func_name: f
-    variants:
-      - {{name: base_version, trafficPercentage: 90}}
-      - {{name: new_version, trafficPercentage: 10}}
-    metrics_conditions: [{{name: errorRate, threshold: "<=0.01"}}]
-    end_conditions: [{{name: minCalls, threshold: "100"}}]
-    end_action: {{onSuccess: rollout, onFailure: rollback}}
-rollback: {{action: {{function: base_version}}}}
-"""
-
 
 # -- the ceiling: a constant JSON, served as ``serve`` serves its app ------------------------------
 
@@ -448,24 +427,14 @@ def fleet(children: int, seed: int) -> list[tuple[str, bytes]]:
     for i in range(children):
         lon = rng.uniform(WEST, EAST - CHILD_SIZE)
         lat = rng.uniform(SOUTH, NORTH - CHILD_SIZE)
-        s = CHILD_SIZE
-        ring = [[lon, lat], [lon + s, lat], [lon + s, lat + s], [lon, lat + s], [lon, lat]]
         child_id = f"CH-bench-{i:06d}"
         body = {
             "id": child_id,
-            "geographic_area": {"type": "Polygon", "coordinates": [ring]},
+            "geographic_area": square(lon, lat, CHILD_SIZE),
             "number_of_children": 0,
         }
         out.append((child_id, json.dumps(body, separators=(",", ":")).encode()))
     return out
-
-
-def archive() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("fns/f1/fn.py", "def handler(r): return 1")
-        zf.writestr("fns/f2/fn.py", "def handler(r): return 2")
-    return buffer.getvalue()
 
 
 def band(index: int, share: float) -> dict[str, Any]:

@@ -16,36 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import io
 import os
 import random
 import statistics
 import time
-import zipfile
 from typing import Any
 
-from release_coordinator import ReleaseBundle, RolloutManager
+from bench_bundle import STRATEGY, archive, square
 
-STRATEGY = """\
-id: "{id}"
-name: bench-{id}
-type: minor
-functions:
-  - name: f
-    base_version: {{path: fns/f1, env: python}}
-    new_version: {{path: fns/f2, env: python}}
-stages:
-  - name: canary
-    type: WaitForSignal
-    func_name: f
-    variants:
-      - {{name: base_version, trafficPercentage: 90}}
-      - {{name: new_version, trafficPercentage: 10}}
-    metrics_conditions: [{{name: errorRate, threshold: "<=0.01"}}]
-    end_conditions: [{{name: minCalls, threshold: "100"}}]
-    end_action: {{onSuccess: rollout, onFailure: rollback}}
-rollback: {{action: {{function: base_version}}}}
-"""
+from release_coordinator import ReleaseBundle, RolloutManager
 
 WEST, SOUTH, EAST, NORTH = -10.0, 35.0, 30.0, 60.0
 
@@ -55,19 +34,8 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def square(rng: random.Random, size: float) -> dict[str, Any]:
-    lon = rng.uniform(WEST, EAST - size)
-    lat = rng.uniform(SOUTH, NORTH - size)
-    ring = [[lon, lat], [lon + size, lat], [lon + size, lat + size], [lon, lat + size], [lon, lat]]
-    return {"type": "Polygon", "coordinates": [ring]}
-
-
-def archive() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("fns/f1/fn.py", "def handler(r): return 1")
-        zf.writestr("fns/f2/fn.py", "def handler(r): return 2")
-    return buffer.getvalue()
+def random_square(rng: random.Random, size: float) -> dict[str, Any]:
+    return square(rng.uniform(WEST, EAST - size), rng.uniform(SOUTH, NORTH - size), size)
 
 
 async def run(children: int, rollouts: int, polls: int, seed: int) -> None:
@@ -77,10 +45,11 @@ async def run(children: int, rollouts: int, polls: int, seed: int) -> None:
     started = time.perf_counter()
     for i in range(rollouts):
         bundle = ReleaseBundle.from_parts(STRATEGY.format(id=f"r{i}"), functions)
-        await manager.create_rollout(bundle, square(rng, rng.uniform(0.5, 2.0)), priority=i % 3)
+        target = random_square(rng, rng.uniform(0.5, 2.0))
+        await manager.create_rollout(bundle, target, priority=i % 3)
     print(f"{rollouts} rollouts created in {time.perf_counter() - started:.2f} s")
 
-    areas = [square(rng, 0.05) for _ in range(children)]
+    areas = [random_square(rng, 0.05) for _ in range(children)]
     gc.collect()
     before = rss_bytes()
     started = time.perf_counter()

@@ -24,16 +24,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import os
 import random
 import secrets
 import tempfile
 import time
-import zipfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+from bench_bundle import STRATEGY, archive, square
 
 from release_coordinator import (
     Coordinator,
@@ -192,39 +192,6 @@ async def releases_per_second(factory: StoreFactory, services: int, releases: in
     return releases / elapsed
 
 
-STRATEGY = """\
-id: "{id}"
-name: bench-{id}
-type: minor
-functions:
-  - name: f
-    base_version: {{path: fns/f1, env: python}}
-    new_version: {{path: fns/f2, env: python}}
-stages:
-  - name: canary
-    type: WaitForSignal
-    func_name: f
-    variants:
-      - {{name: base_version, trafficPercentage: 90}}
-      - {{name: new_version, trafficPercentage: 10}}
-    metrics_conditions: [{{name: errorRate, threshold: "<=0.01"}}]
-    end_conditions: [{{name: minCalls, threshold: "100"}}]
-    end_action: {{onSuccess: rollout, onFailure: rollback}}
-rollback: {{action: {{function: base_version}}}}
-"""
-
-
-def _square(lon: float, lat: float, size: float) -> dict[str, Any]:
-    ring = [[lon, lat], [lon + size, lat], [lon + size, lat + size], [lon, lat + size], [lon, lat]]
-    return {"type": "Polygon", "coordinates": [ring]}
-
-
-def _archive() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("fns/f1/fn.py", "def handler(r): return 1")
-        zf.writestr("fns/f2/fn.py", "def handler(r): return 2")
-    return buffer.getvalue()
 
 
 async def polls_per_second(
@@ -234,12 +201,12 @@ async def polls_per_second(
     rng = random.Random(7)
     async with factory() as store:
         manager = RolloutManager(store, lost_after=3600)
-        functions = _archive()
+        functions = archive()
         for i in range(10):  # ten rollouts, each over a tenth of the map's width
             bundle = ReleaseBundle.from_parts(STRATEGY.format(id=f"r{i}"), functions)
-            await manager.create_rollout(bundle, _square(i * 10.0, 0.0, 6.0), priority=i % 3)
+            await manager.create_rollout(bundle, square(i * 10.0, 0.0, 6.0), priority=i % 3)
         fleet = [
-            (f"c{i}", _square(rng.uniform(0, 99), rng.uniform(0, 5), 0.1)) for i in range(children)
+            (f"c{i}", square(rng.uniform(0, 99), rng.uniform(0, 5), 0.1)) for i in range(children)
         ]
         for child_id, area in fleet:  # registration (not measured)
             await manager.poll(child_id, area)
