@@ -33,7 +33,7 @@ import attrs
 
 try:
     from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect, Request
+    from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
     from starlette.types import Receive, Scope, Send
@@ -73,6 +73,7 @@ __all__ = [
     "parse_multipart",
     "phrase",
     "query_int",
+    "read_asgi_body",
     "read_body",
     "read_json",
     "read_object",
@@ -240,7 +241,7 @@ class JsonObjectEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            raw = await self._body(scope, receive)
+            raw = await read_asgi_body(scope, receive, self.max_body)
             body = parse_json(raw)
             if not isinstance(body, dict):
                 raise Refusal(400, "the body must be a JSON object", got=type(body).__name__)
@@ -254,33 +255,6 @@ class JsonObjectEndpoint:
         headers = [(b"content-length", str(len(payload)).encode("ascii")), _JSON_HEADER]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-
-    async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        """As :func:`read_body`, from the ASGI messages."""
-        max_body = self.max_body
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    raise Refusal(400, "Content-Length is not a number") from None
-                if length > max_body:
-                    raise _too_large(max_body, length=length)
-                break
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise Refusal(400, "the client disconnected before the body was read")
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > max_body:
-                    raise _too_large(max_body)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def method_routes(table: Iterable[tuple[str, str, Endpoint]]) -> list[Route]:
@@ -324,25 +298,34 @@ def _too_large(max_body: int, **details: Any) -> Refusal:
 async def read_body(request: Request, max_body: int) -> bytes:
     """The request body; 413 past ``max_body`` bytes, counted as read (``Content-Length`` may
     lie), 400 for a ``Content-Length`` that is not a number."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            raise Refusal(400, "Content-Length is not a number") from None
-        if length > max_body:
-            raise _too_large(max_body, length=length)
+    return await read_asgi_body(request.scope, request.receive, max_body)
+
+
+async def read_asgi_body(scope: Scope, receive: Receive, max_body: int) -> bytes:
+    """:func:`read_body` from the ASGI scope and messages (what a pure ASGI endpoint has)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise Refusal(400, "Content-Length is not a number") from None
+            if length > max_body:
+                raise _too_large(max_body, length=length)
+            break
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Refusal(400, "the client disconnected before the body was read")
+        chunk = message.get("body", b"")
+        if chunk:
             size += len(chunk)
             if size > max_body:
                 raise _too_large(max_body)
             chunks.append(chunk)
-    except ClientDisconnect:
-        raise Refusal(400, "the client disconnected before the body was read") from None
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _reject_constant(name: str) -> NoReturn:
