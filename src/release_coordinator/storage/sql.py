@@ -303,6 +303,19 @@ rollouts = sa.Table(
     sa.Index("ix_rc_rollouts_state", "state"),
 )
 
+# A Rollout's own columns, less those that never change (the rollout store decodes those
+# once).
+_ROLLOUT_COLUMNS: tuple[sa.Column[Any], ...] = (
+    rollouts.c.id,
+    rollouts.c.seq,
+    rollouts.c.name,
+    rollouts.c.match,
+    rollouts.c.priority,
+    rollouts.c.state,
+    rollouts.c.reason,
+    rollouts.c.gated,
+)
+
 children = sa.Table(
     "rc_children",
     metadata,

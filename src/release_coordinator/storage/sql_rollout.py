@@ -71,6 +71,7 @@ from release_coordinator.rollout.results import StageSummary, TimesSummary
 from release_coordinator.rollout.strategy import parse_strategy
 from release_coordinator.storage.base import BarrierRecord, RolloutStore
 from release_coordinator.storage.sql import (
+    _ROLLOUT_COLUMNS,
     SQLStore,
     _edge,
     _violates,
@@ -343,18 +344,7 @@ class SQLRolloutStore(RolloutStore):
 
     async def _rollout_row(self, conn: AsyncConnection, rollout_id: str) -> Any:
         row = (
-            await conn.execute(
-                sa.select(
-                    rollouts.c.id,
-                    rollouts.c.seq,
-                    rollouts.c.name,
-                    rollouts.c.match,
-                    rollouts.c.priority,
-                    rollouts.c.state,
-                    rollouts.c.reason,
-                    rollouts.c.gated,
-                ).where(rollouts.c.id == rollout_id)
-            )
+            await conn.execute(sa.select(*_ROLLOUT_COLUMNS).where(rollouts.c.id == rollout_id))
         ).first()
         if row is None:
             raise NotFoundError("release", rollout_id)
@@ -488,16 +478,7 @@ class SQLRolloutStore(RolloutStore):
     async def list_rollouts(
         self, *, states: Collection[RolloutState] | None = None
     ) -> list[Rollout]:
-        query = sa.select(
-            rollouts.c.id,
-            rollouts.c.seq,
-            rollouts.c.name,
-            rollouts.c.match,
-            rollouts.c.priority,
-            rollouts.c.state,
-            rollouts.c.reason,
-            rollouts.c.gated,
-        ).order_by(rollouts.c.priority.desc(), rollouts.c.seq)
+        query = sa.select(*_ROLLOUT_COLUMNS).order_by(rollouts.c.priority.desc(), rollouts.c.seq)
         if states is not None:
             query = query.where(rollouts.c.state.in_([s.value for s in states]))
         async with self._db._read() as conn:
