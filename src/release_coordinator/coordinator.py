@@ -245,7 +245,31 @@ def _plan(
 #: The compare-and-set expectation of a change from each state (shared: they never change).
 _FROM = {state: frozenset({state}) for state in TaskState}
 
+
 #: Decided plans for answers: (task state, reported state, release state, action) -> plan.
+def _step_event(
+    type_: EventType,
+    suffix: str,
+    value: str | None,
+    release_id: str,
+    task_id: str,
+    service_id: str,
+    at: datetime,
+) -> Event:
+    """The event of one step of a task (a :class:`_Plan` step): ``task <id> on <service>``
+    and the step's ``suffix``."""
+    return Event(
+        type_,
+        EventKind.TRANSITION,
+        f"task {task_id} on {service_id}{suffix}",
+        release_id,
+        task_id,
+        service_id,
+        value,
+        at,
+    )
+
+
 _ANSWER_PLANS: dict[tuple[TaskState, str, ReleaseState, TaskAction], _Plan | None] = {}
 _UNDECIDED = _Plan(None, frozenset(), (), "undecided", False, None)
 _NO_SINGLE: _Single = (frozenset(), TaskState.WAITING, EventType.INFO, "", "", None, False)
@@ -1140,7 +1164,6 @@ class Coordinator:
         release_id = release.id
         release_state = release.state
         check_ids = action is not TaskAction.CANCEL  # (cancel is judged by its state alone)
-        transition = EventKind.TRANSITION
         changes: list[TaskChange | None] = []
         append = changes.append
         # The plan of the previous answer, and its single step unpacked: most answers of a
@@ -1175,17 +1198,7 @@ class Coordinator:
                 if single is not None:
                     from_states, to_state, type_, suffix, value, message, with_progress = single
             if single is not None:  # the common case, inline
-                service_id = task.service_id
-                event = Event(
-                    type_,
-                    transition,
-                    f"task {task_id} on {service_id}{suffix}",
-                    release_id,
-                    task_id,
-                    service_id,
-                    value,
-                    at,
-                )
+                event = _step_event(type_, suffix, value, release_id, task_id, task.service_id, at)
                 append(
                     TaskChange(
                         task_id,
@@ -1222,7 +1235,6 @@ class Coordinator:
         _, to_state, type_, suffix, value, message, with_progress = plan.single
         release_id = release.id
         check_ids = action is not TaskAction.CANCEL  # (cancel is judged by its state alone)
-        transition = EventKind.TRANSITION
         moves: list[tuple[str, Event, int | None]] = []
         append = moves.append
         for task, answer in zip(tasks, answers, strict=True):
@@ -1233,17 +1245,7 @@ class Coordinator:
                 or (check_ids and (answer.task_id != task_id or answer.release_id != release_id))
             ):
                 return None  # not all alike: the general way
-            service_id = task.service_id
-            event = Event(
-                type_,
-                transition,
-                f"task {task_id} on {service_id}{suffix}",
-                release_id,
-                task_id,
-                service_id,
-                value,
-                at,
-            )
+            event = _step_event(type_, suffix, value, release_id, task_id, task.service_id, at)
             append((task_id, event, answer.progress if with_progress else None))
         return state, to_state, message, moves
 
@@ -1404,22 +1406,12 @@ class Coordinator:
                 ),
                 progress=progress,
             )
-        head = f"task {task.id} on {task.service_id}"
         return TaskChange(
             task.id,
             plan.from_states,
             plan.to_state,
             events=tuple(
-                Event(
-                    type,
-                    EventKind.TRANSITION,
-                    head + suffix,
-                    release.id,
-                    task.id,
-                    task.service_id,
-                    value,
-                    at,
-                )
+                _step_event(type, suffix, value, release.id, task.id, task.service_id, at)
                 for type, suffix, value in plan.steps
             ),
             progress=progress,
