@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from process_support import HOST, free_port, stop
 from release_coordinator import (
     Coordinator,
     CoordinatorConfig,
@@ -35,7 +35,6 @@ pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-HOST = "127.0.0.1"  # never another address
 KITS = 3
 READY_WITHIN = 15.0
 
@@ -43,12 +42,6 @@ READY_WITHIN = 15.0
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def _ready(process: subprocess.Popen[bytes], url: str, token: str) -> bool:
@@ -68,16 +61,6 @@ def _ready(process: subprocess.Popen[bytes], url: str, token: str) -> bool:
     raise AssertionError(f"{url} did not answer within {READY_WITHIN:g}s")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 @pytest.fixture
 def kit_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """``(base_url, token)`` of a running server process; stopped afterwards."""
@@ -85,7 +68,7 @@ def kit_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     env = {**os.environ, "RC_TEST_KITS": str(KITS), "RC_TEST_TOKEN": token}
     logs: list[Path] = []
     for attempt in range(3):  # a port found free can be taken before uvicorn binds it
-        port = _free_port()
+        port = free_port()
         log = tmp_path / f"uvicorn-{attempt}.log"
         logs.append(log)
         with log.open("wb") as out:
@@ -118,7 +101,7 @@ def kit_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
                 yield base, token
                 return
         finally:
-            _stop(process)
+            stop(process)
     output = "\n".join(log.read_text(errors="replace") for log in logs)
     raise AssertionError(f"the server process never started:\n{output}")
 

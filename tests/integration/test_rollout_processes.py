@@ -16,7 +16,6 @@ import base64
 import io
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -28,13 +27,13 @@ from typing import Any
 import httpx
 import pytest
 
+from process_support import HOST, free_port, stop
 from sql_support import postgres_schema
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.anyio]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-HOST = "127.0.0.1"  # never another address
 READY_WITHIN = 20.0
 CHILDREN = 40
 
@@ -101,25 +100,9 @@ def _result(child: str, stage: str, status: int, next_stage: str = "") -> dict[s
     }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 def _start(db: str, token: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     for _attempt in range(3):  # a port found free can be taken before uvicorn binds it
-        port = _free_port()
+        port = free_port()
         with log.open("ab") as out:
             process = subprocess.Popen(
                 [sys.executable, str(HERE / "_rollout_server.py"), "--db", db, "--port", str(port)],
@@ -140,7 +123,7 @@ def _start(db: str, token: str, log: Path) -> tuple[subprocess.Popen[bytes], str
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        _stop(process)
+        stop(process)
     raise AssertionError("a manager never started:\n" + log.read_text(errors="replace"))
 
 
@@ -155,9 +138,9 @@ def managers(postgres_url: str, tmp_path: Path) -> Iterator[tuple[str, str, str]
             try:
                 yield a, b, token
             finally:
-                _stop(second)
+                stop(second)
         finally:
-            _stop(first)
+            stop(first)
 
 
 async def test_two_managers_never_lose_an_update(managers: tuple[str, str, str]) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from process_support import HOST, free_port, stop
 from release_coordinator import (
     Event,
     EventKind,
@@ -44,7 +44,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-HOST = "127.0.0.1"  # never another address
 KITS = 3
 READY_WITHIN = 15.0
 LEASE = 2.0
@@ -55,22 +54,6 @@ RELEASE_PATH = ["initializing", "running", "staged", "publishing", "published"]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 class KitServer:
@@ -94,7 +77,7 @@ def _start_kits(tmp_path: Path, stage_seconds: float) -> Iterator[KitServer]:
         "RC_TEST_STAGE_SECONDS": str(stage_seconds),
     }
     for attempt in range(3):  # a port found free can be taken before uvicorn binds it
-        port = _free_port()
+        port = free_port()
         log = tmp_path / f"kits-{attempt}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
@@ -120,7 +103,7 @@ def _start_kits(tmp_path: Path, stage_seconds: float) -> Iterator[KitServer]:
                     pass
                 time.sleep(0.05)
         finally:
-            _stop(process)
+            stop(process)
     raise AssertionError("the kit server never started:\n" + log.read_text(errors="replace"))
 
 
@@ -188,7 +171,7 @@ class Coordinators:
 
     def stop_all(self) -> None:
         for process in self.processes.values():
-            _stop(process)
+            stop(process)
 
 
 @pytest.fixture
