@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import os
 import secrets
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import httpx
 import pytest
 
 from process_support import HOST, free_port, stop
+from rollout_store_support import archive, square
 from sql_support import postgres_schema
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.anyio]
@@ -66,19 +65,6 @@ stages:
     end_action: {onSuccess: rollout, onFailure: rollback}
 rollback: {action: {function: base_version}}
 """
-
-
-def _archive() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name in ("fns/checkout_v1/index.js", "fns/checkout_v2/index.js"):
-            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), "x")
-    return buffer.getvalue()
-
-
-def _square(lon: float, lat: float) -> dict[str, Any]:
-    ring = [[lon, lat], [lon + 1, lat], [lon + 1, lat + 1], [lon, lat + 1], [lon, lat]]
-    return {"type": "Polygon", "coordinates": [ring]}
 
 
 def _result(child: str, stage: str, status: int, next_stage: str = "") -> dict[str, Any]:
@@ -152,7 +138,7 @@ async def test_two_managers_never_lose_an_update(managers: tuple[str, str, str])
             headers=operator,
             json={
                 "strategy": STRATEGY,
-                "archive": base64.b64encode(_archive()).decode(),
+                "archive": base64.b64encode(archive()).decode(),
                 "target": {
                     "type": "Polygon",
                     "coordinates": [[[0, 0], [50, 0], [50, 50], [0, 50], [0, 0]]],
@@ -168,7 +154,7 @@ async def test_two_managers_never_lose_an_update(managers: tuple[str, str, str])
 
         async def register(child: str, i: int) -> None:
             first, second = servers[child]
-            body = {"id": child, "geographic_area": _square(i % 40, 5), "number_of_children": 0}
+            body = {"id": child, "geographic_area": square(i % 40, 5), "number_of_children": 0}
             polled = await http.post(f"{first}/poll", json=body)
             assert polled.status_code == 200, polled.text
             # The other manager learns of the rollout within its refresh: poll until offered.
