@@ -103,6 +103,7 @@ from release_coordinator.storage.base import (
     CoordinatorStore,
     EventFilter,
     RolloutStore,
+    StepEvent,
     TaskChange,
 )
 from release_coordinator.storage.memory import MemoryRolloutStore, MemoryStore
@@ -192,6 +193,7 @@ __all__ = [
     "StageStatus",
     "StageSummary",
     "StageType",
+    "StepEvent",
     "StorageError",
     "Strategy",
     "StrategyError",

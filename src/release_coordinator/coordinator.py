@@ -58,7 +58,14 @@ from release_coordinator.models import (
     new_id,
     utcnow,
 )
-from release_coordinator.storage.base import _ALL, CoordinatorStore, EventFilter, TaskChange
+from release_coordinator.storage.base import (
+    _ALL,
+    CoordinatorStore,
+    EventFilter,
+    StepEvent,
+    TaskChange,
+    step_event,
+)
 from release_coordinator.storage.memory import MemoryStore
 from release_coordinator.transports.base import TaskServiceTransport
 from release_coordinator.transports.memory import MemoryTransport
@@ -247,29 +254,6 @@ _FROM = {state: frozenset({state}) for state in TaskState}
 
 
 #: Decided plans for answers: (task state, reported state, release state, action) -> plan.
-def _step_event(
-    type_: EventType,
-    suffix: str,
-    value: str | None,
-    release_id: str,
-    task_id: str,
-    service_id: str,
-    at: datetime,
-) -> Event:
-    """The event of one step of a task (a :class:`_Plan` step): ``task <id> on <service>``
-    and the step's ``suffix``."""
-    return Event(
-        type_,
-        EventKind.TRANSITION,
-        f"task {task_id} on {service_id}{suffix}",
-        release_id,
-        task_id,
-        service_id,
-        value,
-        at,
-    )
-
-
 _ANSWER_PLANS: dict[tuple[TaskState, str, ReleaseState, TaskAction], _Plan | None] = {}
 _UNDECIDED = _Plan(None, frozenset(), (), "undecided", False, None)
 _NO_SINGLE: _Single = (frozenset(), TaskState.WAITING, EventType.INFO, "", "", None, False)
@@ -1012,8 +996,10 @@ class Coordinator:
             uniform = self._moves_for_answers(release, tasks, answers, action, now)
             if uniform is not None:  # ... all making the same move: one batch of it
                 del answers
-                from_state, to_state, message, moves = uniform
-                done = await self.store.move_tasks(from_state, to_state, moves, message=message)
+                from_state, to_state, message, moves, event = uniform
+                done = await self.store.move_tasks(
+                    from_state, to_state, moves, event, message=message
+                )
                 self._events_written()
                 if pause is not None:
                     return pause
@@ -1198,7 +1184,7 @@ class Coordinator:
                 if single is not None:
                     from_states, to_state, type_, suffix, value, message, with_progress = single
             if single is not None:  # the common case, inline
-                event = _step_event(type_, suffix, value, release_id, task_id, task.service_id, at)
+                event = step_event(type_, suffix, value, release_id, task_id, task.service_id, at)
                 append(
                     TaskChange(
                         task_id,
@@ -1222,10 +1208,11 @@ class Coordinator:
         answers: Sequence[TaskAnswer],
         action: TaskAction,
         at: datetime,
-    ) -> tuple[TaskState, TaskState, str | None, list[tuple[str, Event, int | None]]] | None:
+    ) -> tuple[TaskState, TaskState, str | None, list[tuple[Task, int | None]], StepEvent] | None:
         """When every answer moves its task the same one step (the common case): the move,
-        ``(from_state, to_state, message, moves)``, for :meth:`CoordinatorStore.move_tasks`,
-        with what :meth:`_changes_for_answers` would put in each task's change; else None."""
+        ``(from_state, to_state, message, moves, event)``, for
+        :meth:`CoordinatorStore.move_tasks`, making the changes :meth:`_changes_for_answers`
+        would; else None."""
         if not tasks:
             return None
         state, reported = tasks[0].state, answers[0].state
@@ -1235,19 +1222,17 @@ class Coordinator:
         _, to_state, type_, suffix, value, message, with_progress = plan.single
         release_id = release.id
         check_ids = action is not TaskAction.CANCEL  # (cancel is judged by its state alone)
-        moves: list[tuple[str, Event, int | None]] = []
+        moves: list[tuple[Task, int | None]] = []
         append = moves.append
         for task, answer in zip(tasks, answers, strict=True):
-            task_id = task.id
             if (
                 task.state is not state
                 or answer.state != reported
-                or (check_ids and (answer.task_id != task_id or answer.release_id != release_id))
+                or (check_ids and (answer.task_id != task.id or answer.release_id != release_id))
             ):
                 return None  # not all alike: the general way
-            event = _step_event(type_, suffix, value, release_id, task_id, task.service_id, at)
-            append((task_id, event, answer.progress if with_progress else None))
-        return state, to_state, message, moves
+            append((task, answer.progress if with_progress else None))
+        return state, to_state, message, moves, StepEvent(type_, suffix, value, release_id, at)
 
     def _cached_answer_plan(
         self, release: Release, task: Task, reported: str, action: TaskAction
@@ -1411,7 +1396,7 @@ class Coordinator:
             plan.from_states,
             plan.to_state,
             events=tuple(
-                _step_event(type, suffix, value, release.id, task.id, task.service_id, at)
+                step_event(type, suffix, value, release.id, task.id, task.service_id, at)
                 for type, suffix, value in plan.steps
             ),
             progress=progress,

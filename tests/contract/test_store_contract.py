@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
+import attrs
 import pytest
 
 from release_coordinator import (
@@ -25,11 +25,12 @@ from release_coordinator import (
     Release,
     ReleaseState,
     ServiceHealth,
+    StepEvent,
     TaskChange,
     TaskService,
     TaskState,
 )
-from release_coordinator.models import HealthStatus
+from release_coordinator.models import HealthStatus, utcnow
 
 pytestmark = pytest.mark.anyio
 
@@ -264,15 +265,18 @@ async def test_move_tasks_is_change_tasks_for_one_move(store: CoordinatorStore) 
         )
     w, i = TaskState.WAITING, TaskState.INITIALIZED
 
-    def story(tasks: list[Any]) -> list[tuple[str, Event, int | None]]:
-        steps = zip("abc", tasks, (5, None, 7), strict=True)
-        return [(t.id, ev(f"{n} in", task_id=t.id), p) for n, t, p in steps]
+    at = utcnow()
+    step = StepEvent(EventType.INFO, " is in", "initialized", None, at)
+    moves = list(zip(moved, (5, None, 7), strict=True))
 
     before = await store.last_event_id()
-    by_move = await store.move_tasks(w, i, story(moved), message="why")
+    by_move = await store.move_tasks(w, i, moves, step, message="why")
     middle = await store.last_event_id()
     by_change = await store.change_tasks(
-        [TaskChange(t, frozenset({w}), i, (e,), p, "why") for t, e, p in story(changed)]
+        [
+            TaskChange(t.id, frozenset({w}), i, (step.for_task(t),), p, "why")
+            for t, p in zip(changed, (5, None, 7), strict=True)
+        ]
     )
 
     def outcome(result: object) -> object:
@@ -286,13 +290,29 @@ async def test_move_tasks_is_change_tasks_for_one_move(store: CoordinatorStore) 
     assert outcome(by_move[2]) == ("lost", ("waiting",), "rejected")
     assert [await store.get_task(t.id) for t in moved[:2]] == by_move[:2]
     logged = await store.list_events(EventFilter(after_id=before))
-    moves = [e for e in logged if e.id <= middle]
-    changes = [e for e in logged if e.id > middle]
-    assert [(e.message, e.task_id) for e in moves] == [("a in", moved[0].id), ("b in", moved[1].id)]
-    assert [e.message for e in changes] == ["a in", "b in"]
+    by_moves = [e for e in logged if e.id <= middle]
+    by_changes = [e for e in logged if e.id > middle]
+    assert [
+        (e.type, e.kind, e.message, e.release_id, e.task_id, e.task_service_id, e.state)
+        for e in by_moves
+    ] == [
+        (
+            EventType.INFO,
+            EventKind.TRANSITION,
+            f"task {t.id} on {t.service_id} is in",
+            None,
+            t.id,
+            t.service_id,
+            "initialized",
+        )
+        for t in moved[:2]
+    ]
+    assert [e.message for e in by_changes] == [
+        f"task {t.id} on {t.service_id} is in" for t in changed[:2]
+    ]
     with pytest.raises(NotFoundError):  # for the whole call, before any change
         await store.move_tasks(
-            i, TaskState.RUNNING, [(moved[0].id, ev("x"), 1), ("TA_x", ev("y"), 1)]
+            i, TaskState.RUNNING, [(moved[0], 1), (attrs.evolve(moved[0], id="TA_x"), 1)], step
         )
     assert (await store.get_task(moved[0].id)).state is i
     assert len(await store.list_events(EventFilter(after_id=before))) == 4  # nothing more logged

@@ -57,6 +57,7 @@ __all__ = [
     "CoordinatorStore",
     "EventFilter",
     "RolloutStore",
+    "StepEvent",
     "TaskChange",
     "new_tasks",
 ]
@@ -76,6 +77,52 @@ class TaskChange:
     events: tuple[Event, ...] = ()
     progress: int | None = None
     message: str | None = None
+
+
+def step_event(
+    type: EventType,
+    suffix: str,
+    state: str | None,
+    release_id: str | None,
+    task_id: str,
+    service_id: str,
+    at: datetime,
+    id: int = 0,
+) -> Event:
+    """The transition event of one step of a task: ``task <id> on <service><suffix>``."""
+    return Event(
+        type,
+        EventKind.TRANSITION,
+        f"task {task_id} on {service_id}{suffix}",
+        release_id,
+        task_id,
+        service_id,
+        state,
+        at,
+        id,
+    )
+
+
+@attrs.frozen
+class StepEvent:
+    """The event every task of a :meth:`CoordinatorStore.move_tasks` batch gets: a transition
+    event ``task <task id> on <service id><suffix>`` of ``type``, dated ``at``, with the task's
+    ids and ``state``. One value for the whole batch, so a store writes (or, in memory, keeps)
+    the batch's events without an :class:`~release_coordinator.models.Event` per task until
+    they are read."""
+
+    type: EventType
+    suffix: str
+    state: str | None
+    release_id: str | None
+    at: datetime
+
+    def for_task(self, task: Task, id: int = 0) -> Event:
+        """The event as logged for ``task`` (with ``id``, once it has one)."""
+        return step_event(
+            self.type, self.suffix, self.state, self.release_id, task.id, task.service_id,
+            self.at, id,
+        )
 
 
 @attrs.frozen
@@ -253,19 +300,21 @@ class CoordinatorStore(abc.ABC):
         self,
         from_state: TaskState,
         to_state: TaskState,
-        moves: Sequence[tuple[str, Event, int | None]],
+        moves: Sequence[tuple[Task, int | None]],
+        event: StepEvent,
         *,
         message: str | None = None,
     ) -> list[Task | ConcurrentUpdateError]:
-        """Many tasks making the same move, each ``(task_id, event, progress)``: exactly
-        :meth:`change_tasks` with ``TaskChange(task_id, frozenset({from_state}), to_state,
-        (event,), progress, message)`` for each, in order (what this default does). The
-        coordinator's fan-out records a phase's answers with it; an adapter may do it faster."""
+        """Many tasks making the same move, each ``(task, progress)`` (``task`` as the caller
+        read it; only its id and service id count): exactly :meth:`change_tasks` with
+        ``TaskChange(task.id, frozenset({from_state}), to_state, (event.for_task(task),),
+        progress, message)`` for each, in order (what this default does). The coordinator's
+        fan-out records a phase's answers with it; an adapter may do it faster."""
         from_states = frozenset({from_state})
         return await self.change_tasks(
             [
-                TaskChange(task_id, from_states, to_state, (event,), progress, message)
-                for task_id, event, progress in moves
+                TaskChange(task.id, from_states, to_state, (event.for_task(task),), p, message)
+                for task, p in moves
             ]
         )
 

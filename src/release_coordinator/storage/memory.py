@@ -39,6 +39,7 @@ from release_coordinator.storage.base import (
     CoordinatorStore,
     EventFilter,
     RolloutStore,
+    StepEvent,
     TaskChange,
     new_tasks,
 )
@@ -77,8 +78,9 @@ class MemoryStore(CoordinatorStore):
         self._tasks_by_release: dict[str, list[str]] = {}
         # The log. An event's id is its position (1..n); one appended with a change is kept as
         # the caller made it (immutable, so nothing is copied on the write path) and gets its
-        # id when it is first read (see _stamped).
-        self._events: list[Event] = []
+        # id when it is first read (see _stamped); one of a move_tasks batch is kept as its
+        # StepEvent and the moved task, and made when first read.
+        self._events: list[Event | tuple[StepEvent, Task]] = []
         self._versions: set[str] = set()
         self._top_version = "0.0.0"
         self._leases: dict[str, tuple[str, float]] = {}
@@ -93,9 +95,14 @@ class MemoryStore(CoordinatorStore):
 
     def _stamped(self, index: int) -> Event:
         """The event at ``index`` of the log, with its id (given now if it has none yet)."""
-        event = self._events[index]
-        if event.id != index + 1:
-            event = self._events[index] = _with_id(event, index + 1)
+        entry = self._events[index]
+        if isinstance(entry, tuple):
+            step, task = entry
+            event = self._events[index] = step.for_task(task, index + 1)
+        elif entry.id != index + 1:
+            event = self._events[index] = _with_id(entry, index + 1)
+        else:
+            event = entry
         return event
 
     def _service(self, service_id: str) -> TaskService:
@@ -350,24 +357,26 @@ class MemoryStore(CoordinatorStore):
         self,
         from_state: TaskState,
         to_state: TaskState,
-        moves: Sequence[tuple[str, Event, int | None]],
+        moves: Sequence[tuple[Task, int | None]],
+        event: StepEvent,
         *,
         message: str | None = None,
     ) -> list[Task | ConcurrentUpdateError]:
         # change_tasks for this one kind of change, without a TaskChange per task.
         if to_state is None:  # (not a move: the general way)
-            return await super().move_tasks(from_state, to_state, moves, message=message)
+            return await super().move_tasks(from_state, to_state, moves, event, message=message)
         results: list[Task | ConcurrentUpdateError] = []
         append = results.append
         with self._lock:
             tasks = self._tasks
-            for task_id, _, _ in moves:
-                if task_id not in tasks:
-                    raise NotFoundError("task", task_id)
+            for task, _ in moves:
+                if task.id not in tasks:
+                    raise NotFoundError("task", task.id)
             now = utcnow()
             log = self._events.append
             new_state = to_state != from_state  # (the state of every task that moves)
-            for task_id, event, new_progress in moves:
+            for task, new_progress in moves:
+                task_id = task.id
                 current = tasks[task_id]
                 old_state = current.state
                 if old_state != from_state:
@@ -387,8 +396,7 @@ class MemoryStore(CoordinatorStore):
                     now,
                     now if moved else current.progress_at,
                 )
-                if event is not None:  # its id is given when first read (see _stamped)
-                    log(event)
+                log((event, updated))  # the event is made when first read (see _stamped)
                 append(updated)
         return results
 
