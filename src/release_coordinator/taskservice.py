@@ -26,7 +26,6 @@ server extra.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -215,29 +214,29 @@ class TaskServiceKit:
     ) -> None:
         """Move ``task`` to ``state`` and run ``hook`` for it in a job of its own."""
         task.state = state
-        job = asyncio.get_running_loop().create_task(self._kit_job(task, hook, done))
-        self._jobs[task.task_id] = job
-        # (forgotten when done, also when canceled before it ever ran)
-        job.add_done_callback(functools.partial(self._forget, task.task_id))
-
-    def _forget(self, task_id: str, job: asyncio.Task[None]) -> None:
-        if self._jobs.get(task_id) is job:
-            del self._jobs[task_id]
+        loop = asyncio.get_running_loop()
+        self._jobs[task.task_id] = loop.create_task(self._kit_job(task, hook, done))
 
     async def _kit_job(
         self, task: KitTask, hook: Callable[[KitTask], Awaitable[None]], done: str
     ) -> None:
         """A job: ``hook``, then ``done`` (or ``failed``), then a push to the coordinator."""
         try:
-            await hook(task)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            log.warning("%s: task %s failed: %s", self.name, task.task_id, error)
-            task.state, task.message = "failed", f"{type(error).__name__}: {error}"
-        else:
-            task.state, task.progress = done, 100
-        await self.notify(task)
+            try:
+                await hook(task)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("%s: task %s failed: %s", self.name, task.task_id, error)
+                task.state, task.message = "failed", f"{type(error).__name__}: {error}"
+            else:
+                task.state, task.progress = done, 100
+            await self.notify(task)
+        finally:
+            # Forgotten when it ends (a newer job of the task may have taken its place); one
+            # canceled before it ever ran is forgotten by whoever canceled it.
+            if self._jobs.get(task.task_id) is asyncio.current_task():
+                del self._jobs[task.task_id]
 
     async def _do_cancel(self, task: KitTask) -> None:
         if task.state in _FINISHED:
@@ -255,6 +254,7 @@ class TaskServiceKit:
     async def aclose(self) -> None:
         """Stop every background job (a host shutting down)."""
         jobs = list(self._jobs.values())
+        self._jobs.clear()
         for job in jobs:
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)

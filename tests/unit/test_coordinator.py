@@ -680,3 +680,55 @@ def test_a_kit_tasks_answer_body_is_its_answers_json() -> None:
     task.submitted_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)  # formatted anew
     assert task.answer_json("portal")["date_submitted"] == "2026-01-02T03:04:05+00:00"
     assert task.answer_json("portal") == task.answer("portal").to_json()
+
+
+async def test_a_kit_forgets_its_jobs_when_they_end_or_are_canceled() -> None:
+    gate = asyncio.Event()
+
+    async def stage(task: KitTask) -> None:
+        await gate.wait()
+
+    kit = TaskServiceKit("svc", stage=stage)
+    bodies = [
+        {"action": "initialize", "task_id": f"TA_{i}", "release_id": "RE_1", "studies": []}
+        for i in range(3)
+    ]
+    for body in bodies:
+        await kit.handle_task(body)
+        await kit.handle_task({**body, "action": "start"})
+    assert set(kit._jobs) == {"TA_0", "TA_1", "TA_2"}
+    # canceled before its job ever ran: forgotten by the cancel
+    await kit.handle_task({**bodies[0], "action": "cancel"})
+    assert set(kit._jobs) == {"TA_1", "TA_2"}
+    gate.set()
+    for _ in range(5):  # the jobs run to their end ...
+        await asyncio.sleep(0)
+    assert kit.tasks["TA_1"].state == kit.tasks["TA_2"].state == "staged"
+    assert kit._jobs == {}  # ... and are forgotten
+    assert kit.tasks["TA_0"].state == "canceled"
+    # a job that ends after a newer job of its task started leaves the newer one be: here
+    # the push of "staged" publishes at once (as a coordinator could)
+    kit2 = TaskServiceKit("svc2", stage=None, publish=stage)
+    gate.clear()
+
+    async def push(task_id: str, release_id: str, state: str, progress: int) -> None:
+        if state == "staged":
+            await kit2.handle_task({**bodies[0], "action": "publish"})
+
+    kit2.connect(push)
+    await kit2.handle_task(bodies[0])
+    await kit2.handle_task({**bodies[0], "action": "start"})
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert kit2.tasks["TA_0"].state == "publishing"
+    publishing = kit2._jobs["TA_0"]
+    assert not publishing.done()
+    await kit2.aclose()
+    assert kit2._jobs == {}
+    assert publishing.cancelled()
+    # closed before a job ever ran: forgotten too
+    await kit2.handle_task(bodies[1])
+    await kit2.handle_task({**bodies[1], "action": "start"})
+    assert set(kit2._jobs) == {"TA_1"}
+    await kit2.aclose()
+    assert kit2._jobs == {}
