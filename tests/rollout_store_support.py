@@ -7,13 +7,16 @@ A/B stage ``all-in``), so that rollouts of one store have different stage lists.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zipfile
+from collections.abc import AsyncIterator
 from typing import Any
 
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.models import ReleaseBundle
 from release_coordinator.rollout.results import StageSummary, TimesSummary
+from release_coordinator.storage.base import RolloutStore
 
 __all__ = [
     "ONE_STAGE",
@@ -21,6 +24,7 @@ __all__ = [
     "archive",
     "area",
     "one_stage_bundle",
+    "reopened",
     "square",
     "stage_summary",
     "two_stage_bundle",
@@ -150,3 +154,20 @@ def stage_summary(
         f1_calls,
         f2_calls,
     )
+
+
+@contextlib.asynccontextmanager
+async def reopened(store: RolloutStore) -> AsyncIterator[RolloutStore]:
+    """Another store on the same data: a second SQL store on the same database (nothing cached
+    in the process), or the memory store itself. (The engine's URL: ``store.url`` is for
+    showing, with the password hidden.)"""
+    from release_coordinator.storage.sql import SQLRolloutStore
+
+    if isinstance(store, SQLRolloutStore):
+        other = await SQLRolloutStore.connect(store._db._engine.url)
+        try:
+            yield other
+        finally:
+            await other.close()
+    else:
+        yield store

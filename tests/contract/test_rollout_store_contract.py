@@ -14,7 +14,6 @@ process: round trips are checked through a second store opened on the same datab
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
 from collections.abc import AsyncIterator, Mapping
@@ -50,6 +49,7 @@ from rollout_store_support import (
     TWO_STAGES,
     area,
     one_stage_bundle,
+    reopened,
     square,
     stage_summary,
     two_stage_bundle,
@@ -75,21 +75,6 @@ def known_violation(request: pytest.FixtureRequest, adapters: set[str], reason: 
     by this test and reported; the storage code is not fixed here)."""
     if adapter_of(request) in adapters:
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
-@contextlib.asynccontextmanager
-async def reopened(store: RolloutStore) -> AsyncIterator[RolloutStore]:
-    """Another store on the same data: a second SQL store on the same database (nothing cached
-    in the process), or the memory store itself. (The engine's URL: ``store.url`` is for
-    showing, with the password hidden.)"""
-    if isinstance(store, SQLRolloutStore):
-        other = await SQLRolloutStore.connect(store._db._engine.url)
-        try:
-            yield other
-        finally:
-            await other.close()
-    else:
-        yield store
 
 
 def no_background_flush(store: RolloutStore) -> None:
@@ -396,6 +381,46 @@ async def test_children_since_follows_change_numbers(rollout_store: RolloutStore
     assert found == [c, a2]
     async with reopened(rollout_store) as store:  # another manager follows the same numbers
         assert await store.children_since(numbers[1]) == ([a2], numbers[2])
+
+
+# -- child tokens ----------------------------------------------------------------------------------
+async def test_child_tokens_are_kept_once_and_dropped(rollout_store: RolloutStore) -> None:
+    assert await rollout_store.child_token("c1") is None
+    assert await rollout_store.add_child_token("c1", "d" * 64)
+    assert not await rollout_store.add_child_token("c1", "e" * 64)  # the first one stays
+    assert await rollout_store.add_child_token("c2", "f" * 64)
+    assert await rollout_store.child_token("c1") == "d" * 64
+    assert await rollout_store.children_with_tokens(["c1", "c3", "c2", "c1"]) == {"c1", "c2"}
+    assert await rollout_store.children_with_tokens([]) == set()
+    async with reopened(rollout_store) as store:  # another process (or a restart) knows them
+        assert await store.child_token("c2") == "f" * 64
+        assert await store.drop_child_token("c2")
+    assert await rollout_store.child_token("c2") is None
+    assert not await rollout_store.drop_child_token("c2")  # nothing to drop
+    assert await rollout_store.add_child_token("c2", "g" * 64)  # a new one after a drop
+    assert await rollout_store.child_token("c2") == "g" * 64
+
+
+async def test_a_first_child_token_is_kept_once_when_issued_at_once(
+    rollout_store: RolloutStore,
+) -> None:
+    async with reopened(rollout_store) as other:
+        added = await asyncio.gather(
+            *(
+                store.add_child_token("c1", f"{i:064x}")
+                for i, store in enumerate([rollout_store, other] * 4)
+            )
+        )
+        assert added.count(True) == 1
+        winner = f"{added.index(True):064x}"
+        assert await rollout_store.child_token("c1") == await other.child_token("c1") == winner
+
+
+async def test_children_with_tokens_of_many_children(rollout_store: RolloutStore) -> None:
+    ids = [f"c{i}" for i in range(1200)]  # more than one statement's worth
+    for child_id in ids[::3]:
+        await rollout_store.add_child_token(child_id, "d" * 64)
+    assert await rollout_store.children_with_tokens(ids) == set(ids[::3])
 
 
 # -- polls -----------------------------------------------------------------------------------------

@@ -369,6 +369,15 @@ class RolloutStoreEquivalence(RuleBasedStateMachine):
         change = data.draw(st.integers(0, latest + 1))
         self.same(lambda s: s.children_since(change))
 
+    # -- child tokens ------------------------------------------------------------------------
+    @rule(cid=child_ids, digest=st.sampled_from(["a" * 64, "b" * 64]))
+    def add_child_token(self, cid: str, digest: str) -> None:
+        self.same(lambda s: s.add_child_token(cid, digest))
+
+    @rule(cid=child_ids)
+    def drop_child_token(self, cid: str) -> None:
+        self.same(lambda s: s.drop_child_token(cid))
+
     # -- polls -------------------------------------------------------------------------------
     @precondition(lambda self: bool(self.saved))
     @rule(data=st.data(), step=st.sampled_from([0.0, 0.5, 1.25, 30.0]))
@@ -478,6 +487,9 @@ class RolloutStoreEquivalence(RuleBasedStateMachine):
         self.same(lambda s: s.list_children())
         self.same(lambda s: s.children_since(0))
         self.same(lambda s: s.last_seen([*CHILD_IDS, MISSING]))
+        self.same(lambda s: s.children_with_tokens([*CHILD_IDS, MISSING]))
+        for cid in CHILD_IDS:
+            self.same(lambda s, c=cid: s.child_token(c))  # type: ignore[misc]
         # concurrent polls (the SQL store answers them with one query)
         self.same(offers)
         for rid in self.added:

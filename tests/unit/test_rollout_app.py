@@ -9,7 +9,7 @@ import contextlib
 import io
 import json
 import zipfile
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -26,12 +26,14 @@ from release_coordinator import (
     Relay,
     ReleaseBundle,
     RolloutManager,
+    RolloutStore,
     Waves,
 )
 from release_coordinator.errors import ValidationError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.geo import Area
 from release_coordinator.server.rollout_app import parse_policy, policy_json, rollout_app
+from rollout_store_support import reopened
 
 from .test_rollout_manager import EUROPE, INSIDE, OUTSIDE, STRATEGY, archive, result, square
 
@@ -89,11 +91,9 @@ def client_for(app: Any) -> httpx.AsyncClient:
 class Node:
     """A manager served by rollout_app, and a client of it."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, store: RolloutStore | None = None, **options: Any) -> None:
         self.clock = Clock()
-        self.tokens: dict[str, str] = {}
-        options.setdefault("child_token_store", self.tokens)
-        self.manager = RolloutManager(lost_after=30, clock=self.clock)
+        self.manager = RolloutManager(store, lost_after=30, clock=self.clock)
         options.setdefault("operator_tokens", {"ops": "op-token"})
         self.app = rollout_app(self.manager, **options)
         self.client = client_for(self.app)
@@ -579,16 +579,18 @@ def test_configuration_is_checked() -> None:
 
 
 async def test_child_tokens_are_issued_at_registration_and_required_after() -> None:
-    store: MutableMapping[str, str] = {}
-    n = Node(child_tokens=True, child_token_store=store)
+    n = Node(child_tokens=True)
+    store = n.manager.store
     c = n.client
     async with c:
         await n.manager.create_rollout(_BUNDLE, EUROPE)
         first = (await n.poll()).json()
         child, token = first["id"], first["token"]
         assert set(first) == {"id", "new_release", "token"}
-        assert store[child] != token
-        assert token not in store.values()  # only a hash is kept
+        kept = await store.child_token(child)
+        assert kept is not None
+        assert kept != token
+        assert token not in kept  # only a hash is kept
         mine = {"Authorization": f"Bearer {token}"}
 
         assert_error(await n.poll(child), 401, "unauthorized")
@@ -628,6 +630,61 @@ async def test_child_tokens_are_issued_at_registration_and_required_after() -> N
         renewed = await n.poll(child, **mine)  # no token on record: the next poll gets a new one
         assert renewed.status_code == 200
         assert renewed.json()["token"] != token
+
+
+async def test_child_tokens_live_in_the_managers_store(rollout_store: RolloutStore) -> None:
+    # A restarted server, or another process over the same store, knows the tokens issued:
+    # nobody can claim a registered child's id by polling with it after a restart.
+    first = Node(rollout_store, child_tokens=True)
+    async with first.client:
+        await first.manager.create_rollout(_BUNDLE, EUROPE)
+        answer = (await first.poll()).json()
+    child, token = answer["id"], answer["token"]
+    mine = {"Authorization": f"Bearer {token}"}
+    await rollout_store.flush()
+
+    async with reopened(rollout_store) as store_1, reopened(rollout_store) as store_2:
+        restarted = Node(store_1, child_tokens=True)
+        other = Node(store_2, child_tokens=True)  # a second process, say
+        async with restarted.client, other.client:
+            await restarted.manager.load()
+            await other.manager.load()
+            assert_error(await restarted.poll(child), 401)  # no new token for a known child
+            again = await restarted.poll(child, **mine)
+            assert again.status_code == 200
+            assert "token" not in again.json()
+            assert (await other.poll(child, **mine)).status_code == 200
+            listed = (await other.client.get("/children", headers=OPS)).json()["items"]
+            assert [(ch["id"], ch["has_token"]) for ch in listed] == [(child, True)]
+
+            # revoked through one, refused by the other; the next poll gets a new token
+            revoke = await restarted.client.delete(f"/children/{child}/token", headers=OPS)
+            assert revoke.status_code == 204
+            fetch = f"/release?childID={child}&releaseID=42"
+            assert_error(await other.client.get(fetch, headers=mine), 401)
+            renewed = (await other.poll(child, **mine)).json()
+            assert renewed["token"] != token
+            theirs = {"Authorization": f"Bearer {renewed['token']}"}
+            assert (await restarted.poll(child, **theirs)).status_code == 200
+
+
+async def test_a_child_token_is_issued_once_when_polls_race() -> None:
+    # First polls of one new id at once: exactly one answer carries a token (the store keeps
+    # the first; see the store contract for the race itself); the others are refused or, if
+    # they passed the check before the token was kept, answered without one.
+    n = Node(child_tokens=True)
+    async with n.client:
+        answers = await asyncio.gather(*(n.poll("edge-9") for _ in range(5)))
+        issued = [
+            a.json()["token"] for a in answers if a.status_code == 200 and "token" in a.json()
+        ]
+        assert len(issued) == 1
+        assert all(
+            a.status_code == 401
+            or (a.status_code == 200 and a.json().get("token") in [*issued, None])
+            for a in answers
+        )
+        assert (await n.poll("edge-9", Authorization=f"Bearer {issued[0]}")).status_code == 200
 
 
 async def test_without_child_tokens_the_child_protocol_is_open(node: Node) -> None:
@@ -730,7 +787,9 @@ async def fuzz_node(child_tokens: bool) -> tuple[Node, str, dict[str, str]]:
 async def rollout_snapshot(n: Node) -> tuple[Any, ...]:
     rollouts = await n.manager.list_rollouts()
     states = [await n.manager.store.child_releases(r.id) for r in rollouts]
-    return rollouts, states, await n.manager.children(), dict(n.tokens)
+    children = await n.manager.children()
+    tokens = {c.id: await n.manager.store.child_token(c.id) for c in children}
+    return rollouts, states, children, tokens
 
 
 LEAVES = (

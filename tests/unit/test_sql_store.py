@@ -217,6 +217,25 @@ async def test_version_1_gains_the_rollout_tables(db_url: str) -> None:
         await store.close()
 
 
+async def test_version_2_gains_the_child_tokens_table(db_url: str) -> None:
+    rollouts = await SQLRolloutStore.connect(db_url)
+    await rollouts.save_child(Child("c1", Area.from_geojson(SQUARE)))
+    await rollouts.close()
+    await execute(
+        db_url, "DROP TABLE rc_child_tokens", "UPDATE rc_schema_version SET version = 2"
+    )
+    with pytest.raises(SchemaError, match="schema version 2"):
+        await SQLRolloutStore.connect(db_url)
+    assert await upgrade(db_url) == (2, SCHEMA_VERSION)
+    rollouts = await SQLRolloutStore.connect(db_url, create=False)
+    try:
+        assert [c.id for c in await rollouts.list_children()] == ["c1"]  # kept
+        assert await rollouts.add_child_token("c1", "d" * 64)
+        assert await rollouts.child_token("c1") == "d" * 64
+    finally:
+        await rollouts.close()
+
+
 async def test_a_newer_schema_is_refused(db_url: str) -> None:
     await (await SQLStore.connect(db_url)).close()
     await execute(db_url, f"UPDATE rc_schema_version SET version = {SCHEMA_VERSION + 1}")

@@ -63,8 +63,8 @@ does not allow the action), 413 over ``max_upload``/``max_body``, 415 another co
 no token yet) is answered with an extra ``token``; from then on every request about that child
 must carry ``Authorization: Bearer <token>`` (401 without a valid one, 403 with another child's).
 ``GET /release/functions/...`` takes any child's token. Only a hash of each token is kept, in
-``child_token_store`` (a dict unless the host passes a persistent mapping). Original agents send
-no token: leave it off for them.
+the manager's store (so a restart, or another process over the same database, knows it).
+Original agents send no token: leave it off for them.
 
 Needs the ``server`` extra (Starlette). ``import release_coordinator`` does not import this
 module.
@@ -81,7 +81,7 @@ import hashlib
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -146,6 +146,7 @@ from release_coordinator.server.common import (
     unauthorized,
 )
 from release_coordinator.server.openapi import OPENAPI_PATH, rollout_openapi
+from release_coordinator.storage.base import RolloutStore
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -286,30 +287,36 @@ def _float(text: str) -> float | None:
 
 
 class _ChildTokens:
-    """Tokens issued to children at registration; only their SHA-256 is kept.
+    """Tokens issued to children at registration, kept in the manager's store (only their
+    SHA-256), so that a restarted server and every process sharing the store know them.
 
     A token reads ``<child id, base64url>.<secret>``, so that the child it claims to be is
     known without a search.
     """
 
-    def __init__(self, store: MutableMapping[str, str]) -> None:
+    def __init__(self, store: RolloutStore) -> None:
         self.store = store
 
     @staticmethod
     def _digest(token: str) -> str:
         return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
-    def issue(self, child_id: str) -> str | None:
-        """A new token for a child that holds none (None if it holds one already)."""
-        if child_id in self.store:
-            return None
+    async def digest(self, child_id: str) -> str | None:
+        """The digest of ``child_id``'s token (None: it holds none)."""
+        return await self.store.child_token(child_id)
+
+    async def issue(self, child_id: str) -> str | None:
+        """A new token for a child that holds none (None if it holds one already, also when
+        another request issued one a moment ago: the store keeps the first)."""
         prefix = base64.urlsafe_b64encode(child_id.encode("utf-8")).decode("ascii").rstrip("=")
         token = f"{prefix}.{secrets.token_urlsafe(32)}"
-        self.store[child_id] = self._digest(token)
+        if not await self.store.add_child_token(child_id, self._digest(token)):
+            return None
         return token
 
-    def owner(self, token: str) -> str | None:
-        """The child ``token`` belongs to, or None."""
+    @staticmethod
+    def _claimed(token: str) -> str | None:
+        """The child a token says it belongs to (its prefix), or None."""
         prefix, dot, _ = token.partition(".")
         if not dot or len(prefix) > 400:
             return None
@@ -317,20 +324,32 @@ class _ChildTokens:
             child_id = base64.urlsafe_b64decode(prefix + "=" * (-len(prefix) % 4)).decode("utf-8")
         except (binascii.Error, ValueError):
             return None
-        expected = self.store.get(child_id)
-        if expected is None:
+        return child_id if 0 < len(child_id) <= _MAX_TEXT else None
+
+    async def owner(self, token: str, known: tuple[str, str] | None = None) -> str | None:
+        """The child ``token`` belongs to, or None. ``known``: a child's id and digest already
+        read (no second read when the token claims to be that child's)."""
+        child_id = self._claimed(token)
+        if child_id is None:
             return None
-        if not secrets.compare_digest(self._digest(token), expected):
+        if known is not None and known[0] == child_id:
+            expected: str | None = known[1]
+        else:
+            expected = await self.store.child_token(child_id)
+        if expected is None or not secrets.compare_digest(self._digest(token), expected):
             return None
         return child_id
 
-    def require(self, request: Request, child_id: str | None) -> None:
+    async def require(
+        self, request: Request, child_id: str | None, digest: str | None = None
+    ) -> None:
         """401 without a valid child token; 403 when it is not ``child_id``'s (``None``: any
-        child's will do)."""
+        child's will do). ``digest``: ``child_id``'s, when it was read already."""
         token = bearer_token(request)
         if token is None:
             raise unauthorized("a child token is required")
-        owner = self.owner(token)
+        known = None if child_id is None or digest is None else (child_id, digest)
+        owner = await self.owner(token, known)
         if owner is None:
             raise unauthorized("the child token is not valid")
         if child_id is not None and owner != child_id:
@@ -352,7 +371,6 @@ def rollout_app(
     verifier: Verifier | None = None,
     allow_anonymous: bool = False,
     child_tokens: bool = False,
-    child_token_store: MutableMapping[str, str] | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     archive_limits: ArchiveLimits | None = None,
@@ -366,8 +384,7 @@ def rollout_app(
       callable, sync or async, answering a name or ``True`` to accept a token): who may use
       the operator API; one is required unless ``allow_anonymous``.
     - ``child_tokens``: issue per-child tokens at registration and require them (opt-in);
-      ``child_token_store`` keeps their hashes (a dict by default: tokens issued before a
-      restart are then forgotten, and children get new ones at their next poll).
+      their hashes are kept in the manager's store, beside the children.
     - ``max_body``: the largest request body; ``max_upload``: the largest ``POST /rollouts``
       body; ``archive_limits``: what an uploaded ``fns.zip`` must stay within.
     - ``lifespan``: the app's startup rebuilds the manager's indexes from its store
@@ -387,7 +404,7 @@ def rollout_app(
             "the operator API needs operator tokens or a verifier "
             "(or allow_anonymous=True, for tests and trusted networks only)"
         )
-    tokens = _ChildTokens(child_token_store if child_token_store is not None else {})
+    tokens = _ChildTokens(manager.store)
     limits = archive_limits or ArchiveLimits()
 
     async def operator(request: Request) -> Principal:
@@ -396,7 +413,7 @@ def rollout_app(
         token = bearer_token(request)
         who = None if token is None else await operators.identify(token)
         if who is None:
-            if token is not None and tokens.owner(token) is not None:
+            if token is not None and await tokens.owner(token) is not None:
                 raise forbidden("a child token may not use the operator API")
             raise unauthorized()
         return who
@@ -414,13 +431,16 @@ def rollout_app(
         child_id = "" if child_id is None else child_id  # Go agents: a missing id is ""
         count = body.get("number_of_children")
         count = 0 if count is None else count
-        if child_tokens and isinstance(child_id, str) and child_id in tokens.store:
-            tokens.require(Request(scope), child_id)
+        held = None  # the digest of the child's token (one read per poll)
+        if child_tokens and isinstance(child_id, str) and child_id:
+            held = await tokens.digest(child_id)
+            if held is not None:
+                await tokens.require(Request(scope), child_id, held)
         # The same body bytes carry the same area: they stand in for its fingerprint.
         answer = await manager.poll(child_id, body.get("geographic_area"), count, area_key=raw)
         out = answer.to_json()
-        if child_tokens:
-            issued = tokens.issue(answer.id)
+        if child_tokens and held is None:  # a child without a token: its first one
+            issued = await tokens.issue(answer.id)
             if issued is not None:
                 out["token"] = issued
         return 200, out
@@ -431,13 +451,13 @@ def rollout_app(
         if child_tokens:
             if not child_id:
                 raise ValidationError("invalid request", [("childID", "is required (a string)")])
-            tokens.require(request, child_id)
+            await tokens.require(request, child_id)
         text = await manager.get_release(child_id, release_id)
         return Response(text.encode("utf-8"), media_type="text/plain")
 
     async def get_functions(request: Request) -> Response:
         if child_tokens:
-            tokens.require(request, None)
+            await tokens.require(request, None)
         data = await manager.get_functions(request.path_params["release_id"])
         return Response(
             data,
@@ -448,14 +468,14 @@ def rollout_app(
     async def result(request: Request) -> Response:
         body = await read_object(request, max_body)
         if child_tokens:
-            tokens.require(request, child_id_of(body))
+            await tokens.require(request, child_id_of(body))
         await manager.submit_result(body)
         return json_response(200, {})
 
     async def end_stage(request: Request) -> Response:
         body = await read_object(request, max_body)
         if child_tokens:
-            tokens.require(request, child_id_of(body))
+            await tokens.require(request, child_id_of(body))
         answer = await manager.end_stage(
             body.get("id"), body.get("strategy_id"), body.get("stage_name")
         )
@@ -685,15 +705,17 @@ def rollout_app(
         limit, offset = paging(request)
         children = await manager.children()
         live = {c.id for c in await manager.live_children()}
+        page = children[offset : offset + limit]
+        with_tokens = await manager.store.children_with_tokens(c.id for c in page)
         items = [
             {
                 "id": c.id,
                 "area": c.area.to_geojson(),
                 "number_of_children": c.number_of_children,
                 "lost": c.id not in live,
-                "has_token": c.id in tokens.store,
+                "has_token": c.id in with_tokens,
             }
-            for c in children[offset : offset + limit]
+            for c in page
         ]
         return json_response(
             200, page_of(items, limit, offset, more=len(children) > offset + limit)
@@ -702,7 +724,7 @@ def rollout_app(
     async def revoke_token(request: Request) -> Response:
         await operator(request)
         child_id = request.path_params["child_id"]
-        if tokens.store.pop(child_id, None) is None:
+        if not await manager.store.drop_child_token(child_id):
             raise NotFoundError("child token", child_id)
         log.info("the token of child %s was revoked", child_id)
         return Response(status_code=204)

@@ -57,7 +57,6 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
-    MutableMapping,
     Sequence,
 )
 from types import FrameType
@@ -389,7 +388,6 @@ def service_app(
     callback_tokens: Mapping[str, str] | None = None,
     allow_anonymous: bool = False,
     child_tokens: bool = False,
-    child_token_store: MutableMapping[str, str] | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     lifespan: bool = True,
@@ -402,8 +400,8 @@ def service_app(
 
     ``operator_tokens`` and ``verifier`` admit operators to both APIs (one of them is required
     unless ``allow_anonymous``); ``callback_tokens`` are the task services' (see
-    ``coordinator_app``); ``child_tokens`` and ``child_token_store``, the children's (see
-    ``rollout_app``). With ``lifespan`` (the default) the app's startup starts the coordinator,
+    ``coordinator_app``); ``child_tokens``, the children's (see ``rollout_app``; kept in the
+    manager's store). With ``lifespan`` (the default) the app's startup starts the coordinator,
     then loads the manager from its store and ticks it every ``tick_interval`` seconds; its
     shutdown stops them in reverse order. ``access_log`` adds :class:`AccessLog`.
     """
@@ -425,7 +423,6 @@ def service_app(
         verifier=verifier,
         allow_anonymous=allow_anonymous,
         child_tokens=child_tokens,
-        child_token_store=child_token_store,
         max_body=max_body,
         max_upload=max_upload,
         lifespan=lifespan,

@@ -514,6 +514,25 @@ class RolloutStore(abc.ABC):
         the order of their last change, and the latest change number (0 for none): a manager
         sharing the store follows what other processes registered."""
 
+    # -- child tokens (the HTTP layer's per-child credentials; only a digest is kept) ---------
+    @abc.abstractmethod
+    async def child_token(self, child_id: str) -> str | None:
+        """The digest of ``child_id``'s token, or None when it holds none."""
+
+    @abc.abstractmethod
+    async def add_child_token(self, child_id: str, digest: str) -> bool:
+        """Keep ``digest`` as ``child_id``'s token unless it holds one already (then nothing
+        changes and the answer is False): of several processes issuing a first token for a
+        child at once, exactly one wins."""
+
+    @abc.abstractmethod
+    async def drop_child_token(self, child_id: str) -> bool:
+        """Forget ``child_id``'s token; False when it held none."""
+
+    @abc.abstractmethod
+    async def children_with_tokens(self, child_ids: Iterable[str]) -> set[str]:
+        """Those of ``child_ids`` that hold a token."""
+
     async def flush(self) -> None:  # noqa: B027 - optional hook
         """Write what the adapter buffers (e.g. when children last polled). Idempotent."""
 

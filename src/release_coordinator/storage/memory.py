@@ -490,6 +490,7 @@ class MemoryRolloutStore(RolloutStore):
         self._barriers: dict[tuple[str, str], BarrierRecord] = {}
         self._change = 0
         self._child_change: dict[str, int] = {}  # child -> number of its last save
+        self._tokens: dict[str, str] = {}  # child -> digest of its token
 
     @staticmethod
     def _sort_key(rollout: Rollout) -> int:
@@ -726,3 +727,22 @@ class MemoryRolloutStore(RolloutStore):
             )
             self._barriers[(rollout_id, stage_name)] = new
             return new
+
+    # -- child tokens ------------------------------------------------------------------------
+    async def child_token(self, child_id: str) -> str | None:
+        return self._tokens.get(child_id)  # (one dict read: no lock needed)
+
+    async def add_child_token(self, child_id: str, digest: str) -> bool:
+        with self._lock:
+            if child_id in self._tokens:
+                return False
+            self._tokens[child_id] = digest
+            return True
+
+    async def drop_child_token(self, child_id: str) -> bool:
+        with self._lock:
+            return self._tokens.pop(child_id, None) is not None
+
+    async def children_with_tokens(self, child_ids: Iterable[str]) -> set[str]:
+        with self._lock:
+            return {c for c in child_ids if c in self._tokens}

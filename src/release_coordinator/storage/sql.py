@@ -358,6 +358,14 @@ barriers = sa.Table(
     sa.Column("waiting_since", sa.Float, nullable=True),
 )
 
+child_tokens = sa.Table(
+    "rc_child_tokens",
+    metadata,
+    sa.Column("child_id", _ID, primary_key=True),
+    sa.Column("digest", sa.String(128), nullable=False),  # of the token, never the token
+    sa.Column("issued_at", UTCDateTime, nullable=False),
+)
+
 _TABLES = frozenset(metadata.tables)
 
 
@@ -399,10 +407,17 @@ def _to_v2(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _to_v3(conn: Connection) -> None:
+    """The children's token digests (the HTTP layer's per-child credentials), kept with the
+    children so that a restart or another process knows them."""
+    child_tokens.create(conn, checkfirst=True)
+
+
 #: Every step, in order; the last one's version is the schema this library writes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "leases on releases", _to_v1),
     Migration(2, "the RolloutManager's tables", _to_v2),
+    Migration(3, "the children's token digests", _to_v3),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

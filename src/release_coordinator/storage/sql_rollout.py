@@ -77,6 +77,7 @@ from release_coordinator.storage.sql import (
     _violates,
     barriers,
     child_releases,
+    child_tokens,
     children,
     counters,
     rollouts,
@@ -1038,3 +1039,46 @@ class SQLRolloutStore(RolloutStore):
                 )
             ).one()
         return BarrierRecord(bool(row.open), row.waiting_since)
+
+    # -- child tokens ------------------------------------------------------------------------
+    # (their writes do not change offers: the database's own transactions, not self._write)
+    @_edge
+    async def child_token(self, child_id: str) -> str | None:
+        async with self._db._read() as conn:
+            query = sa.select(child_tokens.c.digest).where(child_tokens.c.child_id == child_id)
+            digest = (await conn.execute(query)).scalar()
+        return None if digest is None else str(digest)
+
+    @_edge
+    async def add_child_token(self, child_id: str, digest: str) -> bool:
+        async with self._db._write() as conn:
+            insert = self._insert(child_tokens).values(
+                child_id=child_id, digest=digest, issued_at=utcnow()
+            )
+            result = await conn.execute(
+                insert.on_conflict_do_nothing().returning(child_tokens.c.child_id)
+            )
+            return result.first() is not None
+
+    @_edge
+    async def drop_child_token(self, child_id: str) -> bool:
+        async with self._db._write() as conn:
+            result = await conn.execute(
+                sa.delete(child_tokens)
+                .where(child_tokens.c.child_id == child_id)
+                .returning(child_tokens.c.child_id)
+            )
+            return result.first() is not None
+
+    @_edge
+    async def children_with_tokens(self, child_ids: Iterable[str]) -> set[str]:
+        ids = list(dict.fromkeys(child_ids))
+        found: set[str] = set()
+        async with self._db._read() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                query = sa.select(child_tokens.c.child_id).where(
+                    child_tokens.c.child_id.in_(chunk)
+                )
+                found.update((await conn.execute(query)).scalars())
+        return found
