@@ -19,7 +19,7 @@ from release_coordinator.errors import (
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
-from release_coordinator.rollout.models import Outcome, ReleaseBundle
+from release_coordinator.rollout.models import Outcome, ReleaseBundle, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental
 from release_coordinator.storage.base import RolloutStore
 
@@ -479,6 +479,73 @@ async def test_waves_advance_on_success_and_abort_on_failures(manager: RolloutMa
     assert rollout.state.value == "aborted"
     assert "2 of 3 finished children failed" in rollout.reason
     assert await offered(manager, children) == set()
+
+
+async def test_a_rollout_completes_when_every_child_it_reached_finished(
+    manager: RolloutManager,
+) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    a, b = await fetched(manager, INSIDE, square(6, 46))
+    await finish(manager, b, "42", ok=False)
+    assert (await manager.get_rollout("42")).state is RolloutState.ACTIVE  # a still runs it
+    await manager.tick()
+    assert (await manager.get_rollout("42")).state is RolloutState.ACTIVE
+    await manager.submit_result(result(a, "canary-10", 2))
+    assert (await manager.end_stage(a, "42", "canary-10")).end_stage
+    await manager.submit_result(result(a, "canary-10", 4, "ab-50"))
+    assert (await manager.get_rollout("42")).state is RolloutState.ACTIVE
+    await manager.submit_result(result(a, "ab-50", 4))  # the last child ends: completed
+    rollout = await manager.get_rollout("42")
+    assert rollout.state is RolloutState.COMPLETED
+    assert rollout.reason == "every child it reached finished it: 1 done, 1 failed"
+    assert (await manager.list_rollouts(states={RolloutState.ACTIVE})) == []
+    # offered to nobody from now on, not even a child registering in its area later
+    late = await manager.poll("", square(7, 47), 0)
+    assert late.new_release == ""
+    assert (await manager.poll(a, INSIDE, 0)).new_release == ""
+    # a final state: the operator can neither pause nor abort it
+    for action in (manager.pause, manager.abort, manager.resume):
+        with pytest.raises(InvalidTransitionError):
+            await action("42")
+    await manager.submit_result(result(a, "ab-50", 4))  # a repeated last report is harmless
+    await manager.tick()
+    assert (await manager.get_rollout("42")).state is RolloutState.COMPLETED
+    report = await manager.report("42")
+    assert report.statuses == {"Done": 1, "Failed": 1}
+
+
+async def test_a_rollout_that_reached_nobody_or_is_paused_does_not_complete(
+    manager: RolloutManager,
+) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    await manager.tick()
+    assert (await manager.get_rollout("42")).state is RolloutState.ACTIVE  # nobody yet
+    (a,) = await fetched(manager, INSIDE)
+    await manager.pause("42")
+    await finish(manager, a, "42", ok=False)
+    await manager.tick()
+    assert (await manager.get_rollout("42")).state is RolloutState.PAUSED
+    await manager.resume("42")
+    await manager.tick()
+    assert (await manager.get_rollout("42")).state is RolloutState.COMPLETED
+
+
+async def test_a_sequential_rollout_completes_after_its_last_group(
+    manager: RolloutManager,
+) -> None:
+    from release_coordinator import LocationSequential
+
+    children = {"a": square(2, 42), "b": square(4, 44)}
+    for child, area in children.items():
+        await manager.poll(child, area, 0)
+    await manager.create_rollout(bundle(), EUROPE, policy=LocationSequential())
+    assert await offered(manager, children) == {"a"}
+    await finish(manager, "a", "42")  # everybody offered it finished, but b is still to come
+    await manager.tick()
+    assert (await manager.get_rollout("42")).state is RolloutState.ACTIVE
+    assert await offered(manager, children) == {"b"}
+    await finish(manager, "b", "42")
+    assert (await manager.get_rollout("42")).state is RolloutState.COMPLETED
 
 
 def test_policies_refuse_nonsense() -> None:

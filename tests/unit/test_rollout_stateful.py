@@ -14,7 +14,9 @@ abort. After every step it checks, against the store:
     child told to end was waiting;
 (c) a child outside the target is never offered the release and never fetches it;
 (d) final statuses never change;
-(e) after an abort, ``end_stage`` tells every child that fetched the release to roll back.
+(e) after an abort, ``end_stage`` tells every child that fetched the release to roll back;
+(f) the rollout completes only when every registered child inside the target was offered it
+    and has finished it (Done or Failed), and a tick completes an active rollout that is so.
 
 Refused calls must raise one of the protocol's errors and change nothing.
 """
@@ -72,6 +74,7 @@ ROLLOUT_MOVES = {
     (RolloutState.PAUSED, RolloutState.ACTIVE),
     (RolloutState.ACTIVE, RolloutState.ABORTED),
     (RolloutState.PAUSED, RolloutState.ABORTED),
+    (RolloutState.ACTIVE, RolloutState.COMPLETED),
 }
 
 # A child record as the model sees it: None when the child is not targeted (status No).
@@ -456,6 +459,9 @@ class RolloutMachine(RuleBasedStateMachine):
         self.clock.now += seconds
         self.run(self.manager.tick())
         self.check()
+        state, records = self.snapshot()
+        if state is RolloutState.ACTIVE:  # (f) a tick completes a finished rollout
+            assert not self.everyone_finished(records), f"a tick left it active: {records}"
 
     @rule(action=st.sampled_from(["pause", "pause", "resume", "abort"]), really=st.integers(0, 3))
     def operate(self, action: str, really: int) -> None:
@@ -494,9 +500,20 @@ class RolloutMachine(RuleBasedStateMachine):
     def check(self) -> None:
         state, records = self.snapshot()
         self.check_transitions(state, records)
+        if state is RolloutState.COMPLETED and self.prev_rollout is not RolloutState.COMPLETED:
+            assert self.everyone_finished(records), f"completed too early: {records}"
         self.check_outside_never_targeted()
         self.check_barrier(state, records)
         self.prev_rollout, self.prev = state, records
+
+    def everyone_finished(self, records: Snapshot) -> bool:
+        """(f) Every registered child inside the target has finished the release (and one
+        at least was offered it)."""
+        reached = [i for i in records if self.inside[i] and self.registered[i]]
+        return bool(reached) and all(
+            (record := records[i]) is not None and record.status in (RS.DONE, RS.FAILED)
+            for i in reached
+        )
 
     def check_transitions(self, state: RolloutState, records: Snapshot) -> None:
         """(a) and (d): statuses move only along the machines' transitions; finals stay."""

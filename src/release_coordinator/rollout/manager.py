@@ -30,8 +30,10 @@ a barrier opens), lost children (every ``refresh`` seconds). Times are then wall
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -84,6 +86,8 @@ __all__ = [
     "StageCounts",
     "StageReportRow",
 ]
+
+log = logging.getLogger(__name__)
 
 _MAX_ID = 256
 
@@ -690,6 +694,7 @@ class RolloutManager:
                     await self._check_barrier(rollout, name)
             if state.status is not before.status:  # finished: the next group or wave may go
                 await self._admit(rollout)
+                await self._complete_if_finished(rollout)
 
     def _apply_stage(
         self,
@@ -1066,6 +1071,40 @@ class RolloutManager:
             for stage in bundle.strategy.stages:
                 if stage.type is StageType.WAIT_FOR_SIGNAL:
                     await self._check_barrier(rollout, stage.name)
+            await self._complete_if_finished(rollout)
+
+    async def _complete_if_finished(self, rollout: Rollout) -> None:
+        """Complete an active rollout once every child it reached has finished it (Done or
+        Failed) and no eligible child is left to offer it to: from then on it is offered to
+        nobody (children registering later in its area get a rollout of their own)."""
+        if rollout.state is not RolloutState.ACTIVE:
+            return
+        tally = await self._tally(rollout.id)
+        # Every targeted child has every stage: the first stage's buckets count them all.
+        buckets = next(iter(tally.counts.values()), {})
+        targeted = sum(buckets.values())
+        if targeted <= 0 or any(n > 0 for (active, _), n in buckets.items() if active):
+            return  # nobody reached yet, or somebody still at it
+        if targeted < len(self._eligible.get(rollout.id, ())):
+            return  # somebody eligible was not offered it yet (the policy's next group)
+        # The counters say so; the store (which other processes change too) has the last word.
+        counts = await self.store.status_counts(rollout.id)
+        by_status: collections.Counter[ReleaseStatus] = collections.Counter()
+        for (status, _), n in counts.items():
+            by_status[status] += n
+        if by_status[ReleaseStatus.TODO] or by_status[ReleaseStatus.DOING]:
+            return
+        done, failed = by_status[ReleaseStatus.DONE], by_status[ReleaseStatus.FAILED]
+        reason = f"every child it reached finished it: {done} done, {failed} failed"
+        try:
+            await self.store.set_rollout_state(
+                rollout.id, {RolloutState.ACTIVE}, RolloutState.COMPLETED, reason=reason
+            )
+        except ConcurrentUpdateError:
+            return  # paused, aborted or completed meanwhile (by another process, say)
+        log.info("rollout %s completed: %s", rollout.id, reason)
+        self._targets[rollout.match].discard(rollout.id)
+        self._eligible.pop(rollout.id, None)
 
     @staticmethod
     def _ids(child_id: object, release_id: object) -> tuple[str, str]:
