@@ -664,26 +664,26 @@ class SQLRolloutStore(RolloutStore):
     async def target(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(child_ids))
         added: list[str] = []
+        numbered = False  # (the rollout's row was found by the numbering's UPDATE)
         async with self._write() as conn:
-            await self._rollout_row(conn, rollout_id)
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
-                known = set(
-                    (
-                        await conn.execute(sa.select(children.c.id).where(children.c.id.in_(chunk)))
-                    ).scalars()
-                )
-                taken = set(
-                    (
-                        await conn.execute(
-                            sa.select(child_releases.c.child_id).where(
+                # Registered children of the chunk, with their record of this rollout if any.
+                found = await conn.execute(
+                    sa.select(children.c.id, child_releases.c.child_id)
+                    .select_from(
+                        children.outerjoin(
+                            child_releases,
+                            sa.and_(
+                                child_releases.c.child_id == children.c.id,
                                 child_releases.c.rollout_id == rollout_id,
-                                child_releases.c.child_id.in_(chunk),
-                            )
+                            ),
                         )
-                    ).scalars()
+                    )
+                    .where(children.c.id.in_(chunk))
                 )
-                new = [c for c in chunk if c in known and c not in taken]
+                free = {known for known, taken in found if taken is None}
+                new = [c for c in chunk if c in free]
                 if not new:
                     continue
                 # Numbers for the targeting order; the rollout's row stays locked to the commit.
@@ -694,7 +694,10 @@ class SQLRolloutStore(RolloutStore):
                         .values(targets=rollouts.c.targets + len(new))
                         .returning(rollouts.c.targets)
                     )
-                ).scalar_one()
+                ).scalar()
+                if top is None:
+                    raise NotFoundError("release", rollout_id)
+                numbered = True
                 first = int(top) - len(new) + 1
                 insert = self._insert(child_releases).on_conflict_do_nothing()
                 rows = [
@@ -712,22 +715,16 @@ class SQLRolloutStore(RolloutStore):
                     }
                     for i, c in enumerate(new)
                 ]
-                await conn.execute(insert, rows)
-                # A concurrent manager may have targeted some meanwhile (read committed):
-                # report those this call's rows made.
+                # A concurrent manager may have targeted some meanwhile (read committed): the
+                # rows this call made are the ones its INSERT returns.
                 mine = set(
                     (
-                        await conn.execute(
-                            sa.select(child_releases.c.child_id).where(
-                                child_releases.c.rollout_id == rollout_id,
-                                child_releases.c.child_id.in_(new),
-                                child_releases.c.seq >= first,
-                                child_releases.c.seq <= int(top),
-                            )
-                        )
+                        await conn.execute(insert.returning(child_releases.c.child_id), rows)
                     ).scalars()
                 )
                 added.extend(c for c in new if c in mine)
+            if not numbered:
+                await self._rollout_row(conn, rollout_id)  # NotFoundError
         return added
 
     @_edge
