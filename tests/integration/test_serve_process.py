@@ -192,7 +192,7 @@ def test_serve_end_to_end_over_sqlite_with_sigterm_and_restart(
     assert (tmp_path / "release-coordinator.db").is_file()
 
     # -- second run over the same file: what was registered is still there -----------------------
-    second = Server(tmp_path, env, tmp_path / "second.log", "--owner", "rc-1")
+    second = Server(tmp_path, env, tmp_path / "second.log", "--child-tokens", "--owner", "rc-1")
     servers.append(second)
     with Counting() as client:
         second.wait_ready(client)
@@ -204,7 +204,13 @@ def test_serve_end_to_end_over_sqlite_with_sigterm_and_restart(
         assert release.json()["name"] == "nightly"
         if getattr(sql, "SQLRolloutStore", None) is not None:  # rollouts kept in the database
             children = client.get(f"{base}/children", headers=ops).json()["items"]
-            assert child_id in [c["id"] for c in children]
+            assert [(c["id"], c["has_token"]) for c in children] == [(child_id, True)]
+            # the child's token too: nobody else can claim its id after the restart
+            assert client.post(f"{base}/poll", json=again).status_code == 401
+            answer = client.post(
+                f"{base}/poll", json=again, headers={"Authorization": f"Bearer {child_token}"}
+            )
+            assert answer.json() == {"id": child_id, "new_release": ""}  # (no new token)
         answers = client.answers
     assert second.terminate() == 0
     assert len(access_lines(second.stderr())) == answers
