@@ -328,17 +328,14 @@ class SQLRolloutStore(RolloutStore):
         return dialect.insert(table)
 
     async def _next_counter(self, conn: AsyncConnection, name: str) -> int:
-        """Take the next number of counter ``name``; the row stays locked to the commit, so
-        numbers become visible in the order they grow."""
-        await conn.execute(
-            self._insert(counters).values(name=name, value=0).on_conflict_do_nothing()
-        )
+        """Take the next number of counter ``name`` (1 first); the row stays locked to the
+        commit, so numbers become visible in the order they grow."""
+        insert = self._insert(counters).values(name=name, value=1)
         value = (
             await conn.execute(
-                sa.update(counters)
-                .where(counters.c.name == name)
-                .values(value=counters.c.value + 1)
-                .returning(counters.c.value)
+                insert.on_conflict_do_update(
+                    index_elements=[counters.c.name], set_={"value": counters.c.value + 1}
+                ).returning(counters.c.value)
             )
         ).scalar_one()
         return int(value)
