@@ -221,9 +221,7 @@ async def test_version_2_gains_the_child_tokens_table(db_url: str) -> None:
     rollouts = await SQLRolloutStore.connect(db_url)
     await rollouts.save_child(Child("c1", Area.from_geojson(SQUARE)))
     await rollouts.close()
-    await execute(
-        db_url, "DROP TABLE rc_child_tokens", "UPDATE rc_schema_version SET version = 2"
-    )
+    await execute(db_url, "DROP TABLE rc_child_tokens", "UPDATE rc_schema_version SET version = 2")
     with pytest.raises(SchemaError, match="schema version 2"):
         await SQLRolloutStore.connect(db_url)
     assert await upgrade(db_url) == (2, SCHEMA_VERSION)

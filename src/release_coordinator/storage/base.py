@@ -120,8 +120,14 @@ class StepEvent:
     def for_task(self, task: Task, id: int = 0) -> Event:
         """The event as logged for ``task`` (with ``id``, once it has one)."""
         return step_event(
-            self.type, self.suffix, self.state, self.release_id, task.id, task.service_id,
-            self.at, id,
+            self.type,
+            self.suffix,
+            self.state,
+            self.release_id,
+            task.id,
+            task.service_id,
+            self.at,
+            id,
         )
 
 

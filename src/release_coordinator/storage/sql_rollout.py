@@ -1071,8 +1071,6 @@ class SQLRolloutStore(RolloutStore):
         async with self._db._read() as conn:
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
-                query = sa.select(child_tokens.c.child_id).where(
-                    child_tokens.c.child_id.in_(chunk)
-                )
+                query = sa.select(child_tokens.c.child_id).where(child_tokens.c.child_id.in_(chunk))
                 found.update((await conn.execute(query)).scalars())
         return found
