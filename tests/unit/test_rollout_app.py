@@ -916,6 +916,45 @@ test_fuzz_resume = fuzz("/rollouts/42/resume", ACTION)
 test_fuzz_abort = fuzz("/rollouts/42/abort", ACTION)
 
 
+def _forged(claimed: str, secret: str) -> str:
+    prefix = base64.urlsafe_b64encode(claimed.encode("utf-8")).decode("ascii").rstrip("=")
+    return f"{prefix}.{secret}"
+
+
+#: What a client can put in a header: printable ASCII without blanks.
+_HEADER_TEXT = st.characters(min_codepoint=33, max_codepoint=126)
+FORGED = st.text(_HEADER_TEXT, min_size=1, max_size=80) | st.builds(
+    _forged,
+    st.sampled_from(["c1", "ghost", "", "c1" * 200, "\u00e9t\u00e9"]),
+    st.text(_HEADER_TEXT, max_size=40),
+)
+
+
+@FUZZ
+@given(token=FORGED)
+async def test_a_forged_child_token_is_refused_and_changes_nothing(
+    anyio_backend: str, token: str
+) -> None:
+    # Bearer tokens are untrusted input: any text (a claimed child id that does not decode, a
+    # real child's id with another secret, an id too long) is refused with 401, never a 5xx,
+    # on the child protocol and the operator API alike, and changes nothing.
+    n, child, real = await fuzz_node(True)
+    try:
+        if real["Authorization"] == f"Bearer {token}":
+            return  # (the real one, drawn by chance)
+        forged = {"Authorization": f"Bearer {token}"}
+        before = await rollout_snapshot(n)
+        body = {"id": child, "geographic_area": INSIDE, "number_of_children": 0}
+        assert_error(await n.client.post("/poll", json=body, headers=forged), 401)
+        fetch = f"/release?childID={child}&releaseID=42"
+        assert_error(await n.client.get(fetch, headers=forged), 401)
+        assert_error(await n.client.get("/release/functions/42", headers=forged), 401)
+        assert_error(await n.client.get("/rollouts", headers=forged), 401)
+        assert await rollout_snapshot(n) == before
+    finally:
+        await n.client.aclose()
+
+
 # -- POST /poll's own endpoint answers as the others ------------------------------------------
 
 
