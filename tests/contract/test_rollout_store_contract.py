@@ -354,6 +354,31 @@ async def test_save_get_and_list_children(rollout_store: RolloutStore) -> None:
         assert await store.get_child("c") == c
 
 
+async def test_save_and_get_many_children_at_once(rollout_store: RolloutStore) -> None:
+    (a,) = await children(rollout_store, "a")
+    _, before = await rollout_store.children_since(0)
+    b = Child("b", area(1, 1), registered_at=2.5)
+    moved = Child("a", area(-80, 10, 2), number_of_children=3, registered_at=a.registered_at)
+    c1 = Child("c", area(5, 5), registered_at=3.0)
+    c2 = Child("c", area(6, 6), number_of_children=1, registered_at=3.0)
+    await rollout_store.save_children([c1, moved, b, c2])  # c given twice: the last one counts
+    await rollout_store.save_children([])
+    # registration order (c, new, in the place of its last save: as if saved only there)
+    assert await rollout_store.list_children() == [moved, b, c2]
+    since, latest = await rollout_store.children_since(before)
+    assert since == [moved, b, c2]  # in the order of their (last) saves
+    assert latest == before + 3
+    found = await rollout_store.get_children(["c", "zz", "a", "c"])
+    assert found == {"c": c2, "a": moved}
+    assert await rollout_store.get_children([]) == {}
+    many = [Child(f"m{i}", area(i % 90, 0, 0.5), registered_at=float(i)) for i in range(1100)]
+    await rollout_store.save_children(many)
+    async with reopened(rollout_store) as store:
+        got = await store.get_children(c.id for c in many)
+        assert got == {c.id: c for c in many}
+        assert (await store.children_since(latest))[0] == many
+
+
 async def test_children_since_follows_change_numbers(rollout_store: RolloutStore) -> None:
     assert await rollout_store.children_since(0) == ([], 0)
     (a,) = await children(rollout_store, "a")

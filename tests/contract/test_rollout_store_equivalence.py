@@ -363,6 +363,27 @@ class RolloutStoreEquivalence(RuleBasedStateMachine):
         if cid not in self.saved:
             self.saved.append(cid)
 
+    @rule(
+        batch=st.lists(
+            st.tuples(
+                st.sampled_from(CHILD_IDS),
+                st.integers(0, len(AREAS) - 1),
+                st.integers(0, 3),
+                st.floats(0, 1e9, allow_nan=False),
+            ),
+            max_size=4,
+        )
+    )
+    def save_children(self, batch: list[tuple[str, int, int, float]]) -> None:
+        """A batch (a child may come twice: the last one counts)."""
+        children = [
+            Child(c, AREAS[w], number_of_children=b, registered_at=r) for c, w, b, r in batch
+        ]
+        self.same(lambda s: s.save_children(children))
+        for child in children:
+            if child.id not in self.saved:
+                self.saved.append(child.id)
+
     @rule(data=st.data())
     def children_since(self, data: st.DataObject) -> None:
         _, latest = self.run(self.stores["memory"].children_since(0))
@@ -488,6 +509,7 @@ class RolloutStoreEquivalence(RuleBasedStateMachine):
         self.same(lambda s: s.children_since(0))
         self.same(lambda s: s.last_seen([*CHILD_IDS, MISSING]))
         self.same(lambda s: s.children_with_tokens([*CHILD_IDS, MISSING]))
+        self.same(lambda s: s.get_children([*CHILD_IDS, MISSING]))
         for cid in CHILD_IDS:
             self.same(lambda s, c=cid: s.child_token(c))  # type: ignore[misc]
         # concurrent polls (the SQL store answers them with one query)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import zipfile
 from typing import Any
@@ -546,6 +547,68 @@ async def test_a_sequential_rollout_completes_after_its_last_group(
     assert await offered(manager, children) == {"b"}
     await finish(manager, "b", "42")
     assert (await manager.get_rollout("42")).state is RolloutState.COMPLETED
+
+
+async def test_registrations_at_once_are_written_together(
+    manager: RolloutManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    (mover,) = await fetched(manager, INSIDE)
+    await manager.create_rollout(bundle("43"), EUROPE)  # (mover: 43 is offered, not fetched)
+    saves: list[int] = []
+    save_children = manager.store.save_children
+
+    async def counted(children: Any) -> None:
+        saves.append(len(children))
+        await save_children(children)
+
+    monkeypatch.setattr(manager.store, "save_children", counted)
+    polls = [manager.poll(f"c{i}", square(1 + i % 10, 41 + i % 5), 0) for i in range(40)]
+    polls.append(manager.poll(mover, OUTSIDE, 0))  # moves away from both rollouts
+    polls += [manager.poll("twice", INSIDE, 0), manager.poll("twice", OUTSIDE, 0)]
+    answers = await asyncio.gather(*polls)
+    assert len(saves) < len(polls)  # batched (the first poll's batch, then everyone else's)
+    assert sum(saves) == 42  # each child once: "twice" as last given
+    assert [a.new_release for a in answers[:40]] == ["42"] * 40  # each offered, in order
+    assert answers[40].new_release == "42"  # (fetched, not finished: still its release)
+    assert [(a.id, a.new_release) for a in answers[41:]] == [("twice", ""), ("twice", "")]
+    assert (await manager.store.get_child("twice")).area == Area.from_geojson(OUTSIDE)
+    everyone = {f"c{i}" for i in range(40)}
+    assert set(await manager.store.targeted("42")) == everyone | {mover}  # it fetched 42
+    assert set(await manager.store.targeted("43")) == everyone  # 43 withdrawn from the mover
+
+
+async def test_a_failed_batch_of_registrations_fails_its_polls_only(
+    manager: RolloutManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from release_coordinator.errors import StorageError
+
+    await manager.create_rollout(bundle(), EUROPE)
+    save_children = manager.store.save_children
+
+    async def broken(children: Any) -> None:
+        raise StorageError("the disk is full")
+
+    monkeypatch.setattr(manager.store, "save_children", broken)
+    answers = await asyncio.gather(
+        *(manager.poll(f"c{i}", INSIDE, 0) for i in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(a, StorageError) for a in answers)
+    assert await manager.children() == []
+    monkeypatch.setattr(manager.store, "save_children", save_children)
+    assert (await manager.poll("c1", INSIDE, 0)).new_release == "42"  # the writer goes on
+    # a batch that fails after its children were saved: their next poll still targets them
+    target = manager.store.target
+
+    async def broken_target(rollout_id: str, child_ids: Any) -> list[str]:
+        raise StorageError("the disk is full")
+
+    monkeypatch.setattr(manager.store, "target", broken_target)
+    with pytest.raises(StorageError):
+        await manager.poll("c2", INSIDE, 0)
+    assert [c.id for c in await manager.children()] == ["c1", "c2"]
+    monkeypatch.setattr(manager.store, "target", target)
+    assert (await manager.poll("c2", INSIDE, 0)).new_release == "42"
 
 
 def test_policies_refuse_nonsense() -> None:

@@ -30,6 +30,7 @@ a barrier opens), lost children (every ``refresh`` seconds). Times are then wall
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
@@ -309,6 +310,9 @@ class RolloutManager:
         self._lost_ref = 0.0
         #: Grows whenever a child registers or moves (relays recompute their area then).
         self.children_version = 0
+        # Registrations waiting to be written, and the task writing them (see _register).
+        self._registering: list[tuple[str, Area, int, int, asyncio.Future[None]]] = []
+        self._registrar: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         """Rebuild the in-memory indexes from the store (a manager restarted over a store)."""
@@ -603,32 +607,91 @@ class RolloutManager:
         return cached
 
     async def _register(self, child_id: str, area: Area, count: int, fingerprint: int) -> None:
+        """Register a new child, or a child's new area. Registrations that arrive while others
+        are being written are written together, as one batch (a fleet starting at once: one
+        read, one save and one targeting per rollout for many children, not for each)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._registering.append((child_id, area, count, fingerprint, done))
+        registrar = self._registrar
+        if registrar is None or registrar.done() or registrar.get_loop() is not loop:
+            self._registrar = loop.create_task(self._write_registrations())
+        await done
+
+    async def _write_registrations(self) -> None:
+        """Write the waiting registrations, batch after batch, until none is left; each waiting
+        poll learns how its batch went."""
+        batch: list[tuple[str, Area, int, int, asyncio.Future[None]]] = []
         try:
-            old: Child | None = await self.store.get_child(child_id)
-        except NotFoundError:
-            old = None
-        changed = old is None or old.area != area
-        child = Child(child_id, area, count, old.registered_at if old else self._clock())
+            while self._registering:
+                batch, self._registering = self._registering, []
+                await self._register_many([(c, a, n, f) for c, a, n, f, _ in batch])
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+                batch = []
+        except BaseException as error:
+            # This batch failed (or the writer was stopped): so did every registration still
+            # waiting (their polls raise; their children poll again).
+            failed, self._registering = batch + self._registering, []
+            for child_id, *_, done in failed:
+                # Its next poll registers it again, whatever this batch got to do.
+                self._fingerprints.pop(child_id, None)
+                self._children.discard(child_id)
+                if not done.done():
+                    done.set_exception(
+                        error if isinstance(error, Exception) else asyncio.CancelledError()
+                    )
+            if not isinstance(error, Exception):
+                raise
+
+    async def _register_many(self, batch: list[tuple[str, Area, int, int]]) -> None:
+        latest: dict[str, tuple[Area, int, int]] = {}  # child -> the last area, count, print
+        for child_id, area, count, fingerprint in batch:
+            latest.pop(child_id, None)
+            latest[child_id] = (area, count, fingerprint)
+        olds = await self.store.get_children(latest)
+        now = self._clock()
         await self._sync()  # (over a shared store: the rollouts other processes started)
-        if child != old:
-            await self.store.save_child(child)
-        self._fingerprints[child_id] = fingerprint
-        self._children_count[child_id] = count
-        if not changed and child_id in self._children:
-            return
-        self.children_version += 1
-        self._children.add(child_id, area)
-        reached = set(self._targets["intersects"].match(area, "intersects"))
-        reached.update(self._targets["within"].match(area, "contains"))
-        for rollout_id in sorted(reached):
+        saving = []
+        for child_id, (area, count, _) in latest.items():
+            old = olds.get(child_id)
+            child = Child(child_id, area, count, old.registered_at if old else now)
+            if child != old:
+                saving.append(child)
+        await self.store.save_children(saving)
+        newcomers: dict[str, list[str]] = {}  # rollout -> children its target reaches now
+        moved: list[tuple[str, set[str]]] = []  # (child, the rollouts that reach it now)
+        for child_id, (area, count, fingerprint) in latest.items():
+            old = olds.get(child_id)
+            changed = old is None or old.area != area
+            self._fingerprints[child_id] = fingerprint
+            self._children_count[child_id] = count
+            if not changed and child_id in self._children:
+                continue
+            self.children_version += 1
+            self._children.add(child_id, area)
+            reached = set(self._targets["intersects"].match(area, "intersects"))
+            reached.update(self._targets["within"].match(area, "contains"))
+            for rollout_id in reached:
+                newcomers.setdefault(rollout_id, []).append(child_id)
+            if changed and old is not None:
+                moved.append((child_id, reached))
+        for rollout_id in sorted(newcomers):
             rollout = await self.store.get_rollout(rollout_id)
             if rollout.state in (RolloutState.ACTIVE, RolloutState.PAUSED):
-                self._eligible.setdefault(rollout_id, {})[child_id] = area
-                await self._admit(rollout, [child_id])
-        if changed and old is not None:  # moved away: take back what it has not fetched yet
+                eligible = self._eligible.setdefault(rollout_id, {})
+                for child_id in newcomers[rollout_id]:
+                    eligible[child_id] = latest[child_id][0]
+                await self._admit(rollout, newcomers[rollout_id])
+        # Moved away: take back what they have not fetched yet.
+        leaving: dict[str, list[str]] = {}
+        for child_id, reached in moved:
             for rollout_id, eligible in self._eligible.items():
                 if rollout_id not in reached and eligible.pop(child_id, None) is not None:
-                    await self._withdraw(rollout_id, [child_id])
+                    leaving.setdefault(rollout_id, []).append(child_id)
+        for rollout_id, child_ids in leaving.items():
+            await self._withdraw(rollout_id, child_ids)
 
     async def get_release(self, child_id: object, release_id: object) -> str:
         """``GET /release``: the strategy text; the child's release turns ``Doing`` and its

@@ -22,13 +22,14 @@ Rules every adapter keeps:
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import attrs
 
-from release_coordinator.errors import ConcurrentUpdateError
+from release_coordinator.errors import ConcurrentUpdateError, NotFoundError
 from release_coordinator.fsm.release import ReleaseState, TaskState
 from release_coordinator.models import (
     Event,
@@ -77,6 +78,13 @@ class TaskChange:
     events: tuple[Event, ...] = ()
     progress: int | None = None
     message: str | None = None
+
+
+def last_of_each(children: Sequence[Child]) -> list[Child]:
+    """``children`` with each id once, as last given, in the order of their last places (what
+    saving them one after another leaves)."""
+    last = {child.id: i for i, child in enumerate(children)}
+    return [child for i, child in enumerate(children) if last[child.id] == i]
 
 
 def step_event(
@@ -429,9 +437,25 @@ class RolloutStore(abc.ABC):
     async def save_child(self, child: Child) -> None:
         """Insert or replace a child."""
 
+    async def save_children(self, children: Sequence[Child]) -> None:
+        """``save_child`` for each, in order (what this default does; a child given twice is
+        saved as last given, in the place of its last save); an adapter may save them in one
+        transaction (a fleet registering at once)."""
+        for child in last_of_each(children):
+            await self.save_child(child)
+
     @abc.abstractmethod
     async def get_child(self, child_id: str) -> Child:
         """The child; NotFoundError."""
+
+    async def get_children(self, child_ids: Iterable[str]) -> dict[str, Child]:
+        """The registered ones of ``child_ids``, by id (what this default reads one by one);
+        an adapter may read them at once."""
+        found = {}
+        for child_id in dict.fromkeys(child_ids):
+            with contextlib.suppress(NotFoundError):
+                found[child_id] = await self.get_child(child_id)
+        return found
 
     @abc.abstractmethod
     async def list_children(self) -> list[Child]:

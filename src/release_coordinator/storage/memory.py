@@ -41,6 +41,7 @@ from release_coordinator.storage.base import (
     RolloutStore,
     StepEvent,
     TaskChange,
+    last_of_each,
     new_tasks,
 )
 from release_coordinator.versions import Version, next_release_version, published_version
@@ -551,12 +552,16 @@ class MemoryRolloutStore(RolloutStore):
 
     # -- children ----------------------------------------------------------------------------
     async def save_child(self, child: Child) -> None:
+        await self.save_children([child])
+
+    async def save_children(self, children: Sequence[Child]) -> None:
         with self._lock:
-            self._children[child.id] = child
-            self._offers.setdefault(child.id, [])
-            self._change += 1
-            self._child_change.pop(child.id, None)  # (keeps the dict in change order)
-            self._child_change[child.id] = self._change
+            for child in last_of_each(children):
+                self._children[child.id] = child
+                self._offers.setdefault(child.id, [])
+                self._change += 1
+                self._child_change.pop(child.id, None)  # (keeps the dict in change order)
+                self._child_change[child.id] = self._change
 
     async def children_since(self, change: int) -> tuple[list[Child], int]:
         with self._lock:
@@ -569,6 +574,11 @@ class MemoryRolloutStore(RolloutStore):
                 return self._children[child_id]
             except KeyError:
                 raise NotFoundError("child", child_id) from None
+
+    async def get_children(self, child_ids: Iterable[str]) -> dict[str, Child]:
+        with self._lock:
+            children = self._children
+            return {c: children[c] for c in child_ids if c in children}
 
     async def list_children(self) -> list[Child]:
         with self._lock:

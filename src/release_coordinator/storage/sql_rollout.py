@@ -69,7 +69,7 @@ from release_coordinator.rollout.models import (
 from release_coordinator.rollout.policies import parse_policy, policy_json
 from release_coordinator.rollout.results import StageSummary, TimesSummary
 from release_coordinator.rollout.strategy import parse_strategy
-from release_coordinator.storage.base import BarrierRecord, RolloutStore
+from release_coordinator.storage.base import BarrierRecord, RolloutStore, last_of_each
 from release_coordinator.storage.sql import (
     _ROLLOUT_COLUMNS,
     SQLStore,
@@ -327,14 +327,15 @@ class SQLRolloutStore(RolloutStore):
         dialect = pg_dialect if self._db.dialect == "postgresql" else sqlite_dialect
         return dialect.insert(table)
 
-    async def _next_counter(self, conn: AsyncConnection, name: str) -> int:
-        """Take the next number of counter ``name`` (1 first); the row stays locked to the
-        commit, so numbers become visible in the order they grow."""
-        insert = self._insert(counters).values(name=name, value=1)
+    async def _next_counter(self, conn: AsyncConnection, name: str, count: int = 1) -> int:
+        """Take the next ``count`` numbers of counter ``name`` (1 first); the last one taken.
+        The row stays locked to the commit, so numbers become visible in the order they
+        grow."""
+        insert = self._insert(counters).values(name=name, value=count)
         value = (
             await conn.execute(
                 insert.on_conflict_do_update(
-                    index_elements=[counters.c.name], set_={"value": counters.c.value + 1}
+                    index_elements=[counters.c.name], set_={"value": counters.c.value + count}
                 ).returning(counters.c.value)
             )
         ).scalar_one()
@@ -513,16 +514,18 @@ class SQLRolloutStore(RolloutStore):
     # -- children ------------------------------------------------------------------------------
     @_edge
     async def save_child(self, child: Child) -> None:
+        await self.save_children([child])
+
+    @_edge
+    async def save_children(self, children_: Sequence[Child]) -> None:
+        children_ = last_of_each(children_)  # (one row per child in one statement)
+        if not children_:
+            return
         async with self._write() as conn:
-            change = await self._next_counter(conn, "children")
-            insert = self._insert(children).values(
-                id=child.id,
-                area=_dumps(child.area.to_geojson()),
-                number_of_children=child.number_of_children,
-                registered_at=child.registered_at,
-                first_change=change,
-                change=change,
-            )
+            # Change numbers in order: the last one taken, and the ones before it.
+            last = await self._next_counter(conn, "children", len(children_))
+            first = last - len(children_) + 1
+            insert = self._insert(children)
             await conn.execute(
                 insert.on_conflict_do_update(
                     index_elements=[children.c.id],
@@ -532,7 +535,18 @@ class SQLRolloutStore(RolloutStore):
                         "registered_at": insert.excluded.registered_at,
                         "change": insert.excluded.change,
                     },
-                )
+                ),
+                [
+                    {
+                        "id": child.id,
+                        "area": _dumps(child.area.to_geojson()),
+                        "number_of_children": child.number_of_children,
+                        "registered_at": child.registered_at,
+                        "first_change": first + i,
+                        "change": first + i,
+                    }
+                    for i, child in enumerate(children_)
+                ],
             )
 
     @_edge
@@ -542,6 +556,16 @@ class SQLRolloutStore(RolloutStore):
         if row is None:
             raise NotFoundError("child", child_id)
         return _child(row)
+
+    @_edge
+    async def get_children(self, child_ids: Iterable[str]) -> dict[str, Child]:
+        ids = list(dict.fromkeys(child_ids))
+        found: dict[str, Child] = {}
+        async with self._db._read() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                query = sa.select(children).where(children.c.id.in_(ids[start : start + _CHUNK]))
+                found.update((row.id, _child(row)) for row in await conn.execute(query))
+        return found
 
     @_edge
     async def list_children(self) -> list[Child]:
