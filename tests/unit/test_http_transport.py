@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import release_coordinator
+from asgi_support import asgi_post
 from release_coordinator import (
     BadGatewayError,
     ConfigurationError,
@@ -525,32 +526,10 @@ async def test_a_body_too_large_is_413(kit: FaultyKit) -> None:
 
 async def test_a_lying_content_length_is_counted_as_read(kit: FaultyKit) -> None:
     app = task_service_app(kit, max_body=100)
-    sent: list[MutableMapping[str, Any]] = []
-    chunks = [b" " * 60, b" " * 60]
-
-    async def receive() -> dict[str, Any]:
-        chunk = chunks.pop(0)
-        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/tasks",
-        "raw_path": b"/tasks",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"svc.test"), (b"content-length", b"10")],
-        "client": ("127.0.0.1", 1),
-        "server": ("svc.test", 80),
-    }
-    await app(scope, receive, send)
-    assert sent[0]["status"] == 413
+    status, _, _ = await asgi_post(
+        app, "/tasks", [b" " * 60, b" " * 60], [(b"content-length", b"10")], host=b"svc.test"
+    )
+    assert status == 413
 
 
 @pytest.mark.parametrize(

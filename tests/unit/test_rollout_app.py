@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asgi_support import asgi_post
 from release_coordinator import (
     ConfigurationError,
     GlobalIncremental,
@@ -958,44 +959,6 @@ async def test_a_forged_child_token_is_refused_and_changes_nothing(
 # -- POST /poll's own endpoint answers as the others ------------------------------------------
 
 
-async def _asgi(
-    app: Any, path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]]
-) -> tuple[int, dict[str, str], bytes]:
-    """A POST to ``app`` as a server hands it over: the body in ``chunks`` (none: the client
-    disconnects instead)."""
-    messages: list[dict[str, Any]] = [
-        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
-        for i, c in enumerate(chunks)
-    ] or [{"type": "http.disconnect"}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"edge.test"), *headers],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 80),
-    }
-    await app(scope, receive, send)
-    start = sent[0]
-    assert start["type"] == "http.response.start"
-    body = b"".join(m.get("body", b"") for m in sent[1:])
-    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
-
-
 @pytest.mark.parametrize(
     ("chunks", "headers"),
     [
@@ -1017,15 +980,16 @@ async def test_poll_refuses_bodies_as_the_other_endpoints(
     the same refusals, byte for byte."""
     node = Node(max_body=120)
     async with node.client:
-        poll = await _asgi(node.app, "/poll", list(chunks), headers)
-        other = await _asgi(node.app, "/end_stage", list(chunks), headers)
+        poll = await asgi_post(node.app, "/poll", list(chunks), headers)
+        other = await asgi_post(node.app, "/end_stage", list(chunks), headers)
     assert poll[0] in (400, 413)
     assert poll == other
     assert await node.manager.children() == []
 
 
 async def test_poll_answers_with_the_headers_of_any_json_answer(node: Node) -> None:
-    status, headers, body = await _asgi(node.app, "/poll", [json.dumps(SAMPLE_POLL).encode()], [])
+    chunks = [json.dumps(SAMPLE_POLL).encode()]
+    status, headers, body = await asgi_post(node.app, "/poll", chunks, [])
     assert status == 200
     assert headers == {"content-length": str(len(body)), "content-type": "application/json"}
     assert json.loads(body) == {"id": SAMPLE_POLL["id"], "new_release": ""}
