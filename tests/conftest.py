@@ -46,7 +46,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def rollout_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     """Every RolloutStore adapter: memory, SQLite (a file), PostgreSQL (a schema of its own)."""
-    from release_coordinator.storage.memory import MemoryRolloutStore
+    from release_coordinator.storage.memory_rollout import MemoryRolloutStore
 
     if request.param == "memory":
         yield MemoryRolloutStore()

@@ -16,7 +16,7 @@ from typing import Any
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.models import ReleaseBundle
 from release_coordinator.rollout.results import StageSummary, TimesSummary
-from release_coordinator.storage.base import RolloutStore
+from release_coordinator.storage.rollout_base import RolloutStore
 
 __all__ = [
     "ONE_STAGE",

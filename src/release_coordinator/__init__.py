@@ -7,13 +7,31 @@ dependencies are imported from their own modules (``release_coordinator.storage.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from release_coordinator.coordinator import (
+from release_coordinator._version import __version__
+from release_coordinator.coordinator.engine import (
     Coordinator,
     CoordinatorConfig,
     RetryPolicy,
     Subscriber,
+)
+from release_coordinator.coordinator.kit import KitTask, TaskServiceKit
+from release_coordinator.coordinator.models import (
+    Event,
+    EventKind,
+    EventType,
+    HealthStatus,
+    Release,
+    ServiceHealth,
+    Task,
+    TaskService,
+)
+from release_coordinator.coordinator.sync import SyncCoordinator
+from release_coordinator.coordinator.wire import (
+    ServiceStatus,
+    TaskAction,
+    TaskAnswer,
+    TaskRequest,
+    TaskStateReport,
 )
 from release_coordinator.errors import (
     BadGatewayError,
@@ -43,26 +61,14 @@ from release_coordinator.fsm.rollout import (
     ReleaseStatus,
     StageStatus,
 )
-from release_coordinator.models import (
-    Event,
-    EventKind,
-    EventType,
-    HealthStatus,
-    Release,
-    ServiceHealth,
-    Task,
-    TaskService,
-)
 from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
 from release_coordinator.rollout.geo import Area, GeoIndex
-from release_coordinator.rollout.http_parent import HttpParent
 from release_coordinator.rollout.manager import (
     BarrierState,
-    EndStageAnswer,
-    PollAnswer,
     RolloutManager,
     RolloutReport,
     StageCounts,
+    StageReportRow,
 )
 from release_coordinator.rollout.models import (
     Child,
@@ -74,7 +80,7 @@ from release_coordinator.rollout.models import (
     RolloutState,
 )
 from release_coordinator.rollout.policies import GlobalIncremental, LocationSequential, Waves
-from release_coordinator.rollout.relay import InProcessParent, ParentLink, Relay
+from release_coordinator.rollout.relay import Relay
 from release_coordinator.rollout.results import (
     ResultReport,
     StageReport,
@@ -98,21 +104,20 @@ from release_coordinator.rollout.strategy import (
     dump_strategy,
     parse_strategy,
 )
-from release_coordinator.storage.base import (
-    BarrierRecord,
-    CoordinatorStore,
-    EventFilter,
-    RolloutStore,
-    StepEvent,
-    TaskChange,
+from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
+from release_coordinator.storage.base import CoordinatorStore, EventFilter, StepEvent, TaskChange
+from release_coordinator.storage.memory import MemoryStore
+from release_coordinator.storage.memory_rollout import MemoryRolloutStore
+from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore
+from release_coordinator.transports.base import ParentLink, TaskServiceTransport
+from release_coordinator.transports.http import HttpParent, HttpTransport
+from release_coordinator.transports.memory import (
+    Fault,
+    InProcessParent,
+    InProcessService,
+    MemoryTransport,
+    SentRequest,
 )
-from release_coordinator.storage.memory import MemoryRolloutStore, MemoryStore
-from release_coordinator.sync import SyncCoordinator
-from release_coordinator.taskservice import KitTask, TaskServiceKit
-from release_coordinator.transports.base import TaskServiceTransport
-from release_coordinator.transports.http import HttpTransport
-from release_coordinator.transports.memory import Fault, MemoryTransport, SentRequest
-from release_coordinator.wire import ServiceStatus, TaskAction, TaskAnswer, TaskRequest
 
 __all__ = [
     "CHILD_RELEASE_MACHINE",
@@ -154,6 +159,7 @@ __all__ = [
     "HttpParent",
     "HttpTransport",
     "InProcessParent",
+    "InProcessService",
     "InvalidTransitionError",
     "KitTask",
     "LocationSequential",
@@ -190,6 +196,7 @@ __all__ = [
     "Stage",
     "StageCounts",
     "StageReport",
+    "StageReportRow",
     "StageStatus",
     "StageSummary",
     "StageType",
@@ -208,6 +215,7 @@ __all__ = [
     "TaskServiceKit",
     "TaskServiceTransport",
     "TaskState",
+    "TaskStateReport",
     "Threshold",
     "TimesSummary",
     "TransientTransportError",

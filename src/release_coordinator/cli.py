@@ -7,13 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from release_coordinator import __version__
+from release_coordinator._version import __version__
+from release_coordinator.storage import DEFAULT_DB
 
-__all__ = ["DEFAULT_DB", "main"]
-
-#: The database of ``release-coordinator db`` and ``serve``: a SQLite file in the working
-#: directory.
-DEFAULT_DB = "sqlite:///release-coordinator.db"
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -35,12 +35,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from release_coordinator.coordinator import Coordinator, CoordinatorConfig
+from release_coordinator.coordinator.engine import Coordinator, CoordinatorConfig
+from release_coordinator.coordinator.kit import KitTask, TaskServiceKit
+from release_coordinator.coordinator.models import Event, EventKind, Release
 from release_coordinator.errors import ReleaseCoordinatorError
-from release_coordinator.models import Event, EventKind, Release
 from release_coordinator.storage.base import CoordinatorStore
 from release_coordinator.storage.memory import MemoryStore
-from release_coordinator.taskservice import KitTask, TaskServiceKit
 from release_coordinator.transports.memory import MemoryTransport
 
 __all__ = ["run_demo"]

@@ -42,7 +42,7 @@ from release_coordinator.rollout.policies import (
     Waves,
 )
 from release_coordinator.rollout.results import StageSummary, TimesSummary
-from release_coordinator.storage.base import BarrierRecord, RolloutStore
+from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore
 from release_coordinator.storage.sql import SQLRolloutStore
 from rollout_store_support import (
     ONE_STAGE,

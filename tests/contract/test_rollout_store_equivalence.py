@@ -57,8 +57,8 @@ from release_coordinator.rollout.policies import (
     Waves,
 )
 from release_coordinator.rollout.results import StageSummary, TimesSummary
-from release_coordinator.storage.base import RolloutStore
-from release_coordinator.storage.memory import MemoryRolloutStore
+from release_coordinator.storage.memory_rollout import MemoryRolloutStore
+from release_coordinator.storage.rollout_base import RolloutStore
 from release_coordinator.storage.sql import SQLRolloutStore
 from rollout_store_support import (
     ONE_STAGE,

@@ -30,7 +30,7 @@ from release_coordinator import (
     TaskService,
     TaskState,
 )
-from release_coordinator.models import HealthStatus, utcnow
+from release_coordinator.coordinator.models import HealthStatus, utcnow
 
 pytestmark = pytest.mark.anyio
 

@@ -46,7 +46,7 @@ from release_coordinator import (
     TaskService,
     TaskState,
 )
-from release_coordinator.models import HealthStatus
+from release_coordinator.coordinator.models import HealthStatus
 from release_coordinator.storage.sql import SQLStore
 
 SERVICE_IDS = [f"TS_{i}" for i in range(4)]

@@ -24,8 +24,8 @@ import time
 import zlib
 
 from release_coordinator.errors import ReleaseCoordinatorError
-from release_coordinator.rollout.http_parent import HttpParent
 from release_coordinator.rollout.simulate import SimulatedLeaf
+from release_coordinator.transports.http import HttpParent
 
 log = logging.getLogger("e2e.leaf")
 

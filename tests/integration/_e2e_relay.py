@@ -25,10 +25,10 @@ from _e2e_serving import base_url, configure_logging, listen, serve
 
 from release_coordinator.errors import ReleaseCoordinatorError
 from release_coordinator.rollout.geo import Area
-from release_coordinator.rollout.http_parent import HttpParent
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.relay import Relay
 from release_coordinator.server.rollout_app import rollout_app
+from release_coordinator.transports.http import HttpParent
 
 log = logging.getLogger("e2e.relay")
 

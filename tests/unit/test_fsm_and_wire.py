@@ -17,14 +17,14 @@ from release_coordinator import (
     TaskState,
     ValidationError,
 )
-from release_coordinator.fsm.release import reachable_task_path, task_state_behind
-from release_coordinator.versions import Version, next_release_version, published_version
-from release_coordinator.wire import (
+from release_coordinator.coordinator.wire import (
     decode_answer,
     decode_callback,
     decode_request,
     decode_status,
 )
+from release_coordinator.fsm.release import reachable_task_path, task_state_behind
+from release_coordinator.versions import Version, next_release_version, published_version
 
 RELEASE_EDGES = {
     ("waiting", "initialize"): "initializing",

@@ -26,8 +26,8 @@ from release_coordinator import (
     TransportError,
 )
 from release_coordinator.rollout.geo import Area
-from release_coordinator.rollout.http_parent import HttpParent
 from release_coordinator.server.rollout_app import rollout_app
+from release_coordinator.transports.http import HttpParent
 
 from .test_rollout_manager import STRATEGY, archive, square
 

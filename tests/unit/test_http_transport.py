@@ -37,8 +37,8 @@ from release_coordinator import (
     TransientTransportError,
     TransportError,
 )
+from release_coordinator.coordinator.wire import REPORTED_STATES, decode_answer
 from release_coordinator.server.taskservice_app import DEFAULT_MAX_BODY, task_service_app
-from release_coordinator.wire import REPORTED_STATES, decode_answer
 
 pytestmark = pytest.mark.anyio
 

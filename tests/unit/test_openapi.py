@@ -34,6 +34,7 @@ from release_coordinator import (
     TaskState,
     __version__,
 )
+from release_coordinator.coordinator.wire import MAX_TEXT
 from release_coordinator.errors import StorageError
 from release_coordinator.rollout import results
 from release_coordinator.server import coordinator_app as coordinator_module
@@ -46,7 +47,6 @@ from release_coordinator.server.openapi import (
     rollout_openapi,
 )
 from release_coordinator.server.rollout_app import rollout_app
-from release_coordinator.wire import MAX_TEXT
 
 from .test_coordinator_app import _SETUP, OPS, PORTAL, SEARCH, World, static_world
 from .test_rollout_app import Node, as_json, multipart, strategy

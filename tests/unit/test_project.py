@@ -28,7 +28,20 @@ def test_all_is_sorted_complete_and_importable() -> None:
         assert hasattr(release_coordinator, name), name
     public_classes = {
         name
-        for module in ("coordinator", "errors", "models", "taskservice", "sync")
+        for module in (
+            "errors",
+            "coordinator.engine",
+            "coordinator.kit",
+            "coordinator.models",
+            "coordinator.sync",
+            "coordinator.wire",
+            "rollout.manager",
+            "rollout.models",
+            "rollout.wire",
+            "transports.base",
+            "transports.http",
+            "transports.memory",
+        )
         for name, obj in vars(importlib.import_module(f"release_coordinator.{module}")).items()
         if inspect.isclass(obj)
         and not name.startswith("_")

@@ -22,7 +22,7 @@ from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import Outcome, ReleaseBundle, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental
-from release_coordinator.storage.base import RolloutStore
+from release_coordinator.storage.rollout_base import RolloutStore
 
 pytestmark = pytest.mark.anyio
 

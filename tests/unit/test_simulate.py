@@ -15,7 +15,7 @@ from release_coordinator.errors import ConfigurationError, InvalidTransitionErro
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
-from release_coordinator.rollout.relay import InProcessParent, Relay
+from release_coordinator.rollout.relay import Relay
 from release_coordinator.rollout.simulate import (
     DEFAULT_BBOX,
     Fleet,
@@ -26,6 +26,7 @@ from release_coordinator.rollout.simulate import (
     simulate,
     two_stage_strategy,
 )
+from release_coordinator.transports.memory import InProcessParent
 
 from .test_rollout_manager import Clock, bundle, fetched, result, square
 

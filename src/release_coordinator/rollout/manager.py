@@ -41,6 +41,7 @@ from typing import Any
 
 import attrs
 
+from release_coordinator.coordinator.models import new_id
 from release_coordinator.errors import (
     ConcurrentUpdateError,
     ConflictError,
@@ -55,7 +56,7 @@ from release_coordinator.fsm.rollout import (
     release_step,
     stage_step,
 )
-from release_coordinator.models import new_id
+from release_coordinator.rollout.admission import admit
 from release_coordinator.rollout.geo import Area, GeoIndex, MatchMode
 from release_coordinator.rollout.models import (
     Child,
@@ -66,7 +67,7 @@ from release_coordinator.rollout.models import (
     Rollout,
     RolloutState,
 )
-from release_coordinator.rollout.policies import GlobalIncremental, Policy, admit
+from release_coordinator.rollout.policies import GlobalIncremental, Policy
 from release_coordinator.rollout.results import (
     ResultReport,
     StageReport,
@@ -75,8 +76,9 @@ from release_coordinator.rollout.results import (
     parse_result,
 )
 from release_coordinator.rollout.strategy import StageType
-from release_coordinator.storage.base import BarrierRecord, RolloutStore
-from release_coordinator.storage.memory import MemoryRolloutStore
+from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
+from release_coordinator.storage.memory_rollout import MemoryRolloutStore
+from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore
 
 __all__ = [
     "BarrierState",
@@ -91,40 +93,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MAX_ID = 256
-
-
-@attrs.frozen
-class PollAnswer:
-    """``POST /poll``'s answer: the child's id and the first release waiting for it.
-
-    ``target_area`` (GeoJSON) is an extra for relays (children with children of their own):
-    the release's target, so that they offer it only to their children inside it. Old agents
-    ignore it; leaves never get it.
-    """
-
-    id: str
-    new_release: str = ""
-    target_area: Mapping[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"id": self.id, "new_release": self.new_release}
-        if self.target_area is not None:
-            body["target_area"] = self.target_area
-        return body
-
-
-@attrs.frozen
-class EndStageAnswer:
-    """``POST /end_stage``'s answer; ``action`` (``"rollback"``) is an extra old agents ignore."""
-
-    end_stage: bool
-    action: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"end_stage": self.end_stage}
-        if self.action:
-            body["action"] = self.action
-        return body
 
 
 @attrs.frozen

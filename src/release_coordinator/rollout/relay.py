@@ -21,7 +21,6 @@ same process (a whole tree runs in one event loop); the HTTP link comes with the
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import logging
@@ -32,7 +31,7 @@ import attrs
 from release_coordinator.errors import ConflictError, ReleaseCoordinatorError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.geo import Area
-from release_coordinator.rollout.manager import EndStageAnswer, PollAnswer, RolloutManager
+from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import ReleaseBundle, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental, Policy
 from release_coordinator.rollout.results import (
@@ -44,64 +43,15 @@ from release_coordinator.rollout.results import (
     to_original,
 )
 from release_coordinator.rollout.strategy import Stage, StageType
+from release_coordinator.transports.base import ParentLink
 
-__all__ = ["InProcessParent", "ParentLink", "Relay"]
+__all__ = ["Relay"]
 
 log = logging.getLogger(__name__)
 
 _EMPTY = StageSummary(
     TimesSummary(0.0, 0.0, 0.0), TimesSummary(0.0, 0.0, 0.0), TimesSummary(0.0, 0.0, 0.0), 0.0, 0.0
 )
-
-
-class ParentLink(abc.ABC):
-    """The child protocol as seen from a child: how a relay (or an agent) talks to its parent."""
-
-    @abc.abstractmethod
-    async def poll(
-        self, child_id: str, area: dict[str, Any], number_of_children: int
-    ) -> PollAnswer:
-        """``POST /poll``."""
-
-    @abc.abstractmethod
-    async def get_release(self, child_id: str, release_id: str) -> str:
-        """``GET /release``: the strategy text."""
-
-    @abc.abstractmethod
-    async def get_functions(self, release_id: str) -> bytes:
-        """``GET /release/functions/{id}``: the archive."""
-
-    @abc.abstractmethod
-    async def submit_result(self, body: dict[str, Any]) -> None:
-        """``POST /result``."""
-
-    @abc.abstractmethod
-    async def end_stage(self, child_id: str, strategy_id: str, stage_name: str) -> EndStageAnswer:
-        """``POST /end_stage``."""
-
-
-class InProcessParent(ParentLink):
-    """A parent manager in the same process."""
-
-    def __init__(self, manager: RolloutManager) -> None:
-        self.manager = manager
-
-    async def poll(
-        self, child_id: str, area: dict[str, Any], number_of_children: int
-    ) -> PollAnswer:
-        return await self.manager.poll(child_id, area, number_of_children)
-
-    async def get_release(self, child_id: str, release_id: str) -> str:
-        return await self.manager.get_release(child_id, release_id)
-
-    async def get_functions(self, release_id: str) -> bytes:
-        return await self.manager.get_functions(release_id)
-
-    async def submit_result(self, body: dict[str, Any]) -> None:
-        await self.manager.submit_result(body)
-
-    async def end_stage(self, child_id: str, strategy_id: str, stage_name: str) -> EndStageAnswer:
-        return await self.manager.end_stage(child_id, strategy_id, stage_name)
 
 
 @attrs.define

@@ -40,7 +40,7 @@ from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager, RolloutReport
 from release_coordinator.rollout.models import ReleaseBundle
 from release_coordinator.rollout.policies import GlobalIncremental, Policy
-from release_coordinator.rollout.relay import InProcessParent, ParentLink, Relay
+from release_coordinator.rollout.relay import Relay
 from release_coordinator.rollout.results import (
     ResultReport,
     StageReport,
@@ -57,6 +57,8 @@ from release_coordinator.rollout.strategy import (
     format_duration,
     parse_strategy,
 )
+from release_coordinator.transports.base import ParentLink
+from release_coordinator.transports.memory import InProcessParent
 
 __all__ = [
     "DEFAULT_BBOX",

@@ -72,11 +72,9 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
         "pip install 'release-coordinator[server]'"
     ) from error
 
-from release_coordinator import __version__
-from release_coordinator.coordinator import Coordinator
-from release_coordinator.errors import ConfigurationError, Problem, ValidationError
-from release_coordinator.fsm.release import ReleaseState, TaskState
-from release_coordinator.models import (
+from release_coordinator._version import __version__
+from release_coordinator.coordinator.engine import Coordinator
+from release_coordinator.coordinator.models import (
     Event,
     EventKind,
     EventType,
@@ -85,6 +83,9 @@ from release_coordinator.models import (
     Task,
     TaskService,
 )
+from release_coordinator.coordinator.wire import MAX_TEXT, decode_callback
+from release_coordinator.errors import ConfigurationError, Problem, ValidationError
+from release_coordinator.fsm.release import ReleaseState, TaskState
 from release_coordinator.server.common import (
     DEFAULT_MAX_BODY,
     Endpoint,
@@ -105,7 +106,6 @@ from release_coordinator.server.common import (
     unauthorized,
 )
 from release_coordinator.server.openapi import OPENAPI_PATH, coordinator_openapi
-from release_coordinator.wire import MAX_TEXT, decode_callback
 
 __all__ = [
     "DEFAULT_MAX_BODY",

@@ -31,14 +31,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from release_coordinator import __version__
+from release_coordinator._version import __version__
+from release_coordinator.coordinator.models import EventKind, EventType, HealthStatus
+from release_coordinator.coordinator.wire import MAX_TEXT, REPORTED_STATES
 from release_coordinator.fsm.release import ReleaseState, TaskState
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
-from release_coordinator.models import EventKind, EventType, HealthStatus
 from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ARCHIVE_MEDIA_TYPE
 from release_coordinator.rollout.models import Outcome, RolloutState
 from release_coordinator.rollout.strategy import StageType
-from release_coordinator.wire import MAX_TEXT, REPORTED_STATES
 
 __all__ = [
     "OPENAPI_PATH",

@@ -146,7 +146,7 @@ from release_coordinator.server.common import (
     unauthorized,
 )
 from release_coordinator.server.openapi import OPENAPI_PATH, rollout_openapi
-from release_coordinator.storage.base import RolloutStore
+from release_coordinator.storage.rollout_base import RolloutStore
 
 __all__ = [
     "DEFAULT_MAX_BODY",

@@ -79,9 +79,8 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
         "pip install 'release-coordinator[server]'"
     ) from error
 
-from release_coordinator import __version__
-from release_coordinator.cli import DEFAULT_DB
-from release_coordinator.coordinator import Coordinator
+from release_coordinator._version import __version__
+from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.errors import ConfigurationError
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.server.common import (
@@ -97,8 +96,11 @@ from release_coordinator.server.common import (
 from release_coordinator.server.coordinator_app import coordinator_app
 from release_coordinator.server.openapi import OPENAPI_PATH, combined_openapi
 from release_coordinator.server.rollout_app import DEFAULT_MAX_UPLOAD, rollout_app
-from release_coordinator.storage.base import CoordinatorStore, RolloutStore
-from release_coordinator.storage.memory import MemoryRolloutStore, MemoryStore
+from release_coordinator.storage import DEFAULT_DB
+from release_coordinator.storage.base import CoordinatorStore
+from release_coordinator.storage.memory import MemoryStore
+from release_coordinator.storage.memory_rollout import MemoryRolloutStore
+from release_coordinator.storage.rollout_base import RolloutStore
 
 __all__ = [
     "ACCESS_LOGGER",

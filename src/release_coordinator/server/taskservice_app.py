@@ -7,8 +7,8 @@
     app = task_service_app(SearchIndex("search"), token=os.environ["RC_TOKEN"])
     # uvicorn mymodule:app
 
-- ``GET /status`` answers :meth:`~release_coordinator.taskservice.TaskServiceKit.handle_status`;
-- ``POST /tasks`` answers :meth:`~release_coordinator.taskservice.TaskServiceKit.handle_task`.
+- ``GET /status`` answers :meth:`~release_coordinator.coordinator.kit.TaskServiceKit.handle_status`;
+- ``POST /tasks`` answers :meth:`~release_coordinator.coordinator.kit.TaskServiceKit.handle_task`.
 
 The app is only the HTTP edge: it checks the bearer token, bounds and decodes the body, and
 writes the kit's answer; every protocol decision is the kit's. Every answer that is not a 200 is
@@ -41,6 +41,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
         "pip install 'release-coordinator[server]'"
     ) from error
 
+from release_coordinator.coordinator.kit import TaskServiceKit
 from release_coordinator.errors import ConfigurationError
 from release_coordinator.server.common import (
     CODES,
@@ -56,7 +57,6 @@ from release_coordinator.server.common import (
     refused,
     unauthorized,
 )
-from release_coordinator.taskservice import TaskServiceKit
 
 __all__ = ["DEFAULT_MAX_BODY", "task_service_app"]
 

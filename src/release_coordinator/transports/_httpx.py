@@ -1,7 +1,7 @@
 """One HTTP exchange through httpx, with httpx's errors translated at the edge.
 
 Shared by :mod:`release_coordinator.transports.http` (task services) and
-:mod:`release_coordinator.rollout.http_parent` (a relay's parent), so that both judge answers
+:mod:`release_coordinator.transports.http` (a relay's parent), so that both judge answers
 and failures alike.
 """
 

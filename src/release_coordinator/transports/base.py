@@ -1,18 +1,24 @@
-"""The transport interface: how the Coordinator reaches a task service.
+"""The two seams between a process and its peers, as interfaces.
 
-A transport carries one action to one task service (:meth:`TaskServiceTransport.send`) and asks
-a service who it is (:meth:`TaskServiceTransport.status`). It speaks the wire format of
-:mod:`release_coordinator.wire` and translates everything that can go wrong underneath into the
-library's errors:
+- :class:`TaskServiceTransport`: how the Coordinator reaches a task service (the task-service
+  protocol, from the coordinator's side).
+- :class:`ParentLink`: how a child (a :class:`~release_coordinator.rollout.relay.Relay` or an
+  edge agent) reaches its parent manager (the child protocol, from the child's side).
+
+Adapters: :mod:`.memory` (in-process peers: task services with fault injection, a parent
+manager in the same event loop) and :mod:`.http` (httpx).
+
+A task-service transport carries one action to one task service
+(:meth:`TaskServiceTransport.send`) and asks a service who it is
+(:meth:`TaskServiceTransport.status`). It speaks the wire format of
+:mod:`release_coordinator.coordinator.wire` and translates everything that can go wrong
+underneath into the library's errors (a parent link does the same):
 
 - a 200 with a body that breaks the protocol: ``MalformedAnswerError``;
 - any other real answer (400, 404, 500, 503 ...): ``PeerAnswerError`` with its ``status_code``
   (never retried);
 - connection refused/reset/dropped, time-outs, 502/504:
   :class:`~release_coordinator.errors.TransientTransportError` subclasses (retried by the caller).
-
-Adapters: :mod:`.memory` (in-process task services, with fault injection) and :mod:`.http`
-(httpx).
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
+from release_coordinator.coordinator.models import TaskService
+from release_coordinator.coordinator.wire import ServiceStatus, TaskAnswer, TaskRequest
 from release_coordinator.errors import TransportError
-from release_coordinator.models import TaskService
-from release_coordinator.wire import ServiceStatus, TaskAnswer, TaskRequest
+from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
 
-__all__ = ["TaskServiceTransport"]
+__all__ = ["ParentLink", "TaskServiceTransport"]
 
 
 class TaskServiceTransport(abc.ABC):
@@ -65,3 +73,29 @@ class TaskServiceTransport(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Close connections. Idempotent."""
+
+
+class ParentLink(abc.ABC):
+    """The child protocol as seen from a child: how a relay (or an agent) talks to its parent."""
+
+    @abc.abstractmethod
+    async def poll(
+        self, child_id: str, area: dict[str, Any], number_of_children: int
+    ) -> PollAnswer:
+        """``POST /poll``."""
+
+    @abc.abstractmethod
+    async def get_release(self, child_id: str, release_id: str) -> str:
+        """``GET /release``: the strategy text."""
+
+    @abc.abstractmethod
+    async def get_functions(self, release_id: str) -> bytes:
+        """``GET /release/functions/{id}``: the archive."""
+
+    @abc.abstractmethod
+    async def submit_result(self, body: dict[str, Any]) -> None:
+        """``POST /result``."""
+
+    @abc.abstractmethod
+    async def end_stage(self, child_id: str, strategy_id: str, stage_name: str) -> EndStageAnswer:
+        """``POST /end_stage``."""

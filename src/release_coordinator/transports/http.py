@@ -1,37 +1,58 @@
-"""Task services over HTTP, with httpx.
+"""Both seams over HTTP, with httpx: task services (:class:`HttpTransport`) and a parent
+manager (:class:`HttpParent`).
 
 One :class:`httpx.AsyncClient` (connection pooling, HTTP keep-alive) serves every task service;
 each request goes to the service's own base URL. httpx's exceptions never leave this module:
 they become the library's transport errors (see :mod:`.base`).
+
+:class:`HttpParent` is a :class:`~release_coordinator.transports.base.ParentLink` (what a
+:class:`~release_coordinator.rollout.relay.Relay` or a
+:class:`~release_coordinator.rollout.simulate.SimulatedLeaf` talks to) that reaches the parent's
+``rollout_app`` (or any server of the child protocol) at a base URL::
+
+    async with HttpParent("https://parent.example.org/edge") as parent:
+        relay = Relay(RolloutManager(), parent, relay_id="berlin")
+        await relay.run()
+
+Its errors: connection refused, reset or dropped: ``PeerUnreachableError``; no answer in time:
+``PeerTimeoutError``; a 502/504: ``BadGatewayError`` (all transient: try again later); any other
+answer that is not a 200: ``PeerAnswerError`` with its ``status_code``; a 200 whose body breaks
+the protocol (not JSON, a missing or mistyped field, an archive that is not a zip, an answer too
+large): ``MalformedAnswerError``. When the parent issues child tokens, the token of the first
+poll's answer is kept (:attr:`HttpParent.token`) and sent with every later request; it is never
+logged or shown in an error.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from release_coordinator import __version__
-from release_coordinator.errors import (
-    ConfigurationError,
-    MalformedAnswerError,
-    TransportError,
-    ValidationError,
-)
-from release_coordinator.models import TaskService
-from release_coordinator.transports._httpx import exchange
-from release_coordinator.transports.base import TaskServiceTransport
-from release_coordinator.wire import (
+from release_coordinator._version import __version__
+from release_coordinator.coordinator.models import TaskService
+from release_coordinator.coordinator.wire import (
     ServiceStatus,
     TaskAnswer,
     TaskRequest,
     decode_answer,
     decode_status,
 )
+from release_coordinator.errors import (
+    ConfigurationError,
+    MalformedAnswerError,
+    TransportError,
+    ValidationError,
+)
+from release_coordinator.rollout.archive import ArchiveLimits
+from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
+from release_coordinator.transports._httpx import exchange
+from release_coordinator.transports.base import ParentLink, TaskServiceTransport
 
-__all__ = ["USER_AGENT", "HttpTransport"]
+__all__ = ["USER_AGENT", "HttpParent", "HttpTransport"]
 
 USER_AGENT = f"release-coordinator/{__version__}"
 
@@ -43,6 +64,11 @@ TokenSource = str | Callable[[TaskService], str | None] | None
 
 def _is_header_safe(value: str) -> bool:
     return value.isascii() and value.isprintable()
+
+
+def _is_token_safe(token: str) -> bool:
+    """A child token as a parent issues it: header-safe and without spaces."""
+    return _is_header_safe(token) and " " not in token
 
 
 class HttpTransport(TaskServiceTransport):
@@ -166,3 +192,200 @@ class HttpTransport(TaskServiceTransport):
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
+
+
+class HttpParent(ParentLink):
+    """A parent manager at ``base_url`` (``http(s)://host[/prefix]``, where its child protocol
+    is served).
+
+    ``token``: a bearer token to send (the parent's child tokens); one issued by the parent at
+    the first poll replaces it. ``timeout`` bounds each request (seconds). ``transport`` is
+    passed to the client built here (``httpx.ASGITransport(app)`` reaches an app in process);
+    ``client`` lets a host supply its own ``httpx.AsyncClient`` (not closed here).
+    ``max_archive_bytes`` bounds the function archive read (the default archive limit).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        client: httpx.AsyncClient | None = None,
+        user_agent: str = USER_AGENT,
+        max_archive_bytes: int = ArchiveLimits().max_archive_bytes,
+    ) -> None:
+        try:
+            url = httpx.URL(base_url)
+        except (httpx.InvalidURL, TypeError, ValueError) as error:
+            raise ConfigurationError(f"{base_url!r} is not a URL: {error}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigurationError(f"{base_url!r} is not an http(s) base URL")
+        if timeout <= 0:
+            raise ConfigurationError("timeout must be positive")
+        if token is not None and not _is_token_safe(token):
+            raise ConfigurationError("the token must be printable ASCII without blanks")
+        if max_archive_bytes < 1:
+            raise ConfigurationError("max_archive_bytes must be positive")
+        self.base_url = base_url.rstrip("/")
+        self.token = token or None
+        self._user_agent = user_agent
+        self._max_archive = max_archive_bytes
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False
+        )
+
+    def __repr__(self) -> str:  # never the token
+        return f"HttpParent({self.base_url!r}, token={'set' if self.token else 'none'})"
+
+    async def __aenter__(self) -> HttpParent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections (of a client built here). Idempotent."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {"User-Agent": self._user_agent, "Accept": accept}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        accept: str = "application/json",
+        limit: int = MAX_ANSWER_BYTES,
+    ) -> bytes:
+        """The body of a 200 answer; every failure as a TransportError (module docstring)."""
+        peer = self.base_url
+        headers = self._headers(accept)
+        content = None
+        if body is not None:
+            try:
+                content = json.dumps(body, ensure_ascii=True, allow_nan=False).encode("ascii")
+            except (TypeError, ValueError, RecursionError) as error:
+                raise TransportError(
+                    f"{what}: the request cannot be written as JSON ({type(error).__name__})",
+                    peer=peer,
+                ) from None
+            headers["Content-Type"] = "application/json"
+        return await exchange(
+            self._client,
+            method,
+            peer + path,
+            peer=peer,
+            what=what,
+            headers=headers,
+            content=content,
+            params=params,
+            limit=limit,
+        )
+
+    def _malformed(self, what: str, why: str, raw: bytes = b"") -> MalformedAnswerError:
+        return MalformedAnswerError(
+            f"{self.base_url} answered {what} with a malformed body: {why}",
+            peer=self.base_url,
+            status_code=200,
+            body=raw[:500].decode("utf-8", errors="replace"),
+        )
+
+    async def _json_object(self, method: str, path: str, what: str, body: Any) -> dict[str, Any]:
+        raw = await self._request(method, path, what, body=body)
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise self._malformed(what, "not JSON", raw) from None
+        if not isinstance(value, dict):
+            raise self._malformed(what, "not a JSON object", raw)
+        return value
+
+    # -- the child protocol ---------------------------------------------------------------------
+    async def poll(
+        self, child_id: str, area: dict[str, Any], number_of_children: int
+    ) -> PollAnswer:
+        what = "POST /poll"
+        body = {"id": child_id, "geographic_area": area, "number_of_children": number_of_children}
+        answer = await self._json_object("POST", "/poll", what, body)
+        new_id = answer.get("id")
+        offer = answer.get("new_release", "")
+        target = answer.get("target_area")
+        token = answer.get("token")
+        if not isinstance(new_id, str) or not new_id:
+            raise self._malformed(what, "'id' is not a non-empty string")
+        if offer is None:
+            offer = ""
+        if not isinstance(offer, str):
+            raise self._malformed(what, "'new_release' is not a string")
+        if target is not None and not isinstance(target, dict):
+            raise self._malformed(what, "'target_area' is not a GeoJSON object")
+        if token is not None:
+            if not isinstance(token, str) or not _is_token_safe(token) or not token:
+                raise self._malformed(what, "'token' is not a token")
+            self.token = token
+        return PollAnswer(new_id, offer, target)
+
+    async def get_release(self, child_id: str, release_id: str) -> str:
+        what = "GET /release"
+        raw = await self._request(
+            "GET",
+            "/release",
+            what,
+            params={"childID": child_id, "releaseID": release_id},
+            accept="text/plain, application/yaml, */*",
+        )
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._malformed(what, "the strategy is not UTF-8 text") from None
+
+    async def get_functions(self, release_id: str) -> bytes:
+        what = "GET /release/functions"
+        raw = await self._request(
+            "GET",
+            "/release/functions/" + quote(release_id, safe=""),
+            what,
+            accept="application/zip",
+            limit=self._max_archive,
+        )
+        if not raw.startswith(b"PK"):
+            raise self._malformed(what, "not a zip archive")
+        return raw
+
+    async def submit_result(self, body: dict[str, Any]) -> None:
+        what = "POST /result"
+        raw = await self._request("POST", "/result", what, body=body)
+        if not raw.strip():
+            return  # the protocol allows an empty body
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise self._malformed(what, "not JSON", raw) from None
+        if not isinstance(value, dict):
+            raise self._malformed(what, "not a JSON object", raw)
+
+    async def end_stage(self, child_id: str, strategy_id: str, stage_name: str) -> EndStageAnswer:
+        what = "POST /end_stage"
+        body = {"id": child_id, "strategy_id": strategy_id, "stage_name": stage_name}
+        answer = await self._json_object("POST", "/end_stage", what, body)
+        end = answer.get("end_stage")
+        action = answer.get("action", "")
+        if not isinstance(end, bool):
+            raise self._malformed(what, "'end_stage' is not true or false")
+        if action is None:
+            action = ""
+        if not isinstance(action, str):
+            raise self._malformed(what, "'action' is not a string")
+        return EndStageAnswer(end, action)

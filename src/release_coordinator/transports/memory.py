@@ -2,7 +2,7 @@
 
 :class:`MemoryTransport` delivers requests to task services that live in the same process
 (anything with the :class:`InProcessService` shape, such as
-:class:`~release_coordinator.taskservice.TaskServiceKit`), addressed by a ``memory://`` URL. It
+:class:`~release_coordinator.coordinator.kit.TaskServiceKit`), addressed by a ``memory://`` URL. It
 passes the same JSON values as HTTP would (fresh for every request, decoded as strictly), so a
 service sees what it would over the network, and it is a real adapter: use it to embed task
 services in one program, or to test the coordinator (or your own task service) against
@@ -20,10 +20,18 @@ import asyncio
 import json
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from release_coordinator.coordinator.models import TaskService
+from release_coordinator.coordinator.wire import (
+    ServiceStatus,
+    TaskAnswer,
+    TaskRequest,
+    decode_answer,
+    decode_status,
+)
 from release_coordinator.errors import (
     BadGatewayError,
     ConfigurationError,
@@ -34,17 +42,13 @@ from release_coordinator.errors import (
     TransportError,
     ValidationError,
 )
-from release_coordinator.models import TaskService
-from release_coordinator.transports.base import TaskServiceTransport
-from release_coordinator.wire import (
-    ServiceStatus,
-    TaskAnswer,
-    TaskRequest,
-    decode_answer,
-    decode_status,
-)
+from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
+from release_coordinator.transports.base import ParentLink, TaskServiceTransport
 
-__all__ = ["Fault", "InProcessService", "MemoryTransport", "SentRequest"]
+if TYPE_CHECKING:
+    from release_coordinator.rollout.manager import RolloutManager
+
+__all__ = ["Fault", "InProcessParent", "InProcessService", "MemoryTransport", "SentRequest"]
 
 
 @runtime_checkable
@@ -419,3 +423,27 @@ class MemoryTransport(TaskServiceTransport):
                 peer=url,
                 status_code=200,
             ) from None
+
+
+class InProcessParent(ParentLink):
+    """A parent manager in the same process."""
+
+    def __init__(self, manager: RolloutManager) -> None:
+        self.manager = manager
+
+    async def poll(
+        self, child_id: str, area: dict[str, Any], number_of_children: int
+    ) -> PollAnswer:
+        return await self.manager.poll(child_id, area, number_of_children)
+
+    async def get_release(self, child_id: str, release_id: str) -> str:
+        return await self.manager.get_release(child_id, release_id)
+
+    async def get_functions(self, release_id: str) -> bytes:
+        return await self.manager.get_functions(release_id)
+
+    async def submit_result(self, body: dict[str, Any]) -> None:
+        await self.manager.submit_result(body)
+
+    async def end_stage(self, child_id: str, strategy_id: str, stage_name: str) -> EndStageAnswer:
+        return await self.manager.end_stage(child_id, strategy_id, stage_name)

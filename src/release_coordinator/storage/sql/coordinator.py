@@ -85,17 +85,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
         "pip install 'release-coordinator[sql]' (or '[postgres]' for PostgreSQL)"
     ) from error
 
-from release_coordinator.errors import (
-    ConcurrentUpdateError,
-    ConfigurationError,
-    ConflictError,
-    NotFoundError,
-    ReleaseCoordinatorError,
-    SchemaError,
-    StorageError,
-)
-from release_coordinator.fsm.release import ReleaseState, TaskState
-from release_coordinator.models import (
+from release_coordinator.coordinator.models import (
     Event,
     EventKind,
     EventType,
@@ -106,6 +96,16 @@ from release_coordinator.models import (
     TaskService,
     utcnow,
 )
+from release_coordinator.errors import (
+    ConcurrentUpdateError,
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    ReleaseCoordinatorError,
+    SchemaError,
+    StorageError,
+)
+from release_coordinator.fsm.release import ReleaseState, TaskState
 from release_coordinator.storage.base import (
     _ALL,
     CoordinatorStore,
@@ -119,7 +119,6 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Migration",
-    "SQLRolloutStore",
     "SQLStore",
     "check",
     "normalize_url",
@@ -1505,7 +1504,3 @@ def _missing_file(url: URL) -> str | None:
     if url.get_backend_name() != "sqlite" or _in_memory(url) or not path or url.query.get("uri"):
         return None
     return None if Path(path).exists() else path
-
-
-# The rollout half's store lives in its own module and is named here too.
-from release_coordinator.storage.sql_rollout import SQLRolloutStore  # noqa: E402

@@ -26,6 +26,20 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from release_coordinator.coordinator.models import (
+    _TASK_FINISHED,
+    Event,
+    EventKind,
+    EventType,
+    HealthStatus,
+    Release,
+    ServiceHealth,
+    Task,
+    TaskService,
+    new_id,
+    utcnow,
+)
+from release_coordinator.coordinator.wire import MAX_TEXT, TaskAction, TaskAnswer, TaskRequest
 from release_coordinator.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -45,19 +59,6 @@ from release_coordinator.fsm.release import (
     task_state_behind,
     task_steps,
 )
-from release_coordinator.models import (
-    _TASK_FINISHED,
-    Event,
-    EventKind,
-    EventType,
-    HealthStatus,
-    Release,
-    ServiceHealth,
-    Task,
-    TaskService,
-    new_id,
-    utcnow,
-)
 from release_coordinator.storage.base import (
     _ALL,
     CoordinatorStore,
@@ -69,7 +70,6 @@ from release_coordinator.storage.base import (
 from release_coordinator.storage.memory import MemoryStore
 from release_coordinator.transports.base import TaskServiceTransport
 from release_coordinator.transports.memory import MemoryTransport
-from release_coordinator.wire import MAX_TEXT, TaskAction, TaskAnswer, TaskRequest
 
 __all__ = ["Coordinator", "CoordinatorConfig", "RetryPolicy", "Subscriber"]
 

@@ -52,9 +52,9 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from release_coordinator.coordinator.models import utcnow
 from release_coordinator.errors import ConcurrentUpdateError, ConflictError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
-from release_coordinator.models import utcnow
 from release_coordinator.rollout.archive import FunctionArchive
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.models import (
@@ -69,8 +69,8 @@ from release_coordinator.rollout.models import (
 from release_coordinator.rollout.policies import parse_policy, policy_json
 from release_coordinator.rollout.results import StageSummary, TimesSummary
 from release_coordinator.rollout.strategy import parse_strategy
-from release_coordinator.storage.base import BarrierRecord, RolloutStore, last_of_each
-from release_coordinator.storage.sql import (
+from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore, last_of_each
+from release_coordinator.storage.sql.coordinator import (
     _ROLLOUT_COLUMNS,
     SQLStore,
     _edge,

@@ -20,9 +20,16 @@ from typing import Any, ParamSpec, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from release_coordinator.coordinator import Coordinator, CoordinatorConfig, Subscriber
+from release_coordinator.coordinator.engine import Coordinator, CoordinatorConfig, Subscriber
+from release_coordinator.coordinator.models import (
+    Event,
+    EventKind,
+    EventType,
+    Release,
+    Task,
+    TaskService,
+)
 from release_coordinator.fsm.release import ReleaseState
-from release_coordinator.models import Event, EventKind, EventType, Release, Task, TaskService
 from release_coordinator.storage.base import CoordinatorStore, EventFilter
 from release_coordinator.transports.base import TaskServiceTransport
 

@@ -33,9 +33,14 @@ from typing import Any
 
 import attrs
 
+from release_coordinator.coordinator.models import utcnow
+from release_coordinator.coordinator.wire import (
+    ServiceStatus,
+    TaskAction,
+    TaskAnswer,
+    decode_request,
+)
 from release_coordinator.errors import ValidationError
-from release_coordinator.models import utcnow
-from release_coordinator.wire import ServiceStatus, TaskAction, TaskAnswer, decode_request
 
 __all__ = ["KitTask", "Notifier", "TaskServiceKit", "TaskWork"]
 

@@ -1,0 +1,106 @@
+"""A policy's decision at one moment: which eligible children are admitted now, or why the
+rollout aborts (the policies themselves are records in :mod:`.policies`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import attrs
+
+from release_coordinator.fsm.rollout import ReleaseStatus
+from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.models import ChildRelease
+from release_coordinator.rollout.policies import (
+    GlobalIncremental,
+    LocationSequential,
+    Policy,
+    Waves,
+)
+
+__all__ = ["Admission", "admit"]
+
+
+@attrs.frozen
+class Admission:
+    """What a policy decided: children to offer the release to now, or a reason to abort."""
+
+    admit: tuple[str, ...] = ()
+    abort: str = ""
+
+
+_FINISHED = frozenset({ReleaseStatus.DONE, ReleaseStatus.FAILED})
+ROLLED_OUT = "rolled_out"  # Outcome.ROLLED_OUT (a StrEnum): compared by value
+
+
+def admit(
+    policy: Policy,
+    eligible: Sequence[str],
+    states: Mapping[str, ChildRelease],
+    *,
+    lost: Callable[[str], bool],
+    area_of: Callable[[str], Area],
+) -> Admission:
+    """The policy's decision. ``eligible`` in eligibility order; ``states`` of the children
+    admitted so far (the others are not in it)."""
+    if isinstance(policy, GlobalIncremental):
+        return Admission(tuple(c for c in eligible if c not in states))
+    if isinstance(policy, LocationSequential):
+        return _sequential(policy, eligible, states, lost, area_of)
+    return _waves(policy, eligible, states)
+
+
+def _done(child: str, states: Mapping[str, ChildRelease], lost: Callable[[str], bool]) -> bool:
+    state = states.get(child)
+    return state is not None and (state.status in _FINISHED or lost(child))
+
+
+def _sequential(
+    policy: LocationSequential,
+    eligible: Sequence[str],
+    states: Mapping[str, ChildRelease],
+    lost: Callable[[str], bool],
+    area_of: Callable[[str], Area],
+) -> Admission:
+    if policy.groups:
+        groups: list[list[str]] = [[] for _ in range(len(policy.groups) + 1)]
+        for child in eligible:
+            area = area_of(child)
+            index = next(
+                (i for i, g in enumerate(policy.groups) if g.intersects(area)), len(policy.groups)
+            )
+            groups[index].append(child)
+    else:
+        groups = [[child] for child in eligible]
+    for group in groups:
+        if not group:
+            continue
+        if all(_done(child, states, lost) for child in group):
+            continue
+        return Admission(tuple(c for c in group if c not in states))
+    return Admission()
+
+
+def _waves(policy: Waves, eligible: Sequence[str], states: Mapping[str, ChildRelease]) -> Admission:
+    finished = [s for s in states.values() if s.status in _FINISHED]
+    failed = sum(1 for s in finished if s.status is ReleaseStatus.FAILED)
+    if (
+        finished
+        and len(finished) >= policy.min_finished
+        and (failed / len(finished) > policy.failure_threshold)
+    ):
+        return Admission(
+            abort=f"{failed} of {len(finished)} finished children failed "
+            f"(more than {policy.failure_threshold:.0%})"
+        )
+    admitted = len(states)
+    succeeded = sum(
+        1 for s in finished if s.status is ReleaseStatus.DONE and s.outcome == ROLLED_OUT
+    )
+    if admitted and succeeded < policy.success_threshold * admitted:
+        return Admission()  # the current wave is still proving itself
+    # The next wave: the first whose size passes what was admitted so far; the last wave is
+    # everyone, children that became eligible late included.
+    sizes = [max(1, math.ceil(share * len(eligible))) for share in policy.sizes]
+    wanted = next((size for size in sizes if size > admitted), len(eligible))
+    return Admission(tuple(c for c in eligible[:wanted] if c not in states))

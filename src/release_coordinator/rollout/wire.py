@@ -1,0 +1,47 @@
+"""The child protocol's answers (``/poll``, ``/end_stage``), as a manager gives them.
+
+Result bodies (``/result``) are parsed by :mod:`release_coordinator.rollout.results`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["EndStageAnswer", "PollAnswer"]
+
+
+@attrs.frozen
+class PollAnswer:
+    """``POST /poll``'s answer: the child's id and the first release waiting for it.
+
+    ``target_area`` (GeoJSON) is an extra for relays (children with children of their own):
+    the release's target, so that they offer it only to their children inside it. Old agents
+    ignore it; leaves never get it.
+    """
+
+    id: str
+    new_release: str = ""
+    target_area: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.id, "new_release": self.new_release}
+        if self.target_area is not None:
+            body["target_area"] = self.target_area
+        return body
+
+
+@attrs.frozen
+class EndStageAnswer:
+    """``POST /end_stage``'s answer; ``action`` (``"rollback"``) is an extra old agents ignore."""
+
+    end_stage: bool
+    action: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"end_stage": self.end_stage}
+        if self.action:
+            body["action"] = self.action
+        return body
