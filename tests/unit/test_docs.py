@@ -142,6 +142,12 @@ def test_every_public_class_is_documented(name: str) -> None:
     assert mentioned(name, all_docs()), f"{name} appears nowhere in docs/"
 
 
+def test_the_api_page_names_every_public_name() -> None:
+    page = read("reference/api.md")
+    missing = [name for name in release_coordinator.__all__ if f"`{name}`" not in page]
+    assert not missing, f"not on docs/reference/api.md: {missing}"
+
+
 @pytest.mark.parametrize("name", errors.__all__)
 def test_every_error_is_on_the_errors_page(name: str) -> None:
     assert mentioned(name, read("reference/errors.md"))
