@@ -3,6 +3,11 @@
 Both transports and the task-service kit go through these functions, so an in-process service
 sees exactly what an HTTP one would. Decoders take untrusted, already JSON-decoded values and
 raise :class:`~release_coordinator.errors.ValidationError` listing every problem by its path.
+
+Each body is declared once as a msgspec Struct (``*Body``: its JSON shape and rules, the source
+of its JSON Schema); a decoder converts through it, and only when msgspec refuses a value does
+the full path below run, to accept what the protocol tolerates beyond the Struct (``"42%"``
+progress, an integral float) or to list every problem (see :mod:`release_coordinator.schemas`).
 """
 
 from __future__ import annotations
@@ -10,19 +15,25 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import attrs
+import msgspec
 
 from release_coordinator.errors import Problem, ValidationError
 from release_coordinator.problems import short
+from release_coordinator.schemas import MAX_TEXT, BodyConverter, OptionalText, Text
 
 __all__ = [
     "REPORTED_STATES",
     "ServiceStatus",
+    "ServiceStatusBody",
     "TaskAction",
     "TaskAnswer",
+    "TaskAnswerBody",
+    "TaskCallbackBody",
     "TaskRequest",
+    "TaskRequestBody",
     "TaskStateReport",
     "decode_answer",
     "decode_callback",
@@ -31,8 +42,6 @@ __all__ = [
     "parse_progress",
 ]
 
-#: Longest id or name accepted on the wire.
-MAX_TEXT = 256
 MAX_STUDIES = 10_000
 
 
@@ -51,6 +60,59 @@ _ACTION_VALUES = {action: action.value for action in TaskAction}
 REPORTED_STATES = frozenset(
     {"pending", "running", "staged", "publishing", "published", "failed", "canceled", "rejected"}
 )
+
+
+ReportedState = Literal[
+    "pending", "running", "staged", "publishing", "published", "failed", "canceled", "rejected"
+]
+Progress = Annotated[int, msgspec.Meta(ge=0, le=100, description="A percentage, 0..100.")]
+
+assert set(get_args(ReportedState)) == REPORTED_STATES
+
+
+class TaskRequestBody(msgspec.Struct):
+    """``POST {base_url}/tasks``'s body (fields other than these are ignored)."""
+
+    action: TaskAction
+    task_id: Text
+    release_id: Text
+    studies: Annotated[list[OptionalText], msgspec.Meta(max_length=MAX_STUDIES)] = []
+
+
+class TaskAnswerBody(msgspec.Struct):
+    """A task service's 200 answer (``progress`` may also be a string like ``"42%"``, and
+    ``date_submitted`` anything false for none: the decoder accepts those too)."""
+
+    task_id: Text
+    release_id: Text
+    state: ReportedState
+    progress: Progress = 0
+    name: OptionalText | None = None
+    date_submitted: str | None = None
+
+
+class TaskCallbackBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A task service's callback body (``progress`` may also be a string like ``"42%"``);
+    ``task_id`` and ``release_id`` are tolerated, and ignored."""
+
+    state: ReportedState
+    progress: Progress | None = None
+    task_id: Any = None
+    release_id: Any = None
+
+
+class ServiceStatusBody(msgspec.Struct):
+    """``GET {base_url}/status``'s answer."""
+
+    name: Text
+    message: OptionalText | None = None
+    version: OptionalText | None = None
+
+
+_REQUEST = BodyConverter(TaskRequestBody)
+_ANSWER = BodyConverter(TaskAnswerBody)
+_CALLBACK = BodyConverter(TaskCallbackBody)
+_STATUS = BodyConverter(ServiceStatusBody)
 
 
 _PERCENT = re.compile(r"^\s*(\d{1,3})\s*%?\s*$")
@@ -122,25 +184,8 @@ class TaskRequest:
 
 def decode_request(body: object) -> TaskRequest:
     """A request body as a task service receives it."""
-    # Fast path for the common, clean body (plain dict, plain values): exactly the checks of
-    # the full path below, which runs instead (and lists the problems) whenever one fails.
-    if type(body) is dict:
-        raw_action = body.get("action")
-        action = _ACTIONS.get(raw_action) if type(raw_action) is str else None
-        task_id = body.get("task_id")
-        release_id = body.get("release_id")
-        studies_raw = body.get("studies", [])
-        if (
-            action is not None
-            and type(task_id) is str
-            and 0 < len(task_id) <= MAX_TEXT
-            and type(release_id) is str
-            and 0 < len(release_id) <= MAX_TEXT
-            and type(studies_raw) is list
-            and len(studies_raw) <= MAX_STUDIES
-            and (not studies_raw or all(type(s) is str and len(s) <= MAX_TEXT for s in studies_raw))
-        ):
-            return TaskRequest(action, task_id, release_id, tuple(studies_raw))
+    if (fast := _REQUEST.convert(body)) is not None:
+        return TaskRequest(fast.action, fast.task_id, fast.release_id, tuple(fast.studies))
     data = _mapping(body, "task request")
     problems: list[Problem] = []
     raw_action = data.get("action")
@@ -204,28 +249,15 @@ def _state(data: Mapping[str, Any], problems: list[Problem]) -> str:
 
 def decode_answer(body: object) -> TaskAnswer:
     """A task service's answer body as the coordinator receives it."""
-    # Fast path for the common, clean body (plain dict, plain values): exactly the checks of
-    # the full path below, which runs instead (and lists the problems) whenever one fails.
-    if type(body) is dict:
-        task_id = body.get("task_id")
-        release_id = body.get("release_id")
-        state = body.get("state")
-        progress = body.get("progress", 0)
-        name = body.get("name")
-        submitted = body.get("date_submitted")
-        if (
-            type(task_id) is str
-            and 0 < len(task_id) <= MAX_TEXT
-            and type(release_id) is str
-            and 0 < len(release_id) <= MAX_TEXT
-            and type(state) is str
-            and state in REPORTED_STATES
-            and type(progress) is int
-            and 0 <= progress <= 100
-            and (name is None or (type(name) is str and len(name) <= MAX_TEXT))
-            and (submitted is None or type(submitted) is str)
-        ):
-            return TaskAnswer(task_id, release_id, state, progress, name or "", submitted or "")
+    if (fast := _ANSWER.convert(body)) is not None:
+        return TaskAnswer(
+            fast.task_id,
+            fast.release_id,
+            fast.state,
+            fast.progress,
+            fast.name or "",
+            fast.date_submitted or "",
+        )
     data = _mapping(body, "task answer")
     problems: list[Problem] = []
     task_id = _text(data, "task_id", problems)
@@ -252,6 +284,8 @@ class TaskStateReport:
 
 def decode_callback(body: object) -> TaskStateReport:
     """A callback body; ``progress`` may be left out."""
+    if (fast := _CALLBACK.convert(body)) is not None:
+        return TaskStateReport(fast.state, fast.progress)
     data = _mapping(body, "task callback")
     problems: list[Problem] = []
     state = _state(data, problems)
@@ -278,6 +312,9 @@ class ServiceStatus:
 
 
 def decode_status(body: object) -> ServiceStatus:
+    """A status answer body as the coordinator receives it."""
+    if (fast := _STATUS.convert(body)) is not None:
+        return ServiceStatus(fast.name, fast.message or "", fast.version or "")
     data = _mapping(body, "status answer")
     problems: list[Problem] = []
     name = _text(data, "name", problems)

@@ -1,0 +1,86 @@
+"""The wire schemas' shared machinery: bodies declared once as msgspec Structs.
+
+A body of a protocol or of an operator API is a :class:`msgspec.Struct` (its JSON shape and
+every rule JSON Schema can state: types, lengths, ranges, enumerations). That one declaration
+serves two purposes:
+
+- **decoding**: :class:`BodyDecoder` decodes request bytes straight to the Struct, and
+  :class:`BodyConverter` converts an already decoded JSON value to it, both strictly. They
+  answer ``None`` when msgspec refuses the body; the caller then runs the module's full path,
+  which lists *every* problem by its path (msgspec stops at the first) and raises the same
+  :class:`~release_coordinator.errors.ValidationError` as ever. A body msgspec accepts is one
+  the full path accepts, with the same values;
+- **documenting**: :func:`schema_components` gives the JSON Schemas of the OpenAPI documents.
+
+Rules JSON Schema cannot state (a valid polygon, a strategy's YAML, result bodies in two key
+encodings) stay in code; the Struct types such a field as its JSON shape and names the rule in
+the field's description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Any, Generic, TypeVar
+
+import msgspec
+
+__all__ = [
+    "MAX_TEXT",
+    "BodyConverter",
+    "BodyDecoder",
+    "OptionalText",
+    "Text",
+    "schema_components",
+]
+
+T = TypeVar("T")
+
+#: Longest id or name accepted on the wire.
+MAX_TEXT = 256
+
+#: An id or name on the wire: 1 to :data:`MAX_TEXT` characters.
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+#: An optional name on the wire: at most :data:`MAX_TEXT` characters, possibly empty.
+OptionalText = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+
+
+class BodyDecoder(Generic[T]):
+    """JSON bytes to ``T`` (a Struct), or ``None`` when msgspec refuses them (invalid JSON,
+    the wrong shape, a value out of range): the caller's full path then decides."""
+
+    __slots__ = ("_decode", "type")
+
+    def __init__(self, type_: type[T]) -> None:
+        self.type = type_
+        self._decode = msgspec.json.Decoder(type_).decode
+
+    def decode(self, raw: bytes) -> T | None:
+        try:
+            return self._decode(raw)
+        except msgspec.DecodeError:  # (msgspec.ValidationError is one)
+            return None
+
+
+class BodyConverter(Generic[T]):
+    """A decoded JSON value to ``T`` (a Struct), strictly, or ``None`` when msgspec refuses
+    it: the caller's full path then decides (and lists every problem)."""
+
+    __slots__ = ("type",)
+
+    def __init__(self, type_: type[T]) -> None:
+        self.type = type_
+
+    def convert(self, value: object) -> T | None:
+        try:
+            return msgspec.convert(value, self.type)
+        except msgspec.ValidationError:
+            return None
+
+
+def schema_components(types: Iterable[Any]) -> dict[str, Any]:
+    """The JSON Schemas of ``types`` (and of the Structs they use), by name, with references
+    into an OpenAPI document's ``#/components/schemas``."""
+    _, components = msgspec.json.schema_components(
+        tuple(types), ref_template="#/components/schemas/{name}"
+    )
+    return components
