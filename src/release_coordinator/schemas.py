@@ -19,7 +19,7 @@ the field's description.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
@@ -77,10 +77,31 @@ class BodyConverter(Generic[T]):
             return None
 
 
-def schema_components(types: Iterable[Any]) -> dict[str, Any]:
-    """The JSON Schemas of ``types`` (and of the Structs they use), by name, with references
-    into an OpenAPI document's ``#/components/schemas``."""
-    _, components = msgspec.json.schema_components(
-        tuple(types), ref_template="#/components/schemas/{name}"
-    )
-    return components
+_REF = "#/components/schemas/"
+
+
+def _renamed(node: Any, refs: Mapping[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: refs.get(value, value) if key == "$ref" else _renamed(value, refs)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_renamed(value, refs) for value in node]
+    return node
+
+
+def schema_components(
+    types: Iterable[Any], names: Mapping[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The JSON Schemas of ``types`` (and of the Structs they use) by name, with references
+    into an OpenAPI document's ``#/components/schemas``. ``names`` renames components (a
+    Struct's name to the document's, e.g. ``PollAnswerBody`` to ``PollAnswer``); msgspec's
+    ``title`` (the class name) is left out."""
+    _, components = msgspec.json.schema_components(tuple(types), ref_template=_REF + "{name}")
+    names = names or {}
+    refs = {_REF + old: _REF + new for old, new in names.items()}
+    return {
+        names.get(name, name): _renamed({k: v for k, v in schema.items() if k != "title"}, refs)
+        for name, schema in components.items()
+    }

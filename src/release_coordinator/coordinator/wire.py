@@ -25,6 +25,7 @@ from release_coordinator.problems import short
 from release_coordinator.schemas import MAX_TEXT, BodyConverter, OptionalText, Text
 
 __all__ = [
+    "MAX_TEXT",
     "REPORTED_STATES",
     "ServiceStatus",
     "ServiceStatusBody",

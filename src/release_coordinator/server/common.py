@@ -7,8 +7,9 @@
   a bug answers a JSON 500 (and is logged), never a plain-text page.
 - **Bodies.** :func:`read_body` reads at most ``max_body`` bytes, whatever ``Content-Length``
   claims (413 beyond); :func:`parse_json` takes strict JSON only (no ``NaN``/``Infinity``;
-  400 otherwise); :func:`parse_multipart` reads a ``multipart/form-data`` body without extra
-  dependencies.
+  400 otherwise); :func:`decode_object` decodes a body to its Struct, or to a JSON object for
+  the endpoint's full checks; :func:`parse_multipart` reads a ``multipart/form-data`` body
+  without extra dependencies.
 - **Tokens.** :class:`TokenAuth` checks ``Authorization: Bearer <token>`` against configured
   tokens (compared in constant time) and/or a verifier the host supplies. Tokens are accepted
   in that header only (never in a URL, which ends up in access logs) and are never logged or
@@ -44,6 +45,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     ) from error
 
 from release_coordinator.errors import ConfigurationError, ReleaseCoordinatorError
+from release_coordinator.schemas import BodyDecoder
 
 __all__ = [
     "CODES",
@@ -59,6 +61,7 @@ __all__ = [
     "VerifierAnswer",
     "bearer_token",
     "check_token",
+    "decode_object",
     "error_body",
     "error_response",
     "failure_response",
@@ -217,11 +220,24 @@ def guarded(handler: Endpoint, *, status_for: StatusFor | None = None) -> Endpoi
     return endpoint
 
 
-#: The work of a :class:`JsonObjectEndpoint`: the request's JSON object, its body's bytes and
-#: its ASGI scope in, ``(status, JSON value)`` out; raises like any endpoint.
-JsonWork = Callable[[dict[str, Any], bytes, Scope], Awaitable[tuple[int, Any]]]
+#: The work of a :class:`JsonObjectEndpoint`: the request's body (its Struct, or the JSON
+#: object when the Struct's decoder refused it), its bytes and its ASGI scope in,
+#: ``(status, JSON value)`` out; raises like any endpoint.
+JsonWork = Callable[[Any, bytes, Scope], Awaitable[tuple[int, Any]]]
 
 _JSON_HEADER = (b"content-type", b"application/json")
+
+
+def decode_object(raw: bytes, decoder: BodyDecoder[Any] | None = None) -> Any:
+    """A request body decoded by ``decoder`` (to its Struct), or, when it refuses the body
+    (or none is given), as a JSON object: exactly the refusals of :func:`parse_json` and
+    400 for another value. The endpoint's own checks then list every problem of the body."""
+    if decoder is not None and (decoded := decoder.decode(raw)) is not None:
+        return decoded
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise Refusal(400, "the body must be a JSON object", got=type(body).__name__)
+    return body
 
 
 class JsonObjectEndpoint:
@@ -229,22 +245,27 @@ class JsonObjectEndpoint:
     JSON: what :func:`guarded` around :func:`read_object` and :func:`json_response` does, byte
     for byte (same limits, same refusals, same answers), without building Starlette's
     ``Request`` and ``Response`` on the way of a success. For the busiest child endpoint
-    (``POST /poll``), where they were a fifth of the app's time per request.
+    (``POST /poll``), where they were a fifth of the app's time per request. With a
+    ``decoder``, the body is decoded to its Struct from bytes (see :func:`decode_object`).
     """
 
     def __init__(
-        self, work: JsonWork, *, max_body: int, status_for: StatusFor | None = None
+        self,
+        work: JsonWork,
+        *,
+        max_body: int,
+        status_for: StatusFor | None = None,
+        decoder: BodyDecoder[Any] | None = None,
     ) -> None:
         self.work = work
         self.max_body = max_body
         self.status_for = status_for
+        self.decoder = decoder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             raw = await read_asgi_body(scope, receive, self.max_body)
-            body = parse_json(raw)
-            if not isinstance(body, dict):
-                raise Refusal(400, "the body must be a JSON object", got=type(body).__name__)
+            body = decode_object(raw, self.decoder)
             status, content = await self.work(body, raw, scope)
             payload = _ENCODER.encode(content).encode("ascii")
         except Exception as error:
@@ -363,9 +384,7 @@ async def read_object(request: Request, max_body: int, *, empty: bool = False) -
     raw = await read_body(request, max_body)
     if empty and not raw.strip():
         return {}
-    value = parse_json(raw)
-    if not isinstance(value, dict):
-        raise Refusal(400, "the body must be a JSON object", got=type(value).__name__)
+    value: dict[str, Any] = decode_object(raw)
     return value
 
 

@@ -1,0 +1,364 @@
+"""The rollout app's operator API: uploads, rollouts' actions and reports, children and their
+tokens (see :mod:`release_coordinator.server.rollout_app`). Needs the ``server`` extra.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+
+from release_coordinator.errors import (
+    GeoJSONError,
+    NotFoundError,
+    Problem,
+    StrategyError,
+    ValidationError,
+)
+from release_coordinator.fsm.rollout import ReleaseStatus
+from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ArchiveLimits
+from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.manager import RolloutManager
+from release_coordinator.rollout.models import ReleaseBundle, RolloutState
+from release_coordinator.rollout.policies import parse_policy
+from release_coordinator.server.child_tokens import ChildTokens
+from release_coordinator.server.common import (
+    Endpoint,
+    Principal,
+    Refusal,
+    TokenAuth,
+    bearer_token,
+    forbidden,
+    guarded,
+    json_response,
+    page_of,
+    paging,
+    parse_json,
+    parse_multipart,
+    read_body,
+    read_object,
+    unauthorized,
+)
+from release_coordinator.server.rollout_records import (
+    area_query,
+    bundle_json,
+    child_release_json,
+    rollout_json,
+    summary_json,
+    text_problem,
+)
+
+__all__ = ["OperatorApi"]
+
+log = logging.getLogger("release_coordinator.server.rollout_app")
+
+
+class OperatorApi:
+    """The operator API's endpoints over ``manager``, for the holders of ``operators``'
+    tokens (a child's token is refused with 403)."""
+
+    def __init__(
+        self,
+        manager: RolloutManager,
+        operators: TokenAuth,
+        tokens: ChildTokens,
+        *,
+        max_body: int,
+        max_upload: int,
+        limits: ArchiveLimits,
+    ) -> None:
+        self.manager = manager
+        self.operators = operators
+        self.tokens = tokens
+        self.max_body = max_body
+        self.max_upload = max_upload
+        self.limits = limits
+
+    async def operator(self, request: Request) -> Principal:
+        if not self.operators.configured:
+            return Principal("anonymous", "operator")
+        token = bearer_token(request)
+        who = None if token is None else await self.operators.identify(token)
+        if who is None:
+            if token is not None and await self.tokens.owner(token) is not None:
+                raise forbidden("a child token may not use the operator API")
+            raise unauthorized()
+        return who
+
+    async def read_upload(self, request: Request) -> tuple[object, object, dict[str, Any]]:
+        """``(strategy, archive, rollout fields)`` of a ``POST /rollouts``; the strategy and
+        archive as bytes when they came as multipart parts, as JSON values otherwise."""
+        raw = await read_body(request, self.max_upload)
+        content_type = request.headers.get("content-type", "")
+        kind = content_type.partition(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            parts = parse_multipart(raw, content_type)
+            unknown = sorted(set(parts) - {"strategy", "archive", "rollout"})
+            if unknown:
+                raise ValidationError(
+                    "invalid upload", [(n[:60], "is not a part of an upload") for n in unknown]
+                )
+            fields: Any = {}
+            if "rollout" in parts:
+                fields = parse_json(parts["rollout"][0])
+                if not isinstance(fields, dict):
+                    raise Refusal(400, "the rollout part must be a JSON object")
+            strategy = parts["strategy"][0] if "strategy" in parts else None
+            archive = parts["archive"][0] if "archive" in parts else None
+            return strategy, archive, fields
+        if kind not in ("application/json", ""):
+            raise Refusal(
+                415,
+                "POST /rollouts takes multipart/form-data or application/json",
+                content_type=kind[:100],
+            )
+        body = parse_json(raw)
+        if not isinstance(body, dict):
+            raise Refusal(400, "the body must be a JSON object", got=type(body).__name__)
+        strategy = body.pop("strategy", None)
+        archive = body.pop("archive", None)
+        return strategy, archive, body
+
+    def rollout_options(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        problems: list[Problem] = []
+        allowed = {"target", "name", "match", "priority", "policy", "start"}
+        problems += [
+            (str(k)[:60], "is not a field of a rollout") for k in fields if k not in allowed
+        ]
+        options: dict[str, Any] = {}
+        if "target" not in fields:
+            problems.append(("target", "is required (a GeoJSON Polygon or MultiPolygon)"))
+        else:
+            try:
+                options["target"] = Area.from_geojson(fields["target"], path="target")
+            except GeoJSONError as error:
+                problems += error.problems
+        name = fields.get("name")
+        if name is not None:
+            if (problem := text_problem(name)) is not None:
+                problems.append(("name", problem))
+            else:
+                options["name"] = name
+        match = fields.get("match", "intersects")
+        if match not in ("intersects", "within"):
+            problems.append(("match", "must be 'intersects' or 'within'"))
+        else:
+            options["match"] = match
+        priority = fields.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) >= 2**31:
+            problems.append(("priority", "must be a 32-bit integer"))
+        else:
+            options["priority"] = priority
+        start = fields.get("start", True)
+        if not isinstance(start, bool):
+            problems.append(("start", "must be true or false"))
+        else:
+            options["start"] = start
+        try:
+            options["policy"] = parse_policy(fields.get("policy"))
+        except ValidationError as error:
+            problems += error.problems
+        if problems:
+            raise ValidationError("invalid rollout", problems)
+        return options
+
+    def strategy_text(self, strategy: object) -> str:
+        if strategy is None:
+            raise ValidationError("invalid upload", [("strategy", "is required")])
+        if isinstance(strategy, bytes):
+            try:
+                strategy = strategy.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise StrategyError(
+                    "invalid release strategy", [("strategy", f"not UTF-8 text: {error.reason}")]
+                ) from None
+        if not isinstance(strategy, str):
+            raise ValidationError("invalid upload", [("strategy", "must be the YAML text")])
+        try:
+            strategy.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StrategyError(
+                "invalid release strategy", [("strategy", "must be valid Unicode text")]
+            ) from None
+        return strategy
+
+    def archive_bytes(self, archive: object) -> bytes:
+        if archive is None:
+            raise ValidationError(
+                "invalid upload", [("archive", f"is required ({ARCHIVE_FILENAME})")]
+            )
+        if isinstance(archive, bytes):
+            return archive
+        if not isinstance(archive, str):
+            raise ValidationError("invalid upload", [("archive", "must be base64 text")])
+        try:
+            return base64.b64decode(archive.encode("ascii"), validate=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise ValidationError("invalid upload", [("archive", "is not valid base64")]) from None
+
+    async def create_rollout(self, request: Request) -> Response:
+        await self.operator(request)
+        strategy, archive, fields = await self.read_upload(request)
+        options = self.rollout_options(fields)
+        text = self.strategy_text(strategy)
+        data = self.archive_bytes(archive)
+        # checking a zip of many MiB takes a while: not on the event loop
+        bundle = await anyio.to_thread.run_sync(
+            functools.partial(ReleaseBundle.from_parts, text, data, limits=self.limits)
+        )
+        target = options.pop("target")
+        rollout = await self.manager.create_rollout(bundle, target, **options)
+        return json_response(201, {**rollout_json(rollout), "bundle": bundle_json(bundle)})
+
+    async def list_rollouts(self, request: Request) -> Response:
+        await self.operator(request)
+        limit, offset = paging(request)
+        given = [v for raw in request.query_params.getlist("state") for v in raw.split(",") if v]
+        known = {s.value for s in RolloutState}
+        bad = [v for v in given if v not in known]
+        if bad:
+            raise ValidationError(
+                "invalid query",
+                [("state", f"{v[:40]!r} is not one of {', '.join(sorted(known))}") for v in bad],
+            )
+        states = {RolloutState(v) for v in given} or None
+        found = await self.manager.list_rollouts(states=states)
+        items = [rollout_json(r) for r in found[offset : offset + limit]]
+        return json_response(200, page_of(items, limit, offset, more=len(found) > offset + limit))
+
+    async def get_rollout(self, request: Request) -> Response:
+        await self.operator(request)
+        rollout_id = request.path_params["rollout_id"]
+        rollout = await self.manager.get_rollout(rollout_id)
+        bundle = await self.manager.store.get_bundle(rollout_id)
+        return json_response(200, {**rollout_json(rollout), "bundle": bundle_json(bundle)})
+
+    def rollout_action(self, action: str) -> Endpoint:
+        async def act(request: Request) -> Response:
+            await self.operator(request)
+            body = await read_object(request, self.max_body, empty=True)
+            allowed = {"reason"} if action == "abort" else set()
+            problems: list[Problem] = [
+                (str(k)[:60], f"is not a field of a {action} request")
+                for k in body
+                if k not in allowed
+            ]
+            reason = body.get("reason")
+            if reason is not None and (problem := text_problem(reason, 1000)) is not None:
+                problems.append(("reason", problem))
+            if problems:
+                raise ValidationError(f"invalid {action} request", problems)
+            rollout_id = request.path_params["rollout_id"]
+            if action == "start":
+                rollout = await self.manager.start(rollout_id)
+            elif action == "pause":
+                rollout = await self.manager.pause(rollout_id)
+            elif action == "resume":
+                rollout = await self.manager.resume(rollout_id)
+            else:
+                rollout = await self.manager.abort(
+                    rollout_id, reason=reason or "aborted by the operator"
+                )
+            return json_response(200, rollout_json(rollout))
+
+        return act
+
+    async def rollout_status(self, request: Request) -> Response:
+        await self.operator(request)
+        report = await self.manager.report(
+            request.path_params["rollout_id"], area=area_query(request)
+        )
+        return json_response(
+            200,
+            {
+                "rollout": rollout_json(report.rollout),
+                "children": len(report.children),
+                "statuses": dict(report.statuses),
+                "outcomes": dict(report.outcomes),
+                "lost": list(report.lost),
+                "stages": [
+                    {
+                        "name": row.name,
+                        "counts": dict(row.counts),
+                        "aggregate": summary_json(row.aggregate),
+                    }
+                    for row in report.stages
+                ],
+            },
+        )
+
+    async def rollout_children(self, request: Request) -> Response:
+        await self.operator(request)
+        limit, offset = paging(request)
+        wanted = request.query_params.get("status")
+        status = None
+        if wanted is not None:
+            try:
+                status = ReleaseStatus.from_wire(wanted, "status")
+            except ValidationError as error:
+                raise ValidationError("invalid query", error.problems) from None
+        report = await self.manager.report(
+            request.path_params["rollout_id"], area=area_query(request)
+        )
+        lost = set(report.lost)
+        rows = [c for c in report.children if status is None or c.status is status]
+        items = [
+            child_release_json(c, lost=c.child_id in lost) for c in rows[offset : offset + limit]
+        ]
+        return json_response(200, page_of(items, limit, offset, more=len(rows) > offset + limit))
+
+    async def list_children(self, request: Request) -> Response:
+        await self.operator(request)
+        limit, offset = paging(request)
+        children = await self.manager.children()
+        live = {c.id for c in await self.manager.live_children()}
+        page = children[offset : offset + limit]
+        with_tokens = await self.manager.store.children_with_tokens(c.id for c in page)
+        items = [
+            {
+                "id": c.id,
+                "area": c.area.to_geojson(),
+                "number_of_children": c.number_of_children,
+                "lost": c.id not in live,
+                "has_token": c.id in with_tokens,
+            }
+            for c in page
+        ]
+        return json_response(
+            200, page_of(items, limit, offset, more=len(children) > offset + limit)
+        )
+
+    async def revoke_token(self, request: Request) -> Response:
+        await self.operator(request)
+        child_id = request.path_params["child_id"]
+        if not await self.manager.store.drop_child_token(child_id):
+            raise NotFoundError("child token", child_id)
+        log.info("the token of child %s was revoked", child_id)
+        return Response(status_code=204)
+
+    def table(self) -> list[tuple[str, str, Endpoint]]:
+        """The endpoints, as ``(path, method, endpoint)``."""
+        one = "/rollouts/{rollout_id}"
+        return [
+            (path, method, guarded(handler))
+            for path, method, handler in (
+                ("/rollouts", "GET", self.list_rollouts),
+                ("/rollouts", "POST", self.create_rollout),
+                (one, "GET", self.get_rollout),
+                *(
+                    (f"{one}/{action}", "POST", self.rollout_action(action))
+                    for action in ("start", "pause", "resume", "abort")
+                ),
+                (f"{one}/status", "GET", self.rollout_status),
+                (f"{one}/children", "GET", self.rollout_children),
+                ("/children", "GET", self.list_children),
+                ("/children/{child_id}/token", "DELETE", self.revoke_token),
+            )
+        ]
