@@ -1,89 +1,33 @@
-"""Stage results of an edge rollout: ``POST /result`` bodies, their records, aggregation and
-judgement.
+"""The wire form of a ``POST /result`` body: the strict decoder and the two encoders.
 
-A child reports the summary of one or more stages of a release (protocol ``edge-rollout.md``,
-section ``POST /result``). Two encodings are on the wire and both are accepted:
-
-* the *documented* one::
-
-    {"id": "child-1", "release_id": 0 | "0",
-     "stage_summaries": [{"ProxyTimes": {"Median": 12.0, "Minimum": 3.0, "Maximum": 40.0},
-                          "F1TimesSummary": {...}, "F2TimesSummary": {...},
-                          "F1ErrRate": 0.0, "F2ErrRate": 0.01,
-                          "status": "Completed", "next_stage": "ab-50"}]}
-
-* the *original* agent's::
-
-    {"id": "child-1", "release_id": "0", "next_stage": "ab-50",
-     "stage_summaries": [{"stage_name": "canary-10",
-                          "proxy_times": {"median": 12.0, "minimum": 3.0, "maximum": 40.0},
-                          "f1_times_summary": {...}, "f2_times_summary": {...},
-                          "f1_err_rate": 0.0, "f2_err_rate": 0.01, "status": 4}]}
-
-  where the top-level ``next_stage`` belongs to the *last* summary of the list.
-
-Either may carry call counts per summary (``f1_calls``/``f2_calls``, or ``F1Calls``/``F2Calls``),
-which weigh aggregates; without them they are 0.
-
-The module offers:
-
-* the records :class:`TimesSummary`, :class:`StageSummary`, :class:`StageReport` and
-  :class:`ResultReport` (frozen attrs classes);
-* :func:`parse_result`, the strict decoder of an untrusted, already JSON-decoded body, which
-  raises one :class:`~release_coordinator.errors.ValidationError` listing every problem with its
-  path (``stage_summaries[1].proxy_times.median``);
-* :func:`to_original` and :func:`to_documented`, the encoders a relay or a simulated agent uses
-  to report upward, with ``parse_result(to_original(r)) == r``;
-* :func:`aggregate`, the call-weighted summary of many children's summaries of one stage, in the
-  same shape as a child's summary;
-* :func:`evaluate` and :func:`end_conditions_met`, which judge a summary against a stage of the
-  release strategy;
-* :class:`StageStatus` and :class:`ReleaseStatus`, re-exported from
-  :mod:`release_coordinator.fsm.rollout` (one enum per status, so ``is`` comparisons hold across
-  the library).
-
-The records do not validate themselves (like :mod:`release_coordinator.rollout.strategy`'s):
-:func:`parse_result` is the gate for values that come from the wire. Nothing here does I/O.
+:func:`parse_result` decodes an untrusted, already JSON-decoded body in either encoding (the
+documented one or the original agent's) and raises one
+:class:`~release_coordinator.errors.ValidationError` listing every problem with its path;
+:func:`to_original` and :func:`to_documented` write a report back. A valid body costs one pass
+over its values and builds no strings.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from collections.abc import Mapping
 from typing import Any, Final, TypeGuard
 
 import attrs
 
 from release_coordinator.errors import ValidationError
-from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.problems import Problems, short
 from release_coordinator.problems import kind as kind_of
-from release_coordinator.rollout.strategy import (
-    CompareWith,
-    EndConditionName,
-    MetricName,
-    Stage,
+from release_coordinator.rollout.results.records import (
+    ResultReport,
+    StageReport,
+    StageStatus,
+    StageSummary,
+    TimesSummary,
 )
 
-__all__ = [
-    "MAX_CALLS",
-    "MAX_SUMMARIES",
-    "MAX_TEXT",
-    "ReleaseStatus",
-    "ResultReport",
-    "StageReport",
-    "StageStatus",
-    "StageSummary",
-    "TimesSummary",
-    "aggregate",
-    "end_conditions_met",
-    "evaluate",
-    "parse_result",
-    "to_documented",
-    "to_original",
-]
+__all__ = ["MAX_CALLS", "MAX_SUMMARIES", "MAX_TEXT", "parse_result", "to_documented", "to_original"]
 
 #: At most this many stage summaries in one ``/result`` body.
 MAX_SUMMARIES: Final = 100
@@ -93,117 +37,10 @@ MAX_TEXT: Final = 256
 MAX_CALLS: Final = 2**63 - 1
 #: Integer release ids (``"release_id": 0``) are taken up to this bound.
 _MAX_INT_ID: Final = 2**63 - 1
-#: At most this many problems are listed; the rest are summed up in one last problem.
 #: The largest finite float: times above it are infinite.
 _MAX_FLOAT: Final = sys.float_info.max
 #: What a time must be, for problem messages.
 _MS: Final = "a time in ms >= 0"
-
-
-# --------------------------------------------------------------------------------------------
-# Records
-# --------------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class TimesSummary:
-    """Response times of one function (or of the proxy in front of both versions), in ms.
-
-    Values from :func:`parse_result` are finite, >= 0, and ``minimum <= median <= maximum``.
-    """
-
-    median: float
-    minimum: float
-    maximum: float
-
-    def value(self, compare_with: CompareWith) -> float:
-        """The summary value a ``responseTime`` condition compares with."""
-        if compare_with == CompareWith.MINIMUM:
-            return self.minimum
-        if compare_with == CompareWith.MAXIMUM:
-            return self.maximum
-        return self.median
-
-    def to_documented(self) -> dict[str, float]:
-        """``{"Median", "Minimum", "Maximum"}``, as the documented encoding writes it."""
-        return {"Median": self.median, "Minimum": self.minimum, "Maximum": self.maximum}
-
-    def to_original(self) -> dict[str, float]:
-        """``{"median", "minimum", "maximum"}``, as the original agent writes it."""
-        return {"median": self.median, "minimum": self.minimum, "maximum": self.maximum}
-
-
-@attrs.frozen
-class StageSummary:
-    """What a child measured during one stage.
-
-    ``f1`` is the base version, ``f2`` the new one; ``proxy_times`` are the times seen by the
-    proxy that splits the calls between them. Error rates are in 0..1; calls are 0 when the
-    child did not report them.
-    """
-
-    proxy_times: TimesSummary
-    f1_times: TimesSummary
-    f2_times: TimesSummary
-    f1_err_rate: float
-    f2_err_rate: float
-    f1_calls: int = 0
-    f2_calls: int = 0
-
-    @property
-    def total_calls(self) -> int:
-        """Calls of the stage's function across both versions (``f1_calls + f2_calls``)."""
-        return self.f1_calls + self.f2_calls
-
-    def to_documented(self) -> dict[str, Any]:
-        """The summary in the documented encoding's keys (without ``status``/``next_stage``)."""
-        return {
-            "ProxyTimes": self.proxy_times.to_documented(),
-            "F1TimesSummary": self.f1_times.to_documented(),
-            "F2TimesSummary": self.f2_times.to_documented(),
-            "F1ErrRate": self.f1_err_rate,
-            "F2ErrRate": self.f2_err_rate,
-            "f1_calls": self.f1_calls,
-            "f2_calls": self.f2_calls,
-        }
-
-    def to_original(self) -> dict[str, Any]:
-        """The summary in the original agent's keys (without ``stage_name``/``status``)."""
-        return {
-            "proxy_times": self.proxy_times.to_original(),
-            "f1_times_summary": self.f1_times.to_original(),
-            "f2_times_summary": self.f2_times.to_original(),
-            "f1_err_rate": self.f1_err_rate,
-            "f2_err_rate": self.f2_err_rate,
-            "f1_calls": self.f1_calls,
-            "f2_calls": self.f2_calls,
-        }
-
-
-@attrs.frozen
-class StageReport:
-    """One stage's report: its status, the stage that follows, and the summary.
-
-    ``stage_name`` is None when the body did not name the stage (the documented encoding has no
-    stage name): the receiver then takes the child's stage in progress. ``next_stage`` is ``""``
-    when the report names none (the child rolled out or back, or the stage is not over); it may
-    also be ``"rollout"`` or ``"rollback"``.
-    """
-
-    stage_name: str | None
-    status: StageStatus
-    next_stage: str
-    summary: StageSummary
-
-
-@attrs.frozen
-class ResultReport:
-    """A whole ``/result`` body: who reports (``child_id``), on which release, what."""
-
-    child_id: str
-    release_id: str
-    reports: tuple[StageReport, ...]
-
 
 # --------------------------------------------------------------------------------------------
 # Decoding
@@ -655,141 +492,3 @@ def to_documented(report: ResultReport) -> dict[str, Any]:
         item["next_stage"] = stage.next_stage
         summaries.append(item)
     return {"id": report.child_id, "release_id": report.release_id, "stage_summaries": summaries}
-
-
-# --------------------------------------------------------------------------------------------
-# Aggregation
-# --------------------------------------------------------------------------------------------
-
-
-def _weights(raw: Sequence[int]) -> Sequence[int]:
-    """``raw``, or equal weights when every weight is 0."""
-    return raw if any(raw) else [1] * len(raw)
-
-
-def _weighted_median(values: Sequence[float], weights: Sequence[int]) -> float:
-    """The weighted median of ``values`` (weights >= 0, at least one > 0).
-
-    The smallest value whose cumulative weight reaches half the total; when the cumulative
-    weight lands exactly on half, the midpoint between that value and the next value with
-    weight. Integer weights keep it exact and independent of the input order.
-    """
-    merged: dict[float, int] = {}
-    for value, weight in zip(values, weights, strict=True):
-        if weight:
-            merged[value] = merged.get(value, 0) + weight
-    points = sorted(merged.items())
-    total = sum(merged.values())
-    cumulative = 0
-    for i, (value, weight) in enumerate(points):
-        cumulative += weight
-        if 2 * cumulative > total:
-            return value
-        if 2 * cumulative == total:
-            upper = points[i + 1][0] if i + 1 < len(points) else value
-            return value + (upper - value) / 2
-    return points[-1][0]  # not reached: the loop ends once the cumulative weight is the total
-
-
-def _aggregate_times(times: Sequence[TimesSummary], weights: Sequence[int]) -> TimesSummary:
-    median = _weighted_median([t.median for t in times], weights)
-    minimum = min(t.minimum for t in times)
-    maximum = max(t.maximum for t in times)
-    # Each child has minimum <= median <= maximum, so the bounds hold; clamp against rounding.
-    return TimesSummary(min(max(median, minimum), maximum), minimum, maximum)
-
-
-def _weighted_rate(rates: Sequence[float], weights: Sequence[int]) -> float:
-    """The weight-weighted mean of ``rates``, clamped to the rates that carry weight."""
-    total = sum(weights)
-    mean = math.fsum(r * w for r, w in zip(rates, weights, strict=True)) / total
-    carried = [r for r, w in zip(rates, weights, strict=True) if w]
-    return min(max(mean, min(carried)), max(carried))
-
-
-def aggregate(summaries: Sequence[StageSummary]) -> StageSummary | None:
-    """One summary for many children's summaries of one stage, weighted by calls.
-
-    The result has the shape of a child's summary, so a relay can report it upward; None for no
-    summaries.
-
-    * ``minimum`` is the least of the minimums and ``maximum`` the greatest of the maximums:
-      exact.
-    * ``median`` is an *estimate*: the call-weighted median of the children's medians (weights:
-      ``f1_calls`` for the f1 times, ``f2_calls`` for the f2 times, ``total_calls`` for the proxy
-      times; when the weighted cumulative count lands exactly on half, the midpoint of the two
-      neighbouring medians). The true median of all calls cannot be had from per-child
-      summaries: the estimate lies between the children's medians and is exact only when the
-      children's distributions are alike. It is not associative either: the estimate over
-      aggregates of parts of a fleet may differ from the estimate over the whole fleet.
-    * Error rates are call-weighted means (errors over calls, with ``errors = rate * calls``),
-      summed with :func:`math.fsum` and kept within the children's rates; exact up to rounding.
-    * Calls are sums.
-
-    A child with 0 calls of a function has weight 0 for that function (its medians and rates do
-    not count) but its minimum and maximum still bound the result; when every child has 0
-    calls of a function, all weigh the same (old agents report no call counts at all).
-    The result does not depend on the order of ``summaries``.
-    """
-    if not summaries:
-        return None
-    if len(summaries) == 1:
-        return summaries[0]
-    f1_w = _weights([s.f1_calls for s in summaries])
-    f2_w = _weights([s.f2_calls for s in summaries])
-    proxy_w = _weights([s.total_calls for s in summaries])
-    return StageSummary(
-        proxy_times=_aggregate_times([s.proxy_times for s in summaries], proxy_w),
-        f1_times=_aggregate_times([s.f1_times for s in summaries], f1_w),
-        f2_times=_aggregate_times([s.f2_times for s in summaries], f2_w),
-        f1_err_rate=_weighted_rate([s.f1_err_rate for s in summaries], f1_w),
-        f2_err_rate=_weighted_rate([s.f2_err_rate for s in summaries], f2_w),
-        f1_calls=sum(s.f1_calls for s in summaries),
-        f2_calls=sum(s.f2_calls for s in summaries),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Judgement
-# --------------------------------------------------------------------------------------------
-
-
-def evaluate(stage: Stage, summary: StageSummary) -> bool:
-    """Whether every metric condition of ``stage`` holds for the new version (f2).
-
-    ``errorRate`` is judged on ``f2_err_rate``; ``responseTime`` on the f2 times' ``Median``,
-    ``Minimum`` or ``Maximum`` as its ``compareWith`` says (``Median`` if unset, which a valid
-    strategy never leaves it). No conditions hold trivially. The numbers are judged as they
-    are: whether the new version saw enough calls to judge is :func:`end_conditions_met`'s
-    question.
-    """
-    for condition in stage.metrics_conditions:
-        if condition.name == MetricName.ERROR_RATE:
-            measured = summary.f2_err_rate
-        elif condition.name == MetricName.RESPONSE_TIME:
-            measured = summary.f2_times.value(condition.compare_with or CompareWith.MEDIAN)
-        else:  # an unknown metric never holds
-            return False
-        if not condition.threshold.holds(measured):
-            return False
-    return True
-
-
-def end_conditions_met(stage: Stage, summary: StageSummary, elapsed: timedelta) -> bool:
-    """Whether every end condition of ``stage`` is met after ``elapsed`` time in the stage.
-
-    ``minCalls`` counts the calls of the stage's function across both versions,
-    ``summary.total_calls`` (``f1_calls + f2_calls``): the proxy sees every call, and the
-    traffic split decides how many reach each version, so the total is what the stage's author
-    controls. ``minDuration`` compares with ``elapsed``. Conditions the stage does not have are
-    not checked (no conditions: met). A summary without call counts (old agents) has 0 calls,
-    so a ``minCalls`` above 0 is never met by it.
-    """
-    for condition in stage.end_conditions:
-        threshold = condition.threshold
-        if isinstance(threshold, timedelta):
-            if condition.name == EndConditionName.MIN_DURATION and elapsed < threshold:
-                return False
-        elif condition.name == EndConditionName.MIN_CALLS and summary.total_calls < threshold:
-            return False
-    return True
