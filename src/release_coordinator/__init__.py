@@ -8,12 +8,9 @@ dependencies are imported from their own modules (``release_coordinator.storage.
 from __future__ import annotations
 
 from release_coordinator._version import __version__
-from release_coordinator.coordinator.engine import (
-    Coordinator,
-    CoordinatorConfig,
-    RetryPolicy,
-    Subscriber,
-)
+from release_coordinator.coordinator.config import CoordinatorConfig, RetryPolicy
+from release_coordinator.coordinator.engine import Coordinator
+from release_coordinator.coordinator.events import Subscriber
 from release_coordinator.coordinator.kit import KitTask, TaskServiceKit
 from release_coordinator.coordinator.models import (
     Event,

@@ -35,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from release_coordinator.coordinator.engine import Coordinator, CoordinatorConfig
+from release_coordinator.coordinator.config import CoordinatorConfig
+from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.coordinator.kit import KitTask, TaskServiceKit
 from release_coordinator.coordinator.models import Event, EventKind, Release
 from release_coordinator.errors import ReleaseCoordinatorError

@@ -20,7 +20,9 @@ from typing import Any, ParamSpec, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from release_coordinator.coordinator.engine import Coordinator, CoordinatorConfig, Subscriber
+from release_coordinator.coordinator.config import CoordinatorConfig
+from release_coordinator.coordinator.engine import Coordinator
+from release_coordinator.coordinator.events import Subscriber
 from release_coordinator.coordinator.models import (
     Event,
     EventKind,

@@ -1,0 +1,98 @@
+"""The Coordinator's event log: building its events, and delivering what the store appended
+to subscribers, in order and once each (:class:`EventsMixin`, the base of the Coordinator's
+parts)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+
+from release_coordinator.coordinator.models import Event, EventKind, EventType, TaskService
+from release_coordinator.storage.base import CoordinatorStore, EventFilter
+
+__all__ = ["EventsMixin", "Subscriber", "log", "new_event"]
+
+#: The Coordinator's logger, one for all its parts (named after the module of its facade).
+log = logging.getLogger("release_coordinator.coordinator.engine")
+
+#: A subscriber gets every event of the log, in order; it may be sync or async.
+Subscriber = Callable[[Event], Awaitable[None] | None]
+
+
+def new_event(
+    kind: EventKind,
+    message: str,
+    *,
+    type: EventType = EventType.INFO,
+    release_id: str | None = None,
+    task_id: str | None = None,
+    service: TaskService | None = None,
+    service_id: str | None = None,
+) -> Event:
+    """An event of the coordinator's (about ``service``, or the service ``service_id``)."""
+    return Event(
+        type=type,
+        kind=kind,
+        message=message,
+        release_id=release_id,
+        task_id=task_id,
+        task_service_id=service.id if service else service_id,
+    )
+
+
+class EventsMixin:
+    """Feeds subscribers from the store: after every write, :meth:`_events_written` schedules
+    one flush that reads the events appended since the last and hands them on."""
+
+    store: CoordinatorStore
+    _subscribers: list[tuple[Subscriber, EventFilter]]
+    _events_seen: int
+    _flush_scheduled: bool
+    _flush_lock: asyncio.Lock
+    _flushes: set[asyncio.Task[None]]
+
+    async def _append_event(self, event: Event) -> None:
+        """Write one event that comes with no change of state, and deliver it."""
+        await self.store.append_events([event])
+        self._events_written()
+
+    async def _last_event_id(self) -> int:
+        return await self.store.last_event_id()
+
+    def _events_written(self) -> None:
+        if not self._subscribers or self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no running loop: flushed on the next write
+            return
+        self._flush_scheduled = True
+        flush = loop.create_task(self._flush_events())
+        self._flushes.add(flush)  # asyncio keeps only weak references to tasks
+        flush.add_done_callback(self._flushes.discard)
+
+    async def _flush_events(self) -> None:
+        # One flush at a time, each starting where the last one ended: a subscriber that
+        # awaits must not see an event twice or out of order.
+        async with self._flush_lock:
+            self._flush_scheduled = False
+            if not self._subscribers:
+                return
+            events = await self.store.list_events(EventFilter(after_id=self._events_seen))
+            if events:
+                self._events_seen = events[-1].id
+            await self._deliver(events)
+
+    async def _deliver(self, events: list[Event]) -> None:
+        for event in events:
+            for subscriber, flt in list(self._subscribers):
+                if not flt.matches(event):
+                    continue
+                try:
+                    result = subscriber(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("event subscriber %r failed", subscriber)
