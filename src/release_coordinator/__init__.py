@@ -59,14 +59,10 @@ from release_coordinator.fsm.rollout import (
     StageStatus,
 )
 from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
+from release_coordinator.rollout.fleet_report import FleetResult
 from release_coordinator.rollout.geo import Area, GeoIndex
-from release_coordinator.rollout.manager import (
-    BarrierState,
-    RolloutManager,
-    RolloutReport,
-    StageCounts,
-    StageReportRow,
-)
+from release_coordinator.rollout.kit import SimulatedLeaf
+from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import (
     Child,
     ChildRelease,
@@ -78,6 +74,12 @@ from release_coordinator.rollout.models import (
 )
 from release_coordinator.rollout.policies import GlobalIncremental, LocationSequential, Waves
 from release_coordinator.rollout.relay import Relay
+from release_coordinator.rollout.reports import (
+    BarrierState,
+    RolloutReport,
+    StageCounts,
+    StageReportRow,
+)
 from release_coordinator.rollout.results import (
     ResultReport,
     StageReport,
@@ -86,7 +88,7 @@ from release_coordinator.rollout.results import (
     aggregate,
     parse_result,
 )
-from release_coordinator.rollout.simulate import FleetConfig, FleetResult, SimulatedLeaf, simulate
+from release_coordinator.rollout.simulate import FleetConfig, simulate
 from release_coordinator.rollout.strategy import (
     EndAction,
     EndCondition,

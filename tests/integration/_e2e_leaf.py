@@ -24,7 +24,7 @@ import time
 import zlib
 
 from release_coordinator.errors import ReleaseCoordinatorError
-from release_coordinator.rollout.simulate import SimulatedLeaf
+from release_coordinator.rollout.kit import SimulatedLeaf
 from release_coordinator.transports.http import HttpParent
 
 log = logging.getLogger("e2e.leaf")

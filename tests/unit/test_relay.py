@@ -6,9 +6,9 @@ import pytest
 
 from release_coordinator.fsm.rollout import ReleaseStatus
 from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.kit import SimulatedLeaf
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.relay import Relay
-from release_coordinator.rollout.simulate import SimulatedLeaf
 from release_coordinator.transports.memory import InProcessParent
 
 from .test_rollout_manager import bundle, square

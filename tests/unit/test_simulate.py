@@ -13,19 +13,12 @@ import pytest
 from release_coordinator.cli import main
 from release_coordinator.errors import ConfigurationError, InvalidTransitionError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.fleet_map import DEFAULT_BBOX, Region, grid_regions
 from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.kit import SimulatedLeaf
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.relay import Relay
-from release_coordinator.rollout.simulate import (
-    DEFAULT_BBOX,
-    Fleet,
-    FleetConfig,
-    Region,
-    SimulatedLeaf,
-    grid_regions,
-    simulate,
-    two_stage_strategy,
-)
+from release_coordinator.rollout.simulate import Fleet, FleetConfig, simulate, two_stage_strategy
 from release_coordinator.transports.memory import InProcessParent
 
 from .test_rollout_manager import Clock, bundle, fetched, result, square

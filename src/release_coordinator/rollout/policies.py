@@ -161,19 +161,19 @@ def parse_policy(value: object, path: str = "policy") -> Policy:
         if key != "type" and key not in _POLICY_FIELDS[kind]:
             refuse(str(key)[:60], f"is not a field of a {kind} policy")
     options: dict[str, Any] = {}
+
+    def take_number(key: str, message: str) -> None:
+        number = _number(value[key])
+        if number is None:
+            refuse(key, message)
+        else:
+            options[key] = number
+
     for key in ("quorum", "success_threshold", "failure_threshold"):
         if value.get(key) is not None and key in _POLICY_FIELDS[kind]:
-            number = _number(value[key])
-            if number is None:
-                refuse(key, "must be a number")
-            else:
-                options[key] = number
+            take_number(key, "must be a number")
     if value.get("barrier_timeout") is not None:
-        number = _number(value["barrier_timeout"])
-        if number is None:
-            refuse("barrier_timeout", "must be a number of seconds or null")
-        else:
-            options["barrier_timeout"] = number
+        take_number("barrier_timeout", "must be a number of seconds or null")
     if kind == "waves":
         sizes = value.get("sizes")
         if sizes is not None:

@@ -1,0 +1,247 @@
+"""The RolloutManager's state, and the writes that keep its copies true.
+
+:class:`_Bookkeeping` holds what a manager knows (its settings, the spatial indexes of children
+and rollout targets, the eligible children per rollout, the stage counters, the barriers, the
+lost children, the registrations waiting to be written) and the writes every job of the
+manager goes through: a child's state (compare-and-set, counted in the rollout's
+:class:`_Tally`), targeting and withdrawing children, a barrier's record, a rollout's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from release_coordinator.errors import InvalidTransitionError
+from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.geo import Area, GeoIndex, MatchMode
+from release_coordinator.rollout.models import ChildRelease, Rollout, RolloutState
+from release_coordinator.rollout.reports import ACTIVE
+from release_coordinator.rollout.strategy import StageType
+from release_coordinator.storage.memory_rollout import MemoryRolloutStore
+from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore
+
+__all__: list[str] = []
+
+
+@attrs.define
+class _Barrier:
+    """A WaitForSignal stage's barrier: open once the policy's condition held."""
+
+    open: bool = False
+    first_waiting_at: float | None = None
+
+
+class _Tally:
+    """Per stage of one rollout: how many targeted children are in each (release active,
+    stage status) bucket, and which children are ``SuccessWaiting`` (in the order they began
+    to wait)."""
+
+    __slots__ = ("counts", "waiting")
+
+    def __init__(self, stage_names: Iterable[str]) -> None:
+        self.counts: dict[str, dict[tuple[bool, StageStatus], int]] = {
+            name: {} for name in stage_names
+        }
+        self.waiting: dict[str, dict[str, None]] = {name: {} for name in self.counts}
+
+    def add(self, state: ChildRelease, sign: int) -> None:
+        active = state.status in ACTIVE
+        for name, stage in state.stages.items():
+            counts = self.counts.get(name)
+            if counts is None:
+                continue
+            key = (active, stage.status)
+            counts[key] = counts.get(key, 0) + sign
+            if stage.status is StageStatus.SUCCESS_WAITING:
+                if sign > 0:
+                    self.waiting[name][state.child_id] = None
+                else:
+                    self.waiting[name].pop(state.child_id, None)
+
+    @classmethod
+    def from_counts(
+        cls,
+        stage_names: tuple[str, ...],
+        counts: Mapping[tuple[ReleaseStatus, tuple[StageStatus, ...]], int],
+        waiting: Mapping[str, list[str]],
+    ) -> _Tally:
+        tally = cls(stage_names)
+        for (status, statuses), n in counts.items():
+            active = status in ACTIVE
+            for name, stage_status in zip(stage_names, statuses, strict=True):
+                bucket = tally.counts[name]
+                key = (active, stage_status)
+                bucket[key] = bucket.get(key, 0) + n
+        for name, child_ids in waiting.items():
+            tally.waiting[name] = dict.fromkeys(child_ids)
+        return tally
+
+    def add_todo(self, count: int, sign: int) -> None:
+        """``count`` children targeted (or withdrawn): Todo, every stage Pending."""
+        key = (True, StageStatus.PENDING)
+        for counts in self.counts.values():
+            counts[key] = counts.get(key, 0) + sign * count
+
+
+class _Bookkeeping:
+    """What a :class:`~release_coordinator.rollout.manager.RolloutManager` knows, and the
+    writes that keep it true (see the module documentation); its constructor's arguments are
+    the manager's."""
+
+    def __init__(
+        self,
+        store: RolloutStore | None = None,
+        *,
+        lost_after: float = 60.0,
+        clock: Callable[[], float] | None = None,
+        refresh: float = 1.0,
+    ) -> None:
+        self.store = store if store is not None else MemoryRolloutStore()
+        #: Other manager processes may change the same rollouts (the store is shared).
+        self.shared = bool(self.store.shared)
+        self.lost_after = lost_after
+        self.refresh = refresh
+        self._clock = clock or (time.time if self.shared else time.monotonic)
+        self._synced_at: float | None = None
+        self._child_change = 0
+        self._tally_at: dict[str, float] = {}
+        # (rollout, stage) -> ((lost set, changes, counters) it was computed for, counts)
+        self._lost_cache: dict[
+            tuple[str, str], tuple[tuple[int, int, float | None], tuple[int, int]]
+        ] = {}
+        self._lost_version = 0  # grows whenever the lost children are recomputed
+        self._fingerprints: dict[str, int] = {}
+        self._children_count: dict[str, int] = {}
+        self._children = GeoIndex[str]()
+        self._targets: dict[MatchMode, GeoIndex[str]] = {
+            "intersects": GeoIndex[str](),
+            "within": GeoIndex[str](),
+        }
+        self._barriers: dict[tuple[str, str], _Barrier] = {}  # read from the store
+        # Per active or paused rollout: the children its target reaches, in the order they
+        # became eligible, with their areas (the policy admits from these).
+        self._eligible: dict[str, dict[str, Area]] = {}
+        self._target_json: dict[str, Mapping[str, Any]] = {}
+        # Per rollout: the stage counters, and how many changes of its child states were seen
+        # (a counter built from the store is kept only if no change happened meanwhile).
+        self._tallies: dict[str, _Tally] = {}
+        self._changes: dict[str, int] = {}
+        # The children lost at ``_lost_at``, valid while no live child can have gone quiet:
+        # until ``now - _lost_ref > lost_after`` (or one of them polls again).
+        self._lost: frozenset[str] = frozenset()
+        self._lost_at: float | None = None
+        self._lost_ref = 0.0
+        #: Grows whenever a child registers or moves (relays recompute their area then).
+        self.children_version = 0
+        # Registrations waiting to be written, and the task writing them (see _register).
+        self._registering: list[tuple[str, Area, int, int, asyncio.Future[None]]] = []
+        self._registrar: asyncio.Task[None] | None = None
+
+    async def _operate(self, rollout_id: str, action: str, reason: str | None = None) -> Rollout:
+        sources, dest = _OPERATIONS[action]
+        current = await self.store.get_rollout(rollout_id)
+        if current.state not in sources:
+            raise InvalidTransitionError(
+                "rollout",
+                current.state.value,
+                action,
+                subject=rollout_id,
+                hint=f"only a rollout that is {' or '.join(s.value for s in sources)} can be "
+                f"{_PAST[action]}",
+            )
+        return await self.store.set_rollout_state(rollout_id, sources, dest, reason=reason)
+
+    async def _abort(self, rollout_id: str, reason: str) -> Rollout:
+        """Abort the rollout (see ``RolloutManager.abort``): the operator does, and so do the
+        policies and the barrier time-outs."""
+        rollout = await self._operate(rollout_id, "abort", reason)
+        self._forget(rollout)
+        await self._withdraw(rollout_id, await self.store.targeted(rollout_id))
+        return rollout
+
+    def _forget(self, rollout: Rollout) -> None:
+        """An aborted or completed rollout is offered to nobody: no child is matched with it."""
+        self._targets[rollout.match].discard(rollout.id)
+        self._eligible.pop(rollout.id, None)
+
+    async def _barrier(self, rollout_id: str, stage_name: str) -> _Barrier:
+        """The stage's barrier: from the store, kept here once open (it stays open) or, when
+        this manager is the store's only user, kept here from the first read."""
+        barrier = self._barriers.get((rollout_id, stage_name))
+        if barrier is None or not (barrier.open or not self.shared):
+            record = await self.store.barrier(rollout_id, stage_name)
+            barrier = self._remember(rollout_id, stage_name, record)
+        return barrier
+
+    def _remember(self, rollout_id: str, stage_name: str, record: BarrierRecord) -> _Barrier:
+        barrier = _Barrier(record.open, record.waiting_since)
+        self._barriers[(rollout_id, stage_name)] = barrier
+        return barrier
+
+    async def _open(self, rollout_id: str, stage_name: str) -> _Barrier:
+        record = await self.store.mark_barrier(rollout_id, stage_name, open=True)
+        return self._remember(rollout_id, stage_name, record)
+
+    # -- counters ------------------------------------------------------------------------------
+    async def _tally(self, rollout_id: str) -> _Tally:
+        """The rollout's stage counters, built from the store the first time."""
+        tally = self._tallies.get(rollout_id)
+        now = self._clock()
+        if tally is not None and (
+            not self.shared or 0 <= now - self._tally_at.get(rollout_id, now) < self.refresh
+        ):
+            return tally
+        bundle = await self.store.get_bundle(rollout_id)
+        names = bundle.strategy.stage_names
+        waits = [s.name for s in bundle.strategy.stages if s.type is StageType.WAIT_FOR_SIGNAL]
+        for _attempt in range(5):
+            changes = self._changes.get(rollout_id, 0)
+            counts = await self.store.status_counts(rollout_id)
+            waiting = {name: await self.store.waiting(rollout_id, name) for name in waits}
+            if self._changes.get(rollout_id, 0) == changes:
+                break
+        tally = _Tally.from_counts(names, counts, waiting)
+        self._tally_at[rollout_id] = now
+        self._tallies[rollout_id] = tally
+        return tally
+
+    def _changed(self, rollout_id: str) -> _Tally | None:
+        self._changes[rollout_id] = self._changes.get(rollout_id, 0) + 1
+        return self._tallies.get(rollout_id)
+
+    async def _put(self, expected: ChildRelease, new: ChildRelease) -> None:
+        """Compare-and-set a child's state (ConcurrentUpdateError) and count the change."""
+        await self.store.put_child_release(expected, new)
+        tally = self._changed(new.rollout_id)
+        if tally is not None:
+            tally.add(expected, -1)
+            tally.add(new, 1)
+
+    async def _target(self, rollout_id: str, child_ids: Iterable[str]) -> None:
+        added = await self.store.target(rollout_id, child_ids)
+        tally = self._changed(rollout_id)
+        if tally is not None and added:
+            tally.add_todo(len(added), 1)
+
+    async def _withdraw(self, rollout_id: str, child_ids: Iterable[str]) -> None:
+        # Only Todo children are withdrawn, and a Todo child has every stage Pending (it never
+        # fetched the release).
+        removed = await self.store.withdraw(rollout_id, child_ids)
+        tally = self._changed(rollout_id)
+        if tally is not None and removed:
+            tally.add_todo(len(removed), -1)
+
+
+_RS = RolloutState
+_OPERATIONS: dict[str, tuple[frozenset[RolloutState], RolloutState]] = {
+    "start": (frozenset({_RS.DRAFT}), _RS.ACTIVE),
+    "pause": (frozenset({_RS.ACTIVE}), _RS.PAUSED),
+    "resume": (frozenset({_RS.PAUSED}), _RS.ACTIVE),
+    "abort": (frozenset({_RS.DRAFT, _RS.ACTIVE, _RS.PAUSED}), _RS.ABORTED),
+}
+_PAST = {"start": "started", "pause": "paused", "resume": "resumed", "abort": "aborted"}

@@ -1,0 +1,119 @@
+"""The RolloutManager's operator actions: create, start, pause, resume and abort rollouts;
+list rollouts and children; report on a rollout."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from release_coordinator.errors import ValidationError
+from release_coordinator.rollout.geo import Area, MatchMode
+from release_coordinator.rollout.models import Child, ReleaseBundle, Rollout, RolloutState
+from release_coordinator.rollout.policies import GlobalIncremental, Policy
+from release_coordinator.rollout.reports import RolloutReport, build_report
+from release_coordinator.rollout.ticks import _Ticks
+
+__all__: list[str] = []
+
+
+class _Operations(_Ticks):
+    """The operator's side of a rollout manager (see the module documentation)."""
+
+    # -- operator ----------------------------------------------------------------------------
+    async def create_rollout(
+        self,
+        bundle: ReleaseBundle,
+        target: Area | Mapping[str, Any],
+        *,
+        name: str = "",
+        match: MatchMode = "intersects",
+        priority: int = 0,
+        policy: Policy | None = None,
+        start: bool = True,
+        gated: bool = False,
+    ) -> Rollout:
+        """Deploy ``bundle`` to the children whose area reaches ``target``.
+
+        ``match="within"`` asks for children whose area lies inside the target instead of
+        merely intersecting it. Started at once unless ``start=False``. ``gated`` leaves the
+        opening of stage barriers to :meth:`open_barrier` (a relay's parent decides).
+        """
+        area = target if isinstance(target, Area) else Area.from_geojson(target, path="target")
+        if match not in ("intersects", "within"):
+            raise ValidationError("invalid rollout", [("match", "must be intersects or within")])
+        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) >= 2**31:
+            raise ValidationError("invalid rollout", [("priority", "must be a 32-bit integer")])
+        rollout = Rollout(
+            id=bundle.id,
+            name=name or bundle.strategy.name,
+            target=area,
+            match=match,
+            priority=priority,
+            policy=policy or GlobalIncremental(),
+            gated=gated,
+        )
+        stored = await self.store.add_rollout(rollout, bundle)
+        if start:
+            stored = await self.start(stored.id)
+        return stored
+
+    async def start(self, rollout_id: str) -> Rollout:
+        """Offer a draft rollout to every child its target reaches (and to later ones)."""
+        await self._sync(force=True)
+        rollout = await self._operate(rollout_id, "start")
+        await self._tally(rollout.id)
+        self._targets[rollout.match].add(rollout.id, rollout.target)
+        await self._find_eligible(rollout)
+        await self._admit(rollout)
+        return rollout
+
+    async def pause(self, rollout_id: str) -> Rollout:
+        """Stop offering the rollout and stop ending stages; children keep what they run."""
+        return await self._operate(rollout_id, "pause")
+
+    async def resume(self, rollout_id: str) -> Rollout:
+        """Undo :meth:`pause`; barriers that became ready meanwhile open at the next report."""
+        await self._sync(force=True)
+        rollout = await self._operate(rollout_id, "resume")
+        await self._admit(rollout)
+        return rollout
+
+    async def abort(self, rollout_id: str, *, reason: str = "aborted by the operator") -> Rollout:
+        """Stop the rollout: children that have not fetched it never will, and children running
+        it are told to roll back (``end_stage`` answers ``{"end_stage": true, "action":
+        "rollback"}``)."""
+        return await self._abort(rollout_id, reason)
+
+    async def get_rollout(self, rollout_id: str) -> Rollout:
+        return await self.store.get_rollout(rollout_id)
+
+    async def children(self) -> list[Child]:
+        """Every registered child."""
+        return await self.store.list_children()
+
+    async def live_children(self) -> list[Child]:
+        """The children that are not lost."""
+        children = await self.store.list_children()
+        seen = await self.store.last_seen(c.id for c in children)
+        now = self._clock()
+        return [c for c in children if now - seen.get(c.id, -1e18) <= self.lost_after]
+
+    async def list_rollouts(self, *, states: set[RolloutState] | None = None) -> list[Rollout]:
+        return await self.store.list_rollouts(states=states)
+
+    async def report(self, rollout_id: str, *, area: Area | None = None) -> RolloutReport:
+        """The rollout per child, per stage (counts and aggregate), overall; with ``area``,
+        only the children whose area intersects it."""
+        await self._sync()
+        rollout = await self.store.get_rollout(rollout_id)
+        bundle = await self.store.get_bundle(rollout_id)
+        children = await self.store.child_releases(rollout_id)
+        if area is not None:
+            inside = set(self._children.match(area, "intersects"))
+            children = [c for c in children if c.child_id in inside]
+        seen = await self.store.last_seen(c.child_id for c in children)
+        now = self._clock()
+        lost = tuple(
+            c.child_id for c in children if now - seen.get(c.child_id, -1e18) > self.lost_after
+        )
+        return build_report(rollout, bundle.strategy.stage_names, children, lost)

@@ -1,0 +1,239 @@
+"""The RolloutManager's decisions that counters and time settle: where a stage's barrier
+stands and when it opens (or times out), which children are lost, when a rollout is complete;
+:meth:`_Ticks.tick` re-judges them periodically."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+
+import attrs
+
+from release_coordinator.errors import ConcurrentUpdateError, NotFoundError
+from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, stage_step
+from release_coordinator.rollout.matching import _Matching
+from release_coordinator.rollout.models import Rollout, RolloutState
+from release_coordinator.rollout.policies import GlobalIncremental
+from release_coordinator.rollout.reports import ACTIVE, READY, BarrierState, StageCounts
+from release_coordinator.rollout.strategy import StageType
+
+__all__: list[str] = []
+
+log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's log
+
+
+class _Ticks(_Matching):
+    """Barriers, stage counts, lost children and completion (see the module documentation)."""
+
+    async def barrier(self, rollout_id: str, stage_name: str) -> BarrierState:
+        """Where a ``WaitForSignal`` stage's barrier stands among the admitted children
+        (``waiting`` in the order the children began to wait)."""
+        rollout = await self.store.get_rollout(rollout_id)
+        counts = await self._counts(rollout, stage_name)
+        tally = await self._tally(rollout_id)
+        waiting = []
+        for child_id in list(tally.waiting[stage_name]):
+            with contextlib.suppress(NotFoundError):
+                waiting.append(await self.store.child_release(rollout_id, child_id))
+        return BarrierState(
+            open=counts.open,
+            ready=counts.ready,
+            waiting=tuple(waiting),
+            taking_part=counts.taking_part,
+            ready_count=counts.ready_count,
+        )
+
+    async def stage_counts(self, rollout_id: str, stage_name: str) -> StageCounts:
+        """How the rollout's targeted children stand on one stage, without reading them (see
+        :class:`StageCounts`); NotFoundError for an unknown rollout or stage."""
+        rollout = await self.store.get_rollout(rollout_id)
+        return await self._counts(rollout, stage_name)
+
+    async def _counts(self, rollout: Rollout, stage_name: str) -> StageCounts:
+        tally = await self._tally(rollout.id)
+        counts = tally.counts.get(stage_name)
+        if counts is None:
+            raise NotFoundError("stage", stage_name)
+        taking_part = ready = final = completed = 0
+        for (active, status), n in counts.items():
+            if status.is_final:
+                final += n
+                if status is StageStatus.COMPLETED:
+                    completed += n
+            elif active:
+                taking_part += n
+                if status in READY:
+                    ready += n
+        lost_part, lost_ready = await self._lost_counts(rollout.id, stage_name)
+        taking_part -= lost_part
+        ready -= lost_ready
+        barrier = await self._barrier(rollout.id, stage_name)
+        return StageCounts(
+            open=barrier.open,
+            ready=taking_part > 0 and ready >= rollout.policy.quorum * taking_part,
+            taking_part=taking_part,
+            ready_count=ready,
+            waiting=len(tally.waiting[stage_name]),
+            final=final,
+            completed=completed,
+        )
+
+    async def _lost_counts(self, rollout_id: str, stage_name: str) -> tuple[int, int]:
+        """How many of the rollout's children taking part in the stage are lost, and how many
+        of those are ready: read from the store once per lost set and state of the rollout
+        (a tick over many lost children costs one look, not one query per child)."""
+        lost = await self._lost_children()
+        if not lost:
+            return 0, 0
+        key = (self._lost_version, self._changes.get(rollout_id, 0), self._tally_at.get(rollout_id))
+        cached = self._lost_cache.get((rollout_id, stage_name))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if len(lost) > 32:
+            states = [s for s in await self.store.child_releases(rollout_id) if s.child_id in lost]
+        else:
+            states = []
+            for child_id in lost:
+                with contextlib.suppress(NotFoundError):  # not targeted by this rollout
+                    states.append(await self.store.child_release(rollout_id, child_id))
+        part = ready = 0
+        for state in states:
+            status = state.stages[stage_name].status
+            if state.status in ACTIVE and not status.is_final:
+                part += 1
+                if status in READY:
+                    ready += 1
+        self._lost_cache[(rollout_id, stage_name)] = (key, (part, ready))
+        return part, ready
+
+    async def open_barrier(self, rollout_id: str, stage_name: str) -> None:
+        """Open a stage's barrier now (a relay does, when its parent says the stage ends): every
+        child waiting on it, and every child that waits on it later, is told to end it."""
+        rollout = await self.store.get_rollout(rollout_id)
+        if stage_name not in (await self._tally(rollout_id)).counts:
+            raise NotFoundError("stage", stage_name)
+        await self._open(rollout_id, stage_name)
+        await self._check_barrier(rollout, stage_name)
+
+    async def _check_barrier(self, rollout: Rollout, stage_name: str) -> None:
+        """Open the stage's barrier when the policy's condition holds (for a rollout gated by
+        a parent, only :meth:`open_barrier` opens it), and tell every child waiting on the
+        stage to end it."""
+        if rollout.state is not RolloutState.ACTIVE:
+            return
+        barrier = await self._barrier(rollout.id, stage_name)
+        waiting = (await self._tally(rollout.id)).waiting[stage_name]
+        now = self._clock()
+        if waiting and barrier.first_waiting_at is None:
+            record = await self.store.mark_barrier(rollout.id, stage_name, waiting_since=now)
+            barrier = self._remember(rollout.id, stage_name, record)
+        policy = rollout.policy
+        if not barrier.open and not rollout.gated:
+            counts = await self._counts(rollout, stage_name)
+            if counts.ready and self.shared:
+                # Counters may be up to `refresh` old: judge again from the store.
+                self._tallies.pop(rollout.id, None)
+                counts = await self._counts(rollout, stage_name)
+            if counts.ready:
+                barrier = await self._open(rollout.id, stage_name)
+            elif (
+                policy.barrier_timeout is not None
+                and barrier.first_waiting_at is not None
+                and now - barrier.first_waiting_at > policy.barrier_timeout
+            ):
+                await self._abort(
+                    rollout.id,
+                    f"stage {stage_name!r}: {counts.ready_count} of {counts.taking_part} "
+                    f"children ready after the barrier time-out of {policy.barrier_timeout:g}s",
+                )
+                return
+        if barrier.open:
+            if self.shared:  # children of other processes wait too
+                waiting = dict.fromkeys(await self.store.waiting(rollout.id, stage_name))
+            for child_id in list(waiting):
+                child = await self.store.child_release(rollout.id, child_id)
+                stages = dict(child.stages)
+                old = stages[stage_name]
+                if old.status is not StageStatus.SUCCESS_WAITING:
+                    continue
+                stages[stage_name] = attrs.evolve(
+                    old, status=stage_step(old.status, "signal"), changed_at=now
+                )
+                # A child that moved meanwhile is seen again by the next check.
+                with contextlib.suppress(ConcurrentUpdateError):
+                    await self._put(child, attrs.evolve(child, stages=stages))
+
+    async def _lost_children(self) -> frozenset[str]:
+        """The children that have not polled for ``lost_after``: recomputed from the store only
+        when a child that was live then may have gone quiet since (or a lost one polled)."""
+        now = self._clock()
+        if (
+            self._lost_at is not None
+            and self._lost_at <= now
+            and now - self._lost_ref <= self.lost_after
+            and not (self.shared and now - self._lost_at >= self.refresh)
+        ):
+            return self._lost
+        await self._sync()
+        known = list(self._children_count)  # every registered child (load, polls, sync)
+        seen = await self.store.last_seen(known)
+        lost = set()
+        ref = now  # children registering later polled after now
+        for child_id in known:
+            at = seen.get(child_id, -1e18)
+            if now - at > self.lost_after:
+                lost.add(child_id)
+            elif at < ref:
+                ref = at
+        self._lost, self._lost_at, self._lost_ref = frozenset(lost), now, ref
+        self._lost_version += 1
+        return self._lost
+
+    async def tick(self) -> None:
+        """Re-judge every open question that time alone can settle: barriers and groups held
+        up by children that went quiet (lost), barrier time-outs. Call it periodically."""
+        await self._sync()
+        for rollout in await self.store.list_rollouts(states={RolloutState.ACTIVE}):
+            if not isinstance(rollout.policy, GlobalIncremental):
+                await self._admit(rollout)  # lost children no longer hold up the next group
+                rollout = await self.store.get_rollout(rollout.id)
+                if rollout.state is not RolloutState.ACTIVE:
+                    continue
+            bundle = await self.store.get_bundle(rollout.id)
+            for stage in bundle.strategy.stages:
+                if stage.type is StageType.WAIT_FOR_SIGNAL:
+                    await self._check_barrier(rollout, stage.name)
+            await self._complete_if_finished(rollout)
+
+    async def _complete_if_finished(self, rollout: Rollout) -> None:
+        """Complete an active rollout once every child it reached has finished it (Done or
+        Failed) and no eligible child is left to offer it to: from then on it is offered to
+        nobody (children registering later in its area get a rollout of their own)."""
+        if rollout.state is not RolloutState.ACTIVE:
+            return
+        tally = await self._tally(rollout.id)
+        # Every targeted child has every stage: the first stage's buckets count them all.
+        buckets = next(iter(tally.counts.values()), {})
+        targeted = sum(buckets.values())
+        if targeted <= 0 or any(n > 0 for (active, _), n in buckets.items() if active):
+            return  # nobody reached yet, or somebody still at it
+        if targeted < len(self._eligible.get(rollout.id, ())):
+            return  # somebody eligible was not offered it yet (the policy's next group)
+        # The counters say so; the store (which other processes change too) has the last word.
+        counts = await self.store.status_counts(rollout.id)
+        by_status: collections.Counter[ReleaseStatus] = collections.Counter()
+        for (status, _), n in counts.items():
+            by_status[status] += n
+        if by_status[ReleaseStatus.TODO] or by_status[ReleaseStatus.DOING]:
+            return
+        done, failed = by_status[ReleaseStatus.DONE], by_status[ReleaseStatus.FAILED]
+        reason = f"every child it reached finished it: {done} done, {failed} failed"
+        try:
+            await self.store.set_rollout_state(
+                rollout.id, {RolloutState.ACTIVE}, RolloutState.COMPLETED, reason=reason
+            )
+        except ConcurrentUpdateError:
+            return  # paused, aborted or completed meanwhile (by another process, say)
+        log.info("rollout %s completed: %s", rollout.id, reason)
+        self._forget(rollout)
