@@ -38,7 +38,7 @@ from release_coordinator.coordinator.wire import MAX_TEXT
 from release_coordinator.errors import StorageError
 from release_coordinator.rollout import results
 from release_coordinator.server import coordinator_app as coordinator_module
-from release_coordinator.server import openapi
+from release_coordinator.server import openapi_parts as openapi
 from release_coordinator.server.coordinator_app import coordinator_app
 from release_coordinator.server.openapi import (
     OPENAPI_PATH,
@@ -772,3 +772,17 @@ async def test_the_rollout_manager_answers_what_its_document_says() -> None:
         for client in (c, t, small, broken, gone):
             await client.aclose()
     checker.assert_covered(ROLLOUT_EXEMPT)
+
+
+def test_the_child_bodies_are_generated_from_their_structs() -> None:
+    from release_coordinator.rollout.wire import PollRequest
+    from release_coordinator.schemas import schema_components
+
+    document = rollout_openapi()
+    validate_openapi(document)
+    schemas = document["components"]["schemas"]
+    assert schemas["PollRequest"] == schema_components([PollRequest])["PollRequest"]
+    for name in ("PollAnswer", "EndStageRequest", "EndStageAnswer", "ResultAnswer"):
+        assert "title" not in schemas[name]  # renamed, msgspec's title left out
+    for app, make in ((rollout_app(RolloutManager(), allow_anonymous=True), rollout_openapi),):
+        assert app_operations(app) <= documented(make())
