@@ -7,7 +7,7 @@ they become the library's transport errors (see :mod:`.base`).
 
 :class:`HttpParent` is a :class:`~release_coordinator.transports.base.ParentLink` (what a
 :class:`~release_coordinator.rollout.relay.Relay` or a
-:class:`~release_coordinator.rollout.simulate.SimulatedLeaf` talks to) that reaches the parent's
+:class:`~release_coordinator.rollout.kit.SimulatedLeaf` talks to) that reaches the parent's
 ``rollout_app`` (or any server of the child protocol) at a base URL::
 
     async with HttpParent("https://parent.example.org/edge") as parent:
