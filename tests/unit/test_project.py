@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
@@ -103,3 +104,50 @@ def test_cli_diagrams_and_python_m() -> None:
     ).stdout
     assert "stateDiagram-v2" in out
     assert "waiting --> rejected: reject" in out
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Every module of the package and the modules of the package it imports (anywhere in it,
+    under TYPE_CHECKING and inside functions too)."""
+    src = ROOT / "src"
+    modules: dict[str, Path] = {}
+    for path in (src / "release_coordinator").rglob("*.py"):
+        name = ".".join(path.relative_to(src).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    target = full if full in modules else node.module
+                    if target in modules and target != name:
+                        graph[name].add(target)
+            elif isinstance(node, ast.Import):
+                graph[name].update(a.name for a in node.names if a.name in modules)
+    return graph
+
+
+def test_no_module_imports_in_a_circle() -> None:
+    graph = _module_imports()
+    circles = []
+    for start in graph:  # a path from a module back to itself
+        seen: set[str] = set()
+        todo = [(start, (start,))]
+        while todo:
+            name, path = todo.pop()
+            for target in graph[name]:
+                if target == start:
+                    circles.append(" -> ".join((*path, start)))
+                elif target not in seen:
+                    seen.add(target)
+                    todo.append((target, (*path, target)))
+    assert not circles, circles[:5]
+
+
+def test_no_module_is_over_600_lines() -> None:
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in (ROOT / "src" / "release_coordinator").rglob("*.py")
+    }
+    assert not {path: n for path, n in sizes.items() if n > 600}
