@@ -1,0 +1,114 @@
+"""Leases on releases in SQL: which coordinator process drives which unfinished release.
+
+A lease is two columns of the release's row, claimed with ``SELECT ... FOR UPDATE SKIP
+LOCKED`` (PostgreSQL) and timed by the database's clock (``now()``; SQLite's julian day), so
+that the processes' clocks do not matter: when a process dies, another takes its releases over
+once the lease runs out.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from release_coordinator.coordinator.models import Release
+from release_coordinator.storage.sql.database import SQLDatabase
+from release_coordinator.storage.sql.engine import _edge
+from release_coordinator.storage.sql.releases import _FINAL, _release, _release_row
+from release_coordinator.storage.sql.schema import _RELEASE_COLUMNS, releases
+
+
+class _Leases(SQLDatabase):
+    """The leases' part of :class:`~release_coordinator.storage.sql.SQLStore`."""
+
+    def _now(self) -> sa.ColumnElement[Any]:
+        """The database's clock, in the lease column's terms."""
+        if self._sqlite:
+            return sa.func.julianday("now")
+        return sa.func.now()
+
+    def _expiry(self, lease_seconds: float) -> sa.ColumnElement[Any]:
+        if self._sqlite:
+            return sa.func.julianday("now") + sa.literal(lease_seconds / 86400.0, sa.Float())
+        return sa.func.now() + sa.literal(timedelta(seconds=lease_seconds), sa.Interval())
+
+    def _claimable(self, owner: str) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            releases.c.state.not_in(_FINAL),
+            sa.or_(
+                releases.c.lease_owner.is_(None),
+                releases.c.lease_owner == owner,
+                releases.c.lease_expires_at <= self._now(),
+            ),
+        )
+
+    @_edge
+    async def claim_releases(
+        self, owner: str, lease_seconds: float, *, limit: int = 100
+    ) -> list[Release]:
+        if limit <= 0:
+            return []
+        async with self._write() as conn:
+            seqs = list(
+                (
+                    await conn.execute(
+                        sa.select(releases.c.seq)
+                        .where(self._claimable(owner))
+                        .order_by(releases.c.seq)
+                        .limit(limit)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).scalars()
+            )
+            if not seqs:
+                return []
+            rows = await conn.execute(
+                sa.update(releases)
+                .where(releases.c.seq.in_(seqs))
+                .values(lease_owner=owner, lease_expires_at=self._expiry(lease_seconds))
+                .returning(*_RELEASE_COLUMNS)
+            )
+            claimed = sorted(rows, key=lambda row: int(row.seq))
+            return [_release(row) for row in claimed]
+
+    @_edge
+    async def claim_release(self, release_id: str, owner: str, lease_seconds: float) -> bool:
+        async with self._write() as conn:
+            row = await self._one(
+                conn,
+                sa.update(releases)
+                .where(releases.c.id == release_id, self._claimable(owner))
+                .values(lease_owner=owner, lease_expires_at=self._expiry(lease_seconds))
+                .returning(releases.c.id),
+            )
+            if row is None:
+                await _release_row(conn, release_id)  # NotFoundError
+                return False
+            return True
+
+    @_edge
+    async def renew_lease(self, release_id: str, owner: str, lease_seconds: float) -> bool:
+        async with self._write() as conn:
+            row = await self._one(
+                conn,
+                sa.update(releases)
+                .where(
+                    releases.c.id == release_id,
+                    releases.c.lease_owner == owner,
+                    releases.c.state.not_in(_FINAL),
+                )
+                .values(lease_expires_at=self._expiry(lease_seconds))
+                .returning(releases.c.id),
+            )
+            return row is not None
+
+    @_edge
+    async def drop_lease(self, release_id: str, owner: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                sa.update(releases)
+                .where(releases.c.id == release_id, releases.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
