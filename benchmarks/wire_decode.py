@@ -60,7 +60,7 @@ def _decoders() -> dict[str, Callable[[bytes], object]]:
     from release_coordinator.server import common
 
     if hasattr(common, "decode_object"):  # the msgspec schemas
-        from release_coordinator.rollout.wire import PollRequest
+        from release_coordinator.rollout.bodies import PollRequest
         from release_coordinator.server import rollout_child
 
         decode_object = common.decode_object

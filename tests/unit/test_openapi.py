@@ -775,7 +775,7 @@ async def test_the_rollout_manager_answers_what_its_document_says() -> None:
 
 
 def test_the_child_bodies_are_generated_from_their_structs() -> None:
-    from release_coordinator.rollout.wire import PollRequest
+    from release_coordinator.rollout.bodies import PollRequest
     from release_coordinator.schemas import schema_components
 
     document = rollout_openapi()

@@ -4,10 +4,11 @@ Both transports and the task-service kit go through these functions, so an in-pr
 sees exactly what an HTTP one would. Decoders take untrusted, already JSON-decoded values and
 raise :class:`~release_coordinator.errors.ValidationError` listing every problem by its path.
 
-Each body is declared once as a msgspec Struct (``*Body``: its JSON shape and rules, the source
-of its JSON Schema); a decoder converts through it, and only when msgspec refuses a value does
-the full path below run, to accept what the protocol tolerates beyond the Struct (``"42%"``
-progress, an integral float) or to list every problem (see :mod:`release_coordinator.schemas`).
+Each body is declared once as a msgspec Struct (in :mod:`release_coordinator.coordinator.bodies`:
+its JSON shape and rules, the source of its JSON Schema); a decoder converts through it, and
+only when msgspec refuses a value does the full path below run, to accept what the protocol
+tolerates beyond the Struct (``"42%"`` progress, an integral float) or to list every problem
+(see :mod:`release_coordinator.schemas`).
 """
 
 from __future__ import annotations
@@ -15,26 +16,30 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, get_args
 
 import attrs
-import msgspec
 
+from release_coordinator.coordinator.bodies import (
+    MAX_STUDIES,
+    ActionName,
+    ReportedState,
+    ServiceStatusBody,
+    TaskAnswerBody,
+    TaskCallbackBody,
+    TaskRequestBody,
+)
 from release_coordinator.errors import Problem, ValidationError
 from release_coordinator.problems import short
-from release_coordinator.schemas import MAX_TEXT, BodyConverter, OptionalText, Text
+from release_coordinator.schemas import MAX_TEXT, BodyConverter
 
 __all__ = [
     "MAX_TEXT",
     "REPORTED_STATES",
     "ServiceStatus",
-    "ServiceStatusBody",
     "TaskAction",
     "TaskAnswer",
-    "TaskAnswerBody",
-    "TaskCallbackBody",
     "TaskRequest",
-    "TaskRequestBody",
     "TaskStateReport",
     "decode_answer",
     "decode_callback",
@@ -42,8 +47,6 @@ __all__ = [
     "decode_status",
     "parse_progress",
 ]
-
-MAX_STUDIES = 10_000
 
 
 class TaskAction(StrEnum):
@@ -63,52 +66,8 @@ REPORTED_STATES = frozenset(
 )
 
 
-ReportedState = Literal[
-    "pending", "running", "staged", "publishing", "published", "failed", "canceled", "rejected"
-]
-Progress = Annotated[int, msgspec.Meta(ge=0, le=100, description="A percentage, 0..100.")]
-
 assert set(get_args(ReportedState)) == REPORTED_STATES
-
-
-class TaskRequestBody(msgspec.Struct):
-    """``POST {base_url}/tasks``'s body (fields other than these are ignored)."""
-
-    action: TaskAction
-    task_id: Text
-    release_id: Text
-    studies: Annotated[list[OptionalText], msgspec.Meta(max_length=MAX_STUDIES)] = []
-
-
-class TaskAnswerBody(msgspec.Struct):
-    """A task service's 200 answer (``progress`` may also be a string like ``"42%"``, and
-    ``date_submitted`` anything false for none: the decoder accepts those too)."""
-
-    task_id: Text
-    release_id: Text
-    state: ReportedState
-    progress: Progress = 0
-    name: OptionalText | None = None
-    date_submitted: str | None = None
-
-
-class TaskCallbackBody(msgspec.Struct, forbid_unknown_fields=True):
-    """A task service's callback body (``progress`` may also be a string like ``"42%"``);
-    ``task_id`` and ``release_id`` are tolerated, and ignored."""
-
-    state: ReportedState
-    progress: Progress | None = None
-    task_id: Any = None
-    release_id: Any = None
-
-
-class ServiceStatusBody(msgspec.Struct):
-    """``GET {base_url}/status``'s answer."""
-
-    name: Text
-    message: OptionalText | None = None
-    version: OptionalText | None = None
-
+assert set(get_args(ActionName)) == {action.value for action in TaskAction}
 
 _REQUEST = BodyConverter(TaskRequestBody)
 _ANSWER = BodyConverter(TaskAnswerBody)
@@ -186,7 +145,9 @@ class TaskRequest:
 def decode_request(body: object) -> TaskRequest:
     """A request body as a task service receives it."""
     if (fast := _REQUEST.convert(body)) is not None:
-        return TaskRequest(fast.action, fast.task_id, fast.release_id, tuple(fast.studies))
+        return TaskRequest(
+            _ACTIONS[fast.action], fast.task_id, fast.release_id, tuple(fast.studies)
+        )
     data = _mapping(body, "task request")
     problems: list[Problem] = []
     raw_action = data.get("action")

@@ -22,7 +22,7 @@ codes each status can carry.
 
 The enumerations (states, statuses, event types) are taken from the library's own enums, and
 the child protocol's bodies are generated from their msgspec Structs
-(:mod:`release_coordinator.rollout.wire`), so that they cannot drift; the other schemas are
+(:mod:`release_coordinator.rollout.bodies`), so that they cannot drift; the other schemas are
 written out in :mod:`~release_coordinator.server.openapi_coordinator` and
 :mod:`~release_coordinator.server.openapi_rollout_schemas`, the paths in those modules and
 :mod:`~release_coordinator.server.openapi_rollout`, the shared parts in

@@ -1,5 +1,5 @@
 """The Rollout API's schemas in the OpenAPI documents: GeoJSON areas, the child protocol's
-bodies (generated from their Structs, :mod:`release_coordinator.rollout.wire`), result
+bodies (generated from their Structs, :mod:`release_coordinator.rollout.bodies`), result
 summaries, policies and the operator API's records."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from typing import Any
 from release_coordinator.coordinator.wire import MAX_TEXT
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ARCHIVE_MEDIA_TYPE
-from release_coordinator.rollout.models import Outcome, RolloutState
-from release_coordinator.rollout.strategy import StageType
-from release_coordinator.rollout.wire import (
+from release_coordinator.rollout.bodies import (
     EndStageAnswerBody,
     EndStageRequest,
     PollAnswerBody,
     PollRequest,
     ResultAnswer,
 )
+from release_coordinator.rollout.models import Outcome, RolloutState
+from release_coordinator.rollout.strategy import StageType
 from release_coordinator.schemas import schema_components
 from release_coordinator.server.openapi_parts import (
     _EMPTY_OBJECT,

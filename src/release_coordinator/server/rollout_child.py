@@ -1,7 +1,7 @@
 """The rollout app's child protocol: ``/poll``, ``/release``, ``/release/functions``,
 ``/result`` and ``/end_stage`` (see :mod:`release_coordinator.server.rollout_app`).
 
-Bodies are decoded from bytes to their Structs (:mod:`release_coordinator.rollout.wire`);
+Bodies are decoded from bytes to their Structs (:mod:`release_coordinator.rollout.bodies`);
 one msgspec refuses goes the full way (JSON, then the manager's checks, which list every
 problem), so that every refusal is what it always was. Needs the ``server`` extra (Starlette).
 """
@@ -18,8 +18,8 @@ from starlette.types import Scope
 
 from release_coordinator.errors import ReleaseCoordinatorError, ValidationError
 from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ARCHIVE_MEDIA_TYPE
+from release_coordinator.rollout.bodies import EndStageRequest, PollRequest
 from release_coordinator.rollout.manager import RolloutManager
-from release_coordinator.rollout.wire import EndStageRequest, PollRequest
 from release_coordinator.schemas import BodyDecoder
 from release_coordinator.server.child_tokens import ChildTokens
 from release_coordinator.server.common import (

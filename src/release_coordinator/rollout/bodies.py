@@ -1,0 +1,101 @@
+"""The child protocol's bodies, declared once as msgspec Structs.
+
+Their JSON shape, the source of their JSON Schema (see :mod:`release_coordinator.schemas`): the
+HTTP app decodes the requests from bytes and hands their fields to the manager, which checks
+them as it always did; the answers' Structs document what
+:mod:`release_coordinator.rollout.wire`'s answers write. Rules JSON Schema cannot state stay in
+code: a child's area is parsed by :meth:`~release_coordinator.rollout.geo.Area.from_geojson`,
+and result bodies (``/result``, in either key encoding) by
+:func:`~release_coordinator.rollout.results.parse_result`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from release_coordinator.schemas import MAX_TEXT, Text
+
+__all__ = [
+    "EndStageAnswerBody",
+    "EndStageRequest",
+    "PollAnswerBody",
+    "PollRequest",
+    "ResultAnswer",
+]
+
+_AREA = "#/components/schemas/Area"
+_AREA_RULE = (
+    "A GeoJSON Polygon or MultiPolygon (or a Feature carrying one); that it is a valid area"
+    " is checked in code (``Area.from_geojson``)."
+)
+
+
+class PollRequest(msgspec.Struct, kw_only=True):
+    """``POST /poll``'s body: a child registers or refreshes itself."""
+
+    id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=MAX_TEXT,
+                description="Empty (or left out) for a new child: the answer names it.",
+            ),
+        ]
+        | None
+    ) = None
+    geographic_area: Annotated[
+        dict[str, Any],
+        msgspec.Meta(description=_AREA_RULE, extra_json_schema={"$ref": _AREA}),
+    ]
+    number_of_children: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
+
+
+class PollAnswerBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /poll``'s answer (see :class:`PollAnswer`)."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1)]
+    new_release: Annotated[
+        str, msgspec.Meta(description="The first release waiting for the child, or empty.")
+    ]
+    target_area: (
+        Annotated[
+            dict[str, Any],
+            msgspec.Meta(
+                description="For relays: the release's target.", extra_json_schema={"$ref": _AREA}
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    token: (
+        Annotated[
+            str,
+            msgspec.Meta(description="The child's token, at its first poll (child tokens only)."),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+
+
+class EndStageRequest(msgspec.Struct, kw_only=True):
+    """``POST /end_stage``'s body (the manager checks that the stage exists)."""
+
+    id: Text
+    strategy_id: Text | Annotated[int, msgspec.Meta(ge=0)]
+    stage_name: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class EndStageAnswerBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /end_stage``'s answer (see :class:`EndStageAnswer`)."""
+
+    end_stage: bool
+    action: (
+        Annotated[
+            Literal["rollback"], msgspec.Meta(description="An aborted rollout: roll back now.")
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+
+
+class ResultAnswer(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /result``'s answer: always an empty object."""
