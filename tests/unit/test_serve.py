@@ -29,17 +29,11 @@ from release_coordinator import (
 )
 from release_coordinator.cli import main
 from release_coordinator.server import serve
+from release_coordinator.server.access_log import ACCESS_LOGGER, AccessLog
 from release_coordinator.server.coordinator_app import coordinator_app
 from release_coordinator.server.rollout_app import rollout_app
-from release_coordinator.server.serve import (
-    ACCESS_LOGGER,
-    AccessLog,
-    FastRoutes,
-    ServeTokens,
-    parse_tokens,
-    service_app,
-    tokens_from_env,
-)
+from release_coordinator.server.serve import FastRoutes, service_app
+from release_coordinator.server.tokens import ServeTokens, parse_tokens, tokens_from_env
 
 OPERATOR_TOKEN = "op-token-0123456789"
 PORTAL_TOKEN = "portal-token-0123456789"

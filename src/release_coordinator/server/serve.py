@@ -13,7 +13,7 @@
   one path both serve, ``GET /openapi.json``, answers :func:`~release_coordinator.server.
   openapi.combined_openapi`, one document for both), the startup of both (the coordinator
   starts; the manager loads its store and ticks) and the shutdown of both, in reverse order;
-  and :class:`AccessLog`, one log line per request.
+  and :class:`~release_coordinator.server.access_log.AccessLog`, one log line per request.
 - :func:`serve` (and :func:`serve_async`) is the command: it opens the stores (a SQLite file in
   the working directory by default, a PostgreSQL URL, or ``memory``), builds a Coordinator
   over :class:`~release_coordinator.transports.http.HttpTransport` and a RolloutManager, runs
@@ -46,12 +46,9 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 import socket
 import threading
-import time
-import urllib.parse
 from collections.abc import (
     AsyncIterator,
     Iterable,
@@ -62,8 +59,6 @@ from collections.abc import (
 from types import FrameType
 from typing import Any
 
-import attrs
-
 try:
     import uvicorn
     from starlette.applications import Starlette
@@ -72,7 +67,7 @@ try:
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import BaseRoute, Route
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from starlette.types import ASGIApp, Receive, Scope, Send
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "release_coordinator.server needs the server extra: "
@@ -83,11 +78,11 @@ from release_coordinator._version import __version__
 from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.errors import ConfigurationError
 from release_coordinator.rollout.manager import RolloutManager
+from release_coordinator.server.access_log import AccessLog
 from release_coordinator.server.common import (
     DEFAULT_MAX_BODY,
     JsonObjectEndpoint,
     Verifier,
-    check_token,
     guarded,
     http_error,
     json_response,
@@ -96,6 +91,7 @@ from release_coordinator.server.common import (
 from release_coordinator.server.coordinator_app import coordinator_app
 from release_coordinator.server.openapi import OPENAPI_PATH, combined_openapi
 from release_coordinator.server.rollout_app import DEFAULT_MAX_UPLOAD, rollout_app
+from release_coordinator.server.tokens import ENV_OPERATOR_TOKENS, ServeTokens, tokens_from_env
 from release_coordinator.storage import DEFAULT_DB
 from release_coordinator.storage.base import CoordinatorStore
 from release_coordinator.storage.memory import MemoryStore
@@ -103,35 +99,19 @@ from release_coordinator.storage.memory_rollout import MemoryRolloutStore
 from release_coordinator.storage.rollout_base import RolloutStore
 
 __all__ = [
-    "ACCESS_LOGGER",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
-    "ENV_CALLBACK_TOKENS",
     "ENV_DB",
-    "ENV_OPERATOR_TOKENS",
-    "ENV_TASK_SERVICE_TOKEN",
     "GRACEFUL_SHUTDOWN",
     "LOG_LEVELS",
-    "AccessLog",
     "FastRoutes",
-    "ServeTokens",
-    "parse_tokens",
     "serve",
     "serve_async",
     "service_app",
-    "tokens_from_env",
 ]
 
 log = logging.getLogger(__name__)
 
-#: The logger of the one line per request.
-ACCESS_LOGGER = "release_coordinator.access"
-#: Operator tokens (both APIs): ``tok1,tok2`` or ``name=tok1,other=tok2``.
-ENV_OPERATOR_TOKENS = "RC_OPERATOR_TOKENS"
-#: Task-service callback tokens: ``service=token,...`` (service name or id).
-ENV_CALLBACK_TOKENS = "RC_CALLBACK_TOKENS"
-#: The bearer token sent to task services.
-ENV_TASK_SERVICE_TOKEN = "RC_TASK_SERVICE_TOKEN"
 #: The default of ``--db``.
 ENV_DB = "RC_DB"
 #: Where ``serve`` listens by default: loopback only.
@@ -141,195 +121,6 @@ DEFAULT_PORT = 8000
 GRACEFUL_SHUTDOWN = 10
 #: The values of ``--log-level``.
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-
-#: Bare tokens shorter than this are accepted with a warning.
-_SHORT_TOKEN = 16
-_MAX_LOGGED_PATH = 1000
-# Characters of a path logged as they are; anything else (controls, blanks, quotes, non-ASCII)
-# is percent-encoded, so that a request cannot forge or break a log line.
-_SAFE_PATH = "/!$&'()*+,;=:@-._~%"
-
-
-# -- tokens from the environment ----------------------------------------------------------------
-
-
-def parse_tokens(text: str, *, variable: str, named: bool | None = None) -> list[tuple[str, str]]:
-    """The entries of a token variable as ``(name, token)`` pairs (name ``""`` when bare).
-
-    ``text`` is a comma-separated list; blanks around entries and empty entries are ignored.
-    An entry is ``name=token`` when it holds an ``=`` with a name before it and a token after
-    it; otherwise (no ``=``, or only ``=`` after the first one: base64 padding) it is a bare
-    token. ``named=True`` requires names, ``False`` forbids them, ``None`` takes either but not
-    both in one variable. Names and tokens are unique. ConfigurationError says which entry is
-    wrong, never showing a token.
-    """
-    entries: list[tuple[str, str]] = []
-    for position, raw in enumerate(text.split(","), start=1):
-        entry = raw.strip()
-        if not entry:
-            continue
-        name, sep, token = entry.partition("=")
-        name, token = name.strip(), token.strip()
-        if not sep or not name or not token.strip("="):
-            name, token = "", entry
-        where = f"{variable}, entry {position}"
-        check_token(token, f"the token of {where}")
-        if name and not name.isprintable():
-            raise ConfigurationError(f"{where}: the name must be printable text")
-        entries.append((name, token))
-    names = [name for name, _ in entries if name]
-    if named is True and len(names) != len(entries):
-        raise ConfigurationError(f"{variable}: every entry must be name=token")
-    if named is False and names:
-        raise ConfigurationError(f"{variable}: entries are tokens, not name=token")
-    if named is None and names and len(names) != len(entries):
-        raise ConfigurationError(
-            f"{variable}: name every token (name=token) or none of them, not some"
-        )
-    if len(set(names)) != len(names):
-        raise ConfigurationError(f"{variable}: a name is given twice")
-    tokens = [token for _, token in entries]
-    if len(set(tokens)) != len(tokens):
-        raise ConfigurationError(f"{variable}: the same token is given twice")
-    return entries
-
-
-@attrs.frozen(repr=False)
-class ServeTokens:
-    """The tokens of ``serve``, read by :func:`tokens_from_env`. Its repr shows no token."""
-
-    #: Operator tokens as ``(name, token)`` (name ``""``: unnamed).
-    operators: tuple[tuple[str, str], ...] = ()
-    #: Task-service callback tokens by service name or id.
-    callbacks: tuple[tuple[str, str], ...] = ()
-    #: The token sent to task services (None: no ``Authorization`` header).
-    task_service: str | None = None
-
-    def __attrs_post_init__(self) -> None:
-        operators = {token for _, token in self.operators}
-        if any(token in operators for _, token in self.callbacks):
-            raise ConfigurationError(
-                f"a token of {ENV_CALLBACK_TOKENS} is also an operator token: "
-                "a task service would get operator rights"
-            )
-
-    def __repr__(self) -> str:
-        return (
-            f"ServeTokens(operators={len(self.operators)}, callbacks={len(self.callbacks)}, "
-            f"task_service={'set' if self.task_service else 'unset'})"
-        )
-
-    def operator_tokens(self) -> list[str] | dict[str, str]:
-        """As ``coordinator_app`` and ``rollout_app`` take them: a mapping if named."""
-        if self.operators and all(name for name, _ in self.operators):
-            return dict(self.operators)
-        return [token for _, token in self.operators]
-
-    def callback_tokens(self) -> dict[str, str]:
-        return dict(self.callbacks)
-
-
-def tokens_from_env(environ: Mapping[str, str] | None = None) -> ServeTokens:
-    """:class:`ServeTokens` from ``RC_OPERATOR_TOKENS``, ``RC_CALLBACK_TOKENS`` and
-    ``RC_TASK_SERVICE_TOKEN`` (of ``environ``, ``os.environ`` by default)."""
-    env = os.environ if environ is None else environ
-    operators = parse_tokens(env.get(ENV_OPERATOR_TOKENS, ""), variable=ENV_OPERATOR_TOKENS)
-    if any(len(token) < _SHORT_TOKEN for _, token in operators):
-        log.warning(
-            "%s holds a token shorter than %d characters: easy to guess",
-            ENV_OPERATOR_TOKENS,
-            _SHORT_TOKEN,
-        )
-    callbacks = parse_tokens(
-        env.get(ENV_CALLBACK_TOKENS, ""), variable=ENV_CALLBACK_TOKENS, named=True
-    )
-    task_service = env.get(ENV_TASK_SERVICE_TOKEN, "").strip() or None
-    if task_service is not None:
-        check_token(task_service, ENV_TASK_SERVICE_TOKEN)
-    return ServeTokens(tuple(operators), tuple(callbacks), task_service)
-
-
-# -- one log line per request -------------------------------------------------------------------
-
-
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    if not client:
-        return "-"
-    host, port = client[0], client[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _shown_path(scope: Scope) -> str:
-    """The request's path, never its query string (where secrets end up), made safe to log."""
-    path = str(scope.get("root_path", "")) + str(scope.get("path", ""))
-    shown = urllib.parse.quote(path, safe=_SAFE_PATH, errors="backslashreplace")
-    if len(shown) > _MAX_LOGGED_PATH:
-        shown = shown[:_MAX_LOGGED_PATH] + "..."
-    return shown
-
-
-class AccessLog:
-    """Pure ASGI middleware logging one INFO line per HTTP request to ``logger``:
-
-    ``127.0.0.1:53411 "GET /releases" 200 1.4ms``
-
-    (client address, method, path without the query string, status, duration). The record
-    also carries them as ``client``, ``method``, ``path``, ``status`` and ``duration_ms``.
-    Headers, and so tokens, are never looked at. A request whose app raised before answering
-    is logged with status 500.
-    """
-
-    def __init__(self, app: ASGIApp, logger: logging.Logger | str = ACCESS_LOGGER) -> None:
-        self.app = app
-        self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.logger.isEnabledFor(logging.INFO):
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status: int | None = None
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        failed = False
-        try:
-            await self.app(scope, receive, sending)
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            if status is None and failed:
-                status = 500
-            self._log(scope, status, (time.perf_counter() - started) * 1000.0)
-
-    def _log(self, scope: Scope, status: int | None, duration_ms: float) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        method = urllib.parse.quote(str(scope.get("method", "-"))[:20], safe="")
-        path = _shown_path(scope)
-        client = _client(scope)
-        shown_status = "-" if status is None else str(status)
-        self.logger.info(
-            '%s "%s %s" %s %.1fms',
-            client,
-            method,
-            path,
-            shown_status,
-            duration_ms,
-            extra={
-                "client": client,
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": duration_ms,
-            },
-        )
 
 
 # -- the combined app -----------------------------------------------------------------------------
