@@ -2,7 +2,7 @@
 
 What the rollout app does with a request's bytes before the manager's work: for ``/poll``,
 from the bytes to the id, the area and the count (old: ``parse_json`` then ``dict.get``; new:
-:func:`~release_coordinator.server.common.decode_object` to the ``PollRequest`` Struct with
+:func:`~release_coordinator.server.request_body.decode_object` to the ``PollRequest`` Struct with
 msgspec); for ``/result``, from the bytes to a :class:`ResultReport` (old: ``parse_json`` then
 ``parse_result``; new: msgspec to a JSON object then ``parse_result``).
 
@@ -57,7 +57,11 @@ RESULT: dict[str, Any] = {
 def _decoders() -> dict[str, Callable[[bytes], object]]:
     """The ``/poll`` and ``/result`` decoders of the ``release_coordinator`` imported."""
     from release_coordinator.rollout.results import parse_result
-    from release_coordinator.server import common
+
+    try:  # where the body readers live since the split of server.common
+        from release_coordinator.server import request_body as common
+    except ImportError:
+        from release_coordinator.server import common  # type: ignore[no-redef]
 
     if hasattr(common, "decode_object"):  # the msgspec schemas
         from release_coordinator.rollout.bodies import PollRequest

@@ -277,7 +277,7 @@ def test_every_documented_operation_is_fuzzed() -> None:
 
 
 def test_the_multipart_encoder_is_what_the_app_reads() -> None:
-    from release_coordinator.server.common import parse_multipart
+    from release_coordinator.server.request_body import parse_multipart
 
     body, content_type = multipart_body({"strategy": "id: 1", "archive": b"\x00PK", "x": {"a": 1}})
     parts = parse_multipart(body, content_type)

@@ -12,7 +12,7 @@ import secrets
 
 from starlette.requests import Request
 
-from release_coordinator.server.common import bearer_token, forbidden, unauthorized
+from release_coordinator.server.token_auth import bearer_token, forbidden, unauthorized
 from release_coordinator.storage.rollout_base import RolloutStore
 
 __all__ = ["ChildTokens"]

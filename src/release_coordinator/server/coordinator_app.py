@@ -89,12 +89,7 @@ from release_coordinator.fsm.release import ReleaseState, TaskState
 from release_coordinator.server.common import (
     DEFAULT_MAX_BODY,
     Endpoint,
-    Principal,
     Refusal,
-    TokenAuth,
-    Verifier,
-    bearer_token,
-    forbidden,
     guarded,
     http_error,
     json_response,
@@ -102,10 +97,17 @@ from release_coordinator.server.common import (
     page_of,
     paging,
     query_int,
-    read_object,
-    unauthorized,
 )
 from release_coordinator.server.openapi import OPENAPI_PATH, coordinator_openapi
+from release_coordinator.server.request_body import read_object
+from release_coordinator.server.token_auth import (
+    Principal,
+    TokenAuth,
+    Verifier,
+    bearer_token,
+    forbidden,
+    unauthorized,
+)
 
 __all__ = [
     "DEFAULT_MAX_BODY",

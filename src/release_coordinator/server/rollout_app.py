@@ -96,8 +96,6 @@ from release_coordinator.rollout.relay import Relay
 from release_coordinator.server.child_tokens import ChildTokens
 from release_coordinator.server.common import (
     DEFAULT_MAX_BODY,
-    TokenAuth,
-    Verifier,
     guarded,
     http_error,
     json_response,
@@ -107,6 +105,7 @@ from release_coordinator.server.openapi import OPENAPI_PATH, rollout_openapi
 from release_coordinator.server.rollout_child import ChildProtocol
 from release_coordinator.server.rollout_operator import OperatorApi
 from release_coordinator.server.rollout_records import child_release_json, rollout_json
+from release_coordinator.server.token_auth import TokenAuth, Verifier
 
 __all__ = [
     "DEFAULT_MAX_BODY",

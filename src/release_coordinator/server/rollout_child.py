@@ -22,14 +22,8 @@ from release_coordinator.rollout.bodies import EndStageRequest, PollRequest
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.schemas import BodyDecoder
 from release_coordinator.server.child_tokens import ChildTokens
-from release_coordinator.server.common import (
-    Endpoint,
-    JsonObjectEndpoint,
-    decode_object,
-    guarded,
-    json_response,
-    read_body,
-)
+from release_coordinator.server.common import Endpoint, guarded, json_response
+from release_coordinator.server.request_body import JsonObjectEndpoint, decode_object, read_body
 
 __all__ = ["ChildProtocol", "child_status"]
 

@@ -31,20 +31,17 @@ from release_coordinator.rollout.policies import parse_policy
 from release_coordinator.server.child_tokens import ChildTokens
 from release_coordinator.server.common import (
     Endpoint,
-    Principal,
     Refusal,
-    TokenAuth,
-    bearer_token,
-    forbidden,
     guarded,
     json_response,
     page_of,
     paging,
+)
+from release_coordinator.server.request_body import (
     parse_json,
     parse_multipart,
     read_body,
     read_object,
-    unauthorized,
 )
 from release_coordinator.server.rollout_records import (
     area_query,
@@ -53,6 +50,13 @@ from release_coordinator.server.rollout_records import (
     rollout_json,
     summary_json,
     text_problem,
+)
+from release_coordinator.server.token_auth import (
+    Principal,
+    TokenAuth,
+    bearer_token,
+    forbidden,
+    unauthorized,
 )
 
 __all__ = ["OperatorApi"]

@@ -17,7 +17,8 @@ from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.models import ChildRelease, ReleaseBundle, Rollout
 from release_coordinator.rollout.policies import policy_json
 from release_coordinator.rollout.results import StageSummary
-from release_coordinator.server.common import Refusal, parse_json
+from release_coordinator.server.common import Refusal
+from release_coordinator.server.request_body import parse_json
 
 __all__ = [
     "MAX_TEXT",

@@ -81,8 +81,6 @@ from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.server.access_log import AccessLog
 from release_coordinator.server.common import (
     DEFAULT_MAX_BODY,
-    JsonObjectEndpoint,
-    Verifier,
     guarded,
     http_error,
     json_response,
@@ -90,7 +88,9 @@ from release_coordinator.server.common import (
 )
 from release_coordinator.server.coordinator_app import coordinator_app
 from release_coordinator.server.openapi import OPENAPI_PATH, combined_openapi
+from release_coordinator.server.request_body import JsonObjectEndpoint
 from release_coordinator.server.rollout_app import DEFAULT_MAX_UPLOAD, rollout_app
+from release_coordinator.server.token_auth import Verifier
 from release_coordinator.server.tokens import ENV_OPERATOR_TOKENS, ServeTokens, tokens_from_env
 from release_coordinator.storage import DEFAULT_DB
 from release_coordinator.storage.base import CoordinatorStore
@@ -138,7 +138,7 @@ def _route_path(scope: Scope) -> str:
 class FastRoutes:
     """Pure ASGI middleware sending the requests of a few exact ``(method, path)`` pairs
     straight to their endpoints, past the router and Starlette's exception middleware (the
-    endpoints answer their own errors: :class:`~release_coordinator.server.common.
+    endpoints answer their own errors: :class:`~release_coordinator.server.request_body.
     JsonObjectEndpoint`). Everything else goes on to ``app``."""
 
     def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], ASGIApp]) -> None:

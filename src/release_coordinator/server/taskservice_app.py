@@ -47,16 +47,14 @@ from release_coordinator.server.common import (
     CODES,
     DEFAULT_MAX_BODY,
     Refusal,
-    TokenAuth,
-    bearer_token,
     error_body,
     http_error,
     json_response,
     phrase,
-    read_json,
     refused,
-    unauthorized,
 )
+from release_coordinator.server.request_body import read_json
+from release_coordinator.server.token_auth import TokenAuth, bearer_token, unauthorized
 
 __all__ = ["DEFAULT_MAX_BODY", "task_service_app"]
 

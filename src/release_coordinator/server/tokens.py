@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import attrs
 
 from release_coordinator.errors import ConfigurationError
-from release_coordinator.server.common import check_token
+from release_coordinator.server.token_auth import check_token
 
 __all__ = [
     "ENV_CALLBACK_TOKENS",
