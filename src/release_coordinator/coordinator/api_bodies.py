@@ -1,0 +1,343 @@
+"""The Coordinator operator API's bodies, declared once as msgspec Structs.
+
+The request bodies (a task service to register or change, a release to create or change, a
+cancel request, an action's empty object, a task service's callback) and the answers (status,
+task services, releases, tasks, events, and their pages): their JSON shape and every rule JSON
+Schema can state, the source of the API's OpenAPI schemas. The app decodes request bodies
+through them (see :mod:`release_coordinator.schemas`); its answers have their shape.
+
+Rules JSON Schema cannot state stay in code and are named in the fields' descriptions: text is
+*printable* (``str.isprintable``, tabs and line ends allowed in a multi-line field; the
+patterns only refuse control characters) and a name or URL is *not blank*; a Struct's
+:attr:`~ReleaseCreate.NOT_BLANK` and :attr:`~ReleaseCreate.MULTILINE` name its fields those
+rules apply to. A callback's ``progress`` may be a string such as ``"42%"``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+from release_coordinator.coordinator.bodies import Progress, ReportedState
+from release_coordinator.coordinator.models import EventKind, EventType, HealthStatus
+from release_coordinator.fsm.release import ReleaseState, TaskState
+from release_coordinator.schemas import MAX_TEXT
+
+__all__ = [
+    "ANSWERS",
+    "MAX_DESCRIPTION",
+    "MAX_ITEMS",
+    "MAX_PAGE",
+    "MAX_REASON",
+    "MAX_URL",
+    "NAMES",
+    "REQUESTS",
+    "CancelRequest",
+    "EmptyObject",
+    "EventAnswer",
+    "EventPage",
+    "ReleaseAnswer",
+    "ReleaseCreate",
+    "ReleasePage",
+    "ReleaseUpdate",
+    "ServiceHealthAnswer",
+    "StatusAnswer",
+    "TaskAnswer",
+    "TaskCallback",
+    "TaskPage",
+    "TaskServiceAnswer",
+    "TaskServiceCreate",
+    "TaskServicePage",
+    "TaskServiceUpdate",
+]
+
+#: Longest release description accepted.
+MAX_DESCRIPTION = 10_000
+#: Longest task-service URL accepted.
+MAX_URL = 2048
+#: Most studies or tags of one release.
+MAX_ITEMS = 10_000
+#: Longest reason of a cancel request.
+MAX_REASON = 1000
+#: The most items of a page.
+MAX_PAGE = 1000
+
+# "Printable text": no control characters (the app also refuses other unprintable characters,
+# such as format characters, and lone surrogates: in code).
+_PRINTABLE = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+_MULTILINE = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+_NOT_BLANK = "Printable text that is not blank."
+
+#: Printable text, possibly empty.
+Printable = Annotated[str, msgspec.Meta(max_length=MAX_TEXT, pattern=_PRINTABLE)]
+#: Printable text that is not blank (a name).
+Name = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=MAX_TEXT, pattern=_PRINTABLE, description=_NOT_BLANK),
+]
+#: A task service's base URL.
+Url = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_URL,
+        pattern=_PRINTABLE,
+        description="The service's base URL (http, https, or memory:// in process): "
+        + _NOT_BLANK.lower(),
+    ),
+]
+#: A release's description: printable text over several lines.
+Description = Annotated[
+    str, msgspec.Meta(max_length=MAX_DESCRIPTION, pattern=_MULTILINE, description="Printable.")
+]
+#: Study ids or tags: non-empty printable strings.
+Texts = Annotated[
+    list[Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT, pattern=_PRINTABLE)]],
+    msgspec.Meta(max_length=MAX_ITEMS),
+]
+Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
+#: An ISO 8601 time, with its zone.
+Stamp = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+
+
+# -- requests -------------------------------------------------------------------------------------
+
+
+class _Request(msgspec.Struct, forbid_unknown_fields=True):
+    #: The fields that must not be blank, and those whose text may span several lines.
+    NOT_BLANK: ClassVar[frozenset[str]] = frozenset()
+    MULTILINE: ClassVar[frozenset[str]] = frozenset()
+
+
+class TaskServiceCreate(_Request):
+    """``POST /task-services``: a task service to register."""
+
+    NOT_BLANK = frozenset({"name", "url"})
+
+    name: Name
+    url: Url
+    enabled: bool | None = None
+    check: (
+        Annotated[
+            bool,
+            msgspec.Meta(
+                description="Ask its GET /status first (422 if it does not answer; default true)."
+            ),
+        ]
+        | None
+    ) = None
+
+
+class TaskServiceUpdate(_Request):
+    """The fields to change (none: nothing changes)."""
+
+    NOT_BLANK = frozenset({"name", "url"})
+
+    name: Name | None = None
+    url: Url | None = None
+
+
+class ReleaseCreate(_Request):
+    """``POST /releases``: a release over every enabled task service."""
+
+    NOT_BLANK = frozenset({"name"})
+    MULTILINE = frozenset({"description"})
+
+    name: Name
+    description: Description | None = None
+    studies: Texts | None = None
+    tags: Texts | None = None
+    author: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=MAX_TEXT,
+                pattern=_PRINTABLE,
+                description="Left out: the name of the operator's token.",
+            ),
+        ]
+        | None
+    ) = None
+    is_major: bool | None = None
+    auto_publish: bool | None = None
+
+
+class ReleaseUpdate(_Request):
+    """The fields to change (none: nothing changes)."""
+
+    NOT_BLANK = frozenset({"name"})
+    MULTILINE = frozenset({"description"})
+
+    name: Name | None = None
+    description: Description | None = None
+    tags: Texts | None = None
+
+
+class CancelRequest(_Request):
+    """``POST /releases/{id}/cancel``'s body (optional)."""
+
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON, pattern=_PRINTABLE)] | None = None
+
+
+class EmptyObject(_Request):
+    """An empty object (or an empty body): the action takes no field. (Its OpenAPI component
+    is the one both APIs share, not generated from it.)"""
+
+
+class TaskCallback(msgspec.Struct, forbid_unknown_fields=True):
+    """A task service's report; an impossible transition is a 409 and changes nothing.
+    (Decoded by :func:`~release_coordinator.coordinator.wire.decode_callback`.)"""
+
+    state: ReportedState
+    progress: (
+        Annotated[
+            Progress | Annotated[str, msgspec.Meta(pattern="^\\s*[0-9]{1,3}\\s*%?\\s*$")],
+            msgspec.Meta(description="0..100, or a string such as ``42%``."),
+        ]
+        | None
+    ) = None
+    task_id: Annotated[Any, msgspec.Meta(description="Ignored (the path names the task).")] = None
+    release_id: Annotated[Any, msgspec.Meta(description="Ignored (the path names the task).")] = (
+        None
+    )
+
+
+# -- answers: every field always present, nothing else ---------------------------------------------
+
+
+class _Answer(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class StatusAnswer(_Answer):
+    """``GET /status``: the coordinator is up."""
+
+    name: str
+    version: str
+    message: str
+
+
+class ServiceHealthAnswer(_Answer):
+    """What the health checks know of a task service."""
+
+    status: HealthStatus
+    consecutive_failures: Annotated[int, msgspec.Meta(ge=0)]
+    last_checked_at: Stamp | None
+    last_error: str
+    reported_name: str
+    reported_version: str
+    message: str
+
+
+class TaskServiceAnswer(_Answer):
+    """A task service."""
+
+    id: str
+    name: str
+    url: str
+    enabled: bool
+    health: ServiceHealthAnswer
+    created_at: Stamp
+    updated_at: Stamp
+
+
+class ReleaseAnswer(_Answer):
+    """A release."""
+
+    id: str
+    name: str
+    version: Annotated[str, msgspec.Meta(description="A semantic version.")]
+    state: ReleaseState
+    description: str
+    studies: list[str]
+    tags: list[str]
+    author: str
+    is_major: bool
+    auto_publish: bool
+    failure: Annotated[str, msgspec.Meta(description="Why it failed (empty otherwise).")]
+    cloned_from: Annotated[str, msgspec.Meta(description="The release it runs again.")]
+    created_at: Stamp
+    updated_at: Stamp
+    state_changed_at: Stamp
+
+
+class TaskAnswer(_Answer):
+    """One release on one task service."""
+
+    id: str
+    release_id: str
+    task_service_id: str
+    state: TaskState
+    progress: Percent
+    message: str
+    created_at: Stamp
+    updated_at: Stamp
+    progress_at: Stamp
+
+
+class EventAnswer(_Answer):
+    """An event of the log."""
+
+    id: Annotated[int, msgspec.Meta(ge=1)]
+    at: Stamp
+    type: EventType
+    kind: EventKind
+    message: str
+    release_id: str | None
+    task_id: str | None
+    task_service_id: str | None
+    state: Annotated[str | None, msgspec.Meta(description="The new state, for a transition.")]
+
+
+T = TypeVar("T")
+
+
+class _Page(_Answer, Generic[T]):
+    items: list[T]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)]
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+    next_offset: Annotated[int, msgspec.Meta(ge=0)] | None
+
+
+class TaskServicePage(_Page[TaskServiceAnswer]):
+    """A page of task services; ``next_offset`` is null on the last page."""
+
+
+class ReleasePage(_Page[ReleaseAnswer]):
+    """A page of releases; ``next_offset`` is null on the last page."""
+
+
+class TaskPage(_Page[TaskAnswer]):
+    """A page of tasks; ``next_offset`` is null on the last page."""
+
+
+class EventPage(_Page[EventAnswer]):
+    """A page of events; ``next_offset`` is null on the last page."""
+
+
+REQUESTS: tuple[type[msgspec.Struct], ...] = (
+    TaskServiceCreate,
+    TaskServiceUpdate,
+    ReleaseCreate,
+    ReleaseUpdate,
+    CancelRequest,
+    TaskCallback,
+)
+ANSWERS: tuple[type[msgspec.Struct], ...] = (
+    StatusAnswer,
+    TaskServicePage,
+    ReleasePage,
+    TaskPage,
+    EventPage,
+)
+#: The OpenAPI components' names of the answers' Structs.
+NAMES = {
+    "StatusAnswer": "Status",
+    "ServiceHealthAnswer": "ServiceHealth",
+    "TaskServiceAnswer": "TaskService",
+    "ReleaseAnswer": "Release",
+    "TaskAnswer": "Task",
+    "EventAnswer": "Event",
+}
