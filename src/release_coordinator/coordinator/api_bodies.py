@@ -42,6 +42,7 @@ __all__ = [
     "ReleaseCreate",
     "ReleasePage",
     "ReleaseUpdate",
+    "RequestBody",
     "ServiceHealthAnswer",
     "StatusAnswer",
     "TaskAnswer",
@@ -105,13 +106,15 @@ Stamp = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-time
 # -- requests -------------------------------------------------------------------------------------
 
 
-class _Request(msgspec.Struct, forbid_unknown_fields=True):
+class RequestBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A request body of the operator API (no other field allowed)."""
+
     #: The fields that must not be blank, and those whose text may span several lines.
     NOT_BLANK: ClassVar[frozenset[str]] = frozenset()
     MULTILINE: ClassVar[frozenset[str]] = frozenset()
 
 
-class TaskServiceCreate(_Request):
+class TaskServiceCreate(RequestBody):
     """``POST /task-services``: a task service to register."""
 
     NOT_BLANK = frozenset({"name", "url"})
@@ -130,7 +133,7 @@ class TaskServiceCreate(_Request):
     ) = None
 
 
-class TaskServiceUpdate(_Request):
+class TaskServiceUpdate(RequestBody):
     """The fields to change (none: nothing changes)."""
 
     NOT_BLANK = frozenset({"name", "url"})
@@ -139,7 +142,7 @@ class TaskServiceUpdate(_Request):
     url: Url | None = None
 
 
-class ReleaseCreate(_Request):
+class ReleaseCreate(RequestBody):
     """``POST /releases``: a release over every enabled task service."""
 
     NOT_BLANK = frozenset({"name"})
@@ -164,7 +167,7 @@ class ReleaseCreate(_Request):
     auto_publish: bool | None = None
 
 
-class ReleaseUpdate(_Request):
+class ReleaseUpdate(RequestBody):
     """The fields to change (none: nothing changes)."""
 
     NOT_BLANK = frozenset({"name"})
@@ -175,13 +178,13 @@ class ReleaseUpdate(_Request):
     tags: Texts | None = None
 
 
-class CancelRequest(_Request):
+class CancelRequest(RequestBody):
     """``POST /releases/{id}/cancel``'s body (optional)."""
 
     reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON, pattern=_PRINTABLE)] | None = None
 
 
-class EmptyObject(_Request):
+class EmptyObject(RequestBody):
     """An empty object (or an empty body): the action takes no field. (Its OpenAPI component
     is the one both APIs share, not generated from it.)"""
 

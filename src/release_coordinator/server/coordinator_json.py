@@ -1,0 +1,93 @@
+"""The Coordinator API's records as JSON: task services, releases, tasks and events as the API
+shows them (the shapes of the answer Structs of :mod:`release_coordinator.coordinator.api_bodies`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from release_coordinator.coordinator.models import Event, Release, ServiceHealth, Task, TaskService
+
+__all__ = ["event_json", "release_json", "service_json", "task_json"]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _health_json(health: ServiceHealth) -> dict[str, Any]:
+    return {
+        "status": health.status.value,
+        "consecutive_failures": health.consecutive_failures,
+        "last_checked_at": _iso(health.last_checked_at),
+        "last_error": health.last_error,
+        "reported_name": health.reported_name,
+        "reported_version": health.reported_version,
+        "message": health.message,
+    }
+
+
+def service_json(service: TaskService) -> dict[str, Any]:
+    """A task service as the API shows it."""
+    return {
+        "id": service.id,
+        "name": service.name,
+        "url": service.url,
+        "enabled": service.enabled,
+        "health": _health_json(service.health),
+        "created_at": _iso(service.created_at),
+        "updated_at": _iso(service.updated_at),
+    }
+
+
+def release_json(release: Release) -> dict[str, Any]:
+    """A release as the API shows it."""
+    return {
+        "id": release.id,
+        "name": release.name,
+        "version": release.version,
+        "state": release.state.value,
+        "description": release.description,
+        "studies": list(release.studies),
+        "tags": list(release.tags),
+        "author": release.author,
+        "is_major": release.is_major,
+        "auto_publish": release.auto_publish,
+        "failure": release.failure,
+        "cloned_from": release.cloned_from,
+        "created_at": _iso(release.created_at),
+        "updated_at": _iso(release.updated_at),
+        "state_changed_at": _iso(release.state_changed_at),
+    }
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """A task as the API shows it."""
+    return {
+        "id": task.id,
+        "release_id": task.release_id,
+        "task_service_id": task.service_id,
+        "state": task.state.value,
+        "progress": task.progress,
+        "message": task.message,
+        "created_at": _iso(task.created_at),
+        "updated_at": _iso(task.updated_at),
+        "progress_at": _iso(task.progress_at),
+    }
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """An event of the log as the API shows it (the protocol's fields, plus ``kind`` and
+    ``state``)."""
+    return {
+        "id": event.id,
+        "at": _iso(event.at),
+        "type": event.type.value,
+        "kind": event.kind.value,
+        "message": event.message,
+        "release_id": event.release_id,
+        "task_id": event.task_id,
+        "task_service_id": event.task_service_id,
+        "state": event.state,
+    }
