@@ -327,5 +327,9 @@ _COORDINATOR_DESCRIPTION = (
     " ``GET /status`` and ``GET /openapi.json`` needs ``Authorization: Bearer <token>``: an"
     " operator token, or for the callbacks only the token of the task's own service. Listings"
     " are pages (``limit`` 1..1000, default 100, and ``offset``). Every refusal is"
-    ' ``{"error": {"code", "message", "details"}}`` and changes nothing.'
+    ' ``{"error": {"code", "message", "details"}}`` and changes nothing. Two rules of the'
+    " request bodies are checked in code, not by these schemas: every text is printable"
+    " (Python's ``str.isprintable``, tabs and line ends allowed in a release's description:"
+    " the patterns only refuse control characters), and a name or URL is not blank; a body"
+    " that breaks either is a 422."
 )
