@@ -1,6 +1,7 @@
-"""The Rollout API's schemas in the OpenAPI documents: GeoJSON areas, the child protocol's
-bodies (generated from their Structs, :mod:`release_coordinator.rollout.bodies`), result
-summaries, policies and the operator API's records."""
+"""The Rollout API's schemas in the OpenAPI documents: the child protocol's bodies and the
+operator API's (generated from their Structs, :mod:`release_coordinator.rollout.bodies` and
+:mod:`release_coordinator.rollout.api_bodies`), and the hand-written schemas those Structs
+refer to: GeoJSON areas, result bodies in their two encodings, policies."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from typing import Any
 
 from release_coordinator.coordinator.wire import MAX_TEXT
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
-from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ARCHIVE_MEDIA_TYPE
+from release_coordinator.rollout.api_bodies import (
+    ANSWER_BODIES,
+    ANSWER_NAMES,
+    REQUEST_BODIES,
+)
 from release_coordinator.rollout.bodies import (
     EndStageAnswerBody,
     EndStageRequest,
@@ -16,27 +21,20 @@ from release_coordinator.rollout.bodies import (
     PollRequest,
     ResultAnswer,
 )
-from release_coordinator.rollout.models import Outcome, RolloutState
-from release_coordinator.rollout.strategy import StageType
 from release_coordinator.schemas import schema_components
 from release_coordinator.server.openapi_parts import (
-    _EMPTY_OBJECT,
     _MAX_GROUPS,
     _MAX_INT32,
-    _MAX_REASON,
     _MAX_SUMMARIES,
     _MAX_WAVES,
     _NUMBER,
-    _enum,
     _json,
     _object,
     _or_null,
-    _page,
     _path_id,
     _query,
     _record,
     _ref,
-    _text,
 )
 
 _POSITION = {
@@ -63,14 +61,12 @@ _STAGE_NAMES = [s.wire_name for s in StageStatus]
 _RELEASE_NAMES = [s.wire_name for s in ReleaseStatus]
 
 
-def _times(keys: tuple[str, str, str], *, output: bool) -> dict[str, Any]:
+def _times(keys: tuple[str, str, str]) -> dict[str, Any]:
     number: dict[str, Any] = {"type": "number", "minimum": 0}
-    if output:
-        number = {"type": ["number", "null"]}
     return _object(
         dict.fromkeys(keys, number),
         list(keys),
-        closed=output,
+        closed=False,
         description="Milliseconds; minimum <= median <= maximum.",
     )
 
@@ -178,57 +174,21 @@ def _policies(*, output: bool) -> dict[str, Any]:
     }
 
 
-def _rollout_fields() -> dict[str, Any]:
-    return {
-        "target": _ref("Area"),
-        "name": _or_null(_text()),
-        "match": {"type": "string", "enum": ["intersects", "within"], "default": "intersects"},
-        "priority": {
-            "type": "integer",
-            "minimum": -_MAX_INT32,
-            "maximum": _MAX_INT32,
-            "default": 0,
-        },
-        "policy": _or_null(_ref("PolicyInput")),
-        "start": {
-            "type": "boolean",
-            "default": True,
-            "description": "False leaves the rollout a draft to start later.",
-        },
-    }
-
-
-_ROLLOUT_PROPERTIES: dict[str, Any] = {
-    "id": {"type": "string", "description": "The strategy's (and release's) id."},
-    "name": {"type": "string"},
-    "state": _enum(RolloutState),
-    "target": _ref("Area"),
-    "match": {"type": "string", "enum": ["intersects", "within"]},
-    "priority": {"type": "integer"},
-    "policy": _ref("Policy"),
-    "seq": {"type": "integer", "minimum": 0},
-    "reason": {"type": "string"},
-    "gated": {"type": "boolean"},
+#: The components' names of the Structs whose class name is not the component's.
+_STRUCT_NAMES = {
+    "PollAnswerBody": "PollAnswer",
+    "EndStageAnswerBody": "EndStageAnswer",
+    **ANSWER_NAMES,
 }
-
-_SUMMARY_OUTPUT = _record(
-    {
-        "ProxyTimes": _ref("SummaryTimes"),
-        "F1TimesSummary": _ref("SummaryTimes"),
-        "F2TimesSummary": _ref("SummaryTimes"),
-        "F1ErrRate": {"type": ["number", "null"]},
-        "F2ErrRate": {"type": ["number", "null"]},
-        "f1_calls": {"type": "integer", "minimum": 0},
-        "f2_calls": {"type": "integer", "minimum": 0},
-    },
-    "A stage summary (or a call-weighted aggregate) in the documented encoding's keys.",
-)
 
 #: The child protocol's bodies, generated from their Structs.
 _CHILD_BODIES = schema_components(
     [PollRequest, PollAnswerBody, EndStageRequest, EndStageAnswerBody, ResultAnswer],
-    names={"PollAnswerBody": "PollAnswer", "EndStageAnswerBody": "EndStageAnswer"},
+    names=_STRUCT_NAMES,
 )
+
+#: The operator API's bodies, generated from their Structs (answers named without ``Body``).
+_OPERATOR_BODIES = schema_components([*REQUEST_BODIES, *ANSWER_BODIES], names=_STRUCT_NAMES)
 
 _ROLLOUT_SCHEMAS: dict[str, Any] = {
     "Position": _POSITION,
@@ -267,8 +227,8 @@ _ROLLOUT_SCHEMAS: dict[str, Any] = {
             ),
         ],
     },
-    "DocumentedTimes": _times(("Median", "Minimum", "Maximum"), output=False),
-    "OriginalTimes": _times(("median", "minimum", "maximum"), output=False),
+    "DocumentedTimes": _times(("Median", "Minimum", "Maximum")),
+    "OriginalTimes": _times(("median", "minimum", "maximum")),
     "DocumentedSummary": _summary_input(True),
     "OriginalSummary": _summary_input(False),
     "ResultRequest": _object(
@@ -302,132 +262,7 @@ _ROLLOUT_SCHEMAS: dict[str, Any] = {
     **_CHILD_BODIES,
     "PolicyInput": _policies(output=False),
     "Policy": _policies(output=True),
-    "RolloutFields": _object(
-        _rollout_fields(),
-        ["target"],
-        description="The rollout part of an upload.",
-    ),
-    "RolloutUpload": _object(
-        {
-            "strategy": {"type": "string", "description": "The strategy document (YAML)."},
-            "archive": {
-                "type": "string",
-                "contentEncoding": "base64",
-                "contentMediaType": ARCHIVE_MEDIA_TYPE,
-                "description": f"``{ARCHIVE_FILENAME}``, base64.",
-            },
-            **_rollout_fields(),
-        },
-        ["strategy", "archive", "target"],
-    ),
-    "RolloutMultipart": _object(
-        {
-            "strategy": {"type": "string", "description": "The strategy document (YAML)."},
-            "archive": {
-                "type": "string",
-                "contentMediaType": ARCHIVE_MEDIA_TYPE,
-                "description": f"``{ARCHIVE_FILENAME}``.",
-            },
-            "rollout": _ref("RolloutFields"),
-        },
-        ["strategy", "archive", "rollout"],
-    ),
-    "Rollout": _record(_ROLLOUT_PROPERTIES),
-    "Bundle": _record(
-        {
-            "strategy": _record(
-                {
-                    "id": {"type": "string"},
-                    "name": {"type": "string"},
-                    "type": {"type": "string"},
-                    "stages": {
-                        "type": "array",
-                        "items": _record({"name": {"type": "string"}, "type": _enum(StageType)}),
-                    },
-                    "functions": {"type": "array", "items": {"type": "string"}},
-                }
-            ),
-            "archive": _record(
-                {
-                    "filename": {"type": "string", "const": ARCHIVE_FILENAME},
-                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    "size": {"type": "integer", "minimum": 0},
-                    "files": {"type": "array", "items": {"type": "string"}},
-                }
-            ),
-        }
-    ),
-    "RolloutWithBundle": _record(
-        {**_ROLLOUT_PROPERTIES, "bundle": _ref("Bundle")},
-        "A rollout and its bundle (the strategy and the function archive).",
-    ),
-    "RolloutPage": _page("Rollout"),
-    "AbortRequest": _object({"reason": _or_null(_text(_MAX_REASON))}),
-    "EmptyObject": _EMPTY_OBJECT,
-    "SummaryTimes": _times(("Median", "Minimum", "Maximum"), output=True),
-    "Summary": _SUMMARY_OUTPUT,
-    "RolloutStatus": _record(
-        {
-            "rollout": _ref("Rollout"),
-            "children": {"type": "integer", "minimum": 0},
-            "statuses": {
-                "type": "object",
-                "propertyNames": {"enum": _RELEASE_NAMES},
-                "additionalProperties": {"type": "integer", "minimum": 1},
-                "description": "How many children are in each ReleaseStatus.",
-            },
-            "outcomes": {
-                "type": "object",
-                "propertyNames": {"enum": [o.value for o in Outcome if o.value]},
-                "additionalProperties": {"type": "integer", "minimum": 1},
-                "description": "How many children rolled out or back.",
-            },
-            "lost": {"type": "array", "items": {"type": "string"}},
-            "stages": {
-                "type": "array",
-                "items": _record(
-                    {
-                        "name": {"type": "string"},
-                        "counts": {
-                            "type": "object",
-                            "propertyNames": {"enum": _STAGE_NAMES},
-                            "additionalProperties": {"type": "integer", "minimum": 1},
-                        },
-                        "aggregate": {"anyOf": [_ref("Summary"), {"type": "null"}]},
-                    }
-                ),
-            },
-        }
-    ),
-    "ChildRelease": _record(
-        {
-            "child_id": {"type": "string"},
-            "status": {"type": "string", "enum": _RELEASE_NAMES},
-            "outcome": {"type": "string", "enum": [o.value for o in Outcome]},
-            "acknowledged": {"type": "boolean"},
-            "lost": {"type": "boolean"},
-            "stages": {
-                "type": "object",
-                "additionalProperties": _record(
-                    {
-                        "status": {"type": "string", "enum": _STAGE_NAMES},
-                        "summary": {"anyOf": [_ref("Summary"), {"type": "null"}]},
-                    }
-                ),
-            },
-        }
-    ),
-    "ChildReleasePage": _page("ChildRelease"),
-    "Child": _record(
-        {
-            "id": {"type": "string"},
-            "area": _ref("Area"),
-            "number_of_children": {"type": "integer", "minimum": 0},
-            "lost": {"type": "boolean"},
-            "has_token": {"type": "boolean"},
-        }
-    ),
-    "ChildPage": _page("Child"),
+    **_OPERATOR_BODIES,
 }
 
 _ROLLOUT_PARAMETERS: dict[str, Any] = {

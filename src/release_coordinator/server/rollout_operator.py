@@ -1,5 +1,12 @@
 """The rollout app's operator API: uploads, rollouts' actions and reports, children and their
 tokens (see :mod:`release_coordinator.server.rollout_app`). Needs the ``server`` extra.
+
+Request bodies are decoded from bytes to their Structs (:mod:`release_coordinator.rollout.
+api_bodies`), which check every field's type, range and length and refuse unknown fields;
+the rules JSON Schema cannot state (the target area, the policy, printable text, the strategy
+document and the archive) are checked in code after them. A body msgspec refuses goes the full
+way (JSON, then the checks of every field, which list every problem), so that every refusal is
+what it always was.
 """
 
 from __future__ import annotations
@@ -23,11 +30,19 @@ from release_coordinator.errors import (
     ValidationError,
 )
 from release_coordinator.fsm.rollout import ReleaseStatus
+from release_coordinator.rollout.api_bodies import (
+    MAX_REASON,
+    AbortRequest,
+    ActionRequest,
+    RolloutFields,
+    RolloutUpload,
+)
 from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ArchiveLimits
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import ReleaseBundle, RolloutState
 from release_coordinator.rollout.policies import parse_policy
+from release_coordinator.schemas import BodyDecoder
 from release_coordinator.server.child_tokens import ChildTokens
 from release_coordinator.server.common import (
     Endpoint,
@@ -38,10 +53,10 @@ from release_coordinator.server.common import (
     paging,
 )
 from release_coordinator.server.request_body import (
+    decode_object,
     parse_json,
     parse_multipart,
     read_body,
-    read_object,
 )
 from release_coordinator.server.rollout_records import (
     area_query,
@@ -62,6 +77,81 @@ from release_coordinator.server.token_auth import (
 __all__ = ["OperatorApi"]
 
 log = logging.getLogger("release_coordinator.server.rollout_app")
+
+_UPLOAD = BodyDecoder(RolloutUpload)
+_FIELDS = BodyDecoder(RolloutFields)
+_ACTION = BodyDecoder(ActionRequest)
+_ABORT = BodyDecoder(AbortRequest)
+
+#: A rollout's fields: their Struct, or the JSON object msgspec refused (fully checked).
+Fields = RolloutFields | Mapping[str, Any]
+
+
+def _target_into(value: object, options: dict[str, Any], problems: list[Problem]) -> None:
+    try:
+        options["target"] = Area.from_geojson(value, path="target")
+    except GeoJSONError as error:
+        problems += error.problems
+
+
+def _name_into(name: object, options: dict[str, Any], problems: list[Problem]) -> None:
+    if name is not None:
+        if (problem := text_problem(name)) is not None:
+            problems.append(("name", problem))
+        else:
+            options["name"] = name
+
+
+def _policy_into(value: object, options: dict[str, Any], problems: list[Problem]) -> None:
+    try:
+        options["policy"] = parse_policy(value)
+    except ValidationError as error:
+        problems += error.problems
+
+
+def _checked_fields(fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    """The options of a rollout's fields that msgspec refused, and every problem of them."""
+    problems: list[Problem] = []
+    allowed = {"target", "name", "match", "priority", "policy", "start"}
+    problems += [(str(k)[:60], "is not a field of a rollout") for k in fields if k not in allowed]
+    options: dict[str, Any] = {}
+    if "target" not in fields:
+        problems.append(("target", "is required (a GeoJSON Polygon or MultiPolygon)"))
+    else:
+        _target_into(fields["target"], options, problems)
+    _name_into(fields.get("name"), options, problems)
+    match = fields.get("match", "intersects")
+    if match not in ("intersects", "within"):
+        problems.append(("match", "must be 'intersects' or 'within'"))
+    else:
+        options["match"] = match
+    priority = fields.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) >= 2**31:
+        problems.append(("priority", "must be a 32-bit integer"))
+    else:
+        options["priority"] = priority
+    start = fields.get("start", True)
+    if not isinstance(start, bool):
+        problems.append(("start", "must be true or false"))
+    else:
+        options["start"] = start
+    _policy_into(fields.get("policy"), options, problems)
+    return options, problems
+
+
+def _struct_fields(fields: RolloutFields) -> tuple[dict[str, Any], list[Problem]]:
+    """The options of a rollout's fields msgspec decoded, and the problems of the rules it
+    cannot check (the target area, the name's text, the policy)."""
+    problems: list[Problem] = []
+    options: dict[str, Any] = {
+        "match": fields.match,
+        "priority": fields.priority,
+        "start": fields.start,
+    }
+    _target_into(fields.target, options, problems)
+    _name_into(fields.name, options, problems)
+    _policy_into(fields.policy, options, problems)
+    return options, problems
 
 
 class OperatorApi:
@@ -96,9 +186,10 @@ class OperatorApi:
             raise unauthorized()
         return who
 
-    async def read_upload(self, request: Request) -> tuple[object, object, dict[str, Any]]:
+    async def read_upload(self, request: Request) -> tuple[object, object, Fields]:
         """``(strategy, archive, rollout fields)`` of a ``POST /rollouts``; the strategy and
-        archive as bytes when they came as multipart parts, as JSON values otherwise."""
+        archive as bytes when they came as multipart parts, as JSON values otherwise; the
+        fields as their Struct when msgspec decoded them."""
         raw = await read_body(request, self.max_upload)
         content_type = request.headers.get("content-type", "")
         kind = content_type.partition(";")[0].strip().lower()
@@ -109,10 +200,12 @@ class OperatorApi:
                 raise ValidationError(
                     "invalid upload", [(n[:60], "is not a part of an upload") for n in unknown]
                 )
-            fields: Any = {}
+            fields: Fields = {}
             if "rollout" in parts:
-                fields = parse_json(parts["rollout"][0])
-                if not isinstance(fields, dict):
+                part = parts["rollout"][0]
+                decoded = _FIELDS.decode(part)
+                fields = decoded if decoded is not None else parse_json(part)
+                if not isinstance(fields, RolloutFields | dict):
                     raise Refusal(400, "the rollout part must be a JSON object")
             strategy = parts["strategy"][0] if "strategy" in parts else None
             archive = parts["archive"][0] if "archive" in parts else None
@@ -123,52 +216,20 @@ class OperatorApi:
                 "POST /rollouts takes multipart/form-data or application/json",
                 content_type=kind[:100],
             )
-        body = parse_json(raw)
-        if not isinstance(body, dict):
-            raise Refusal(400, "the body must be a JSON object", got=type(body).__name__)
+        body = decode_object(raw, _UPLOAD)
+        if isinstance(body, RolloutUpload):
+            return body.strategy, body.archive, body
         strategy = body.pop("strategy", None)
         archive = body.pop("archive", None)
         return strategy, archive, body
 
-    def rollout_options(self, fields: Mapping[str, Any]) -> dict[str, Any]:
-        problems: list[Problem] = []
-        allowed = {"target", "name", "match", "priority", "policy", "start"}
-        problems += [
-            (str(k)[:60], "is not a field of a rollout") for k in fields if k not in allowed
-        ]
-        options: dict[str, Any] = {}
-        if "target" not in fields:
-            problems.append(("target", "is required (a GeoJSON Polygon or MultiPolygon)"))
+    def rollout_options(self, fields: Fields) -> dict[str, Any]:
+        """The options of ``create_rollout`` from a rollout's fields; ValidationError listing
+        every problem."""
+        if isinstance(fields, RolloutFields):
+            options, problems = _struct_fields(fields)
         else:
-            try:
-                options["target"] = Area.from_geojson(fields["target"], path="target")
-            except GeoJSONError as error:
-                problems += error.problems
-        name = fields.get("name")
-        if name is not None:
-            if (problem := text_problem(name)) is not None:
-                problems.append(("name", problem))
-            else:
-                options["name"] = name
-        match = fields.get("match", "intersects")
-        if match not in ("intersects", "within"):
-            problems.append(("match", "must be 'intersects' or 'within'"))
-        else:
-            options["match"] = match
-        priority = fields.get("priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) >= 2**31:
-            problems.append(("priority", "must be a 32-bit integer"))
-        else:
-            options["priority"] = priority
-        start = fields.get("start", True)
-        if not isinstance(start, bool):
-            problems.append(("start", "must be true or false"))
-        else:
-            options["start"] = start
-        try:
-            options["policy"] = parse_policy(fields.get("policy"))
-        except ValidationError as error:
-            problems += error.problems
+            options, problems = _checked_fields(fields)
         if problems:
             raise ValidationError("invalid rollout", problems)
         return options
@@ -245,17 +306,25 @@ class OperatorApi:
         return json_response(200, {**rollout_json(rollout), "bundle": bundle_json(bundle)})
 
     def rollout_action(self, action: str) -> Endpoint:
+        decoder: BodyDecoder[AbortRequest] | BodyDecoder[ActionRequest]
+        decoder = _ABORT if action == "abort" else _ACTION
+
         async def act(request: Request) -> Response:
             await self.operator(request)
-            body = await read_object(request, self.max_body, empty=True)
-            allowed = {"reason"} if action == "abort" else set()
-            problems: list[Problem] = [
-                (str(k)[:60], f"is not a field of a {action} request")
-                for k in body
-                if k not in allowed
-            ]
-            reason = body.get("reason")
-            if reason is not None and (problem := text_problem(reason, 1000)) is not None:
+            raw = await read_body(request, self.max_body)
+            body = decode_object(raw, decoder) if raw.strip() else {}  # empty: no field
+            problems: list[Problem] = []
+            if isinstance(body, AbortRequest | ActionRequest):
+                reason = body.reason if isinstance(body, AbortRequest) else None
+            else:
+                allowed = {"reason"} if action == "abort" else set()
+                problems += [
+                    (str(k)[:60], f"is not a field of a {action} request")
+                    for k in body
+                    if k not in allowed
+                ]
+                reason = body.get("reason")
+            if reason is not None and (problem := text_problem(reason, MAX_REASON)) is not None:
                 problems.append(("reason", problem))
             if problems:
                 raise ValidationError(f"invalid {action} request", problems)

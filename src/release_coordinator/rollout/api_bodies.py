@@ -1,0 +1,365 @@
+"""The rollout operator API's bodies, declared once as msgspec Structs.
+
+Their JSON shape, the source of their JSON Schema (see :mod:`release_coordinator.schemas`):
+
+- **requests**: :class:`RolloutUpload` (``POST /rollouts`` as one JSON object),
+  :class:`RolloutMultipart` and :class:`RolloutFields` (the same upload as multipart parts),
+  :class:`ActionRequest` (start, pause, resume) and :class:`AbortRequest`. The HTTP app decodes
+  them from bytes; a body msgspec refuses goes the full way (the app's checks, which list every
+  problem), so that every refusal is what it always was;
+- **answers**: the records the operator API writes (``rollout_records``), named here with a
+  ``Body`` suffix and documented without it (``RolloutBody`` is the ``Rollout`` component).
+
+Rules JSON Schema cannot state stay in code, and each field they bind names them: a rollout's
+target is parsed by :meth:`~release_coordinator.rollout.geo.Area.from_geojson`, its policy by
+:func:`~release_coordinator.rollout.policies.parse_policy` (its cross-field rules), free text
+must be printable (``text_problem``), and the strategy document and the function archive are
+checked by :meth:`~release_coordinator.rollout.models.ReleaseBundle.from_parts`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ARCHIVE_MEDIA_TYPE
+from release_coordinator.rollout.models import Outcome, RolloutState
+from release_coordinator.rollout.strategy import StageType
+from release_coordinator.schemas import MAX_TEXT
+
+__all__ = [
+    "ANSWER_BODIES",
+    "ANSWER_NAMES",
+    "MAX_REASON",
+    "REQUEST_BODIES",
+    "AbortRequest",
+    "ActionRequest",
+    "BundleBody",
+    "ChildBody",
+    "ChildPageBody",
+    "ChildReleaseBody",
+    "ChildReleasePageBody",
+    "RolloutBody",
+    "RolloutFields",
+    "RolloutMultipart",
+    "RolloutPageBody",
+    "RolloutStatusBody",
+    "RolloutUpload",
+    "RolloutWithBundleBody",
+    "SummaryBody",
+    "SummaryTimesBody",
+]
+
+#: Longest reason of an abort.
+MAX_REASON = 1000
+_MAX_INT32 = 2**31 - 1
+_MAX_PAGE = 1000
+
+_SCHEMAS = "#/components/schemas/"
+# "Printable text": no control characters (the app also refuses other unprintable characters,
+# such as format characters, and lone surrogates: ``text_problem``, in code).
+_PRINTABLE = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+_STAGE_NAMES = [s.wire_name for s in StageStatus]
+_RELEASE_NAMES = [s.wire_name for s in ReleaseStatus]
+
+
+def _component(name: str, description: str | None = None) -> msgspec.Meta:
+    """A JSON object typed by a hand-written component (its rules are checked in code)."""
+    return msgspec.Meta(description=description, extra_json_schema={"$ref": _SCHEMAS + name})
+
+
+def _one_of(values: list[str]) -> msgspec.Meta:
+    return msgspec.Meta(extra_json_schema={"enum": values})
+
+
+def _counts(names: list[str], description: str | None = None) -> msgspec.Meta:
+    return msgspec.Meta(
+        description=description, extra_json_schema={"propertyNames": {"enum": names}}
+    )
+
+
+_AREA_RULE = (
+    "A GeoJSON Polygon or MultiPolygon (or a Feature carrying one); that it is a valid area"
+    " is checked in code (``Area.from_geojson``)."
+)
+_POLICY_RULE = (
+    "How the rollout advances (null: ``global_incremental``); the fields its ``type`` takes,"
+    " its groups' areas and the policy's own rules (such as growing wave sizes) are checked"
+    " in code (``parse_policy``)."
+)
+_TEXT_RULE = "Printable text (checked in code: no unprintable character, no lone surrogate)."
+
+#: Printable text of at most :data:`~release_coordinator.schemas.MAX_TEXT` characters.
+Name = Annotated[str, msgspec.Meta(max_length=MAX_TEXT, pattern=_PRINTABLE, description=_TEXT_RULE)]
+Match = Literal["intersects", "within"]
+Int32 = Annotated[int, msgspec.Meta(ge=-_MAX_INT32, le=_MAX_INT32)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+class RolloutFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The rollout part of an upload."""
+
+    target: Annotated[dict[str, Any], _component("Area", _AREA_RULE)]
+    name: Name | None = None
+    match: Match = "intersects"
+    priority: Int32 = 0
+    policy: Annotated[dict[str, Any], _component("PolicyInput", _POLICY_RULE)] | None = None
+    start: Annotated[
+        bool, msgspec.Meta(description="False leaves the rollout a draft to start later.")
+    ] = True
+
+
+_STRATEGY = msgspec.Meta(
+    description="The strategy document (YAML); parsed and checked in code"
+    " (``ReleaseBundle.from_parts``)."
+)
+_ARCHIVE_RULE = "its entries are checked in code (``ReleaseBundle.from_parts``)."
+
+
+class RolloutUpload(RolloutFields, kw_only=True, forbid_unknown_fields=True):
+    """``POST /rollouts`` as one JSON object: the strategy, the archive and the rollout's
+    fields."""
+
+    strategy: Annotated[str, _STRATEGY]
+    archive: Annotated[
+        str,
+        msgspec.Meta(
+            description=f"``{ARCHIVE_FILENAME}``, base64 (decoded in code); {_ARCHIVE_RULE}",
+            extra_json_schema={
+                "contentEncoding": "base64",
+                "contentMediaType": ARCHIVE_MEDIA_TYPE,
+            },
+        ),
+    ]
+
+
+class RolloutMultipart(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /rollouts`` as ``multipart/form-data`` parts (what ``curl -F`` sends)."""
+
+    strategy: Annotated[str, _STRATEGY]
+    archive: Annotated[
+        str,
+        msgspec.Meta(
+            description=f"``{ARCHIVE_FILENAME}``; {_ARCHIVE_RULE}",
+            extra_json_schema={"contentMediaType": ARCHIVE_MEDIA_TYPE},
+        ),
+    ]
+    rollout: RolloutFields
+
+
+class ActionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """An empty object (or an empty body): the action takes no field."""
+
+
+class AbortRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /rollouts/{rollout_id}/abort``'s body (or an empty body)."""
+
+    reason: (
+        Annotated[
+            str, msgspec.Meta(max_length=MAX_REASON, pattern=_PRINTABLE, description=_TEXT_RULE)
+        ]
+        | None
+    ) = None
+
+
+#: The request bodies' Structs.
+REQUEST_BODIES = (RolloutFields, RolloutUpload, RolloutMultipart, ActionRequest, AbortRequest)
+
+
+# -- answers ------------------------------------------------------------------------------------
+
+
+class _Record(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An answer's object: every field always present, nothing else."""
+
+
+class RolloutBody(_Record):
+    """A rollout as the API shows it."""
+
+    id: Annotated[str, msgspec.Meta(description="The strategy's (and release's) id.")]
+    name: str
+    state: Annotated[str, _one_of([s.value for s in RolloutState])]
+    target: Annotated[dict[str, Any], _component("Area")]
+    match: Match
+    priority: int
+    policy: Annotated[dict[str, Any], _component("Policy")]
+    seq: Count
+    reason: str
+    gated: bool
+
+
+class BundleStageBody(_Record):
+    """A stage of a bundle's strategy."""
+
+    name: str
+    type: Annotated[str, _one_of([t.value for t in StageType])]
+
+
+class BundleStrategyBody(_Record):
+    """The outline of a bundle's strategy."""
+
+    id: str
+    name: str
+    type: str
+    stages: list[BundleStageBody]
+    functions: list[str]
+
+
+class BundleArchiveBody(_Record):
+    """The outline of a bundle's function archive."""
+
+    filename: Annotated[str, msgspec.Meta(extra_json_schema={"const": ARCHIVE_FILENAME})]
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    size: Count
+    files: list[str]
+
+
+class BundleBody(_Record):
+    """A rollout's bundle: its strategy's outline, its archive's."""
+
+    strategy: BundleStrategyBody
+    archive: BundleArchiveBody
+
+
+class RolloutWithBundleBody(RolloutBody):
+    """A rollout and its bundle (the strategy and the function archive)."""
+
+    bundle: BundleBody
+
+
+class _Page(_Record):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=_MAX_PAGE)]
+    offset: Count
+    next_offset: Count | None
+
+
+class RolloutPageBody(_Page):
+    """A page of Rollout records; ``next_offset`` is null on the last page."""
+
+    items: list[RolloutBody]
+
+
+_NULLABLE_NUMBER = float | None
+
+
+class SummaryTimesBody(_Record, rename="pascal"):
+    """Milliseconds; minimum <= median <= maximum."""
+
+    median: _NULLABLE_NUMBER
+    minimum: _NULLABLE_NUMBER
+    maximum: _NULLABLE_NUMBER
+
+
+class SummaryBody(_Record):
+    """A stage summary (or a call-weighted aggregate) in the documented encoding's keys."""
+
+    proxy_times: SummaryTimesBody = msgspec.field(name="ProxyTimes")
+    f1_times_summary: SummaryTimesBody = msgspec.field(name="F1TimesSummary")
+    f2_times_summary: SummaryTimesBody = msgspec.field(name="F2TimesSummary")
+    f1_err_rate: _NULLABLE_NUMBER = msgspec.field(name="F1ErrRate")
+    f2_err_rate: _NULLABLE_NUMBER = msgspec.field(name="F2ErrRate")
+    f1_calls: Count
+    f2_calls: Count
+
+
+class StageCountsBody(_Record):
+    """One stage of a rollout's status: its children's counts per StageStatus, its
+    aggregate."""
+
+    name: str
+    counts: Annotated[dict[str, Positive], _counts(_STAGE_NAMES)]
+    aggregate: SummaryBody | None
+
+
+class RolloutStatusBody(_Record):
+    """A rollout's status: counts per status, outcome and stage, aggregates, lost
+    children."""
+
+    rollout: RolloutBody
+    children: Count
+    statuses: Annotated[
+        dict[str, Positive],
+        _counts(_RELEASE_NAMES, "How many children are in each ReleaseStatus."),
+    ]
+    outcomes: Annotated[
+        dict[str, Positive],
+        _counts([o.value for o in Outcome if o.value], "How many children rolled out or back."),
+    ]
+    lost: list[str]
+    stages: list[StageCountsBody]
+
+
+class ChildStageBody(_Record):
+    """One stage of a child's release: its StageStatus and summary."""
+
+    status: Annotated[str, _one_of(_STAGE_NAMES)]
+    summary: SummaryBody | None
+
+
+class ChildReleaseBody(_Record):
+    """One child's state in a rollout: statuses by their protocol names, summaries in the
+    documented encoding's keys."""
+
+    child_id: str
+    status: Annotated[str, _one_of(_RELEASE_NAMES)]
+    outcome: Annotated[str, _one_of([o.value for o in Outcome])]
+    acknowledged: bool
+    lost: bool
+    stages: dict[str, ChildStageBody]
+
+
+class ChildReleasePageBody(_Page):
+    """A page of ChildRelease records; ``next_offset`` is null on the last page."""
+
+    items: list[ChildReleaseBody]
+
+
+class ChildBody(_Record):
+    """A registered child."""
+
+    id: str
+    area: Annotated[dict[str, Any], _component("Area")]
+    number_of_children: Count
+    lost: bool
+    has_token: bool
+
+
+class ChildPageBody(_Page):
+    """A page of Child records; ``next_offset`` is null on the last page."""
+
+    items: list[ChildBody]
+
+
+#: The answers' Structs (the ones the paths name; they use the others).
+ANSWER_BODIES = (
+    RolloutBody,
+    RolloutWithBundleBody,
+    RolloutPageBody,
+    RolloutStatusBody,
+    ChildReleasePageBody,
+    ChildPageBody,
+)
+
+#: The components' names of the answers' Structs: without their ``Body`` suffix.
+ANSWER_NAMES = {
+    cls.__name__: cls.__name__.removesuffix("Body")
+    for cls in (
+        *ANSWER_BODIES,
+        BundleBody,
+        BundleStageBody,
+        BundleStrategyBody,
+        BundleArchiveBody,
+        SummaryTimesBody,
+        SummaryBody,
+        StageCountsBody,
+        ChildStageBody,
+        ChildReleaseBody,
+        ChildBody,
+    )
+}
