@@ -154,12 +154,7 @@ class ReleaseCreate(RequestBody):
     tags: Texts | None = None
     author: (
         Annotated[
-            str,
-            msgspec.Meta(
-                max_length=MAX_TEXT,
-                pattern=_PRINTABLE,
-                description="Left out: the name of the operator's token.",
-            ),
+            Printable, msgspec.Meta(description="Left out: the name of the operator's token.")
         ]
         | None
     ) = None

@@ -43,6 +43,7 @@ __all__ = [
     "Fields",
     "choices",
     "empty_body",
+    "keeps_code_rules",
     "query_text",
     "since",
 ]
