@@ -1,8 +1,10 @@
 """The rollout app's records as JSON, and the values it reads from requests.
 
 The operator API's answers (:func:`rollout_json`, :func:`bundle_json`,
-:func:`child_release_json`), the checks of free text in its bodies (:func:`text_problem`) and
-the area a report is narrowed to (:func:`area_query`). Needs the ``server`` extra (Starlette).
+:func:`child_release_json`; their shapes are declared, and documented, by the Structs of
+:mod:`release_coordinator.rollout.api_bodies`), the checks of free text in its bodies
+(:func:`text_problem`) and the area a report is narrowed to (:func:`area_query`). Needs the
+``server`` extra (Starlette).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.models import ChildRelease, ReleaseBundle, Rollout
 from release_coordinator.rollout.policies import policy_json
 from release_coordinator.rollout.results import StageSummary
+from release_coordinator.schemas import MAX_TEXT
 from release_coordinator.server.common import Refusal
 from release_coordinator.server.request_body import parse_json
 
@@ -29,8 +32,6 @@ __all__ = [
     "summary_json",
     "text_problem",
 ]
-
-MAX_TEXT = 256
 
 
 def rollout_json(rollout: Rollout) -> dict[str, Any]:
