@@ -25,6 +25,7 @@ import msgspec
 
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ARCHIVE_MEDIA_TYPE
+from release_coordinator.rollout.bodies import AREA_RULE
 from release_coordinator.rollout.models import Outcome, RolloutState
 from release_coordinator.rollout.strategy import StageType
 from release_coordinator.schemas import MAX_TEXT
@@ -80,10 +81,6 @@ def _counts(names: list[str], description: str | None = None) -> msgspec.Meta:
     )
 
 
-_AREA_RULE = (
-    "A GeoJSON Polygon or MultiPolygon (or a Feature carrying one); that it is a valid area"
-    " is checked in code (``Area.from_geojson``)."
-)
 _POLICY_RULE = (
     "How the rollout advances (null: ``global_incremental``); the fields its ``type`` takes,"
     " its groups' areas and the policy's own rules (such as growing wave sizes) are checked"
@@ -105,7 +102,7 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 class RolloutFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The rollout part of an upload."""
 
-    target: Annotated[dict[str, Any], _component("Area", _AREA_RULE)]
+    target: Annotated[dict[str, Any], _component("Area", AREA_RULE)]
     name: Name | None = None
     match: Match = "intersects"
     priority: Int32 = 0

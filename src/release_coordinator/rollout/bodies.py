@@ -18,6 +18,7 @@ import msgspec
 from release_coordinator.schemas import MAX_TEXT, Text
 
 __all__ = [
+    "AREA_RULE",
     "EndStageAnswerBody",
     "EndStageRequest",
     "PollAnswerBody",
@@ -26,7 +27,8 @@ __all__ = [
 ]
 
 _AREA = "#/components/schemas/Area"
-_AREA_RULE = (
+#: The description of a field holding an area: the rule that stays in code.
+AREA_RULE = (
     "A GeoJSON Polygon or MultiPolygon (or a Feature carrying one); that it is a valid area"
     " is checked in code (``Area.from_geojson``)."
 )
@@ -47,7 +49,7 @@ class PollRequest(msgspec.Struct, kw_only=True):
     ) = None
     geographic_area: Annotated[
         dict[str, Any],
-        msgspec.Meta(description=_AREA_RULE, extra_json_schema={"$ref": _AREA}),
+        msgspec.Meta(description=AREA_RULE, extra_json_schema={"$ref": _AREA}),
     ]
     number_of_children: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
 
