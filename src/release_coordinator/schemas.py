@@ -25,7 +25,11 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 
 __all__ = [
+    "MAX_PAGE",
+    "MAX_REASON",
     "MAX_TEXT",
+    "MULTILINE_PATTERN",
+    "PRINTABLE_PATTERN",
     "BodyConverter",
     "BodyDecoder",
     "OptionalText",
@@ -37,6 +41,17 @@ T = TypeVar("T")
 
 #: Longest id or name accepted on the wire.
 MAX_TEXT = 256
+#: Longest reason of an operator's action (a cancel, an abort).
+MAX_REASON = 1000
+#: The most items of one page of a list.
+MAX_PAGE = 1000
+
+# "Printable text": no control characters. The apps also refuse other unprintable characters
+# (format characters, lone surrogates) in code, which JSON Schema patterns cannot say.
+#: The JSON Schema pattern of one line of printable text.
+PRINTABLE_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+#: The same, with tabs and line breaks allowed (descriptions, notes).
+MULTILINE_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
 
 #: An id or name on the wire: 1 to :data:`MAX_TEXT` characters.
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]

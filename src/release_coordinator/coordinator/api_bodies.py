@@ -23,7 +23,13 @@ import msgspec
 from release_coordinator.coordinator.bodies import Progress, ReportedState
 from release_coordinator.coordinator.models import EventKind, EventType, HealthStatus
 from release_coordinator.fsm.release import ReleaseState, TaskState
-from release_coordinator.schemas import MAX_TEXT
+from release_coordinator.schemas import (
+    MAX_PAGE,
+    MAX_REASON,
+    MAX_TEXT,
+    MULTILINE_PATTERN,
+    PRINTABLE_PATTERN,
+)
 
 __all__ = [
     "ANSWERS",
@@ -60,15 +66,9 @@ MAX_DESCRIPTION = 10_000
 MAX_URL = 2048
 #: Most studies or tags of one release.
 MAX_ITEMS = 10_000
-#: Longest reason of a cancel request.
-MAX_REASON = 1000
-#: The most items of a page.
-MAX_PAGE = 1000
 
-# "Printable text": no control characters (the app also refuses other unprintable characters,
-# such as format characters, and lone surrogates: in code).
-_PRINTABLE = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
-_MULTILINE = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+_PRINTABLE = PRINTABLE_PATTERN
+_MULTILINE = MULTILINE_PATTERN
 _NOT_BLANK = "Printable text that is not blank."
 
 #: Printable text, possibly empty.

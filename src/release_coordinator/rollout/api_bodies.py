@@ -28,7 +28,7 @@ from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ARCHIVE_MEDIA_
 from release_coordinator.rollout.bodies import AREA_RULE
 from release_coordinator.rollout.models import Outcome, RolloutState
 from release_coordinator.rollout.strategy import StageType
-from release_coordinator.schemas import MAX_TEXT
+from release_coordinator.schemas import MAX_PAGE, MAX_REASON, MAX_TEXT, PRINTABLE_PATTERN
 
 __all__ = [
     "ANSWER_BODIES",
@@ -53,15 +53,11 @@ __all__ = [
     "SummaryTimesBody",
 ]
 
-#: Longest reason of an abort.
-MAX_REASON = 1000
 _MAX_INT32 = 2**31 - 1
-_MAX_PAGE = 1000
+_MAX_PAGE = MAX_PAGE
 
 _SCHEMAS = "#/components/schemas/"
-# "Printable text": no control characters (the app also refuses other unprintable characters,
-# such as format characters, and lone surrogates: ``text_problem``, in code).
-_PRINTABLE = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+_PRINTABLE = PRINTABLE_PATTERN  # the rest of the rule: ``text_problem``, in code
 _STAGE_NAMES = [s.wire_name for s in StageStatus]
 _RELEASE_NAMES = [s.wire_name for s in ReleaseStatus]
 

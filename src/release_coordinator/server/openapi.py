@@ -20,13 +20,20 @@ polygon", are approximated and said in a ``description``); response schemas desc
 answer the apps give, errors included: ``{"error": {"code", "message", "details"}}`` with the
 codes each status can carry.
 
-The enumerations (states, statuses, event types) are taken from the library's own enums, and
-the child protocol's bodies are generated from their msgspec Structs
-(:mod:`release_coordinator.rollout.bodies`), so that they cannot drift; the other schemas are
-written out in :mod:`~release_coordinator.server.openapi_coordinator` and
-:mod:`~release_coordinator.server.openapi_rollout_schemas`, the paths in those modules and
-:mod:`~release_coordinator.server.openapi_rollout`, the shared parts in
-:mod:`~release_coordinator.server.openapi_parts`.
+**Generated, not written.** Every request and answer body is declared once as a msgspec Struct
+(:mod:`release_coordinator.coordinator.bodies` and :mod:`~release_coordinator.coordinator.
+api_bodies` for the task-service protocol and the Coordinator's API;
+:mod:`release_coordinator.rollout.bodies` and :mod:`~release_coordinator.rollout.api_bodies`
+for the child protocol and the rollout operator API); the apps decode request bodies through
+them, and their component schemas are generated from them
+(:func:`release_coordinator.schemas.schema_components`). The paths are generated from a table
+of routes per app (``COORDINATOR_ROUTES`` in :mod:`~release_coordinator.server.
+openapi_coordinator`, ``ROLLOUT_ROUTES`` in :mod:`~release_coordinator.server.openapi_rollout`,
+built by :func:`release_coordinator.server.openapi_routes.paths`); the enumerations come from
+the library's own enums. What is still written out by hand is what no Struct declares: a
+GeoJSON area's shape, a result body's two encodings and the policies
+(:mod:`~release_coordinator.server.openapi_rollout_schemas`), and the error bodies and shared
+parameters (:mod:`~release_coordinator.server.openapi_parts`).
 
 Needs nothing beyond the core dependencies: it is plain data.
 """

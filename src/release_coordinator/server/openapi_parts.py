@@ -6,7 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from release_coordinator.coordinator.wire import MAX_TEXT
+from release_coordinator.schemas import (
+    MAX_PAGE,
+    MAX_REASON,
+    MAX_TEXT,
+    MULTILINE_PATTERN,
+    PRINTABLE_PATTERN,
+)
 
 OPENAPI_VERSION = "3.1.0"
 #: Where each app serves its document.
@@ -18,8 +24,8 @@ _DIALECT = "https://spec.openapis.org/oas/3.1/dialect/base"
 _MAX_DESCRIPTION = 10_000
 _MAX_URL = 2048
 _MAX_ITEMS = 10_000
-_MAX_REASON = 1000
-_MAX_PAGE = 1000
+_MAX_REASON = MAX_REASON
+_MAX_PAGE = MAX_PAGE
 _DEFAULT_PAGE = 100
 _MAX_OFFSET = 2**31 - 1
 _MAX_EVENT_ID = 2**63 - 1
@@ -28,10 +34,8 @@ _MAX_SUMMARIES = 100
 _MAX_WAVES = 100
 _MAX_GROUPS = 1000
 
-# "Printable text": no control characters (the apps also refuse other unprintable characters,
-# such as format characters, and lone surrogates).
-_PRINTABLE = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
-_MULTILINE = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+_PRINTABLE = PRINTABLE_PATTERN
+_MULTILINE = MULTILINE_PATTERN
 _NUMBER = "-?[0-9]{1,3}(\\.[0-9]{1,8})?"
 
 
