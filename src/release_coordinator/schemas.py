@@ -72,7 +72,9 @@ class BodyDecoder(Generic[T]):
     def decode(self, raw: bytes) -> T | None:
         try:
             return self._decode(raw)
-        except msgspec.DecodeError:  # (msgspec.ValidationError is one)
+        # (msgspec.ValidationError is a DecodeError; msgspec's nesting limit is not json's, so
+        # a body nested too deeply for it goes to the full path too, which refuses it as before)
+        except (msgspec.DecodeError, RecursionError):
             return None
 
 
@@ -88,7 +90,7 @@ class BodyConverter(Generic[T]):
     def convert(self, value: object) -> T | None:
         try:
             return msgspec.convert(value, self.type)
-        except msgspec.ValidationError:
+        except (msgspec.ValidationError, RecursionError):
             return None
 
 
@@ -112,8 +114,14 @@ def schema_components(
     """The JSON Schemas of ``types`` (and of the Structs they use) by name, with references
     into an OpenAPI document's ``#/components/schemas``. ``names`` renames components (a
     Struct's name to the document's, e.g. ``PollAnswerBody`` to ``PollAnswer``); msgspec's
-    ``title`` (the class name) is left out."""
-    _, components = msgspec.json.schema_components(tuple(types), ref_template=_REF + "{name}")
+    ``title`` (the class name) is left out. A Struct whose field defaults to ``None`` only to
+    tell a left-out field apart may name what that means in a class variable
+    ``documented_defaults`` (``{"field": value}``), which becomes the field's ``default``."""
+    types = tuple(types)
+    _, components = msgspec.json.schema_components(types, ref_template=_REF + "{name}")
+    for kind in types:  # what a left-out (or null) field means, where it is not the Struct's None
+        for field, default in getattr(kind, "documented_defaults", {}).items():
+            components[kind.__name__]["properties"][field]["default"] = default
     names = names or {}
     refs = {_REF + old: _REF + new for old, new in names.items()}
     return {

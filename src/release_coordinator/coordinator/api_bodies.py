@@ -132,6 +132,8 @@ class TaskServiceCreate(RequestBody):
         | None
     ) = None
 
+    documented_defaults: ClassVar[dict[str, object]] = {"enabled": True, "check": True}
+
 
 class TaskServiceUpdate(RequestBody):
     """The fields to change (none: nothing changes)."""
@@ -160,6 +162,8 @@ class ReleaseCreate(RequestBody):
     ) = None
     is_major: bool | None = None
     auto_publish: bool | None = None
+
+    documented_defaults: ClassVar[dict[str, object]] = {"is_major": False, "auto_publish": False}
 
 
 class ReleaseUpdate(RequestBody):

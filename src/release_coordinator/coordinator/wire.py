@@ -144,7 +144,9 @@ class TaskRequest:
 
 def decode_request(body: object) -> TaskRequest:
     """A request body as a task service receives it."""
-    if (fast := _REQUEST.convert(body)) is not None:
+    # (msgspec would take any sequence of studies; the protocol's is a JSON list)
+    studies_given = body.get("studies", []) if isinstance(body, Mapping) else None
+    if type(studies_given) is list and (fast := _REQUEST.convert(body)) is not None:
         return TaskRequest(
             _ACTIONS[fast.action], fast.task_id, fast.release_id, tuple(fast.studies)
         )

@@ -11,7 +11,7 @@ and result bodies (``/result``, in either key encoding) by
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -52,6 +52,8 @@ class PollRequest(msgspec.Struct, kw_only=True):
         msgspec.Meta(description=AREA_RULE, extra_json_schema={"$ref": _AREA}),
     ]
     number_of_children: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
+
+    documented_defaults: ClassVar[dict[str, object]] = {"number_of_children": 0}
 
 
 class PollAnswerBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
