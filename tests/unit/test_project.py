@@ -31,6 +31,7 @@ def test_all_is_sorted_complete_and_importable() -> None:
         name
         for module in (
             "errors",
+            "coordinator.config",
             "coordinator.engine",
             "coordinator.kit",
             "coordinator.models",
