@@ -65,7 +65,10 @@ async def test_a_failure_area_rolls_back_the_whole_subtree_it_touches() -> None:
     # Only a corner of r1 fails, but r1 has one relay: the relay reports the stage failed
     # upward and rolls back every leaf below it, the healthy ones included.
     corner = square(-10, 35, 10)  # r1 is (-10, 35)-(10, 60) in a grid of 2
-    config = FleetConfig(grid=2, leaves=40, failing=(corner,), seed=3, **FAST)
+    # Stages long enough that every leaf has fetched the release before the first failing one
+    # can end its canary (with FAST's 0.05 s, a slow moment left late leaves never offered it).
+    timing = {**FAST, "stage_seconds": 0.5}
+    config = FleetConfig(grid=2, leaves=40, failing=(corner,), seed=3, **timing)
     result = await simulate(config)
     r1, r2 = result.regions
     assert 0 < r1.failing < r1.leaves
