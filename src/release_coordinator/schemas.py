@@ -25,6 +25,8 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 
 __all__ = [
+    "DEFAULT_PAGE",
+    "MAX_INT32",
     "MAX_PAGE",
     "MAX_REASON",
     "MAX_TEXT",
@@ -43,8 +45,11 @@ T = TypeVar("T")
 MAX_TEXT = 256
 #: Longest reason of an operator's action (a cancel, an abort).
 MAX_REASON = 1000
-#: The most items of one page of a list.
+#: The most items of one page of a list, and how many a page has unless asked.
 MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+#: The largest count or offset the APIs take (a 32-bit signed integer).
+MAX_INT32 = 2**31 - 1
 
 # "Printable text": no control characters. The apps also refuse other unprintable characters
 # (format characters, lone surrogates) in code, which JSON Schema patterns cannot say.

@@ -67,16 +67,16 @@ MAX_URL = 2048
 #: Most studies or tags of one release.
 MAX_ITEMS = 10_000
 
-_PRINTABLE = PRINTABLE_PATTERN
-_MULTILINE = MULTILINE_PATTERN
 _NOT_BLANK = "Printable text that is not blank."
 
 #: Printable text, possibly empty.
-Printable = Annotated[str, msgspec.Meta(max_length=MAX_TEXT, pattern=_PRINTABLE)]
+Printable = Annotated[str, msgspec.Meta(max_length=MAX_TEXT, pattern=PRINTABLE_PATTERN)]
 #: Printable text that is not blank (a name).
 Name = Annotated[
     str,
-    msgspec.Meta(min_length=1, max_length=MAX_TEXT, pattern=_PRINTABLE, description=_NOT_BLANK),
+    msgspec.Meta(
+        min_length=1, max_length=MAX_TEXT, pattern=PRINTABLE_PATTERN, description=_NOT_BLANK
+    ),
 ]
 #: A task service's base URL.
 Url = Annotated[
@@ -84,18 +84,21 @@ Url = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=MAX_URL,
-        pattern=_PRINTABLE,
+        pattern=PRINTABLE_PATTERN,
         description="The service's base URL (http, https, or memory:// in process): "
         + _NOT_BLANK.lower(),
     ),
 ]
 #: A release's description: printable text over several lines.
 Description = Annotated[
-    str, msgspec.Meta(max_length=MAX_DESCRIPTION, pattern=_MULTILINE, description="Printable.")
+    str,
+    msgspec.Meta(max_length=MAX_DESCRIPTION, pattern=MULTILINE_PATTERN, description="Printable."),
 ]
 #: Study ids or tags: non-empty printable strings.
 Texts = Annotated[
-    list[Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT, pattern=_PRINTABLE)]],
+    list[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT, pattern=PRINTABLE_PATTERN)]
+    ],
     msgspec.Meta(max_length=MAX_ITEMS),
 ]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
@@ -180,7 +183,9 @@ class ReleaseUpdate(RequestBody):
 class CancelRequest(RequestBody):
     """``POST /releases/{id}/cancel``'s body (optional)."""
 
-    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON, pattern=_PRINTABLE)] | None = None
+    reason: (
+        Annotated[str, msgspec.Meta(max_length=MAX_REASON, pattern=PRINTABLE_PATTERN)] | None
+    ) = None
 
 
 class EmptyObject(RequestBody):

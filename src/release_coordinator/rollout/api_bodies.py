@@ -28,7 +28,7 @@ from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ARCHIVE_MEDIA_
 from release_coordinator.rollout.bodies import AREA_RULE
 from release_coordinator.rollout.models import Outcome, RolloutState
 from release_coordinator.rollout.strategy import StageType
-from release_coordinator.schemas import MAX_PAGE, MAX_REASON, MAX_TEXT, PRINTABLE_PATTERN
+from release_coordinator.schemas import MAX_INT32, MAX_PAGE, MAX_REASON, MAX_TEXT, PRINTABLE_PATTERN
 
 __all__ = [
     "ANSWER_BODIES",
@@ -53,11 +53,8 @@ __all__ = [
     "SummaryTimesBody",
 ]
 
-_MAX_INT32 = 2**31 - 1
-_MAX_PAGE = MAX_PAGE
 
 _SCHEMAS = "#/components/schemas/"
-_PRINTABLE = PRINTABLE_PATTERN  # the rest of the rule: ``text_problem``, in code
 _STAGE_NAMES = [s.wire_name for s in StageStatus]
 _RELEASE_NAMES = [s.wire_name for s in ReleaseStatus]
 
@@ -85,9 +82,11 @@ _POLICY_RULE = (
 _TEXT_RULE = "Printable text (checked in code: no unprintable character, no lone surrogate)."
 
 #: Printable text of at most :data:`~release_coordinator.schemas.MAX_TEXT` characters.
-Name = Annotated[str, msgspec.Meta(max_length=MAX_TEXT, pattern=_PRINTABLE, description=_TEXT_RULE)]
+Name = Annotated[
+    str, msgspec.Meta(max_length=MAX_TEXT, pattern=PRINTABLE_PATTERN, description=_TEXT_RULE)
+]
 Match = Literal["intersects", "within"]
-Int32 = Annotated[int, msgspec.Meta(ge=-_MAX_INT32, le=_MAX_INT32)]
+Int32 = Annotated[int, msgspec.Meta(ge=-MAX_INT32, le=MAX_INT32)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 
@@ -155,7 +154,8 @@ class AbortRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     reason: (
         Annotated[
-            str, msgspec.Meta(max_length=MAX_REASON, pattern=_PRINTABLE, description=_TEXT_RULE)
+            str,
+            msgspec.Meta(max_length=MAX_REASON, pattern=PRINTABLE_PATTERN, description=_TEXT_RULE),
         ]
         | None
     ) = None
@@ -227,7 +227,7 @@ class RolloutWithBundleBody(RolloutBody):
 
 
 class _Page(_Record):
-    limit: Annotated[int, msgspec.Meta(ge=1, le=_MAX_PAGE)]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)]
     offset: Count
     next_offset: Count | None
 

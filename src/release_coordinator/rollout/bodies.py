@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from release_coordinator.schemas import MAX_TEXT, Text
+from release_coordinator.schemas import MAX_INT32, MAX_TEXT, Text
 
 __all__ = [
     "AREA_RULE",
@@ -51,7 +51,7 @@ class PollRequest(msgspec.Struct, kw_only=True):
         dict[str, Any],
         msgspec.Meta(description=AREA_RULE, extra_json_schema={"$ref": _AREA}),
     ]
-    number_of_children: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
+    number_of_children: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT32)] | None = None
 
     documented_defaults: ClassVar[dict[str, object]] = {"number_of_children": 0}
 

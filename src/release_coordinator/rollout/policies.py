@@ -27,6 +27,8 @@ from release_coordinator.errors import ConfigurationError, GeoJSONError, Problem
 from release_coordinator.rollout.geo import Area
 
 __all__ = [
+    "MAX_GROUPS",
+    "MAX_WAVES",
     "GlobalIncremental",
     "LocationSequential",
     "Policy",
@@ -97,8 +99,9 @@ Policy = GlobalIncremental | LocationSequential | Waves
 
 # -- as JSON (the HTTP API and the SQL store) ------------------------------------------------
 
-_MAX_GROUPS = 1000
-_MAX_WAVES = 100
+#: The most areas of a LocationSequential policy, and waves of a Waves policy.
+MAX_GROUPS = 1000
+MAX_WAVES = 100
 
 
 def _number(value: object) -> float | None:
@@ -178,8 +181,8 @@ def parse_policy(value: object, path: str = "policy") -> Policy:
         sizes = value.get("sizes")
         if sizes is not None:
             numbers = [_number(s) for s in sizes] if isinstance(sizes, list) else [None]
-            if not numbers or len(numbers) > _MAX_WAVES or None in numbers:
-                refuse("sizes", f"must be a list of 1 to {_MAX_WAVES} numbers")
+            if not numbers or len(numbers) > MAX_WAVES or None in numbers:
+                refuse("sizes", f"must be a list of 1 to {MAX_WAVES} numbers")
             else:
                 options["sizes"] = tuple(n for n in numbers if n is not None)
         least = value.get("min_finished")
@@ -191,8 +194,8 @@ def parse_policy(value: object, path: str = "policy") -> Policy:
     if kind == "location_sequential":
         groups = value.get("groups")
         if groups is not None:
-            if not isinstance(groups, list) or len(groups) > _MAX_GROUPS:
-                refuse("groups", f"must be a list of at most {_MAX_GROUPS} GeoJSON areas")
+            if not isinstance(groups, list) or len(groups) > MAX_GROUPS:
+                refuse("groups", f"must be a list of at most {MAX_GROUPS} GeoJSON areas")
             else:
                 areas = []
                 for i, group in enumerate(groups):

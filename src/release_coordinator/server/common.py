@@ -36,6 +36,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     ) from error
 
 from release_coordinator.errors import ReleaseCoordinatorError
+from release_coordinator.schemas import DEFAULT_PAGE, MAX_INT32, MAX_PAGE
 
 log = logging.getLogger(__name__)
 
@@ -253,10 +254,12 @@ def query_int(request: Request, name: str, default: int, *, low: int, high: int)
     return value
 
 
-def paging(request: Request, *, default: int = 100, most: int = 1000) -> tuple[int, int]:
+def paging(
+    request: Request, *, default: int = DEFAULT_PAGE, most: int = MAX_PAGE
+) -> tuple[int, int]:
     """``(limit, offset)`` from the query (``limit`` 1..``most``, ``offset`` >= 0)."""
     limit = query_int(request, "limit", default, low=1, high=most)
-    offset = query_int(request, "offset", 0, low=0, high=2**31 - 1)
+    offset = query_int(request, "offset", 0, low=0, high=MAX_INT32)
     return limit, offset
 
 

@@ -6,9 +6,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# The limits the documents state come from the modules that enforce them; these four are
+# named here for the test that holds the documents' limits to the apps'.
+from release_coordinator.coordinator.api_bodies import (
+    MAX_DESCRIPTION as _MAX_DESCRIPTION,  # noqa: F401
+)
+from release_coordinator.coordinator.api_bodies import (
+    MAX_ITEMS as _MAX_ITEMS,  # noqa: F401
+)
+from release_coordinator.coordinator.api_bodies import (
+    MAX_URL as _MAX_URL,  # noqa: F401
+)
+from release_coordinator.rollout.results import (
+    MAX_SUMMARIES as _MAX_SUMMARIES,  # noqa: F401
+)
 from release_coordinator.schemas import (
+    DEFAULT_PAGE,
+    MAX_INT32,
     MAX_PAGE,
-    MAX_REASON,
     MAX_TEXT,
     MULTILINE_PATTERN,
     PRINTABLE_PATTERN,
@@ -20,22 +35,7 @@ OPENAPI_PATH = "/openapi.json"
 
 _DIALECT = "https://spec.openapis.org/oas/3.1/dialect/base"
 
-# The limits the apps enforce (kept equal to the constants of the app modules; the tests check).
-_MAX_DESCRIPTION = 10_000
-_MAX_URL = 2048
-_MAX_ITEMS = 10_000
-_MAX_REASON = MAX_REASON
-_MAX_PAGE = MAX_PAGE
-_DEFAULT_PAGE = 100
-_MAX_OFFSET = 2**31 - 1
 _MAX_EVENT_ID = 2**63 - 1
-_MAX_INT32 = 2**31 - 1
-_MAX_SUMMARIES = 100
-_MAX_WAVES = 100
-_MAX_GROUPS = 1000
-
-_PRINTABLE = PRINTABLE_PATTERN
-_MULTILINE = MULTILINE_PATTERN
 _NUMBER = "-?[0-9]{1,3}(\\.[0-9]{1,8})?"
 
 
@@ -61,7 +61,7 @@ def _text(most: int = MAX_TEXT, *, blank: bool = True, multiline: bool = False) 
     schema: dict[str, Any] = {
         "type": "string",
         "maxLength": most,
-        "pattern": _MULTILINE if multiline else _PRINTABLE,
+        "pattern": MULTILINE_PATTERN if multiline else PRINTABLE_PATTERN,
     }
     if not blank:
         schema["minLength"] = 1
@@ -103,7 +103,7 @@ def _page(item: str) -> dict[str, Any]:
     return _record(
         {
             "items": {"type": "array", "items": _ref(item)},
-            "limit": {"type": "integer", "minimum": 1, "maximum": _MAX_PAGE},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
             "offset": {"type": "integer", "minimum": 0},
             "next_offset": {"type": ["integer", "null"], "minimum": 0},
         },
@@ -289,12 +289,12 @@ _ERROR_RESPONSES: dict[str, dict[str, Any]] = {
 _PAGING = {
     "limit": _query(
         "limit",
-        {"type": "integer", "minimum": 1, "maximum": _MAX_PAGE, "default": _DEFAULT_PAGE},
+        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
         "The most items of the page (400 if not an integer, 422 outside the range).",
     ),
     "offset": _query(
         "offset",
-        {"type": "integer", "minimum": 0, "maximum": _MAX_OFFSET, "default": 0},
+        {"type": "integer", "minimum": 0, "maximum": MAX_INT32, "default": 0},
         "How many items to skip (400 if not an integer, 422 outside the range).",
     ),
 }

@@ -21,12 +21,10 @@ from release_coordinator.rollout.bodies import (
     PollRequest,
     ResultAnswer,
 )
-from release_coordinator.schemas import schema_components
+from release_coordinator.rollout.policies import MAX_GROUPS, MAX_WAVES
+from release_coordinator.rollout.results import MAX_SUMMARIES
+from release_coordinator.schemas import MAX_INT32, schema_components
 from release_coordinator.server.openapi_parts import (
-    _MAX_GROUPS,
-    _MAX_INT32,
-    _MAX_SUMMARIES,
-    _MAX_WAVES,
     _NUMBER,
     _json,
     _object,
@@ -141,11 +139,7 @@ def _policies(*, output: bool) -> dict[str, Any]:
             _policy("global_incremental", {}, output=output),
             _policy(
                 "location_sequential",
-                {
-                    "groups": maybe(
-                        {"type": "array", "maxItems": _MAX_GROUPS, "items": _ref("Area")}
-                    )
-                },
+                {"groups": maybe({"type": "array", "maxItems": MAX_GROUPS, "items": _ref("Area")})},
                 output=output,
             ),
             _policy(
@@ -155,14 +149,14 @@ def _policies(*, output: bool) -> dict[str, Any]:
                         {
                             "type": "array",
                             "minItems": 1,
-                            "maxItems": _MAX_WAVES,
+                            "maxItems": MAX_WAVES,
                             "items": fraction,
                             "description": "Growing shares of the eligible children.",
                         }
                     ),
                     "success_threshold": maybe(fraction),
                     "failure_threshold": maybe(fraction),
-                    "min_finished": maybe({"type": "integer", "minimum": 0, "maximum": _MAX_INT32}),
+                    "min_finished": maybe({"type": "integer", "minimum": 0, "maximum": MAX_INT32}),
                 },
                 output=output,
             ),
@@ -250,7 +244,7 @@ _ROLLOUT_SCHEMAS: dict[str, Any] = {
             "stage_summaries": {
                 "type": "array",
                 "minItems": 1,
-                "maxItems": _MAX_SUMMARIES,
+                "maxItems": MAX_SUMMARIES,
                 "items": {"anyOf": [_ref("DocumentedSummary"), _ref("OriginalSummary")]},
                 "description": "One encoding per body.",
             },
