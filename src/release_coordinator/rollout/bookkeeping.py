@@ -27,6 +27,9 @@ from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore
 
 __all__: list[str] = []
 
+#: When a child that never polled was last seen (long ago: it counts as lost).
+NEVER_SEEN = -1e18
+
 
 @attrs.define
 class _Barrier:
@@ -163,6 +166,11 @@ class _Bookkeeping:
         self._forget(rollout)
         await self._withdraw(rollout_id, await self.store.targeted(rollout_id))
         return rollout
+
+    def _is_lost(self, seen: Mapping[str, float], child_id: str, now: float) -> bool:
+        """Whether the child, last seen at ``seen[child_id]`` (by the manager's clock; not in
+        ``seen``: never), is lost at ``now``: quiet for longer than ``lost_after``."""
+        return now - seen.get(child_id, NEVER_SEEN) > self.lost_after
 
     def _forget(self, rollout: Rollout) -> None:
         """An aborted or completed rollout is offered to nobody: no child is matched with it."""

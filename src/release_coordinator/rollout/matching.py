@@ -113,7 +113,7 @@ class _Matching(_Bookkeeping):
             rollout.policy,
             sorted(eligible) if self.shared else list(eligible),
             states,
-            lost=lambda child: now - seen.get(child, -1e18) > self.lost_after,
+            lost=lambda child: self._is_lost(seen, child, now),
             area_of=eligible.__getitem__,
         )
         if decision.abort:

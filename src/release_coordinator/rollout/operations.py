@@ -96,7 +96,7 @@ class _Operations(_Ticks):
         children = await self.store.list_children()
         seen = await self.store.last_seen(c.id for c in children)
         now = self._clock()
-        return [c for c in children if now - seen.get(c.id, -1e18) <= self.lost_after]
+        return [c for c in children if not self._is_lost(seen, c.id, now)]
 
     async def list_rollouts(self, *, states: set[RolloutState] | None = None) -> list[Rollout]:
         return await self.store.list_rollouts(states=states)
@@ -113,7 +113,5 @@ class _Operations(_Ticks):
             children = [c for c in children if c.child_id in inside]
         seen = await self.store.last_seen(c.child_id for c in children)
         now = self._clock()
-        lost = tuple(
-            c.child_id for c in children if now - seen.get(c.child_id, -1e18) > self.lost_after
-        )
+        lost = tuple(c.child_id for c in children if self._is_lost(seen, c.child_id, now))
         return build_report(rollout, bundle.strategy.stage_names, children, lost)

@@ -12,6 +12,7 @@ import attrs
 
 from release_coordinator.errors import ConcurrentUpdateError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, stage_step
+from release_coordinator.rollout.bookkeeping import NEVER_SEEN
 from release_coordinator.rollout.matching import _Matching
 from release_coordinator.rollout.models import Rollout, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental
@@ -181,8 +182,8 @@ class _Ticks(_Matching):
         lost = set()
         ref = now  # children registering later polled after now
         for child_id in known:
-            at = seen.get(child_id, -1e18)
-            if now - at > self.lost_after:
+            at = seen.get(child_id, NEVER_SEEN)
+            if now - at > self.lost_after:  # self._is_lost, with `at` kept for `ref`
                 lost.add(child_id)
             elif at < ref:
                 ref = at
