@@ -660,9 +660,11 @@ async def test_publish_is_recorded_when_decided_not_after_a_cancel() -> None:
         await c.wait(release.id, [ReleaseState.STAGED], timeout=5)
         states_at_publish: list[ReleaseState] = []
         s.transport.on_send(
-            lambda sent: states_at_publish.append(s.store._releases[sent.release_id].state)
-            if sent.action == "publish"
-            else None
+            lambda sent: (
+                states_at_publish.append(s.store._releases[sent.release_id].state)
+                if sent.action == "publish"
+                else None
+            )
         )
         await c.publish(release.id)
         done = await c.wait(release.id, timeout=5)

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_all_is_sorted_complete_and_importable() -> None:
     names = release_coordinator.__all__
     assert len(names) == len(set(names))
+
     # ruff's RUF022 (isort-style) order: CONSTANTS, then Classes, then everything else
     def category(name: str) -> int:
         return 0 if name.isupper() else 1 if name[0].isupper() else 2

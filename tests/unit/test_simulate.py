@@ -14,9 +14,11 @@ from release_coordinator.cli import main
 from release_coordinator.errors import ConfigurationError, InvalidTransitionError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.fleet_map import DEFAULT_BBOX, Region, grid_regions
+from release_coordinator.rollout.fleet_report import FleetLeaf, region_outcomes
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.kit import SimulatedLeaf
 from release_coordinator.rollout.manager import RolloutManager
+from release_coordinator.rollout.models import RolloutState
 from release_coordinator.rollout.relay import Relay
 from release_coordinator.rollout.simulate import Fleet, FleetConfig, simulate, two_stage_strategy
 from release_coordinator.transports.memory import InProcessParent
@@ -63,18 +65,38 @@ async def test_a_failing_region_rolls_back_and_the_other_rolls_out() -> None:
 
 async def test_a_failure_area_rolls_back_the_whole_subtree_it_touches() -> None:
     # Only a corner of r1 fails, but r1 has one relay: the relay reports the stage failed
-    # upward and rolls back every leaf below it, the healthy ones included.
+    # upward and rolls back every leaf below it, the healthy ones included. A leaf that had not
+    # fetched the release when the relay aborted it (the first failing leaf fails at its first
+    # step, so under load some may not have) is never offered it: it kept the old version.
     corner = square(-10, 35, 10)  # r1 is (-10, 35)-(10, 60) in a grid of 2
-    # Stages long enough that every leaf has fetched the release before the first failing one
-    # can end its canary (with FAST's 0.05 s, a slow moment left late leaves never offered it).
-    timing = {**FAST, "stage_seconds": 0.5}
-    config = FleetConfig(grid=2, leaves=40, failing=(corner,), seed=3, **timing)
-    result = await simulate(config)
+    config = FleetConfig(grid=2, leaves=40, failing=(corner,), seed=3, **FAST)
+    out = io.StringIO()
+    result = await simulate(config, out=out)
     r1, r2 = result.regions
     assert 0 < r1.failing < r1.leaves
-    assert r1.expected_back == r1.leaves == r1.rolled_back
+    assert r1.expected_back == r1.leaves == r1.rolled_back + r1.never_offered
+    assert r1.rolled_back >= r1.failing  # every failing leaf ran the release and rolled back
     assert r2.rolled_out == r2.leaves
+    assert r2.never_offered == 0
     assert result.as_expected
+    assert ("never offered" in out.getvalue()) == bool(r1.never_offered)
+
+
+def test_a_leaf_never_offered_meets_only_an_expected_roll_back() -> None:
+    leaves = []
+    for expected, outcome, never_offered in (
+        ("rolled_back", "", True),  # kept the old version: what a roll-back leaves
+        ("rolled_out", "", True),  # should have rolled out: unexpected
+        ("rolled_back", "rolled_back", False),
+        ("rolled_out", "", False),  # unfinished
+    ):
+        agent = SimulatedLeaf(InProcessParent(RolloutManager()), square(0, 0, 1))
+        agent.outcome = outcome
+        leaves.append(FleetLeaf(agent, "r", "u", expected, never_offered))
+    assert [leaf.as_expected for leaf in leaves] == [True, False, True, False]
+    (region,) = region_outcomes([Region("r", Area.from_geojson(square(0, 0, 1)))], leaves)
+    assert (region.never_offered, region.unfinished, region.unexpected) == (2, 1, 2)
+    assert not region.as_expected
 
 
 async def test_two_levels_and_four_levels() -> None:
@@ -286,3 +308,33 @@ async def test_a_relay_rolls_its_subtree_back_when_a_stage_failed_below() -> Non
     assert upward.outcome.value == "rolled_back"
     local = await relay.manager.get_rollout("fleet-1")
     assert "failed below" in local.reason
+
+
+async def test_leaves_that_come_back_after_their_relay_aborted_were_never_offered() -> None:
+    # Three healthy leaves of r1 are away (they do not poll) until r1's relay has aborted the
+    # release at the first failure below it: they are never offered it and keep the old version.
+    corner = square(-10, 35, 10)
+    fleet = Fleet(FleetConfig(grid=2, leaves=40, failing=(corner,), seed=3, **FAST))
+    (relay,) = [r for r in fleet.relays if r.id.startswith("r1")]
+    away = [x.agent for x in fleet.leaves if x.region == "r1" and not x.agent.failing][:3]
+
+    def away_until_aborted(agent: SimulatedLeaf) -> None:
+        step = agent.step
+
+        async def later() -> None:
+            rollouts = await relay.manager.list_rollouts(states={RolloutState.ABORTED})
+            if rollouts or not fleet._rollout_id:
+                await step()  # registering before the rollout, and back after the abort
+
+        agent.step = later  # type: ignore[method-assign]
+
+    for agent in away:
+        away_until_aborted(agent)
+    out = io.StringIO()
+    result = await fleet.run(out)
+    r1 = result.region("r1")
+    assert r1.never_offered == 3
+    assert r1.rolled_back == r1.leaves - 3
+    assert all(agent.release_id == "" for agent in away)
+    assert result.as_expected
+    assert "3 leaves were never offered the release" in out.getvalue()

@@ -19,12 +19,31 @@ __all__ = ["FleetLeaf", "FleetResult", "RegionOutcome"]
 class FleetLeaf:
     """A leaf of a :class:`~release_coordinator.rollout.simulate.Fleet`: its agent, its region,
     the child of the top manager it is below (``unit``; the leaf itself with two levels) and the
-    outcome expected of it."""
+    outcome expected of it.
+
+    ``never_offered`` is set when the release was aborted above the leaf before the leaf was
+    offered it (its relay rolled back at the first failure below it): the leaf never ran the new
+    version, it kept the old one, and it is finished. That is a roll-back's effect, so it meets
+    an ``expected`` roll-back; it never meets an expected roll-out.
+    """
 
     agent: SimulatedLeaf
     region: str
     unit: str
     expected: str = "rolled_out"
+    never_offered: bool = False
+
+    @property
+    def outcome(self) -> str:
+        """``rolled_out``, ``rolled_back`` (the agent's own), ``never_offered``, or ``""``."""
+        return self.agent.outcome or ("never_offered" if self.never_offered else "")
+
+    @property
+    def as_expected(self) -> bool:
+        outcome = self.outcome
+        if outcome == "never_offered":
+            return self.expected == "rolled_back"
+        return outcome == self.expected
 
 
 @attrs.frozen
@@ -32,8 +51,10 @@ class RegionOutcome:
     """How the rollout ended in one region (counts of leaves).
 
     ``failing`` leaves serve a failing new version; ``expected_back`` leaves are expected to
-    roll back (see :class:`FleetConfig`), the others to roll out. ``unexpected`` counts the
-    leaves that ended otherwise than expected, unfinished ones included.
+    roll back (see :class:`FleetConfig`), the others to roll out. ``never_offered`` leaves
+    kept the old version because the release was aborted above them before they were offered it
+    (see :class:`FleetLeaf`). ``unexpected`` counts the leaves that ended otherwise than
+    expected, unfinished ones included.
     """
 
     name: str
@@ -44,6 +65,7 @@ class RegionOutcome:
     rolled_back: int
     unfinished: int
     unexpected: int
+    never_offered: int = 0
 
     @property
     def as_expected(self) -> bool:
@@ -93,8 +115,8 @@ def print_progress(
     for leaf in leaves:
         tally = tallies[leaf.region]
         agent = leaf.agent
-        if agent.outcome:
-            key = agent.outcome
+        if leaf.outcome:
+            key = leaf.outcome
         elif agent.stage is not None:
             key = agent.stage.name
             if agent.waiting:
@@ -113,6 +135,8 @@ def print_progress(
             )
         parts.append(f"rolled out {tally.get('rolled_out', 0)}")
         parts.append(f"rolled back {tally.get('rolled_back', 0)}")
+        if tally.get("never_offered"):
+            parts.append(f"never offered {tally['never_offered']}")
         say(f"{seconds:7.1f}s  {region.name:<{width}}  " + ", ".join(parts))
 
 
@@ -131,8 +155,9 @@ def region_outcomes(
                 expected_back=sum(1 for leaf in inside if leaf.expected == "rolled_back"),
                 rolled_out=sum(1 for leaf in inside if leaf.agent.outcome == "rolled_out"),
                 rolled_back=sum(1 for leaf in inside if leaf.agent.outcome == "rolled_back"),
-                unfinished=sum(1 for leaf in inside if not leaf.agent.outcome),
-                unexpected=sum(1 for leaf in inside if leaf.agent.outcome != leaf.expected),
+                unfinished=sum(1 for leaf in inside if not leaf.outcome),
+                unexpected=sum(1 for leaf in inside if not leaf.as_expected),
+                never_offered=sum(1 for leaf in inside if leaf.never_offered),
             )
         )
     return tuple(outcomes)
@@ -159,6 +184,7 @@ def print_table(say: Callable[[str], None], result: FleetResult) -> None:
                 "rolled_back",
                 "unfinished",
                 "unexpected",
+                "never_offered",
             )
         ),
     )
@@ -169,6 +195,11 @@ def print_table(say: Callable[[str], None], result: FleetResult) -> None:
             + ("yes" if row.as_expected else f"no ({row.unexpected} unexpected)")
         )
     say("")
+    if total.never_offered:
+        say(
+            f"{total.never_offered} leaves were never offered the release: it was aborted above "
+            "them first, so they kept the old version"
+        )
     if result.finished:
         say(f"every leaf finished {result.wall_seconds:.1f}s after the rollout started")
     else:

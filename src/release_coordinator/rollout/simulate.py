@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import attrs
 from shapely.geometry import box
 
-from release_coordinator.errors import ConfigurationError, ReleaseCoordinatorError
+from release_coordinator.errors import ConfigurationError, NotFoundError, ReleaseCoordinatorError
 from release_coordinator.fsm.rollout import ReleaseStatus
 from release_coordinator.rollout.fleet_map import (
     DEFAULT_BBOX,
@@ -51,7 +51,7 @@ from release_coordinator.rollout.fleet_report import (
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.kit import SimulatedLeaf
 from release_coordinator.rollout.manager import RolloutManager
-from release_coordinator.rollout.models import ReleaseBundle
+from release_coordinator.rollout.models import ReleaseBundle, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental, Policy
 from release_coordinator.rollout.relay import Relay
 from release_coordinator.rollout.strategy import format_duration, parse_strategy
@@ -259,6 +259,8 @@ class Fleet:
         self.top = RolloutManager(lost_after=self.lost_after, clock=self.clock)
         self.relays: list[Relay] = []
         self.leaves: list[FleetLeaf] = []
+        self._parents: dict[int, RolloutManager] = {}  # id(leaf) -> the manager it polls
+        self._rollout_id = ""
         self.rng = random.Random(config.seed)
         self._failing_names = {f for f in config.failing if isinstance(f, str)}
         self._failing_areas = [f for f in config.failing if isinstance(f, Area)]
@@ -341,7 +343,9 @@ class Fleet:
                 error_rate=config.error_rate,
                 seed=self.rng.randrange(2**32),
             )
-            self.leaves.append(FleetLeaf(agent, region.name, unit or leaf_id))
+            leaf = FleetLeaf(agent, region.name, unit or leaf_id)
+            self.leaves.append(leaf)
+            self._parents[id(leaf)] = parent
 
     # -- running -----------------------------------------------------------------------------
     async def _every(self, delay: float, action: Callable[[], Awaitable[None]]) -> None:
@@ -365,13 +369,17 @@ class Fleet:
             if next_at < now - interval:  # far behind: drop the missed steps
                 next_at = now
 
-    def _leaf_action(self, leaf: SimulatedLeaf) -> Callable[[], Awaitable[None]]:
+    def _leaf_action(self, leaf: FleetLeaf) -> Callable[[], Awaitable[None]]:
         counted = False
+        agent = leaf.agent
+        parent = self._parents[id(leaf)]
 
         async def step() -> None:
             nonlocal counted
-            await leaf.step()
-            if leaf.done and not counted:
+            await agent.step()
+            if not agent.release_id and self._rollout_id and not counted:
+                leaf.never_offered = await self._aborted_at(parent)
+            if leaf.outcome and not counted:
                 counted = True
                 self.done += 1
                 if self.done == len(self.leaves):
@@ -379,6 +387,15 @@ class Fleet:
                     self._all_done.set()
 
         return step
+
+    async def _aborted_at(self, manager: RolloutManager) -> bool:
+        """Whether ``manager`` aborted the fleet's rollout (a leaf below it that was not offered
+        it by then never will be: it keeps the old version)."""
+        try:
+            rollout = await manager.get_rollout(self._rollout_id)
+        except NotFoundError:  # not adopted by that relay (yet, or not targeted)
+            return False
+        return rollout.state is RolloutState.ABORTED
 
     @staticmethod
     def _relay_action(relay: Relay) -> Callable[[], Awaitable[None]]:
@@ -428,7 +445,7 @@ class Fleet:
         say(f"strategy {self.strategy.name!r}: {stages}")
         rng = self.rng
         tasks = [
-            loop.create_task(self._every(rng.uniform(0, self.interval), self._leaf_action(x.agent)))
+            loop.create_task(self._every(rng.uniform(0, self.interval), self._leaf_action(x)))
             for x in self.leaves
         ]
         tasks += [
@@ -442,6 +459,7 @@ class Fleet:
                 say("warning: not every node registered in time; starting anyway")
             target = config.target or Area.union(region.area for region in self.regions)
             rollout = await self.top.create_rollout(self.bundle, target, policy=config.policy)
+            self._rollout_id = rollout.id
             started = loop.time()
             say(f"rollout {rollout.id!r} started at the top manager")
             deadline = config.deadline or max(
