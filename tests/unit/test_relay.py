@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from release_coordinator.errors import ConfigurationError
 from release_coordinator.fsm.rollout import ReleaseStatus
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.kit import SimulatedLeaf
@@ -138,3 +139,55 @@ async def test_a_region_with_failing_leaves_rolls_back_as_a_whole() -> None:
     assert top["east"].status is ReleaseStatus.DONE
     local = await tree.relays["west"].manager.store.child_releases("42")
     assert all(c.outcome.value == "rolled_back" for c in local), local
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_relay_counts_every_node_below_it_lost_or_not() -> None:
+    """``number_of_children`` upward is the size of the subtree: a child that went quiet (lost)
+    and the nodes below it still count."""
+    top = RolloutManager(lost_after=1e9)
+    clock = Clock()
+    local = RolloutManager(lost_after=10.0, clock=clock)
+    relay = Relay(local, InProcessParent(top), relay_id="west")
+    await local.poll("sub-relay", square(1, 41), 3)  # a relay of its own, 3 nodes below it
+    await local.poll("leaf", square(3, 41), 0)
+    await relay.sync()
+    assert (await top.store.get_child("west")).number_of_children == 5
+    clock.now += 60.0  # both children went quiet: lost, yet still below the relay
+    assert await local.live_children() == []
+    await relay.sync()
+    assert (await top.store.get_child("west")).number_of_children == 5
+
+
+async def test_a_relay_with_an_area_of_its_own_reports_it_whatever_its_children() -> None:
+    top = RolloutManager(lost_after=1e9)
+    local = RolloutManager(lost_after=1e9)
+    own = Area.from_geojson(WEST)
+    relay = Relay(local, InProcessParent(top), relay_id="west", area=own, own_area=True)
+    await local.poll("leaf", square(1, 41), 0)
+    await relay.sync()
+    assert (await top.store.get_child("west")).area == own
+    fallback = Relay(RolloutManager(), InProcessParent(top), relay_id="east", area=own)
+    await fallback.manager.poll("leaf", square(11, 41), 0)
+    await fallback.sync()  # without own_area, the union of its children's areas
+    assert (await top.store.get_child("east")).area == Area.from_geojson(square(11, 41))
+
+
+def test_own_area_needs_an_area() -> None:
+    with pytest.raises(ConfigurationError, match="own_area"):
+        Relay(RolloutManager(), InProcessParent(RolloutManager()), own_area=True)
+
+
+async def test_a_relay_registers_under_the_id_the_parent_gives() -> None:
+    top = RolloutManager(lost_after=1e9)
+    relay = Relay(RolloutManager(), InProcessParent(top), area=Area.from_geojson(WEST))
+    await relay.sync()
+    assert relay.id
+    assert [c.id for c in await top.children()] == [relay.id]

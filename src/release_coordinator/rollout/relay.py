@@ -3,8 +3,9 @@
 A :class:`Relay` speaks the child protocol upward through a :class:`ParentLink` on behalf of a
 local :class:`~release_coordinator.rollout.manager.RolloutManager`:
 
-- it polls the parent with its id, the union of its children's areas and the number of nodes
-  below it;
+- it polls the parent with its id, its area (the union of its children's areas, or an area of
+  its own) and the number of nodes below it (every registered node of its subtree, lost or
+  not: the parent is told the subtree's size, not how much of it polled lately);
 - it fetches a release the parent offers, and runs it as a local rollout over its own children
   inside the release's target (the parent's ``target_area`` extra; the relay's whole area when
   the parent does not send one), *gated*: stage barriers open only when the parent says so;
@@ -28,7 +29,11 @@ from typing import Any
 
 import attrs
 
-from release_coordinator.errors import ConflictError, ReleaseCoordinatorError
+from release_coordinator.errors import (
+    ConfigurationError,
+    ConflictError,
+    ReleaseCoordinatorError,
+)
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
@@ -68,8 +73,11 @@ class Relay:
     """Runs ``manager`` as the child of ``parent`` (see the module docstring).
 
     ``area`` is reported when the relay has no children yet (without it, the relay does not
-    poll until a child registers); ``policy`` orchestrates relayed releases among the relay's
-    children. Call :meth:`sync` periodically, or :meth:`run` as a task.
+    poll until a child registers); with ``own_area``, ``area`` (then required) is always the
+    area reported, the relay's own, whatever its children's. ``relay_id`` is the relay's id
+    at the parent; empty, the parent assigns one at the first poll. ``policy`` orchestrates
+    relayed releases among the relay's children. Call :meth:`sync` periodically, or
+    :meth:`run` as a task.
     """
 
     def __init__(
@@ -81,13 +89,17 @@ class Relay:
         area: Area | None = None,
         policy: Policy | None = None,
         interval: float = 1.0,
+        own_area: bool = False,
     ) -> None:
+        if own_area and area is None:
+            raise ConfigurationError("own_area needs an area")
         self.manager = manager
         self.parent = parent
         self.id = relay_id
         self.area = area
         self.policy = policy or GlobalIncremental()
         self.interval = interval
+        self.own_area = own_area
         self._relayed: dict[str, _Upward] = {}
         self._area_version = -1
         self._area_json: dict[str, Any] | None = None
@@ -112,6 +124,10 @@ class Relay:
                 await self._advance(release_id, upward)
 
     async def _own_area(self) -> dict[str, Any] | None:
+        if self.own_area and self.area is not None:
+            if self._area_json is None:
+                self._area_json = self.area.to_geojson()
+            return self._area_json
         if self.manager.children_version != self._area_version:
             children = await self.manager.children()
             self._area_version = self.manager.children_version
@@ -125,9 +141,13 @@ class Relay:
         area = await self._own_area()
         if area is None:
             return
-        children = await self.manager.live_children()
+        # Every node of the subtree, lost or not (a child that went quiet is still below).
+        # At least 1: a relay is never taken for a leaf (the parent sends it target areas).
+        children = await self.manager.children()
         nodes = sum(1 + c.number_of_children for c in children)
         answer = await self.parent.poll(self.id, area, max(nodes, 1))
+        if answer.id != self.id:
+            log.info("relay: the parent knows this relay as %s", answer.id)
         self.id = answer.id
         release_id = answer.new_release
         if not release_id or release_id in self._relayed:
