@@ -6,11 +6,24 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from release_coordinator._version import __version__
+from release_coordinator.coordinator.config import CoordinatorConfig, RetryPolicy
 from release_coordinator.storage import DEFAULT_DB
 
+if TYPE_CHECKING:
+    from release_coordinator.rollout.geo import Area
+
 __all__ = ["main"]
+
+# The defaults of serve's settings (release_coordinator.server.serve, which needs the server
+# extra, has the same: a test keeps them equal).
+_POLL_INTERVAL = CoordinatorConfig().poll_interval
+_RETRY_ATTEMPTS = RetryPolicy().attempts
+_LOST_AFTER = 60.0
+_TICK_INTERVAL = 1.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         "  RC_CALLBACK_TOKENS     task-service callback tokens: service=token,... (service\n"
         "                         name or id); each may only report its own service's tasks\n"
         "  RC_TASK_SERVICE_TOKEN  the bearer token sent to task services\n"
+        "  RC_PARENT_TOKEN        the bearer token a relay (--parent) sends to its parent\n"
         "  RC_DB                  the default of --db\n"
         "Token values are never logged.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -136,6 +150,66 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="issue each child a token at its first poll and require it from then on "
         "(original agents send none: leave it off for them)",
+    )
+    serve.add_argument(
+        "--poll-interval",
+        metavar="SECONDS",
+        type=float,
+        default=_POLL_INTERVAL,
+        help="the coordinator's seconds between two status rounds of the task services of a "
+        "staging or publishing release (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--retry-attempts",
+        metavar="N",
+        type=int,
+        default=_RETRY_ATTEMPTS,
+        help="the coordinator's tries of a request to a task service that meets transient "
+        "trouble (refused, time-out, 502, 504), the first included; 1: no retry "
+        "(default: %(default)d)",
+    )
+    serve.add_argument(
+        "--lost-after",
+        metavar="SECONDS",
+        type=float,
+        default=_LOST_AFTER,
+        help="a child that has not polled for this long is lost and no longer holds up "
+        "stage barriers (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--tick-interval",
+        metavar="SECONDS",
+        type=float,
+        default=_TICK_INTERVAL,
+        help="seconds between two ticks of the rollout manager (barrier time-outs, lost "
+        "children); a relay also polls its parent and reports upward at each "
+        "(default: %(default)g)",
+    )
+    relay = serve.add_argument_group(
+        "relay mode", "serve the rollout half as the child of another server (a tree of servers)"
+    )
+    relay.add_argument(
+        "--parent",
+        metavar="URL",
+        help="the parent's base URL (http(s)://HOST[:PORT][/PREFIX], where it serves the "
+        "child protocol): the manager becomes a relay that adopts the parent's releases, "
+        "offers them to its own children and reports upward (default: none, a top server); "
+        "the token it sends comes from RC_PARENT_TOKEN",
+    )
+    relay.add_argument(
+        "--relay-id",
+        metavar="ID",
+        default="",
+        help="the relay's id at its parent; give one so that a restart is the same child to "
+        "the parent (default: the id the parent assigns at the first poll, not kept over a "
+        "restart)",
+    )
+    relay.add_argument(
+        "--area",
+        metavar="FILE",
+        help="a GeoJSON file (Polygon, MultiPolygon or a Feature of one): the relay's own "
+        "area, reported to the parent (default: the union of its children's areas; a relay "
+        "without children then waits for one before it polls)",
     )
 
     diagrams = commands.add_parser("diagrams", help="print the state machines as mermaid diagrams")
@@ -228,6 +302,7 @@ def _serve(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     db = args.db or os.environ.get("RC_DB", "").strip() or DEFAULT_DB
     try:
+        area = area_from_file(args.area) if args.area is not None else None
         return serve.serve(
             db=db,
             host=args.host,
@@ -236,6 +311,13 @@ def _serve(args: argparse.Namespace) -> int:
             child_tokens=args.child_tokens,
             log_level="debug" if args.verbose else args.log_level,
             owner=args.owner,
+            poll_interval=args.poll_interval,
+            retry_attempts=args.retry_attempts,
+            lost_after=args.lost_after,
+            tick_interval=args.tick_interval,
+            parent=args.parent,
+            relay_id=args.relay_id,
+            area=area,
         )
     except ConfigurationError as error:
         print(f"error: {error.message}", file=sys.stderr)
@@ -245,6 +327,31 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:  # before the server took over the signals
         return 130
+
+
+def area_from_file(path: str | Path) -> Area:
+    """The area in the GeoJSON file at ``path`` (a Polygon, a MultiPolygon, or a Feature of
+    one), for ``serve --area``; ConfigurationError naming the option and the file otherwise."""
+    import json
+
+    from release_coordinator.errors import ConfigurationError, GeoJSONError
+    from release_coordinator.rollout.geo import Area
+
+    where = f"--area {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigurationError(f"{where}: cannot read it: {reason}") from None
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ConfigurationError(f"{where}: not JSON: {error}") from None
+    try:
+        return Area.from_geojson(document, path="area")
+    except GeoJSONError as error:
+        problems = "; ".join(f"{at}: {what}" for at, what in error.problems)
+        raise ConfigurationError(f"{where}: not a valid area: {problems}") from None
 
 
 def _db(action: str, url: str) -> int:

@@ -5,6 +5,9 @@ command's refusals before anything is opened."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -19,21 +22,32 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from release_coordinator import (
+    Area,
+    Child,
     ConfigurationError,
     Coordinator,
+    CoordinatorConfig,
     MemoryRolloutStore,
     MemoryStore,
     MemoryTransport,
+    Relay,
+    RetryPolicy,
     RolloutManager,
+    SimulatedLeaf,
     TaskServiceKit,
 )
-from release_coordinator.cli import main
+from release_coordinator.cli import area_from_file, main
+from release_coordinator.fsm.rollout import ReleaseStatus
 from release_coordinator.server import serve
 from release_coordinator.server.access_log import ACCESS_LOGGER, AccessLog
 from release_coordinator.server.coordinator_app import coordinator_app
 from release_coordinator.server.rollout_app import rollout_app
 from release_coordinator.server.serve import FastRoutes, service_app
 from release_coordinator.server.tokens import ServeTokens, parse_tokens, tokens_from_env
+from release_coordinator.storage.sql import SQLRolloutStore, SQLStore
+from release_coordinator.transports.http import HttpParent
+
+from .test_rollout_manager import bundle as rollout_bundle
 
 OPERATOR_TOKEN = "op-token-0123456789"
 PORTAL_TOKEN = "portal-token-0123456789"
@@ -416,7 +430,13 @@ def test_token_variable_rules(caplog: pytest.LogCaptureFixture) -> None:
 @pytest.fixture
 def command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """A clean environment and working directory for ``main(["serve", ...])``."""
-    for name in ("RC_OPERATOR_TOKENS", "RC_CALLBACK_TOKENS", "RC_TASK_SERVICE_TOKEN", "RC_DB"):
+    for name in (
+        "RC_OPERATOR_TOKENS",
+        "RC_CALLBACK_TOKENS",
+        "RC_TASK_SERVICE_TOKEN",
+        "RC_PARENT_TOKEN",
+        "RC_DB",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     levels = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
@@ -504,3 +524,287 @@ async def test_a_failed_startup_answers_1_and_closes_the_stores(
     )
     assert status == 1
     assert sorted(closed) == ["rollouts", "store"]
+
+
+# -- the settings: poll interval, retry budget, lost_after, tick interval ------------------------
+
+
+def test_the_settings_default_to_the_library_defaults() -> None:
+    assert CoordinatorConfig().poll_interval == serve.DEFAULT_POLL_INTERVAL
+    assert RetryPolicy().attempts == serve.DEFAULT_RETRY_ATTEMPTS
+    assert RolloutManager().lost_after == serve.DEFAULT_LOST_AFTER
+    tick = inspect.signature(rollout_app).parameters["tick_interval"].default
+    assert tick == serve.DEFAULT_TICK_INTERVAL
+    for name in ("tick_interval", "poll_interval", "retry_attempts", "lost_after"):
+        async_default = inspect.signature(serve.serve_async).parameters[name].default
+        assert inspect.signature(serve.serve).parameters[name].default == async_default
+
+
+def test_the_help_names_each_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", "--help"])
+    assert stopped.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in (
+        ("--poll-interval", serve.DEFAULT_POLL_INTERVAL),
+        ("--retry-attempts", serve.DEFAULT_RETRY_ATTEMPTS),
+        ("--lost-after", serve.DEFAULT_LOST_AFTER),
+        ("--tick-interval", serve.DEFAULT_TICK_INTERVAL),
+    ):
+        start = text.rindex(f"{option} ")  # its entry, after the usage line
+        end = text.index("(default: ", start)
+        shown = text[end + len("(default: ") :].split(")")[0]
+        assert float(shown) == default, (option, shown)
+    for option in ("--parent URL", "--relay-id ID", "--area FILE", "RC_PARENT_TOKEN"):
+        assert option in text
+
+
+class Built:
+    """What ``serve`` built, caught at :func:`service_app`; uvicorn never starts."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[dict[str, Any]] = []
+        real = serve.service_app
+
+        def spy(coordinator: Coordinator, manager: RolloutManager, **options: Any) -> Starlette:
+            self.calls.append({"coordinator": coordinator, "manager": manager, **options})
+            return real(coordinator, manager, **options)
+
+        async def no_server(self: Any, sockets: Any = None) -> None:
+            return None  # never started: serve answers 1
+
+        monkeypatch.setattr(serve, "service_app", spy)
+        monkeypatch.setattr(serve.uvicorn.Server, "serve", no_server)
+
+    @property
+    def one(self) -> dict[str, Any]:
+        assert len(self.calls) == 1
+        return self.calls[0]
+
+
+def test_the_settings_reach_the_coordinator_and_the_manager(
+    command: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = Built(monkeypatch)
+    argv = ["serve", "--db", "memory", "--port", "0", "--allow-anonymous"]
+    assert main([*argv, "--poll-interval", "0.25", "--retry-attempts", "1"]) == 1
+    assert main([*argv, "--lost-after", "7.5", "--tick-interval", "0.5"]) == 1
+    first, second = built.calls
+    assert first["coordinator"].config.poll_interval == 0.25
+    assert first["coordinator"].config.retry.attempts == 1
+    assert first["coordinator"].config.retry.base_delay == RetryPolicy().base_delay
+    assert first["manager"].lost_after == serve.DEFAULT_LOST_AFTER
+    assert first["tick_interval"] == serve.DEFAULT_TICK_INTERVAL
+    assert first["relay"] is None
+    assert second["coordinator"].config.poll_interval == serve.DEFAULT_POLL_INTERVAL
+    assert second["coordinator"].config.retry.attempts == serve.DEFAULT_RETRY_ATTEMPTS
+    assert second["manager"].lost_after == 7.5
+    assert second["tick_interval"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--poll-interval", "0"], "--poll-interval must be a positive number of seconds"),
+        (["--poll-interval", "-1"], "--poll-interval must be a positive number of seconds"),
+        (["--poll-interval", "nan"], "--poll-interval must be a positive number of seconds"),
+        (["--poll-interval", "soon"], "argument --poll-interval: invalid float value"),
+        (["--retry-attempts", "0"], "--retry-attempts must be a whole number of at least 1"),
+        (["--retry-attempts", "2.5"], "argument --retry-attempts: invalid int value"),
+        (["--lost-after", "0"], "--lost-after must be a positive number of seconds"),
+        (["--lost-after", "inf"], "--lost-after must be a positive number of seconds"),
+        (["--tick-interval", "-0.5"], "--tick-interval must be a positive number of seconds"),
+        (["--tick-interval", ""], "argument --tick-interval: invalid float value"),
+        (["--parent", "ftp://top.example"], "--parent: 'ftp://top.example' is not an http(s)"),
+        (["--parent", "top.example"], "--parent: 'top.example' is not an http(s)"),
+        (["--relay-id", "r1"], "--relay-id needs --parent"),
+        (["--parent", "http://127.0.0.1:9", "--relay-id", " r1"], "--relay-id must be printable"),
+        (["--parent", "http://127.0.0.1:9", "--relay-id", "r" * 257], "at most 256 characters"),
+        (["--area", "missing.geojson"], "--area missing.geojson: cannot read it"),
+    ],
+)
+def test_unusable_settings_exit_2_naming_the_option(
+    command: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    message: str,
+) -> None:
+    built = Built(monkeypatch)
+    argv = ["serve", "--port", "0", "--allow-anonymous", *options]  # the default SQLite file
+    try:
+        status = main(argv)
+    except SystemExit as stopped:  # argparse's own refusals
+        status = int(stopped.code or 0)
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert built.calls == []
+    assert list(command.iterdir()) == []  # refused before the database was opened
+
+
+def test_an_area_without_a_parent_is_refused(
+    command: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (command / "area.geojson").write_text(json.dumps(AREA))
+    argv = ["serve", "--db", "memory", "--port", "0", "--allow-anonymous"]
+    assert main([*argv, "--area", "area.geojson"]) == 2
+    assert "--area needs --parent" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not JSON"),
+        ('{"type": "Point", "coordinates": [5, 45]}', "not a valid area: area.type"),
+        (
+            '{"type": "Polygon", "coordinates": [[[5, 45], [6, 45], [6, 46], [5, 46]]]}',
+            "not a valid area: area.coordinates",
+        ),
+    ],
+)
+def test_an_area_file_that_is_no_area_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "area.geojson"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError, match=f"--area {path}") as caught:
+        area_from_file(path)
+    assert message in caught.value.message
+
+
+def test_an_area_file_holds_a_polygon_or_a_feature(tmp_path: Path) -> None:
+    polygon, feature = tmp_path / "polygon.geojson", tmp_path / "feature.geojson"
+    polygon.write_text(json.dumps(AREA))
+    feature.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": AREA}))
+    assert area_from_file(polygon) == Area.from_geojson(AREA)
+    assert area_from_file(str(feature)) == Area.from_geojson(AREA)
+
+
+# -- relay mode -----------------------------------------------------------------------------------
+
+
+def test_parent_makes_the_manager_a_relay_under_http_parent(
+    command: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    built = Built(monkeypatch)
+    monkeypatch.setenv("RC_PARENT_TOKEN", "parent-secret-0123456789")
+    (command / "area.geojson").write_text(json.dumps(AREA))
+    argv = ["serve", "--db", "memory", "--port", "0", "--allow-anonymous", "--tick-interval", "2"]
+    with caplog.at_level(logging.INFO, logger="release_coordinator.server.serve"):
+        status = main(
+            [
+                *argv,
+                "--parent",
+                "http://user:pw@127.0.0.1:9/edge/?key=query-secret",
+                "--relay-id",
+                "berlin",
+                "--area",
+                "area.geojson",
+            ]
+        )
+    assert status == 1  # the spy kept uvicorn from starting
+    relay = built.one["relay"]
+    assert isinstance(relay, Relay)
+    assert relay.manager is built.one["manager"]
+    assert (relay.id, relay.own_area, relay.area) == ("berlin", True, Area.from_geojson(AREA))
+    assert relay.interval == 2.0  # it polls its parent at each tick
+    assert isinstance(relay.parent, HttpParent)
+    assert relay.parent.token == "parent-secret-0123456789"
+    assert relay.parent._client.is_closed  # closed at the stop
+    assert "relay under http://127.0.0.1:9/edge/ as berlin" in caplog.text
+    for secret in ("parent-secret", "query-secret", "pw@"):
+        assert secret not in caplog.text
+
+
+def test_a_relay_without_area_or_id_takes_its_childrens_and_the_parents(
+    command: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = Built(monkeypatch)
+    argv = ["serve", "--db", "memory", "--port", "0", "--allow-anonymous"]
+    assert main([*argv, "--parent", "https://top.example/edge"]) == 1
+    relay = built.one["relay"]
+    assert (relay.id, relay.own_area, relay.area) == ("", False, None)
+    assert relay.parent.token is None
+    assert relay.interval == serve.DEFAULT_TICK_INTERVAL
+
+
+def test_the_parent_token_comes_from_the_environment() -> None:
+    tokens = tokens_from_env({"RC_PARENT_TOKEN": " parent-token-0123 "})
+    assert tokens.parent == "parent-token-0123"
+    assert "parent-token" not in repr(tokens)
+    assert "parent=set" in repr(tokens)
+    assert tokens_from_env({}).parent is None
+    with pytest.raises(ConfigurationError, match="RC_PARENT_TOKEN") as caught:
+        tokens_from_env({"RC_PARENT_TOKEN": "two words"})
+    assert "two words" not in caught.value.message
+
+
+@pytest.mark.anyio
+async def test_a_relay_app_adopts_its_parents_release_and_reports_upward() -> None:
+    """serve's relay mode in process: a top service_app, a relay service_app whose Relay
+    reaches the top over HttpParent (through ASGITransport), a leaf below the relay."""
+    top = Served(tick_interval=0.01)
+    local = RolloutManager(MemoryRolloutStore(), lost_after=1e9)
+    link = HttpParent("http://top.test", transport=httpx.ASGITransport(app=top.app))
+    relay = Relay(local, link, relay_id="r1", interval=0.01)
+    middle = service_app(
+        Coordinator(MemoryStore(), MemoryTransport()),
+        local,
+        operator_tokens={"alice": OPERATOR_TOKEN},
+        relay=relay,
+    )
+    leaf = SimulatedLeaf(
+        HttpParent("http://relay.test", transport=httpx.ASGITransport(app=middle)),
+        AREA,
+        leaf_id="leaf-1",
+        calls_per_step=60,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(top.client.aclose)
+        stack.push_async_callback(link.aclose)
+        await stack.enter_async_context(top.app.router.lifespan_context(top.app))
+        await stack.enter_async_context(middle.router.lifespan_context(middle))
+        await leaf.step()  # registers below the relay; the relay then polls the top
+        await wait_until(lambda: top.manager.children(), "the relay registered at the top")
+        assert [(c.id, c.number_of_children) for c in await top.manager.children()] == [("r1", 1)]
+        await top.manager.create_rollout(rollout_bundle(), Area.from_geojson(AREA))
+        for _ in range(200):
+            if leaf.done:
+                break
+            await leaf.step()
+            await asyncio.sleep(0.01)
+        assert (leaf.outcome, leaf.history) == ("rolled_out", ["canary-10", "ab-50"])
+
+        async def done_at_the_top() -> bool:
+            rows = await top.manager.store.child_releases("42")
+            return [(c.child_id, c.status) for c in rows] == [("r1", ReleaseStatus.DONE)]
+
+        await wait_until(done_at_the_top, "the top counted the relay done")
+        rows = await top.manager.store.child_releases("42")
+        assert rows[0].outcome.value == "rolled_out"
+        assert (await local.get_rollout("42")).gated
+
+
+async def wait_until(check: Any, what: str) -> None:
+    for _ in range(int(WAIT / 0.01)):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within {WAIT:g}s: {what}")
+
+
+# -- the stores -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_over_a_database_both_stores_share_one_engine(tmp_path: Path) -> None:
+    store, rollouts, described = await serve._open_stores(f"sqlite:///{tmp_path / 'rc.db'}")
+    try:
+        assert isinstance(store, SQLStore)
+        assert isinstance(rollouts, SQLRolloutStore)
+        assert described == store.url
+        before = store.rollout_changes
+        await rollouts.save_child(Child("c1", Area.from_geojson(AREA)))
+        assert store.rollout_changes > before  # one engine: the write went through the store's
+        await rollouts.close()  # leaves the shared engine open
+        assert await store.list_services() == []
+    finally:
+        await store.close()

@@ -18,22 +18,15 @@
   the working directory by default, a PostgreSQL URL, or ``memory``), builds a Coordinator
   over :class:`~release_coordinator.transports.http.HttpTransport` and a RolloutManager, runs
   uvicorn until SIGTERM or SIGINT, lets both lifespans shut down, closes the stores, and
-  answers the exit status (0 after a signal).
+  answers the exit status (0 after a signal). With ``parent`` (``--parent URL``) the manager
+  is a relay: a :class:`~release_coordinator.rollout.relay.Relay` under
+  :class:`~release_coordinator.transports.http.HttpParent` polls the parent at every tick,
+  adopts its releases, serves them to its own children and reports upward.
 
-**Tokens come from the environment**, never from the command line (where ``ps`` shows them),
-and are never logged:
-
-==========================  ===================================================================
-variable                    what
-==========================  ===================================================================
-``RC_OPERATOR_TOKENS``      operator tokens, for both APIs: ``tok1,tok2`` or ``alice=tok1,bob=
-                            tok2`` (named: a name becomes a new release's ``author``)
-``RC_CALLBACK_TOKENS``      task-service callback tokens: ``service=token,...``, keyed by the
-                            service's name or id; such a token may only report its own tasks
-``RC_TASK_SERVICE_TOKEN``   the bearer token the coordinator sends to task services
-``RC_DB``                   the default of ``--db`` (keeps a password out of the process list)
-==========================  ===================================================================
-
+**Tokens come from the environment** (``RC_OPERATOR_TOKENS``, ``RC_CALLBACK_TOKENS``,
+``RC_TASK_SERVICE_TOKEN``, ``RC_PARENT_TOKEN``: see :mod:`~release_coordinator.server.tokens`),
+never from the command line (where ``ps`` shows them), and are never logged; ``RC_DB`` is the
+default of ``--db`` (a password stays out of the process list).
 Without an operator token the command refuses to start, unless ``--allow-anonymous``.
 
 Needs the ``server`` extra (Starlette, uvicorn) and, for a database, the ``sql`` or ``postgres``
@@ -46,6 +39,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import signal
 import socket
 import threading
@@ -58,6 +52,8 @@ from collections.abc import (
 )
 from types import FrameType
 from typing import Any
+
+import attrs
 
 try:
     import uvicorn
@@ -75,9 +71,12 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     ) from error
 
 from release_coordinator._version import __version__
+from release_coordinator.coordinator.config import CoordinatorConfig, RetryPolicy
 from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.errors import ConfigurationError
+from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
+from release_coordinator.rollout.relay import Relay
 from release_coordinator.server.access_log import AccessLog
 from release_coordinator.server.common import (
     DEFAULT_MAX_BODY,
@@ -100,7 +99,11 @@ from release_coordinator.storage.rollout_base import RolloutStore
 
 __all__ = [
     "DEFAULT_HOST",
+    "DEFAULT_LOST_AFTER",
+    "DEFAULT_POLL_INTERVAL",
     "DEFAULT_PORT",
+    "DEFAULT_RETRY_ATTEMPTS",
+    "DEFAULT_TICK_INTERVAL",
     "ENV_DB",
     "GRACEFUL_SHUTDOWN",
     "LOG_LEVELS",
@@ -121,6 +124,15 @@ DEFAULT_PORT = 8000
 GRACEFUL_SHUTDOWN = 10
 #: The values of ``--log-level``.
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+#: ``--poll-interval``: the Coordinator's (``CoordinatorConfig.poll_interval``).
+DEFAULT_POLL_INTERVAL = CoordinatorConfig().poll_interval
+#: ``--retry-attempts``: the Coordinator's (``RetryPolicy.attempts``; 1 means no retry).
+DEFAULT_RETRY_ATTEMPTS = RetryPolicy().attempts
+#: ``--lost-after``: the RolloutManager's ``lost_after`` (seconds).
+DEFAULT_LOST_AFTER = 60.0
+#: ``--tick-interval``: seconds between two ``RolloutManager.tick()`` (and, for a relay, two
+#: rounds with its parent).
+DEFAULT_TICK_INTERVAL = 1.0
 
 
 # -- the combined app -----------------------------------------------------------------------------
@@ -184,7 +196,8 @@ def service_app(
     max_body: int = DEFAULT_MAX_BODY,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     lifespan: bool = True,
-    tick_interval: float = 1.0,
+    tick_interval: float = DEFAULT_TICK_INTERVAL,
+    relay: Relay | None = None,
     access_log: bool = True,
     name: str = "release-coordinator",
 ) -> Starlette:
@@ -195,8 +208,10 @@ def service_app(
     unless ``allow_anonymous``); ``callback_tokens`` are the task services' (see
     ``coordinator_app``); ``child_tokens``, the children's (see ``rollout_app``; kept in the
     manager's store). With ``lifespan`` (the default) the app's startup starts the coordinator,
-    then loads the manager from its store and ticks it every ``tick_interval`` seconds; its
-    shutdown stops them in reverse order. ``access_log`` adds :class:`AccessLog`.
+    then loads the manager from its store and ticks it every ``tick_interval`` seconds (or runs
+    ``relay``, a :class:`Relay` of ``manager``, which polls its parent and ticks the manager
+    every ``relay.interval`` seconds); its shutdown stops them in reverse order.
+    ``access_log`` adds :class:`AccessLog`.
     """
     if not isinstance(operator_tokens, Mapping | str | bytes):
         operator_tokens = list(operator_tokens)  # read twice, below
@@ -220,6 +235,7 @@ def service_app(
         max_upload=max_upload,
         lifespan=lifespan,
         tick_interval=tick_interval,
+        relay=relay,
     )
     parts = (coordinator_part, rollout_part)  # started in this order, stopped in reverse
     # Each part serves its own OpenAPI document at /openapi.json: here one document lists both.
@@ -265,31 +281,17 @@ def service_app(
 
 
 async def _open_stores(db: str) -> tuple[CoordinatorStore, RolloutStore, str]:
-    """The coordinator's store, the manager's, and how to describe them."""
+    """The coordinator's store, the manager's, and how to describe them. Over a database both
+    share one engine (one connection pool, and on SQLite one writer lock)."""
     if db == "memory":
         return MemoryStore(), MemoryRolloutStore(), "in memory (nothing is kept after a stop)"
     try:
-        from release_coordinator.storage import sql
+        from release_coordinator.storage.sql import SQLRolloutStore, SQLStore
     except ImportError as error:
         raise ConfigurationError(f"--db {db.split(':', 1)[0]}:...: {error}") from None
-    store = await sql.SQLStore.connect(db)
-    # The SQL rollout store (SQLRolloutStore) may be missing from a version of the sql module:
-    # then rollouts are kept in memory. Where it can share the coordinator store's engine
-    # (``over``: one connection pool, and on SQLite one writer lock), it does; otherwise it
-    # opens the database itself (``await connect(url)``, as SQLStore).
-    rollout_factory: Any = getattr(sql, "SQLRolloutStore", None)
-    if rollout_factory is None:
-        log.warning(
-            "this version has no SQL rollout store: rollouts and children are kept in memory "
-            "and forgotten at a stop"
-        )
-        return store, MemoryRolloutStore(), f"{store.url} (rollouts in memory)"
+    store = await SQLStore.connect(db)
     try:
-        rollouts: RolloutStore
-        if callable(getattr(rollout_factory, "over", None)):
-            rollouts = rollout_factory.over(store)
-        else:
-            rollouts = await rollout_factory.connect(db)
+        rollouts = SQLRolloutStore.over(store)
     except BaseException:
         await store.close()
         raise
@@ -346,6 +348,57 @@ def _stop_quietly_on_signals(server: Any) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _seconds(option: str, value: float) -> float:
+    """``value`` if it is a positive, finite number of seconds; else ConfigurationError naming
+    ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{option} must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{option} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _attempts(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(
+            f"--retry-attempts must be a whole number of at least 1 (1: no retry), not {value!r}"
+        )
+    return value
+
+
+def _check_relay(parent: str | None, relay_id: str, area: Area | None) -> None:
+    if parent is None:
+        if relay_id:
+            raise ConfigurationError("--relay-id needs --parent (it is the id at the parent)")
+        if area is not None:
+            raise ConfigurationError("--area needs --parent (it is the area reported to it)")
+        return
+    if not relay_id.isprintable() or relay_id.strip() != relay_id or len(relay_id) > 256:
+        raise ConfigurationError(
+            "--relay-id must be printable text of at most 256 characters, without blanks around it"
+        )
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as it may be logged: without a user, password, query or fragment."""
+    import httpx
+
+    return str(httpx.URL(url).copy_with(userinfo=b"", query=None, fragment=None))
+
+
+def _parent_link(parent: str | None, token: str | None) -> Any:
+    """The relay's link to ``parent`` (None without one); ConfigurationError naming
+    ``--parent`` for a URL that is not an http(s) base URL."""
+    if parent is None:
+        return None
+    from release_coordinator.transports.http import HttpParent
+
+    try:
+        return HttpParent(parent, token=token)
+    except ConfigurationError as error:
+        raise ConfigurationError(f"--parent: {error.message}") from None
+
+
 async def serve_async(
     *,
     db: str = DEFAULT_DB,
@@ -355,102 +408,156 @@ async def serve_async(
     allow_anonymous: bool = False,
     child_tokens: bool = False,
     log_level: str = "info",
-    tick_interval: float = 1.0,
+    tick_interval: float = DEFAULT_TICK_INTERVAL,
     owner: str | None = None,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
+    lost_after: float = DEFAULT_LOST_AFTER,
+    parent: str | None = None,
+    relay_id: str = "",
+    area: Area | None = None,
 ) -> int:
     """Serve both APIs on ``host:port`` until SIGTERM or SIGINT; the exit status (0 after a
     signal, 1 when the server could not start).
 
     ``db`` is ``memory`` or a database URL (a SQLite file in the working directory by
     default); ``tokens`` default to :func:`tokens_from_env`;
-    ``owner`` names the coordinator in its leases (see :class:`~release_coordinator.
-    coordinator.Coordinator`; a random id by default).
-    Refused with ConfigurationError, before anything is opened: no operator token without
-    ``allow_anonymous``, an address that cannot be listened on. A store that cannot be opened
-    raises its StorageError.
+    ``owner`` names the coordinator in its leases (a random id by default); ``poll_interval``
+    and ``retry_attempts`` are its ``CoordinatorConfig.poll_interval`` and ``RetryPolicy.
+    attempts``; ``lost_after`` is the manager's; ``tick_interval``, the seconds between two
+    ticks of it. ``parent`` (an ``http(s)://`` base URL) makes the manager a relay that polls
+    the parent at every tick, sending ``tokens.parent`` if set, as ``relay_id`` (empty: the id
+    the parent assigns), reporting ``area`` (its own) or else its children's union.
+
+    Refused with ConfigurationError naming the option, before anything is opened: no operator
+    token without ``allow_anonymous``, a setting that cannot work, relay options without
+    ``parent``, a ``parent`` that is not an http(s) URL, an address that cannot be listened
+    on. A store that cannot be opened raises its StorageError.
     """
     if log_level not in LOG_LEVELS:
         raise ConfigurationError(f"the log level must be one of {', '.join(LOG_LEVELS)}")
     if not 0 <= port <= 65535:
         raise ConfigurationError(f"the port must be within 0..65535, not {port}")
+    tick_interval = _seconds("--tick-interval", tick_interval)
+    lost_after = _seconds("--lost-after", lost_after)
+    config = CoordinatorConfig(
+        poll_interval=_seconds("--poll-interval", poll_interval),
+        retry=attrs.evolve(CoordinatorConfig().retry, attempts=_attempts(retry_attempts)),
+    )
+    _check_relay(parent, relay_id, area)
     tokens = tokens_from_env() if tokens is None else tokens
     if not tokens.operators and not allow_anonymous:
         raise ConfigurationError(
             f"no operator token: set {ENV_OPERATOR_TOKENS} (tok1,tok2 or name=tok,...), "
             "or pass --allow-anonymous to serve without tokens (tests and trusted networks only)"
         )
-    sock = _listen(host, port)
-    bound_host, bound_port = sock.getsockname()[:2]
+    link = _parent_link(parent, tokens.parent)
     try:
-        store, rollout_store, described = await _open_stores(db)
-    except BaseException:
-        sock.close()
-        raise
-    transport: Any = None
-    coordinator: Coordinator | None = None
-    try:
-        from release_coordinator.transports.http import HttpTransport
+        sock = _listen(host, port)
+        bound_host, bound_port = sock.getsockname()[:2]
+        try:
+            store, rollout_store, described = await _open_stores(db)
+        except BaseException:
+            sock.close()
+            raise
+        transport: Any = None
+        coordinator: Coordinator | None = None
+        try:
+            from release_coordinator.transports.http import HttpTransport
 
-        transport = HttpTransport(token=tokens.task_service)
-        coordinator = Coordinator(store, transport, owner=owner)
-        # The app's startup loads the manager from its store (RolloutManager.load) before it
-        # serves the first request, and ticks it from then on.
-        manager = RolloutManager(rollout_store)
-        app = service_app(
-            coordinator,
-            manager,
-            operator_tokens=tokens.operator_tokens(),
-            callback_tokens=tokens.callback_tokens(),
-            allow_anonymous=allow_anonymous,
-            child_tokens=child_tokens,
-            tick_interval=tick_interval,
-        )
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=bound_port,
-            lifespan="on",
-            access_log=False,  # AccessLog writes the one line per request
-            log_config=None,  # the command's logging configuration applies
-            log_level=log_level,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
-            server_header=False,
-        )
-        server = uvicorn.Server(config)
-        # This process is ours: what lives as long as the server (stores, indexes, children)
-        # is moved out of the collector's sight, and young collections run less often. A busy
-        # poll path allocates many short-lived objects; default thresholds made full
-        # collections of the whole heap the long tail of its latency.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
-        if not tokens.operators:
-            log.warning("serving without operator tokens (--allow-anonymous): anyone may operate")
-        log.info(
-            "store: %s; operator tokens: %d; callback tokens: %d; child tokens: %s",
-            described,
-            len(tokens.operators),
-            len(tokens.callbacks),
-            "on" if child_tokens else "off",
-        )
-        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-        log.info("listening on http://%s:%d", shown_host, bound_port)
-        with _stop_quietly_on_signals(server):
-            try:
-                await server.serve(sockets=[sock])
-            except SystemExit as stop:  # uvicorn's way to say the startup failed
-                log.error("the server did not start (exit status %s)", stop.code)
-                return 1
-        return 0 if server.started else 1
+            transport = HttpTransport(token=tokens.task_service)
+            coordinator = Coordinator(store, transport, config=config, owner=owner)
+            # The app's startup loads the manager from its store (RolloutManager.load) before it
+            # serves the first request, and ticks it from then on (a relay: runs the relay, which
+            # polls the parent and ticks the manager).
+            manager = RolloutManager(rollout_store, lost_after=lost_after)
+            relay = None
+            if link is not None:
+                relay = Relay(
+                    manager,
+                    link,
+                    relay_id=relay_id,
+                    area=area,
+                    interval=tick_interval,
+                    own_area=area is not None,
+                )
+            app = service_app(
+                coordinator,
+                manager,
+                operator_tokens=tokens.operator_tokens(),
+                callback_tokens=tokens.callback_tokens(),
+                allow_anonymous=allow_anonymous,
+                child_tokens=child_tokens,
+                tick_interval=tick_interval,
+                relay=relay,
+            )
+            server_config = uvicorn.Config(
+                app,
+                host=host,
+                port=bound_port,
+                lifespan="on",
+                access_log=False,  # AccessLog writes the one line per request
+                log_config=None,  # the command's logging configuration applies
+                log_level=log_level,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+                server_header=False,
+            )
+            server = uvicorn.Server(server_config)
+            # This process is ours: what lives as long as the server (stores, indexes, children)
+            # is moved out of the collector's sight, and young collections run less often. A busy
+            # poll path allocates many short-lived objects; default thresholds made full
+            # collections of the whole heap the long tail of its latency.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50_000, 20, 100)
+            if not tokens.operators:
+                log.warning(
+                    "serving without operator tokens (--allow-anonymous): anyone may operate"
+                )
+            log.info(
+                "store: %s; operator tokens: %d; callback tokens: %d; child tokens: %s",
+                described,
+                len(tokens.operators),
+                len(tokens.callbacks),
+                "on" if child_tokens else "off",
+            )
+            log.info(
+                "coordinator: poll interval %gs, %d attempts; manager: lost after %gs, "
+                "ticked every %gs",
+                config.poll_interval,
+                config.retry.attempts,
+                lost_after,
+                tick_interval,
+            )
+            if link is not None:
+                log.info(
+                    "relay under %s as %s; area: %s; parent token: %s",
+                    _shown_url(link.base_url),
+                    relay_id or "(the id the parent assigns)",
+                    "its own (--area)" if area is not None else "the union of its children's",
+                    "set" if tokens.parent else "none",
+                )
+            shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+            log.info("listening on http://%s:%d", shown_host, bound_port)
+            with _stop_quietly_on_signals(server):
+                try:
+                    await server.serve(sockets=[sock])
+                except SystemExit as stop:  # uvicorn's way to say the startup failed
+                    log.error("the server did not start (exit status %s)", stop.code)
+                    return 1
+            return 0 if server.started else 1
+        finally:
+            sock.close()
+            if coordinator is not None:  # normally closed by the app's shutdown already
+                await _close("coordinator", coordinator)
+            if transport is not None:
+                await _close("transport", transport, "aclose")
+            await _close("rollout store", rollout_store)
+            await _close("store", store)
+            log.info("stopped")
     finally:
-        sock.close()
-        if coordinator is not None:  # normally closed by the app's shutdown already
-            await _close("coordinator", coordinator)
-        if transport is not None:
-            await _close("transport", transport, "aclose")
-        await _close("rollout store", rollout_store)
-        await _close("store", store)
-        log.info("stopped")
+        if link is not None:
+            await _close("parent link", link, "aclose")
 
 
 def serve(
@@ -462,8 +569,14 @@ def serve(
     allow_anonymous: bool = False,
     child_tokens: bool = False,
     log_level: str = "info",
-    tick_interval: float = 1.0,
+    tick_interval: float = DEFAULT_TICK_INTERVAL,
     owner: str | None = None,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
+    lost_after: float = DEFAULT_LOST_AFTER,
+    parent: str | None = None,
+    relay_id: str = "",
+    area: Area | None = None,
 ) -> int:
     """:func:`serve_async` in a new event loop (the ``release-coordinator serve`` command)."""
     return asyncio.run(
@@ -477,5 +590,11 @@ def serve(
             log_level=log_level,
             tick_interval=tick_interval,
             owner=owner,
+            poll_interval=poll_interval,
+            retry_attempts=retry_attempts,
+            lost_after=lost_after,
+            parent=parent,
+            relay_id=relay_id,
+            area=area,
         )
     )

@@ -1,6 +1,7 @@
 """The tokens of ``release-coordinator serve``, read from the environment (never from the
 command line, where ``ps`` shows them) and never logged: operator tokens, task-service callback
-tokens, and the token the coordinator sends to task services."""
+tokens, the token the coordinator sends to task services, and the one a relay sends to its
+parent."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from release_coordinator.server.token_auth import check_token
 __all__ = [
     "ENV_CALLBACK_TOKENS",
     "ENV_OPERATOR_TOKENS",
+    "ENV_PARENT_TOKEN",
     "ENV_TASK_SERVICE_TOKEN",
     "ServeTokens",
     "parse_tokens",
@@ -30,6 +32,8 @@ ENV_OPERATOR_TOKENS = "RC_OPERATOR_TOKENS"
 ENV_CALLBACK_TOKENS = "RC_CALLBACK_TOKENS"
 #: The bearer token sent to task services.
 ENV_TASK_SERVICE_TOKEN = "RC_TASK_SERVICE_TOKEN"
+#: The bearer token a relay (``serve --parent URL``) sends to its parent.
+ENV_PARENT_TOKEN = "RC_PARENT_TOKEN"
 #: Bare tokens shorter than this are accepted with a warning.
 _SHORT_TOKEN = 16
 
@@ -85,6 +89,8 @@ class ServeTokens:
     callbacks: tuple[tuple[str, str], ...] = ()
     #: The token sent to task services (None: no ``Authorization`` header).
     task_service: str | None = None
+    #: The token a relay sends to its parent (None: none, unless the parent issues one).
+    parent: str | None = None
 
     def __attrs_post_init__(self) -> None:
         operators = {token for _, token in self.operators}
@@ -97,7 +103,8 @@ class ServeTokens:
     def __repr__(self) -> str:
         return (
             f"ServeTokens(operators={len(self.operators)}, callbacks={len(self.callbacks)}, "
-            f"task_service={'set' if self.task_service else 'unset'})"
+            f"task_service={'set' if self.task_service else 'unset'}, "
+            f"parent={'set' if self.parent else 'unset'})"
         )
 
     def operator_tokens(self) -> list[str] | dict[str, str]:
@@ -111,8 +118,9 @@ class ServeTokens:
 
 
 def tokens_from_env(environ: Mapping[str, str] | None = None) -> ServeTokens:
-    """:class:`ServeTokens` from ``RC_OPERATOR_TOKENS``, ``RC_CALLBACK_TOKENS`` and
-    ``RC_TASK_SERVICE_TOKEN`` (of ``environ``, ``os.environ`` by default)."""
+    """:class:`ServeTokens` from ``RC_OPERATOR_TOKENS``, ``RC_CALLBACK_TOKENS``,
+    ``RC_TASK_SERVICE_TOKEN`` and ``RC_PARENT_TOKEN`` (of ``environ``, ``os.environ`` by
+    default)."""
     env = os.environ if environ is None else environ
     operators = parse_tokens(env.get(ENV_OPERATOR_TOKENS, ""), variable=ENV_OPERATOR_TOKENS)
     if any(len(token) < _SHORT_TOKEN for _, token in operators):
@@ -127,4 +135,7 @@ def tokens_from_env(environ: Mapping[str, str] | None = None) -> ServeTokens:
     task_service = env.get(ENV_TASK_SERVICE_TOKEN, "").strip() or None
     if task_service is not None:
         check_token(task_service, ENV_TASK_SERVICE_TOKEN)
-    return ServeTokens(tuple(operators), tuple(callbacks), task_service)
+    parent = env.get(ENV_PARENT_TOKEN, "").strip() or None
+    if parent is not None:
+        check_token(parent, ENV_PARENT_TOKEN)
+    return ServeTokens(tuple(operators), tuple(callbacks), task_service, parent)
