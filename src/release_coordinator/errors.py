@@ -145,10 +145,11 @@ class InvalidTransitionError(ConflictError):
     code = "invalid_transition"
 
     def __init__(
-        self, machine: str, state: str, event: str, *, subject: str = "", hint: str = ""
+        self, machine: str, state: object, event: str, *, subject: str = "", hint: str = ""
     ) -> None:
+        state = _wire_name(state)
         who = f" {subject}" if subject else ""
-        message = f"{machine}{who} cannot {event!r} from state {state!r}"
+        message = f"{machine}{who} cannot '{event}' from state '{state}'"
         if hint:
             message = f"{message}: {hint}"
         super().__init__(message, machine=machine, state=state, event=event, subject=subject)
@@ -157,24 +158,38 @@ class InvalidTransitionError(ConflictError):
         self.event = event
 
 
+def _wire_name(state: object) -> str:
+    """A state as the wire names it: a protocol status's name (``Doing``), an enum's value
+    (``initializing``), never a Python repr."""
+    wire = getattr(state, "wire_name", None)
+    if isinstance(wire, str):
+        return wire
+    value = getattr(state, "value", state)
+    return str(value)
+
+
 class ConcurrentUpdateError(ConflictError):
     """A compare-and-set lost: the stored state was no longer one of the expected ones."""
 
     code = "concurrent_update"
 
-    def __init__(self, kind: str, ident: object, expected: Iterable[str], actual: str) -> None:
-        expected = [str(e) for e in expected]
+    def __init__(
+        self, kind: str, ident: object, expected: Iterable[object], actual: object
+    ) -> None:
+        expected = sorted(_wire_name(e) for e in expected)
+        actual = _wire_name(actual)
+        wanted = " or ".join(f"'{e}'" for e in expected) or "nothing"
         super().__init__(
-            f"{kind} {ident!r} is {actual!r}, expected one of {sorted(expected)!r}",
+            f"{kind} '{ident}' is '{actual}', expected {wanted}",
             kind=kind,
             id=str(ident),
-            expected=sorted(expected),
-            actual=str(actual),
+            expected=expected,
+            actual=actual,
         )
         self.kind = kind
         self.ident = ident
         self.expected = tuple(expected)
-        self.actual = str(actual)
+        self.actual = actual
 
 
 class TransportError(ReleaseCoordinatorError):

@@ -37,6 +37,7 @@ from release_coordinator import (
 from release_coordinator.coordinator.wire import MAX_TEXT
 from release_coordinator.errors import StorageError
 from release_coordinator.rollout import results
+from release_coordinator.rollout.models import RolloutState
 from release_coordinator.server import coordinator_app as coordinator_module
 from release_coordinator.server import openapi_parts as openapi
 from release_coordinator.server.coordinator_app import coordinator_app
@@ -740,9 +741,14 @@ async def test_the_rollout_manager_answers_what_its_document_says() -> None:
         await t("DELETE", revoke, 403, path=f"/children/{cid}/token", headers=theirs)
 
         # operator API: actions
+        await c("POST", "/rollouts", 201, headers=OPS, json=as_json("45"))
+        await node.manager.store.set_rollout_state(
+            "45", {RolloutState.ACTIVE}, RolloutState.COMPLETED, reason="every child finished"
+        )
+        await c("POST", "/rollouts/{rollout_id}/abort", 200, path="/rollouts/44/abort", headers=OPS)
         for action, ok, refused in (
             ("start", "43", "42"),  # a draft starts; an active one cannot
-            ("abort", "44", "44"),  # an aborted one cannot abort again
+            ("abort", "44", "45"),  # an aborted one aborts again (200); a completed one cannot
             ("pause", "42", "44"),
             ("resume", "42", "42"),
         ):

@@ -296,7 +296,12 @@ async def test_a_rollout_is_uploaded_as_multipart_or_json(node: Node) -> None:
     body = created.json()
     assert body["id"] == "42"
     assert body["state"] == "active"
-    assert body["policy"] == {"type": "global_incremental", "quorum": 1.0, "barrier_timeout": None}
+    assert body["policy"] == {
+        "type": "global_incremental",
+        "quorum": 1.0,
+        "barrier_timeout": None,
+        "child_timeout": 3600.0,
+    }
     assert body["bundle"]["strategy"]["stages"] == [
         {"name": "canary-10", "type": "WaitForSignal"},
         {"name": "ab-50", "type": "A/B"},
@@ -351,7 +356,11 @@ async def test_operator_actions_follow_the_rollout_state(node: Node) -> None:
     assert problem_paths(assert_error(extra, 422)) == {"reason"}
     aborted = await c.post("/rollouts/42/abort", headers=OPS)
     assert aborted.json()["reason"] == "aborted by the operator"
-    assert_error(await c.post("/rollouts/42/abort", headers=OPS), 409)
+    again = await c.post("/rollouts/42/abort", json={"reason": "twice"}, headers=OPS)
+    assert again.status_code == 200  # idempotent, like a repeated cancel: the current state
+    assert again.json() == aborted.json()
+    refused = assert_error(await c.post("/rollouts/42/resume", headers=OPS), 409)
+    assert refused["message"].startswith("rollout 42 cannot 'resume' from state 'aborted'")
     assert_error(await c.post("/rollouts/7/start", headers=OPS), 404)
     assert_error(await c.post("/rollouts/42/abort", json={"reason": 5}, headers=OPS), 422)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from release_coordinator.errors import InvalidTransitionError
+from release_coordinator.errors import ConcurrentUpdateError, ConflictError, InvalidTransitionError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.geo import Area, GeoIndex, MatchMode
 from release_coordinator.rollout.models import ChildRelease, Rollout, RolloutState
@@ -26,6 +26,9 @@ from release_coordinator.storage.memory_rollout import MemoryRolloutStore
 from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore
 
 __all__: list[str] = []
+
+#: How often an action is judged again from a fresh state before it gives up (ConflictError).
+_ATTEMPTS = 8
 
 #: When a child that never polled was last seen (long ago: it counts as lost).
 NEVER_SEEN = -1e18
@@ -144,28 +147,56 @@ class _Bookkeeping:
         # Registrations waiting to be written, and the task writing them (see _register).
         self._registering: list[tuple[str, Area, int, int, asyncio.Future[None]]] = []
         self._registrar: asyncio.Task[None] | None = None
+        # Per rollout: when this manager offered it to each child that has not fetched it
+        # (children offered before a restart count from the first look after it), and when
+        # its children were last looked at for time-outs.
+        self._offered_at: dict[str, dict[str, float]] = {}
+        self._timeouts_at: dict[str, float] = {}
 
     async def _operate(self, rollout_id: str, action: str, reason: str | None = None) -> Rollout:
+        """Apply an operator's action (or a policy's abort) as a compare-and-set on the stored
+        state: when the state moved meanwhile (the rollout completed, another process paused
+        it), judge the action again from the fresh state, so the action fails only when the
+        fresh state does not allow it. A repeated abort is answered with the aborted rollout."""
         sources, dest = _OPERATIONS[action]
-        current = await self.store.get_rollout(rollout_id)
-        if current.state not in sources:
-            raise InvalidTransitionError(
-                "rollout",
-                current.state.value,
-                action,
-                subject=rollout_id,
-                hint=f"only a rollout that is {' or '.join(s.value for s in sources)} can be "
-                f"{_PAST[action]}",
-            )
-        return await self.store.set_rollout_state(rollout_id, sources, dest, reason=reason)
+        for _attempt in range(_ATTEMPTS):
+            current = await self.store.get_rollout(rollout_id)
+            if action == "abort" and current.state is RolloutState.ABORTED:
+                return current  # idempotent, like a repeated cancel of a release
+            if current.state not in sources:
+                raise InvalidTransitionError(
+                    "rollout",
+                    current.state.value,
+                    action,
+                    subject=rollout_id,
+                    hint=f"only a rollout that is {' or '.join(s.value for s in sources)} can be "
+                    f"{_PAST[action]}",
+                )
+            try:
+                return await self.store.set_rollout_state(
+                    rollout_id, {current.state}, dest, reason=reason
+                )
+            except ConcurrentUpdateError:
+                continue  # moved meanwhile: judge again from what it is now
+        raise ConflictError(f"rollout {rollout_id} keeps changing; try {action} again")
 
     async def _abort(self, rollout_id: str, reason: str) -> Rollout:
         """Abort the rollout (see ``RolloutManager.abort``): the operator does, and so do the
-        policies and the barrier time-outs."""
+        policies and the barrier time-outs. Aborting an aborted rollout changes nothing."""
+        before = await self.store.get_rollout(rollout_id)
         rollout = await self._operate(rollout_id, "abort", reason)
+        if before.state is RolloutState.ABORTED:
+            return rollout
         self._forget(rollout)
         await self._withdraw(rollout_id, await self.store.targeted(rollout_id))
         return rollout
+
+    async def _seen(self, child_id: str) -> None:
+        """Record that the child called (any call of the child protocol counts, not only a
+        poll: a child waiting on a barrier calls only ``/end_stage``)."""
+        await self.store.touch_child(child_id, self._clock())
+        if child_id in self._lost:
+            self._lost_at = None  # back from the lost
 
     def _is_lost(self, seen: Mapping[str, float], child_id: str, now: float) -> bool:
         """Whether the child, last seen at ``seen[child_id]`` (by the manager's clock; not in
@@ -176,6 +207,8 @@ class _Bookkeeping:
         """An aborted or completed rollout is offered to nobody: no child is matched with it."""
         self._targets[rollout.match].discard(rollout.id)
         self._eligible.pop(rollout.id, None)
+        self._offered_at.pop(rollout.id, None)
+        self._timeouts_at.pop(rollout.id, None)
 
     async def _barrier(self, rollout_id: str, stage_name: str) -> _Barrier:
         """The stage's barrier: from the store, kept here once open (it stays open) or, when
@@ -232,6 +265,11 @@ class _Bookkeeping:
 
     async def _target(self, rollout_id: str, child_ids: Iterable[str]) -> None:
         added = await self.store.target(rollout_id, child_ids)
+        if added:
+            now = self._clock()
+            offered = self._offered_at.setdefault(rollout_id, {})
+            for child_id in added:
+                offered[child_id] = now
         tally = self._changed(rollout_id)
         if tally is not None and added:
             tally.add_todo(len(added), 1)

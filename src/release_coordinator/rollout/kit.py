@@ -107,7 +107,7 @@ class SimulatedLeaf:
     async def _start(self, release_id: str) -> None:
         self.release_id = release_id
         self.strategy = _parsed(await self.parent.get_release(self.id, release_id))
-        await self.parent.get_functions(release_id)
+        await self.parent.get_functions(release_id, self.id)
         self.outcome = ""
         self._enter(self.strategy.first_stage)
 

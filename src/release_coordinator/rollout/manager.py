@@ -142,9 +142,7 @@ class RolloutManager(_Operations):
             child = await self.store.get_child(child_id)
             await self.store.save_child(attrs.evolve(child, number_of_children=number_of_children))
             self._children_count[child_id] = number_of_children
-        await self.store.touch_child(child_id, self._clock())
-        if child_id in self._lost:
-            self._lost_at = None  # back from the lost
+        await self._seen(child_id)
         offer = await self.store.first_offer(child_id)
         if offer and number_of_children:
             return PollAnswer(child_id, offer, await self._target_geojson(offer))
@@ -162,6 +160,7 @@ class RolloutManager(_Operations):
         first stage ``InProgress``. NotFoundError for an unknown release or one not meant for
         the child (or aborted); ValidationError for a missing parameter."""
         child_id, release_id = self._ids(child_id, release_id)
+        await self._seen(child_id)
         rollout = await self.store.get_rollout(release_id)
         if rollout.state in (RolloutState.ABORTED, RolloutState.DRAFT):
             raise NotFoundError("release", release_id)
@@ -183,10 +182,15 @@ class RolloutManager(_Operations):
             return bundle.strategy_text
         raise ConflictError(f"release {release_id} for {child_id} keeps changing; ask again")
 
-    async def get_functions(self, release_id: object) -> bytes:
-        """``GET /release/functions/{id}``: the function archive, byte for byte."""
+    async def get_functions(self, release_id: object, child_id: object = "") -> bytes:
+        """``GET /release/functions/{id}``: the function archive, byte for byte. The protocol's
+        request does not name the child; when the caller knows it (``child_id``: a child token's
+        holder, or the ``childID`` query parameter that this library's agents add), the call
+        counts as the child being seen."""
         if not isinstance(release_id, str) or not release_id:
             raise ValidationError("invalid request", [("release_id", "is required")])
+        if isinstance(child_id, str) and child_id and len(child_id) <= _MAX_ID:
+            await self._seen(child_id)
         return (await self.store.get_bundle(release_id)).archive.data
 
     async def submit_result(self, body: object) -> None:
@@ -197,6 +201,7 @@ class RolloutManager(_Operations):
         or the stage's type does not allow. A repeated identical report changes nothing.
         """
         report = parse_result(body)
+        await self._seen(report.child_id)
         for attempt in range(5):
             try:
                 await self._apply(report)
@@ -258,7 +263,10 @@ class RolloutManager(_Operations):
                 state.status.wire_name,
                 "report",
                 subject=subject,
-                hint="results are taken only while the release is Doing",
+                hint="the manager timed the child out (no progress within the policy's "
+                "child_timeout)"
+                if state.outcome is Outcome.TIMED_OUT
+                else "results are taken only while the release is Doing",
             )
         trigger = STAGE_TRIGGER_FOR.get(report.status)
         if trigger is None:
@@ -342,11 +350,12 @@ class RolloutManager(_Operations):
         child_id, release_id = self._ids(child_id, strategy_id)
         if not isinstance(stage_name, str) or not stage_name:
             raise ValidationError("invalid end_stage", [("stage_name", "is required")])
+        await self._seen(child_id)
         rollout = await self.store.get_rollout(release_id)
         state = await self.store.child_release(release_id, child_id)
         stage = state.stage(stage_name)
-        if rollout.state is RolloutState.ABORTED:
-            return EndStageAnswer(True, "rollback")
+        if rollout.state is RolloutState.ABORTED or state.outcome is Outcome.TIMED_OUT:
+            return EndStageAnswer(True, "rollback")  # aborted, or the manager gave up on it
         if stage.status is StageStatus.SUCCESS_WAITING:
             await self._check_barrier(rollout, stage_name)
             stage = (await self.store.child_release(release_id, child_id)).stage(stage_name)

@@ -91,6 +91,9 @@ class Outcome(StrEnum):
     NONE = ""
     ROLLED_OUT = "rolled_out"
     ROLLED_BACK = "rolled_back"
+    #: The manager gave up on the child: it did not fetch or report within the policy's
+    #: ``child_timeout`` (the release is Failed; what the child runs is unknown).
+    TIMED_OUT = "timed_out"
 
 
 @attrs.frozen

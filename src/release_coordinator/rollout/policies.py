@@ -5,6 +5,15 @@ are *admitted* (offered the release) at each moment, from the children's states.
 barrier of ``WaitForSignal`` stages (``quorum``, ``barrier_timeout``) is common to every policy
 and is judged among the admitted children.
 
+So is the per-child time limit, ``child_timeout`` (seconds; :data:`DEFAULT_CHILD_TIMEOUT`, one
+hour, unless told; ``None``: no limit): a child offered the release that has not fetched it
+that long after the offer, or that stays in a stage that long past the stage's
+``minDuration`` (or that long after it was told to end a ``WaitForSignal`` stage) without
+reporting, *times out*: its release is ``Failed`` with the outcome ``timed_out``, its stage
+``Error``, and it counts as failed for the policy. A child waiting on a barrier never times out
+(the barrier's own ``barrier_timeout`` covers that). So a rollout never waits forever for a
+child that went away or hung.
+
 - :class:`GlobalIncremental` admits everyone at once (the original's *global incremental*).
 - :class:`LocationSequential` admits one group (an area, or a single child) at a time, the next
   once every child of the previous one has finished the whole release (or is lost).
@@ -27,6 +36,7 @@ from release_coordinator.errors import ConfigurationError, GeoJSONError, Problem
 from release_coordinator.rollout.geo import Area
 
 __all__ = [
+    "DEFAULT_CHILD_TIMEOUT",
     "MAX_GROUPS",
     "MAX_WAVES",
     "GlobalIncremental",
@@ -48,6 +58,11 @@ def _timeout(_: object, attribute: attrs.Attribute[float | None], value: float |
         raise ConfigurationError(f"{attribute.name} must be positive, not {value!r}")
 
 
+#: The default per-child time limit (seconds) of every policy: see the module documentation.
+DEFAULT_CHILD_TIMEOUT = 3600.0
+_DEFAULT_LIMIT: float | None = DEFAULT_CHILD_TIMEOUT  # typed as the field is
+
+
 @attrs.frozen
 class GlobalIncremental:
     """Every eligible child at once; a ``WaitForSignal`` stage ends for all together once
@@ -55,6 +70,7 @@ class GlobalIncremental:
 
     quorum: float = attrs.field(default=1.0, validator=_fraction)
     barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
+    child_timeout: float | None = attrs.field(default=_DEFAULT_LIMIT, validator=_timeout)
 
 
 @attrs.frozen
@@ -67,6 +83,7 @@ class LocationSequential:
     groups: tuple[Area, ...] = ()
     quorum: float = attrs.field(default=1.0, validator=_fraction)
     barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
+    child_timeout: float | None = attrs.field(default=_DEFAULT_LIMIT, validator=_timeout)
 
 
 def _sizes(
@@ -92,6 +109,7 @@ class Waves:
     min_finished: int = 1
     quorum: float = attrs.field(default=1.0, validator=_fraction)
     barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
+    child_timeout: float | None = attrs.field(default=_DEFAULT_LIMIT, validator=_timeout)
 
 
 Policy = GlobalIncremental | LocationSequential | Waves
@@ -113,7 +131,11 @@ def _number(value: object) -> float | None:
 
 def policy_json(policy: Policy) -> dict[str, Any]:
     """A policy as the API shows it (and :func:`parse_policy` reads it back)."""
-    common = {"quorum": policy.quorum, "barrier_timeout": policy.barrier_timeout}
+    common = {
+        "quorum": policy.quorum,
+        "barrier_timeout": policy.barrier_timeout,
+        "child_timeout": policy.child_timeout,
+    }
     if isinstance(policy, GlobalIncremental):
         return {"type": "global_incremental", **common}
     if isinstance(policy, LocationSequential):
@@ -130,8 +152,8 @@ def policy_json(policy: Policy) -> dict[str, Any]:
 
 
 _POLICY_FIELDS = {
-    "global_incremental": {"quorum", "barrier_timeout"},
-    "location_sequential": {"groups", "quorum", "barrier_timeout"},
+    "global_incremental": {"quorum", "barrier_timeout", "child_timeout"},
+    "location_sequential": {"groups", "quorum", "barrier_timeout", "child_timeout"},
     "waves": {
         "sizes",
         "success_threshold",
@@ -139,6 +161,7 @@ _POLICY_FIELDS = {
         "min_finished",
         "quorum",
         "barrier_timeout",
+        "child_timeout",
     },
 }
 
@@ -177,6 +200,11 @@ def parse_policy(value: object, path: str = "policy") -> Policy:
             take_number(key, "must be a number")
     if value.get("barrier_timeout") is not None:
         take_number("barrier_timeout", "must be a number of seconds or null")
+    if "child_timeout" in value:  # null: no limit; left out: the default
+        if value["child_timeout"] is None:
+            options["child_timeout"] = None
+        else:
+            take_number("child_timeout", "must be a number of seconds or null")
     if kind == "waves":
         sizes = value.get("sizes")
         if sizes is not None:

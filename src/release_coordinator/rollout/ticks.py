@@ -11,10 +11,10 @@ import logging
 import attrs
 
 from release_coordinator.errors import ConcurrentUpdateError, NotFoundError
-from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, stage_step
+from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, release_step, stage_step
 from release_coordinator.rollout.bookkeeping import NEVER_SEEN
 from release_coordinator.rollout.matching import _Matching
-from release_coordinator.rollout.models import Rollout, RolloutState
+from release_coordinator.rollout.models import Outcome, Rollout, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental
 from release_coordinator.rollout.reports import ACTIVE, READY, BarrierState, StageCounts
 from release_coordinator.rollout.strategy import StageType
@@ -201,11 +201,80 @@ class _Ticks(_Matching):
                 rollout = await self.store.get_rollout(rollout.id)
                 if rollout.state is not RolloutState.ACTIVE:
                     continue
+            if await self._time_out_children(rollout):
+                await self._admit(rollout)  # the next group or wave may go
+                rollout = await self.store.get_rollout(rollout.id)
+                if rollout.state is not RolloutState.ACTIVE:
+                    continue
             bundle = await self.store.get_bundle(rollout.id)
             for stage in bundle.strategy.stages:
                 if stage.type is StageType.WAIT_FOR_SIGNAL:
                     await self._check_barrier(rollout, stage.name)
             await self._complete_if_finished(rollout)
+
+    async def _time_out_children(self, rollout: Rollout) -> int:
+        """Time out the rollout's children that exceeded the policy's ``child_timeout`` (see
+        :mod:`~release_coordinator.rollout.policies`): Failed, outcome ``timed_out``, the stage
+        they were in ``Error``. Looks at the children at most every quarter of the limit (and
+        every 10 s), and only while one of them is still at it. Returns how many timed out."""
+        limit = rollout.policy.child_timeout
+        if limit is None:
+            return 0
+        now = self._clock()
+        last = self._timeouts_at.get(rollout.id)
+        if last is not None and 0 <= now - last < min(limit / 4, 10.0):
+            return 0
+        tally = await self._tally(rollout.id)
+        buckets = next(iter(tally.counts.values()), {})
+        if not any(n > 0 for (active, _), n in buckets.items() if active):
+            return 0
+        self._timeouts_at[rollout.id] = now
+        strategy = (await self.store.get_bundle(rollout.id)).strategy
+        offered = self._offered_at.setdefault(rollout.id, {})
+        timed_out = 0
+        for state in await self.store.child_releases(rollout.id):
+            since: float | None = None
+            if state.status is ReleaseStatus.TODO:
+                since = offered.setdefault(state.child_id, now)
+            elif state.status is ReleaseStatus.DOING:
+                name = state.live_stage
+                stage = state.stages[name] if name is not None else None
+                if stage is None:
+                    since = max((s.changed_at for s in state.stages.values()), default=now)
+                elif stage.status is StageStatus.IN_PROGRESS:
+                    assert name is not None
+                    since = stage.started_at + strategy.stage(name).min_duration.total_seconds()
+                elif stage.status is StageStatus.SHOULD_END:
+                    since = stage.changed_at
+                # SuccessWaiting: waiting on the barrier, whose barrier_timeout applies
+            if since is None or now - since <= limit:
+                continue
+            stages = dict(state.stages)
+            name = state.live_stage
+            if name is not None:
+                stages[name] = attrs.evolve(
+                    stages[name], status=stage_step(stages[name].status, "error"), changed_at=now
+                )
+            failed = attrs.evolve(
+                state,
+                status=release_step(state.status, "fail", subject=state.child_id),
+                stages=stages,
+                outcome=Outcome.TIMED_OUT,
+            )
+            try:
+                await self._put(state, failed)
+            except ConcurrentUpdateError:
+                continue  # it reported meanwhile: alive after all
+            offered.pop(state.child_id, None)
+            timed_out += 1
+        if timed_out:
+            log.warning(
+                "rollout %s: %d children timed out (no progress for %gs)",
+                rollout.id,
+                timed_out,
+                limit,
+            )
+        return timed_out
 
     async def _complete_if_finished(self, rollout: Rollout) -> None:
         """Complete an active rollout once every child it reached has finished it (Done or

@@ -166,7 +166,11 @@ ROLLOUT_ROUTES: tuple[Route, ...] = (
     _action("start", "Start a draft"),
     _action("pause", "Pause an active rollout"),
     _action("resume", "Resume a paused rollout"),
-    _action("abort", "Abort a rollout: its children roll back", AbortRequest),
+    _action(
+        "abort",
+        "Abort a rollout: its children roll back (an aborted one is answered as it is)",
+        AbortRequest,
+    ),
     Route(
         "GET",
         "/rollouts/{rollout_id}/status",

@@ -21,7 +21,7 @@ from release_coordinator.rollout.bodies import (
     PollRequest,
     ResultAnswer,
 )
-from release_coordinator.rollout.policies import MAX_GROUPS, MAX_WAVES
+from release_coordinator.rollout.policies import DEFAULT_CHILD_TIMEOUT, MAX_GROUPS, MAX_WAVES
 from release_coordinator.rollout.results import MAX_SUMMARIES
 from release_coordinator.schemas import MAX_INT32, schema_components
 from release_coordinator.server.openapi_parts import (
@@ -121,6 +121,13 @@ def _policy(kind: str, fields: dict[str, Any], *, output: bool) -> dict[str, Any
         **fields,
         "quorum": fraction if output else _or_null(fraction),
         "barrier_timeout": timeout,
+        "child_timeout": {
+            **timeout,
+            "description": "Per-child time limit in seconds (null: none); left out: "
+            f"{DEFAULT_CHILD_TIMEOUT:g}. A child that has not fetched the release that long "
+            "after the offer, or stays in a stage that long past its minDuration, times out "
+            "(Failed, outcome timed_out).",
+        },
     }
     if output:
         return _record(properties)

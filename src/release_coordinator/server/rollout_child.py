@@ -95,9 +95,12 @@ class ChildProtocol:
         return Response(text.encode("utf-8"), media_type="text/plain")
 
     async def get_functions(self, request: Request) -> Response:
+        # The protocol's request names no child; this library's agents add ``childID`` so the
+        # call counts as the child being seen (with child tokens, it must be the token's).
+        child_id = request.query_params.get("childID", "")
         if self.child_tokens:
-            await self.tokens.require(request, None)
-        data = await self.manager.get_functions(request.path_params["release_id"])
+            await self.tokens.require(request, child_id or None)
+        data = await self.manager.get_functions(request.path_params["release_id"], child_id)
         return Response(
             data,
             media_type=ARCHIVE_MEDIA_TYPE,

@@ -89,8 +89,10 @@ class ParentLink(abc.ABC):
         """``GET /release``: the strategy text."""
 
     @abc.abstractmethod
-    async def get_functions(self, release_id: str) -> bytes:
-        """``GET /release/functions/{id}``: the archive."""
+    async def get_functions(self, release_id: str, child_id: str = "") -> bytes:
+        """``GET /release/functions/{id}``: the archive. ``child_id`` (the caller's id, an
+        extra the protocol's request lacks) lets the parent count the call as the child being
+        seen; old parents ignore it."""
 
     @abc.abstractmethod
     async def submit_result(self, body: dict[str, Any]) -> None:

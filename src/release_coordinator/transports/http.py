@@ -351,12 +351,13 @@ class HttpParent(ParentLink):
         except UnicodeDecodeError:
             raise self._malformed(what, "the strategy is not UTF-8 text") from None
 
-    async def get_functions(self, release_id: str) -> bytes:
+    async def get_functions(self, release_id: str, child_id: str = "") -> bytes:
         what = "GET /release/functions"
         raw = await self._request(
             "GET",
             "/release/functions/" + quote(release_id, safe=""),
             what,
+            params={"childID": child_id} if child_id else None,
             accept="application/zip",
             limit=self._max_archive,
         )

@@ -439,8 +439,8 @@ class InProcessParent(ParentLink):
     async def get_release(self, child_id: str, release_id: str) -> str:
         return await self.manager.get_release(child_id, release_id)
 
-    async def get_functions(self, release_id: str) -> bytes:
-        return await self.manager.get_functions(release_id)
+    async def get_functions(self, release_id: str, child_id: str = "") -> bytes:
+        return await self.manager.get_functions(release_id, child_id)
 
     async def submit_result(self, body: dict[str, Any]) -> None:
         await self.manager.submit_result(body)
