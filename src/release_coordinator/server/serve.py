@@ -96,6 +96,7 @@ from release_coordinator.storage.base import CoordinatorStore
 from release_coordinator.storage.memory import MemoryStore
 from release_coordinator.storage.memory_rollout import MemoryRolloutStore
 from release_coordinator.storage.rollout_base import RolloutStore
+from release_coordinator.transports.http import HttpParent, HttpTransport
 
 __all__ = [
     "DEFAULT_HOST",
@@ -386,13 +387,11 @@ def _shown_url(url: str) -> str:
     return str(httpx.URL(url).copy_with(userinfo=b"", query=None, fragment=None))
 
 
-def _parent_link(parent: str | None, token: str | None) -> Any:
+def _parent_link(parent: str | None, token: str | None) -> HttpParent | None:
     """The relay's link to ``parent`` (None without one); ConfigurationError naming
     ``--parent`` for a URL that is not an http(s) base URL."""
     if parent is None:
         return None
-    from release_coordinator.transports.http import HttpParent
-
     try:
         return HttpParent(parent, token=token)
     except ConfigurationError as error:
@@ -463,8 +462,6 @@ async def serve_async(
         transport: Any = None
         coordinator: Coordinator | None = None
         try:
-            from release_coordinator.transports.http import HttpTransport
-
             transport = HttpTransport(token=tokens.task_service)
             coordinator = Coordinator(store, transport, config=config, owner=owner)
             # The app's startup loads the manager from its store (RolloutManager.load) before it
