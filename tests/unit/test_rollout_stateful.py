@@ -16,7 +16,11 @@ abort. After every step it checks, against the store:
 (d) final statuses never change;
 (e) after an abort, ``end_stage`` tells every child that fetched the release to roll back;
 (f) the rollout completes only when every registered child inside the target was offered it
-    and has finished it (Done or Failed), and a tick completes an active rollout that is so.
+    and has finished it (Done or Failed), and a tick completes an active rollout that is so;
+(g) a child times out (Failed, outcome ``timed_out``) only at a tick, never while it waits on
+    a barrier, and only after the policy's ``child_timeout`` (random, or none) passed since it
+    was last seen making progress;
+(h) a repeated abort is accepted and changes nothing.
 
 Refused calls must raise one of the protocol's errors and change nothing.
 """
@@ -48,7 +52,7 @@ from release_coordinator.fsm.rollout import (
     StageStatus,
 )
 from release_coordinator.rollout.manager import RolloutManager
-from release_coordinator.rollout.models import ChildRelease, RolloutState
+from release_coordinator.rollout.models import ChildRelease, Outcome, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental
 from strategies_geo import multipolygons, polygons
 
@@ -162,6 +166,8 @@ class RolloutMachine(RuleBasedStateMachine):
         self.prev: Snapshot = {}
         self.prev_rollout = RolloutState.ACTIVE
         self.barrier_opened = False
+        self.ticking = False
+        self.child_timeout: float | None = None
 
     def teardown(self) -> None:
         self.loop.close()
@@ -207,6 +213,7 @@ class RolloutMachine(RuleBasedStateMachine):
         outside=st.lists(outside_squares, min_size=0, max_size=2),
         quorum=st.sampled_from([0.5, 1.0]),
         barrier_timeout=st.sampled_from([None, None, 10.0, 45.0]),
+        child_timeout=st.sampled_from([None, 20.0, 50.0, 3600.0]),
         data=st.data(),
     )
     def setup(
@@ -215,6 +222,7 @@ class RolloutMachine(RuleBasedStateMachine):
         outside: list[tuple[float, float, float]],
         quorum: float,
         barrier_timeout: float | None,
+        child_timeout: float | None,
         data: st.DataObject,
     ) -> None:
         for spec, is_inside in [(s, True) for s in inside] + [(s, False) for s in outside]:
@@ -229,7 +237,10 @@ class RolloutMachine(RuleBasedStateMachine):
         for i in range(n):
             if early[i]:
                 self.run(self._poll(i))
-        policy = GlobalIncremental(quorum=quorum, barrier_timeout=barrier_timeout)
+        self.child_timeout = child_timeout
+        policy = GlobalIncremental(
+            quorum=quorum, barrier_timeout=barrier_timeout, child_timeout=child_timeout
+        )
         rollout = self.run(self.manager.create_rollout(BUNDLE, TARGET, policy=policy))
         assert rollout.state is RolloutState.ACTIVE
         self.prev_rollout, self.prev = self.snapshot()
@@ -372,7 +383,8 @@ class RolloutMachine(RuleBasedStateMachine):
             return
         assert record is not None
         assert stage in STAGES
-        if state is RolloutState.ABORTED:
+        if state is RolloutState.ABORTED or record.outcome is Outcome.TIMED_OUT:
+            # aborted, or the manager gave up on the child: it rolls back
             assert answer.to_json() == {"end_stage": True, "action": "rollback"}
         else:
             assert answer.action == ""
@@ -457,8 +469,12 @@ class RolloutMachine(RuleBasedStateMachine):
     @rule(seconds=st.floats(0, 2 * LOST_AFTER))
     def time_passes(self, seconds: float) -> None:
         self.clock.now += seconds
-        self.run(self.manager.tick())
-        self.check()
+        self.ticking = True
+        try:
+            self.run(self.manager.tick())
+            self.check()
+        finally:
+            self.ticking = False
         state, records = self.snapshot()
         if state is RolloutState.ACTIVE:  # (f) a tick completes a finished rollout
             assert not self.everyone_finished(records), f"a tick left it active: {records}"
@@ -472,7 +488,7 @@ class RolloutMachine(RuleBasedStateMachine):
         allowed = {
             "pause": {RolloutState.ACTIVE},
             "resume": {RolloutState.PAUSED},
-            "abort": {RolloutState.ACTIVE, RolloutState.PAUSED},
+            "abort": {RolloutState.ACTIVE, RolloutState.PAUSED, RolloutState.ABORTED},
         }[action]
         try:
             rollout = self.run(getattr(self.manager, action)(RELEASE))
@@ -482,6 +498,8 @@ class RolloutMachine(RuleBasedStateMachine):
             self.check()
             return
         assert state in allowed, f"{action} accepted on a {state.value} rollout"
+        if state is RolloutState.ABORTED:  # (h) a repeated abort changes nothing
+            self.refused_changes_nothing(before, "a repeated abort")
         self.check()
         if action == "abort":
             assert rollout.state is RolloutState.ABORTED
@@ -500,6 +518,7 @@ class RolloutMachine(RuleBasedStateMachine):
     def check(self) -> None:
         state, records = self.snapshot()
         self.check_transitions(state, records)
+        self.check_time_outs(records)
         if state is RolloutState.COMPLETED and self.prev_rollout is not RolloutState.COMPLETED:
             assert self.everyone_finished(records), f"completed too early: {records}"
         self.check_outside_never_targeted()
@@ -514,6 +533,26 @@ class RolloutMachine(RuleBasedStateMachine):
             (record := records[i]) is not None and record.status in (RS.DONE, RS.FAILED)
             for i in reached
         )
+
+    def check_time_outs(self, records: Snapshot) -> None:
+        """(g): time-outs only at a tick, never of a waiting child, only after the limit."""
+        for i, record in records.items():
+            old = self.prev.get(i)
+            if record is None or record.outcome is not Outcome.TIMED_OUT:
+                continue
+            if old is not None and old.outcome is Outcome.TIMED_OUT:
+                continue
+            assert self.ticking, f"child {i} timed out outside a tick"
+            assert self.child_timeout is not None, f"child {i} timed out without a limit"
+            assert record.status is RS.FAILED
+            if old is not None:
+                assert all(s.status is not SS.SUCCESS_WAITING for s in old.stages.values()), (
+                    f"child {i} timed out while waiting on a barrier"
+                )
+                changed = max((s.changed_at for s in old.stages.values()), default=0.0)
+                assert self.clock.now - changed > self.child_timeout, (
+                    f"child {i} timed out {self.clock.now - changed}s after its last change"
+                )
 
     def check_transitions(self, state: RolloutState, records: Snapshot) -> None:
         """(a) and (d): statuses move only along the machines' transitions; finals stay."""

@@ -269,9 +269,10 @@ class _Ticks(_Matching):
             timed_out += 1
         if timed_out:
             log.warning(
-                "rollout %s: %d children timed out (no progress for %gs)",
+                "rollout %s: timed out %d %s (no progress within the child_timeout of %gs)",
                 rollout.id,
                 timed_out,
+                "child" if timed_out == 1 else "children",
                 limit,
             )
         return timed_out
