@@ -82,11 +82,12 @@ async def test_requests_follow_the_protocol() -> None:
         assert (answer.id, answer.new_release, answer.target_area) == ("c1", "r/1", None)
         assert await parent.get_release("c1", "r/1") == STRATEGY
         assert await parent.get_functions("r/1") == ARCHIVE
+        assert await parent.get_functions("r/1", "c1") == ARCHIVE  # naming the caller
         await parent.submit_result({"id": "c1", "release_id": "r/1", "stage_summaries": []})
         ended = await parent.end_stage("c1", "r/1", "canary")
         assert (ended.end_stage, ended.action) == (True, "rollback")
 
-    poll, release, functions, result, end = seen
+    poll, release, functions, named, result, end = seen
     assert poll.method == "POST"
     assert json.loads(poll.content) == {
         "id": "",
@@ -99,6 +100,7 @@ async def test_requests_follow_the_protocol() -> None:
     assert release.method == "GET"
     assert dict(release.url.params) == {"childID": "c1", "releaseID": "r/1"}
     assert functions.url.raw_path == b"/edge/release/functions/r%2F1"
+    assert named.url.raw_path == b"/edge/release/functions/r%2F1?childID=c1"  # an extra
     assert json.loads(result.content)["release_id"] == "r/1"
     assert json.loads(end.content) == {"id": "c1", "strategy_id": "r/1", "stage_name": "canary"}
 

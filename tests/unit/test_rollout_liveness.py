@@ -300,3 +300,24 @@ async def test_actions_are_judged_again_from_the_fresh_state() -> None:
     assert not isinstance(refused.value, ConcurrentUpdateError)
     assert "from state 'completed'" in refused.value.message
     assert "<" not in refused.value.message  # wire names, never Python reprs
+
+
+async def test_over_http_the_archive_request_names_its_child() -> None:
+    from .test_rollout_app import OPS, Node, as_json
+
+    node = Node()
+    try:
+        c = node.client
+        assert (await c.post("/rollouts", json=as_json(), headers=OPS)).status_code == 201
+        child = await node.fetched()
+        seen = await node.manager.store.last_seen([child])
+        node.clock.now += 5
+        archive = await c.get("/release/functions/42", params={"childID": child})
+        assert archive.status_code == 200
+        assert archive.content.startswith(b"PK")
+        assert await node.manager.store.last_seen([child]) == {child: seen[child] + 5}
+        node.clock.now += 5
+        assert (await c.get("/release/functions/42")).status_code == 200  # as the protocol has it
+        assert await node.manager.store.last_seen([child]) == {child: seen[child] + 5}
+    finally:
+        await node.client.aclose()

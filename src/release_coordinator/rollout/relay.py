@@ -153,7 +153,9 @@ class Relay:
         if not release_id or release_id in self._relayed:
             return
         text = await self.parent.get_release(self.id, release_id)
-        bundle = ReleaseBundle.from_parts(text, await self.parent.get_functions(release_id))
+        bundle = ReleaseBundle.from_parts(
+            text, await self.parent.get_functions(release_id, self.id)
+        )
         target = (
             Area.from_geojson(answer.target_area, path="target_area")
             if answer.target_area is not None
