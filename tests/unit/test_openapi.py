@@ -686,7 +686,13 @@ async def test_the_rollout_manager_answers_what_its_document_says() -> None:
         await t("GET", "/release", 401, params=release)
         await t("GET", "/release", 403, params=release, headers=theirs)
         await t("GET", "/release", 200, params=release, headers=mine)
-        await t("GET", "/release/functions/{release_id}", 401, path="/release/functions/42")
+        functions = "/release/functions/{release_id}"
+        await t("GET", functions, 401, path="/release/functions/42")
+        named = {"childID": cid}
+        await t("GET", functions, 403, path="/release/functions/42", params=named, headers=theirs)
+        await t("GET", functions, 200, path="/release/functions/42", params=named, headers=mine)
+        await t("GET", functions, 200, path="/release/functions/42", headers=theirs)  # no name
+        await c("GET", functions, 400, path="/release/functions/42", params={"childID": "x" * 300})
         report = result(cid, "canary-10", 2)
         await t("POST", "/result", 401, json=report)
         await t("POST", "/result", 403, json=report, headers=theirs)

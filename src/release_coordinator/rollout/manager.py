@@ -189,7 +189,11 @@ class RolloutManager(_Operations):
         counts as the child being seen."""
         if not isinstance(release_id, str) or not release_id:
             raise ValidationError("invalid request", [("release_id", "is required")])
-        if isinstance(child_id, str) and child_id and len(child_id) <= _MAX_ID:
+        if not isinstance(child_id, str) or len(child_id) > _MAX_ID:
+            raise ValidationError(
+                "invalid request", [("childID", f"must be at most {_MAX_ID} characters")]
+            )
+        if child_id:
             await self._seen(child_id)
         return (await self.store.get_bundle(release_id)).archive.data
 

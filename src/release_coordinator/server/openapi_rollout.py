@@ -103,8 +103,17 @@ ROLLOUT_ROUTES: tuple[Route, ...] = (
         f"The release's function archive, ``{ARCHIVE_FILENAME}``",
         _CHILDREN,
         {200: ("", None)},  # a zip: see _RAW_ANSWERS
-        (400, 401, 404, 503),
-        parameters=(_path_id("release_id", "release"),),
+        (400, 401, 403, 404, 503),
+        parameters=(
+            _path_id("release_id", "release"),
+            _query(
+                "childID",
+                _ID,
+                "The calling child (an extra the protocol lacks; old agents leave it out): the "
+                "call then counts as the child being seen. With child tokens it must be the "
+                "token's child.",
+            ),
+        ),
         security=_CHILD,
     ),
     Route(
