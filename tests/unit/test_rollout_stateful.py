@@ -321,6 +321,8 @@ class RolloutMachine(RuleBasedStateMachine):
         assert name in STAGES
         after = self.snapshot()[1][i]
         assert after is not None
+        if self.aborted_report(before[0], record, after):
+            return
         stored = after.stages[name].status
         reported = StageStatus(status)
         # An accepted report puts the stage where the child said it is (a waiting stage may be
@@ -353,9 +355,12 @@ class RolloutMachine(RuleBasedStateMachine):
             options = [(4, ""), (4, "rollout"), (5, "rollback"), (6, "")]
         code, next_stage = options[choice % len(options)]
         body = result(self.ids[i], live, code, next_stage, f2_err_rate=err_rate)
+        state = self.snapshot()[0]
         self.run(self.manager.submit_result(body))
         after = self.snapshot()[1][i]
         assert after is not None
+        if self.aborted_report(state, record, after):
+            return
         stored = after.stages[live].status
         assert stored is SS(code) or (code == 2 and stored is SS.SHOULD_END)
         if code >= 4 and next_stage == "ab-50":
@@ -364,6 +369,21 @@ class RolloutMachine(RuleBasedStateMachine):
         elif code >= 4:
             assert after.status is (RS.DONE if code == 4 else RS.FAILED)
         self.check()
+
+    def aborted_report(
+        self, state: RolloutState, record: ChildRelease, after: ChildRelease
+    ) -> bool:
+        """(e) A report on an aborted rollout by a child running it ends its release Failed,
+        rolled back or aborted, never rolled out; a finished child's stays as it was."""
+        if state is not RolloutState.ABORTED:
+            return False
+        if record.status is RS.DOING:
+            assert after.status is RS.FAILED, f"reported after the abort: {after}"
+            assert after.outcome in (Outcome.ROLLED_BACK, Outcome.ABORTED), after
+        else:
+            assert after == record, f"a report after the abort changed {record} to {after}"
+        self.check()
+        return True
 
     def do_end_stage(self, i: int, stage: str) -> None:
         before = self.snapshot()

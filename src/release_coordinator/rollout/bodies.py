@@ -79,6 +79,16 @@ class PollAnswerBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ]
         | msgspec.UnsetType
     ) = msgspec.UNSET
+    aborted: (
+        Annotated[
+            list[str],
+            msgspec.Meta(
+                description="Releases the child is running whose rollout was aborted: roll "
+                "them back now (left out when there are none; old agents ignore it)."
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
 
 
 class EndStageRequest(msgspec.Struct, kw_only=True):
@@ -101,5 +111,14 @@ class EndStageAnswerBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     ) = msgspec.UNSET
 
 
-class ResultAnswer(msgspec.Struct, forbid_unknown_fields=True):
-    """``POST /result``'s answer: always an empty object."""
+class ResultAnswer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /result``'s answer: an empty object, or ``{"action": "rollback"}`` when the
+    release's rollout was aborted (the report was recorded as the abort's)."""
+
+    action: (
+        Annotated[
+            Literal["rollback"],
+            msgspec.Meta(description="The rollout was aborted: roll back now (an extra)."),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET

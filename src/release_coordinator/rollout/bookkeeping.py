@@ -152,6 +152,9 @@ class _Bookkeeping:
         # its children were last looked at for time-outs.
         self._offered_at: dict[str, dict[str, float]] = {}
         self._timeouts_at: dict[str, float] = {}
+        # Per child: the aborted rollouts it was running when they were aborted and has not
+        # reported on since (its /poll names them, so that it rolls back at once).
+        self._aborted_for: dict[str, set[str]] = {}
 
     async def _operate(self, rollout_id: str, action: str, reason: str | None = None) -> Rollout:
         """Apply an operator's action (or a policy's abort) as a compare-and-set on the stored
@@ -189,7 +192,22 @@ class _Bookkeeping:
             return rollout
         self._forget(rollout)
         await self._withdraw(rollout_id, await self.store.targeted(rollout_id))
+        await self._note_aborted(rollout_id)
         return rollout
+
+    async def _note_aborted(self, rollout_id: str) -> None:
+        """Remember which children run the aborted rollout, for their next poll."""
+        for state in await self.store.child_releases(rollout_id):
+            if state.status is ReleaseStatus.DOING:
+                self._aborted_for.setdefault(state.child_id, set()).add(rollout_id)
+
+    def _reported_on(self, child_id: str, rollout_id: str) -> None:
+        """The child reported on the aborted rollout: its polls stop naming it."""
+        aborted = self._aborted_for.get(child_id)
+        if aborted is not None:
+            aborted.discard(rollout_id)
+            if not aborted:
+                del self._aborted_for[child_id]
 
     async def _seen(self, child_id: str) -> None:
         """Record that the child called (any call of the child protocol counts, not only a

@@ -102,6 +102,9 @@ class SimulatedLeaf:
             if answer.new_release and answer.new_release != self.release_id:
                 await self._start(answer.new_release)
             return
+        if self.release_id in answer.aborted:  # the parent aborted it: roll back now
+            await self._finish(StageStatus.FAILURE, "rollback")
+            return
         await self._play()
 
     async def _start(self, release_id: str) -> None:
@@ -160,14 +163,20 @@ class SimulatedLeaf:
 
     async def _report(
         self, status: StageStatus, next_stage: str, summary: StageSummary | None = None
-    ) -> None:
+    ) -> bool:
+        """Report the stage; False when the parent answers that the rollout was aborted (the
+        leaf has rolled back then)."""
         assert self.stage is not None
         report = ResultReport(
             self.id,
             self.release_id,
             (StageReport(self.stage.name, status, next_stage, summary or self._summary()),),
         )
-        await self.parent.submit_result(to_original(report))
+        if await self.parent.submit_result(to_original(report)) == "rollback":
+            self.outcome = "rolled_back"
+            self.stage = None
+            return False
+        return True
 
     async def _play(self) -> None:
         stage = self.stage
@@ -189,8 +198,8 @@ class SimulatedLeaf:
         if not end_conditions_met(stage, summary, timedelta(seconds=self.elapsed)):
             return
         if stage.type is StageType.WAIT_FOR_SIGNAL:
-            await self._report(StageStatus.SUCCESS_WAITING, "", summary)
-            self.waiting = True
+            if await self._report(StageStatus.SUCCESS_WAITING, "", summary):
+                self.waiting = True
         else:
             await self._end_stage(success=True)
 
@@ -205,11 +214,12 @@ class SimulatedLeaf:
             )
             await self._finish(status, "", outcome=final)
             return
-        await self._report(status, action)
-        self._enter(self.strategy.stage(action))
+        if await self._report(status, action):
+            self._enter(self.strategy.stage(action))
 
     async def _finish(self, status: StageStatus, next_stage: str, *, outcome: str = "") -> None:
-        await self._report(status, next_stage)
+        if not await self._report(status, next_stage):
+            return  # aborted meanwhile: rolled back
         outcome = outcome or next_stage
         self.outcome = "rolled_out" if outcome == "rollout" else "rolled_back"
         self.stage = None

@@ -144,9 +144,11 @@ class RolloutManager(_Operations):
             self._children_count[child_id] = number_of_children
         await self._seen(child_id)
         offer = await self.store.first_offer(child_id)
+        aborted = self._aborted_for.get(child_id)
+        told = tuple(sorted(aborted)) if aborted else ()
         if offer and number_of_children:
-            return PollAnswer(child_id, offer, await self._target_geojson(offer))
-        return PollAnswer(child_id, offer)
+            return PollAnswer(child_id, offer, await self._target_geojson(offer), told)
+        return PollAnswer(child_id, offer, aborted=told)
 
     async def _target_geojson(self, rollout_id: str) -> Mapping[str, Any]:
         cached = self._target_json.get(rollout_id)
@@ -195,10 +197,24 @@ class RolloutManager(_Operations):
             )
         if child_id:
             await self._seen(child_id)
+        rollout = await self.store.get_rollout(release_id)
+        if rollout.state in (RolloutState.DRAFT, RolloutState.ABORTED):
+            raise NotFoundError("release", release_id)  # offered to nobody (yet, or any more)
+        if child_id and await self._not_meant_for(child_id, release_id):
+            raise NotFoundError("release for child", f"{release_id}/{child_id}")
         return (await self.store.get_bundle(release_id)).archive.data
 
-    async def submit_result(self, body: object) -> None:
-        """``POST /result`` (either encoding): apply each stage summary in order.
+    async def _not_meant_for(self, child_id: str, release_id: str) -> bool:
+        try:
+            state = await self.store.child_release(release_id, child_id)
+        except NotFoundError:
+            return True
+        return state.status is ReleaseStatus.NO
+
+    async def submit_result(self, body: object) -> str:
+        """``POST /result`` (either encoding): apply each stage summary in order. Returns
+        ``"rollback"`` when the release's rollout was aborted (the report is then recorded as
+        the abort's, never as a roll-out), else ``""``.
 
         ValidationError (400) for a malformed body, NotFoundError (404) for an unknown child,
         release or stage, InvalidTransitionError (409) for a status change the stage machine
@@ -206,23 +222,24 @@ class RolloutManager(_Operations):
         """
         report = parse_result(body)
         await self._seen(report.child_id)
-        for attempt in range(5):
+        for _attempt in range(5):
             try:
-                await self._apply(report)
-                return
+                return await self._apply(report)
             except ConcurrentUpdateError:
-                if attempt == 4:
-                    raise ConflictError("the child's state keeps changing; report again") from None
+                continue
+        raise ConflictError("the child's state keeps changing; report again")
 
-    async def _apply(self, report: ResultReport) -> None:
+    async def _apply(self, report: ResultReport) -> str:
         await self.store.get_child(report.child_id)
         rollout = await self.store.get_rollout(report.release_id)
         bundle = await self.store.get_bundle(rollout.id)
         before = await self.store.child_release(rollout.id, report.child_id)
         state = before
         last = len(report.reports) - 1
-        for i, stage_report in enumerate(report.reports):
+        for i, stage_report in enumerate(report.reports):  # refuses what it always refused
             state = self._apply_stage(rollout, bundle, state, stage_report, last=i == last)
+        if rollout.state is RolloutState.ABORTED:
+            return await self._apply_after_abort(before, report)
         if state != before:
             await self._put(before, attrs.evolve(state, acknowledged=True))
             for name, stage in state.stages.items():
@@ -231,6 +248,37 @@ class RolloutManager(_Operations):
             if state.status is not before.status:  # finished: the next group or wave may go
                 await self._admit(rollout)
                 await self._complete_if_finished(rollout)
+        return ""
+
+    async def _apply_after_abort(self, before: ChildRelease, report: ResultReport) -> str:
+        """A report on a release whose rollout was aborted: the child's release ends
+        ``Failed``, ``rolled_back`` if the report says the child failed its stage (what a child
+        told to roll back reports), else ``aborted``; never rolled out. The answer tells the
+        child to roll back, unless it had rolled out before the abort."""
+        self._reported_on(before.child_id, before.rollout_id)
+        if before.status is not ReleaseStatus.DOING:
+            return "" if before.outcome is Outcome.ROLLED_OUT else "rollback"
+        failed = any(r.status in (StageStatus.FAILURE, StageStatus.ERROR) for r in report.reports)
+        stages = dict(before.stages)
+        name = before.live_stage
+        now = self._clock()
+        if name is not None:
+            stage = stages[name]
+            stages[name] = attrs.evolve(
+                stage, status=stage_step(stage.status, "fail"), changed_at=now
+            )
+        subject = f"{before.child_id}/{before.rollout_id}"
+        await self._put(
+            before,
+            attrs.evolve(
+                before,
+                status=release_step(before.status, "fail", subject=subject),
+                stages=stages,
+                outcome=Outcome.ROLLED_BACK if failed else Outcome.ABORTED,
+                acknowledged=True,
+            ),
+        )
+        return "rollback"
 
     def _apply_stage(
         self,

@@ -5,7 +5,9 @@ rollouts' targets reach them, and whom a rollout's policy admits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+from release_coordinator.errors import NotFoundError
 from release_coordinator.rollout.admission import admit
 from release_coordinator.rollout.bookkeeping import _Bookkeeping
 from release_coordinator.rollout.geo import Area
@@ -31,6 +33,9 @@ class _Matching(_Bookkeeping):
         ):
             self._targets[rollout.match].add(rollout.id, rollout.target)
             await self._find_eligible(rollout)
+        self._aborted_for.clear()
+        for rollout in await self.store.list_rollouts(states={RolloutState.ABORTED}):
+            await self._note_aborted(rollout.id)
 
     async def _sync_children(self) -> list[Child]:
         """Index the children saved since the last look (by this or another process)."""
@@ -65,6 +70,9 @@ class _Matching(_Bookkeeping):
             self._eligible.pop(rollout_id)
             for index in self._targets.values():
                 index.discard(rollout_id)
+            with contextlib.suppress(NotFoundError):  # aborted by another process?
+                if (await self.store.get_rollout(rollout_id)).state is RolloutState.ABORTED:
+                    await self._note_aborted(rollout_id)
         newcomers: dict[str, list[str] | None] = {}
         for rollout in live.values():
             if rollout.id not in self._eligible:

@@ -94,6 +94,9 @@ class Outcome(StrEnum):
     #: The manager gave up on the child: it did not fetch or report within the policy's
     #: ``child_timeout`` (the release is Failed; what the child runs is unknown).
     TIMED_OUT = "timed_out"
+    #: The rollout was aborted while the child ran it, and the child's next report did not
+    #: say it rolled back (it is told to; what it runs is its own word against the abort).
+    ABORTED = "aborted"
 
 
 @attrs.frozen

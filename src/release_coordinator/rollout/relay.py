@@ -146,6 +146,9 @@ class Relay:
         children = await self.manager.children()
         nodes = sum(1 + c.number_of_children for c in children)
         answer = await self.parent.poll(self.id, area, max(nodes, 1))
+        for aborted in answer.aborted:  # the parent aborted a release this subtree runs
+            if aborted in self._relayed:
+                await self._abort_below(aborted)
         if answer.id != self.id:
             log.info("relay: the parent knows this relay as %s", answer.id)
         self.id = answer.id
@@ -164,6 +167,12 @@ class Relay:
         with contextlib.suppress(ConflictError):  # adopted before (restarted over its store)
             await self.manager.create_rollout(bundle, target, policy=self.policy, gated=True)
         self._relayed[release_id] = _Upward(stage=bundle.strategy.first_stage.name)
+
+    async def _abort_below(self, release_id: str) -> None:
+        """The parent aborted the release: abort it here too (the children running it roll
+        back); the next round reports the roll-back upward."""
+        with contextlib.suppress(ConflictError):  # completed here meanwhile
+            await self.manager.abort(release_id, reason="the parent aborted the release")
 
     async def _advance(self, release_id: str, upward: _Upward) -> None:
         rollout = await self.manager.get_rollout(release_id)
@@ -272,4 +281,5 @@ class Relay:
             release_id,
             (StageReport(stage.name, status, next_stage, combined or _EMPTY),),
         )
-        await self.parent.submit_result(to_original(report))
+        if await self.parent.submit_result(to_original(report)) == "rollback":
+            await self._abort_below(release_id)  # the parent aborted it meanwhile

@@ -21,16 +21,23 @@ class PollAnswer:
     ``target_area`` (GeoJSON) is an extra for relays (children with children of their own):
     the release's target, so that they offer it only to their children inside it. Old agents
     ignore it; leaves never get it.
+
+    ``aborted`` (an extra old agents ignore) names the releases the child is running whose
+    rollout was aborted: roll them back now (old agents learn it at ``/end_stage`` and
+    ``/result`` instead).
     """
 
     id: str
     new_release: str = ""
     target_area: Mapping[str, Any] | None = None
+    aborted: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "new_release": self.new_release}
         if self.target_area is not None:
             body["target_area"] = self.target_area
+        if self.aborted:
+            body["aborted"] = list(self.aborted)
         return body
 
 

@@ -112,8 +112,8 @@ class ChildProtocol:
         body = decode_object(await read_body(request, self.max_body), _RESULT)
         if self.child_tokens:
             await self.tokens.require(request, _child_id_of(body))
-        await self.manager.submit_result(body)
-        return json_response(200, {})
+        action = await self.manager.submit_result(body)
+        return json_response(200, {"action": action} if action else {})
 
     async def end_stage(self, request: Request) -> Response:
         body = decode_object(await read_body(request, self.max_body), _END_STAGE)

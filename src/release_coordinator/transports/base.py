@@ -95,8 +95,9 @@ class ParentLink(abc.ABC):
         seen; old parents ignore it."""
 
     @abc.abstractmethod
-    async def submit_result(self, body: dict[str, Any]) -> None:
-        """``POST /result``."""
+    async def submit_result(self, body: dict[str, Any]) -> str:
+        """``POST /result``: the answer's ``action`` (``"rollback"`` when the release's rollout
+        was aborted; ``""`` otherwise, and from parents that do not say)."""
 
     @abc.abstractmethod
     async def end_stage(self, child_id: str, strategy_id: str, stage_name: str) -> EndStageAnswer:

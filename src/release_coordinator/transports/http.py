@@ -323,6 +323,7 @@ class HttpParent(ParentLink):
         offer = answer.get("new_release", "")
         target = answer.get("target_area")
         token = answer.get("token")
+        aborted = answer.get("aborted", [])
         if not isinstance(new_id, str) or not new_id:
             raise self._malformed(what, "'id' is not a non-empty string")
         if offer is None:
@@ -331,11 +332,13 @@ class HttpParent(ParentLink):
             raise self._malformed(what, "'new_release' is not a string")
         if target is not None and not isinstance(target, dict):
             raise self._malformed(what, "'target_area' is not a GeoJSON object")
+        if not isinstance(aborted, list) or not all(isinstance(a, str) for a in aborted):
+            raise self._malformed(what, "'aborted' is not a list of release ids")
         if token is not None:
             if not isinstance(token, str) or not _is_token_safe(token) or not token:
                 raise self._malformed(what, "'token' is not a token")
             self.token = token
-        return PollAnswer(new_id, offer, target)
+        return PollAnswer(new_id, offer, target, tuple(aborted))
 
     async def get_release(self, child_id: str, release_id: str) -> str:
         what = "GET /release"
@@ -365,17 +368,21 @@ class HttpParent(ParentLink):
             raise self._malformed(what, "not a zip archive")
         return raw
 
-    async def submit_result(self, body: dict[str, Any]) -> None:
+    async def submit_result(self, body: dict[str, Any]) -> str:
         what = "POST /result"
         raw = await self._request("POST", "/result", what, body=body)
         if not raw.strip():
-            return  # the protocol allows an empty body
+            return ""  # the protocol allows an empty body
         try:
             value = json.loads(raw)
         except (ValueError, RecursionError):
             raise self._malformed(what, "not JSON", raw) from None
         if not isinstance(value, dict):
             raise self._malformed(what, "not a JSON object", raw)
+        action = value.get("action", "")
+        if not isinstance(action, str):
+            raise self._malformed(what, "'action' is not a string")
+        return action
 
     async def end_stage(self, child_id: str, strategy_id: str, stage_name: str) -> EndStageAnswer:
         what = "POST /end_stage"

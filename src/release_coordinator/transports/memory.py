@@ -442,8 +442,8 @@ class InProcessParent(ParentLink):
     async def get_functions(self, release_id: str, child_id: str = "") -> bytes:
         return await self.manager.get_functions(release_id, child_id)
 
-    async def submit_result(self, body: dict[str, Any]) -> None:
-        await self.manager.submit_result(body)
+    async def submit_result(self, body: dict[str, Any]) -> str:
+        return await self.manager.submit_result(body)
 
     async def end_stage(self, child_id: str, strategy_id: str, stage_name: str) -> EndStageAnswer:
         return await self.manager.end_stage(child_id, strategy_id, stage_name)
