@@ -778,7 +778,38 @@ async def test_the_rollout_manager_answers_what_its_document_says() -> None:
                 json={"reason": "r" * 50},
             )
 
-        every = {"rollout_id": "42", "child_id": cid}
+        promote = "/rollouts/{rollout_id}/stages/{stage_name}/promote"
+        await c("POST", promote, 200, path="/rollouts/42/stages/canary-10/promote", headers=OPS)
+        await c("POST", promote, 409, path="/rollouts/42/stages/ab-50/promote", headers=OPS)
+        await c("POST", promote, 409, path="/rollouts/44/stages/canary-10/promote", headers=OPS)
+        await c("POST", promote, 404, path="/rollouts/42/stages/nope/promote", headers=OPS)
+        await c("POST", promote, 404, path="/rollouts/7/stages/canary-10/promote", headers=OPS)
+        await c(
+            "POST",
+            promote,
+            422,
+            path="/rollouts/42/stages/canary-10/promote",
+            headers=OPS,
+            json={"x": 1},
+        )
+        await c(
+            "POST",
+            promote,
+            400,
+            path="/rollouts/42/stages/canary-10/promote",
+            headers=OPS,
+            content=b"[]",
+        )
+        await small(
+            "POST",
+            promote,
+            413,
+            path="/rollouts/42/stages/canary-10/promote",
+            headers=OPS,
+            json={"reason": "r" * 50},
+        )
+
+        every = {"rollout_id": "42", "child_id": cid, "stage_name": "canary-10"}
         await refuse_tokens(t, broken, checker.document, every, theirs)
     finally:
         for client in (c, t, small, broken, gone):

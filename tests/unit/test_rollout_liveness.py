@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from release_coordinator.errors import ConcurrentUpdateError, InvalidTransitionError
+from release_coordinator.errors import ConcurrentUpdateError, InvalidTransitionError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import Outcome, ReleaseBundle, RolloutState
@@ -321,3 +321,32 @@ async def test_over_http_the_archive_request_names_its_child() -> None:
         assert await node.manager.store.last_seen([child]) == {child: seen[child] + 5}
     finally:
         await node.client.aclose()
+
+
+async def test_an_operator_promotes_a_waiting_stage(manager: RolloutManager) -> None:
+    await manager.create_rollout(bundle(), EUROPE)
+    waiting, slow = await fetched(manager, INSIDE, square(6, 46))
+    await manager.submit_result(result(waiting, "canary-10", 2))
+    assert not (await manager.end_stage(waiting, "42", "canary-10")).end_stage  # 1 of 2
+    with pytest.raises(InvalidTransitionError, match="only a WaitForSignal stage"):
+        await manager.promote("42", "ab-50")
+    with pytest.raises(NotFoundError):
+        await manager.promote("42", "nope")
+    await manager.pause("42")
+    with pytest.raises(InvalidTransitionError, match="only an active rollout"):
+        await manager.promote("42", "canary-10")
+    await manager.resume("42")
+    promoted = await manager.promote("42", "canary-10")
+    assert promoted.state is RolloutState.ACTIVE
+    assert (await manager.end_stage(waiting, "42", "canary-10")).end_stage
+    await manager.submit_result(result(slow, "canary-10", 2))  # waits later: told at once
+    assert (await manager.end_stage(slow, "42", "canary-10")).end_stage
+    await manager.promote("42", "canary-10")  # again: nothing changes
+    assert (await manager.barrier("42", "canary-10")).open
+
+
+async def test_a_gated_rollout_is_promoted_by_its_parent_only() -> None:
+    manager = RolloutManager()
+    await manager.create_rollout(bundle(), EUROPE, gated=True)
+    with pytest.raises(InvalidTransitionError, match="parent"):
+        await manager.promote("42", "canary-10")

@@ -1,19 +1,24 @@
-"""The RolloutManager's operator actions: create, start, pause, resume and abort rollouts;
-list rollouts and children; report on a rollout."""
+"""The RolloutManager's operator actions: create, start, pause, resume and abort rollouts,
+promote a stage; list rollouts and children; report on a rollout."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from release_coordinator.errors import ValidationError
+import logging
+
+from release_coordinator.errors import InvalidTransitionError, ValidationError
 from release_coordinator.rollout.geo import Area, MatchMode
 from release_coordinator.rollout.models import Child, ReleaseBundle, Rollout, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental, Policy
 from release_coordinator.rollout.reports import RolloutReport, build_report
+from release_coordinator.rollout.strategy import StageType
 from release_coordinator.rollout.ticks import _Ticks
 
 __all__: list[str] = []
+
+log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's log
 
 
 class _Operations(_Ticks):
@@ -83,6 +88,37 @@ class _Operations(_Ticks):
         it are told to roll back (``end_stage`` answers ``{"end_stage": true, "action":
         "rollback"}``)."""
         return await self._abort(rollout_id, reason)
+
+    async def promote(self, rollout_id: str, stage_name: str) -> Rollout:
+        """End a ``WaitForSignal`` stage now, whatever its barrier's condition (an operator's
+        judgement, as Argo Rollouts' promote): the barrier opens, every child waiting on the
+        stage is told to end it, and every child that waits on it later too. Promoting an open
+        barrier changes nothing. InvalidTransitionError (409) unless the rollout is active and
+        not gated by a parent (a relay's stages end when its parent's do), and for a stage that
+        does not wait; NotFoundError for an unknown rollout or stage."""
+        rollout = await self.store.get_rollout(rollout_id)
+        if rollout.state is not RolloutState.ACTIVE or rollout.gated:
+            raise InvalidTransitionError(
+                "rollout",
+                rollout.state.value,
+                "promote",
+                subject=rollout_id,
+                hint="its stages end when its parent ends them"
+                if rollout.gated
+                else "only an active rollout's stages can be promoted",
+            )
+        stage = (await self.store.get_bundle(rollout_id)).strategy.stage(stage_name)
+        if stage.type is not StageType.WAIT_FOR_SIGNAL:
+            raise InvalidTransitionError(
+                "stage",
+                stage.type.value,
+                "promote",
+                subject=f"{rollout_id}/{stage_name}",
+                hint="only a WaitForSignal stage waits to be ended",
+            )
+        await self.open_barrier(rollout_id, stage_name)
+        log.info("rollout %s: stage %r promoted", rollout_id, stage_name)
+        return rollout
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
         return await self.store.get_rollout(rollout_id)

@@ -181,6 +181,19 @@ ROLLOUT_ROUTES: tuple[Route, ...] = (
         AbortRequest,
     ),
     Route(
+        "POST",
+        "/rollouts/{rollout_id}/stages/{stage_name}/promote",
+        "promoteStage",
+        "End a WaitForSignal stage now, whatever its barrier's condition (an operator's "
+        "judgement): every child waiting on it, and every later one, is told to end it",
+        "rollouts",
+        {200: ("The rollout as it is now.", RolloutBody)},
+        (*_BODY, 404, 409, *_OPERATOR),
+        request=ActionRequest,
+        request_required=False,
+        parameters=(*_ONE, _path_id("stage_name", "stage")),
+    ),
+    Route(
         "GET",
         "/rollouts/{rollout_id}/status",
         "getRolloutStatus",

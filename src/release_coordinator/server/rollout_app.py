@@ -37,6 +37,7 @@ POST    ``/rollouts/{id}/start``            start a draft (200)
 POST    ``/rollouts/{id}/pause``            pause (200)
 POST    ``/rollouts/{id}/resume``           resume (200)
 POST    ``/rollouts/{id}/abort``            ``{"reason"}``: abort, children roll back (200)
+POST    ``/rollouts/{id}/stages/{s}/promote`` end the WaitForSignal stage ``s`` now (200)
 GET     ``/rollouts/{id}/status``           counts per status, outcome, stage (with the
                                             call-weighted aggregate), lost children; ``bbox``
                                             or ``area`` narrows it to an area (200)

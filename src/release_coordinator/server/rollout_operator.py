@@ -329,7 +329,10 @@ class OperatorApi:
             if problems:
                 raise ValidationError(f"invalid {action} request", problems)
             rollout_id = request.path_params["rollout_id"]
-            if action == "start":
+            if action == "promote":
+                stage_name = request.path_params["stage_name"]
+                rollout = await self.manager.promote(rollout_id, stage_name)
+            elif action == "start":
                 rollout = await self.manager.start(rollout_id)
             elif action == "pause":
                 rollout = await self.manager.pause(rollout_id)
@@ -429,6 +432,7 @@ class OperatorApi:
                     (f"{one}/{action}", "POST", self.rollout_action(action))
                     for action in ("start", "pause", "resume", "abort")
                 ),
+                (f"{one}/stages/{{stage_name}}/promote", "POST", self.rollout_action("promote")),
                 (f"{one}/status", "GET", self.rollout_status),
                 (f"{one}/children", "GET", self.rollout_children),
                 ("/children", "GET", self.list_children),
