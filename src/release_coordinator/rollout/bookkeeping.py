@@ -155,6 +155,8 @@ class _Bookkeeping:
         # Per child: the aborted rollouts it was running when they were aborted and has not
         # reported on since (its /poll names them, so that it rolls back at once).
         self._aborted_for: dict[str, set[str]] = {}
+        # The (rollout, stage) barriers whose waiting children are being told to end now.
+        self._signalling: set[tuple[str, str]] = set()
 
     async def _operate(self, rollout_id: str, action: str, reason: str | None = None) -> Rollout:
         """Apply an operator's action (or a policy's abort) as a compare-and-set on the stored

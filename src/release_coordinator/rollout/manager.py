@@ -408,9 +408,16 @@ class RolloutManager(_Operations):
         stage = state.stage(stage_name)
         if rollout.state is RolloutState.ABORTED or state.outcome is Outcome.TIMED_OUT:
             return EndStageAnswer(True, "rollback")  # aborted, or the manager gave up on it
-        if stage.status is StageStatus.SUCCESS_WAITING:
-            await self._check_barrier(rollout, stage_name)
-            stage = (await self.store.child_release(release_id, child_id)).stage(stage_name)
+        if stage.status is StageStatus.SUCCESS_WAITING and rollout.state is RolloutState.ACTIVE:
+            barrier = await self._barrier(release_id, stage_name)
+            if not barrier.open:
+                await self._check_barrier(rollout, stage_name)  # may open it
+                barrier = await self._barrier(release_id, stage_name)
+            if not barrier.open:
+                return EndStageAnswer(False)
+            # Open: this child is told now, whoever else is still being told (one write).
+            await self._signal(state, stage_name)
+            return EndStageAnswer(True)
         return EndStageAnswer(stage.status >= StageStatus.SHOULD_END)
 
     # -- orchestration -----------------------------------------------------------------------

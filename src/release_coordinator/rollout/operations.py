@@ -3,10 +3,9 @@ promote a stage; list rollouts and children; report on a rollout."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
-
-import logging
 
 from release_coordinator.errors import InvalidTransitionError, ValidationError
 from release_coordinator.rollout.geo import Area, MatchMode

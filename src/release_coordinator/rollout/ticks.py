@@ -14,7 +14,7 @@ from release_coordinator.errors import ConcurrentUpdateError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, release_step, stage_step
 from release_coordinator.rollout.bookkeeping import NEVER_SEEN
 from release_coordinator.rollout.matching import _Matching
-from release_coordinator.rollout.models import Outcome, Rollout, RolloutState
+from release_coordinator.rollout.models import ChildRelease, Outcome, Rollout, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental
 from release_coordinator.rollout.reports import ACTIVE, READY, BarrierState, StageCounts
 from release_coordinator.rollout.strategy import StageType
@@ -150,20 +150,32 @@ class _Ticks(_Matching):
                 )
                 return
         if barrier.open:
-            if self.shared:  # children of other processes wait too
-                waiting = dict.fromkeys(await self.store.waiting(rollout.id, stage_name))
-            for child_id in list(waiting):
-                child = await self.store.child_release(rollout.id, child_id)
-                stages = dict(child.stages)
-                old = stages[stage_name]
-                if old.status is not StageStatus.SUCCESS_WAITING:
-                    continue
-                stages[stage_name] = attrs.evolve(
-                    old, status=stage_step(old.status, "signal"), changed_at=now
-                )
-                # A child that moved meanwhile is seen again by the next check.
-                with contextlib.suppress(ConcurrentUpdateError):
-                    await self._put(child, attrs.evolve(child, stages=stages))
+            key = (rollout.id, stage_name)
+            if key in self._signalling:
+                return  # another call is telling the waiting children right now
+            self._signalling.add(key)
+            try:
+                if self.shared:  # children of other processes wait too
+                    waiting = dict.fromkeys(await self.store.waiting(rollout.id, stage_name))
+                for child_id in list(waiting):
+                    await self._signal(
+                        await self.store.child_release(rollout.id, child_id), stage_name
+                    )
+            finally:
+                self._signalling.discard(key)
+
+    async def _signal(self, child: ChildRelease, stage_name: str) -> None:
+        """Tell a child waiting on an open barrier to end the stage (ShouldEnd); a child that
+        moved meanwhile is seen again by the next check."""
+        old = child.stages[stage_name]
+        if old.status is not StageStatus.SUCCESS_WAITING:
+            return
+        stages = dict(child.stages)
+        stages[stage_name] = attrs.evolve(
+            old, status=stage_step(old.status, "signal"), changed_at=self._clock()
+        )
+        with contextlib.suppress(ConcurrentUpdateError):
+            await self._put(child, attrs.evolve(child, stages=stages))
 
     async def _lost_children(self) -> frozenset[str]:
         """The children that have not polled for ``lost_after``: recomputed from the store only
