@@ -141,3 +141,27 @@ async def test_an_abort_at_the_top_reaches_a_leaf_below_a_relay_at_its_polls() -
     assert leaf.outcome == "rolled_back"
     await relay.sync()  # reports the roll-back upward
     assert (await top.store.child_release("42", relay.id)).status is ReleaseStatus.FAILED
+
+
+async def test_children_get_the_archive_digest_with_the_release() -> None:
+    import base64
+    import hashlib
+
+    from .test_rollout_app import OPS, Node, as_json
+
+    node = Node()
+    try:
+        c = node.client
+        assert (await c.post("/rollouts", json=as_json(), headers=OPS)).status_code == 201
+        child = (await node.poll("", INSIDE)).json()["id"]
+        release = await c.get("/release", params={"childID": child, "releaseID": "42"})
+        archive = await c.get("/release/functions/42", params={"childID": child})
+        digest = hashlib.sha256(archive.content).hexdigest()
+        assert release.headers["x-archive-sha256"] == digest
+        assert release.headers["x-archive-size"] == str(len(archive.content))
+        assert archive.headers["etag"] == f'"{digest}"'
+        assert archive.headers["repr-digest"] == (
+            "sha-256=:" + base64.b64encode(hashlib.sha256(archive.content).digest()).decode() + ":"
+        )
+    finally:
+        await c.aclose()

@@ -60,6 +60,7 @@ from release_coordinator.fsm.rollout import (
     release_step,
     stage_step,
 )
+from release_coordinator.rollout.archive import FunctionArchive
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.models import (
     ChildRelease,
@@ -185,7 +186,13 @@ class RolloutManager(_Operations):
         raise ConflictError(f"release {release_id} for {child_id} keeps changing; ask again")
 
     async def get_functions(self, release_id: object, child_id: object = "") -> bytes:
-        """``GET /release/functions/{id}``: the function archive, byte for byte. The protocol's
+        """``GET /release/functions/{id}``: the function archive, byte for byte (see
+        :meth:`archive`)."""
+        return (await self.archive(release_id, child_id)).data
+
+    async def archive(self, release_id: object, child_id: object = "") -> FunctionArchive:
+        """The release's function archive, for a child: NotFoundError for an unknown, draft or
+        aborted release, and for a named child the release is not meant for. The protocol's
         request does not name the child; when the caller knows it (``child_id``: a child token's
         holder, or the ``childID`` query parameter that this library's agents add), the call
         counts as the child being seen."""
@@ -202,7 +209,7 @@ class RolloutManager(_Operations):
             raise NotFoundError("release", release_id)  # offered to nobody (yet, or any more)
         if child_id and await self._not_meant_for(child_id, release_id):
             raise NotFoundError("release for child", f"{release_id}/{child_id}")
-        return (await self.store.get_bundle(release_id)).archive.data
+        return (await self.store.get_bundle(release_id)).archive
 
     async def _not_meant_for(self, child_id: str, release_id: str) -> bool:
         try:

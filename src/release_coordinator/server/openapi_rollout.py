@@ -252,6 +252,16 @@ ROLLOUT_ROUTES: tuple[Route, ...] = (
 _RAW_ANSWERS: dict[tuple[str, str, str], dict[str, Any]] = {
     ("/release", "get", "200"): {
         "description": "The strategy document (YAML).",
+        "headers": {
+            "X-Archive-SHA256": {
+                "description": "Hex SHA-256 of the release's function archive (an extra).",
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+            "X-Archive-Size": {
+                "description": "Its size in bytes (an extra).",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            },
+        },
         "content": {"text/plain": {"schema": {"type": "string"}}},
     },
     ("/release/functions/{release_id}", "get", "200"): {
@@ -262,7 +272,15 @@ _RAW_ANSWERS: dict[tuple[str, str, str], dict[str, Any]] = {
                     "type": "string",
                     "const": f'attachment; filename="{ARCHIVE_FILENAME}"',
                 }
-            }
+            },
+            "ETag": {
+                "description": "The archive's hex SHA-256, quoted.",
+                "schema": {"type": "string"},
+            },
+            "Repr-Digest": {
+                "description": "``sha-256=:<base64>:`` (RFC 9530), to check the bytes against.",
+                "schema": {"type": "string"},
+            },
         },
         "content": {
             ARCHIVE_MEDIA_TYPE: {

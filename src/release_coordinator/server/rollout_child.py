@@ -8,6 +8,7 @@ problem), so that every refusal is what it always was. Needs the ``server`` extr
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,7 +93,10 @@ class ChildProtocol:
                 raise ValidationError("invalid request", [("childID", "is required (a string)")])
             await self.tokens.require(request, child_id)
         text = await self.manager.get_release(child_id, release_id)
-        return Response(text.encode("utf-8"), media_type="text/plain")
+        archive = (await self.manager.store.get_bundle(str(release_id))).archive
+        # Extras: what the child will fetch next, so that it can check it (old agents ignore).
+        headers = {"X-Archive-SHA256": archive.sha256, "X-Archive-Size": str(archive.size)}
+        return Response(text.encode("utf-8"), media_type="text/plain", headers=headers)
 
     async def get_functions(self, request: Request) -> Response:
         # The protocol's request names no child; this library's agents add ``childID`` so the
@@ -100,11 +104,16 @@ class ChildProtocol:
         child_id = request.query_params.get("childID", "")
         if self.child_tokens:
             await self.tokens.require(request, child_id or None)
-        data = await self.manager.get_functions(request.path_params["release_id"], child_id)
+        archive = await self.manager.archive(request.path_params["release_id"], child_id)
+        digest = base64.b64encode(bytes.fromhex(archive.sha256)).decode("ascii")
         return Response(
-            data,
+            archive.data,
             media_type=ARCHIVE_MEDIA_TYPE,
-            headers={"Content-Disposition": f'attachment; filename="{ARCHIVE_FILENAME}"'},
+            headers={
+                "Content-Disposition": f'attachment; filename="{ARCHIVE_FILENAME}"',
+                "ETag": f'"{archive.sha256}"',
+                "Repr-Digest": f"sha-256=:{digest}:",  # RFC 9530
+            },
         )
 
     async def result(self, request: Request) -> Response:
