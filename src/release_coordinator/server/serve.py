@@ -91,6 +91,7 @@ from release_coordinator.server.request_body import JsonObjectEndpoint
 from release_coordinator.server.rollout_app import DEFAULT_MAX_UPLOAD, rollout_app
 from release_coordinator.server.token_auth import Verifier
 from release_coordinator.server.tokens import ENV_OPERATOR_TOKENS, ServeTokens, tokens_from_env
+from release_coordinator.server.ui import ui_routes
 from release_coordinator.storage import DEFAULT_DB
 from release_coordinator.storage.base import CoordinatorStore
 from release_coordinator.storage.memory import MemoryStore
@@ -252,6 +253,7 @@ def service_app(
         coordinator_part,
         shared=method_routes([(OPENAPI_PATH, "GET", guarded(openapi))]),
     )
+    routes += ui_routes()  # the dashboard at /ui, the API page at /docs (server.ui)
 
     @contextlib.asynccontextmanager
     async def run(_app: Starlette) -> AsyncIterator[None]:
