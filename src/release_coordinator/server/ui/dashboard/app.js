@@ -116,7 +116,7 @@
     if (region.dataset.drawn === key) return false;
     const focused = document.activeElement;
     const focusKey = region.contains(focused) ? focused.dataset.key : undefined;
-    region.replaceChildren(...[build()].flat());
+    region.replaceChildren(...[build()].flat().filter((n) => n !== null && n !== undefined && n !== false));
     region.dataset.drawn = key;
     if (focusKey) {
       const same = region.querySelector(`[data-key="${CSS.escape(focusKey)}"]`);
@@ -369,11 +369,13 @@
           "No task yet.",
         ));
         draw(timeline, events.length, () => events.length
-          ? h("ol", { class: "timeline" }, events.map((e) => h("li", { class: `event event-${e.type}` },
-            h("time", { datetime: e.at }, clock(e.at)), " ",
-            h("span", { class: `badge type-${e.type}` }, e.type), " ",
-            h("span", { class: "kind" }, e.kind.replace("_", " ")), " ",
-            e.message)))
+          ? h("ol", { class: "timeline", reversed: true, "aria-label": "Events, newest first" },
+            [...events].reverse().map((e) => h("li", { class: `event event-${e.type}` },
+              h("time", { datetime: e.at }, clock(e.at)), " ",
+              h("span", { class: `badge type-${e.type}` }, e.type), " ",
+              h("span", { class: "kind" }, e.kind.replaceAll("_", " ")),
+              e.task_service_id ? h("span", { class: "service" }, services.get(e.task_service_id) ?? "") : null,
+              " ", e.message)))
           : h("p", { class: "empty" }, "No event yet."));
       },
     };
@@ -393,7 +395,7 @@
             link(`#/rollouts/${q(r.id)}`, r.name || r.id, `rollout:${r.id}`),
             h("code", {}, r.id),
             badge(r.state),
-            r.policy.type.replace("_", " ") + (r.gated ? " (gated by the parent)" : ""),
+            r.policy.type.replaceAll("_", " ") + (r.gated ? " (gated by the parent)" : ""),
             r.match,
             r.priority,
           ]),
@@ -444,7 +446,7 @@
           announce(`Rollout ${rollout.name || rollout.id} is ${rollout.state}`);
         }
         lastState = rollout.state;
-        const counts = (o) => Object.entries(o).map(([k, v]) => `${k} ${v}`).join(", ");
+        const counts = (o) => Object.entries(o).map(([k, v]) => `${k.replaceAll("_", " ")} ${v}`).join(", ");
         draw(summary, status, () => facts([
           ["State", badge(rollout.state)],
           ["Id", h("code", {}, rollout.id)],
@@ -488,7 +490,7 @@
           rows.map((r) => [
             h("code", {}, r.child_id),
             badge(r.status, statusLabel(r.status)),
-            r.outcome.replace("_", " "),
+            r.outcome.replaceAll("_", " "),
             r.lost ? "lost" : "",
             Object.entries(r.stages).map(([n, st]) => `${n}: ${st.status}`).join(", "),
           ]),
@@ -501,7 +503,7 @@
   const statusLabel = (status) => (CLASSES.find(([k]) => k === status) || [status, status])[1];
 
   function policyText(policy) {
-    const parts = [policy.type.replace("_", " ")];
+    const parts = [policy.type.replaceAll("_", " ")];
     if (policy.quorum !== undefined) parts.push(`quorum ${policy.quorum}`);
     if (policy.barrier_timeout) parts.push(`barrier time-out ${policy.barrier_timeout} s`);
     if (policy.child_timeout) parts.push(`child time-out ${policy.child_timeout} s`);
@@ -606,7 +608,7 @@
       "fill-rule": "evenodd",
       "data-child": r.child_id,
       "data-status": r.status,
-    }, s("title", {}, `${r.child_id}: ${statusLabel(r.status)}${r.outcome ? `, ${r.outcome.replace("_", " ")}` : ""}${r.lost ? ", lost" : ""}`))),
+    }, s("title", {}, `${r.child_id}: ${statusLabel(r.status)}${r.outcome ? `, ${r.outcome.replaceAll("_", " ")}` : ""}${r.lost ? ", lost" : ""}`))),
     );
     const legend = h("ul", { class: "legend", "aria-label": "Legend" },
       h("li", {}, h("span", { class: "swatch target", "aria-hidden": "true" }), "target"),
@@ -679,6 +681,7 @@
           return;
         }
         running = true;
+        document.documentElement.dataset.refreshing = "true"; // (what a test can wait for)
         clearTimeout(timer);
         try {
           await view.refresh();
@@ -693,6 +696,7 @@
           showProblem(error.status === 404 ? `Not found: ${error.message}` : `Updates failed: ${error.message}`);
         } finally {
           running = false;
+          document.documentElement.dataset.refreshing = "false";
         }
         if (current !== me) return;
         if (again) {
