@@ -127,13 +127,13 @@ def page(browser: Any, tmp_path: Path) -> Iterator[Page]:
 class Serve:
     """``release-coordinator serve`` on 127.0.0.1, port 0, in memory, its stderr in a file."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, tmp_path: Path, env: dict[str, str], *extra: str) -> None:
         self.log = tmp_path / "serve.log"
         self.out = self.log.open("wb")
         command = [sys.executable, "-m", "release_coordinator", "serve", "--host", HOST]
         options = ["--port", "0", "--db", "memory", "--poll-interval", "0.2"]
         self.process = subprocess.Popen(
-            [*command, *options, "--tick-interval", "0.2", "--lost-after", "600"],
+            [*command, *options, "--tick-interval", "0.2", "--lost-after", "600", *extra],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -196,6 +196,8 @@ def log_in(page: Page, base: str, operator: str) -> None:
     p.keyboard.type(operator)
     p.keyboard.press("Enter")
     expect(p.get_by_role("heading", name="Releases", exact=True)).to_be_visible()
+    assert p.evaluate("() => Object.values(sessionStorage)") == [operator]
+    assert operator not in p.url
 
 
 def check_the_token_stayed_secret(page: Page, serve: Serve, operator: str, base: str) -> None:
@@ -365,6 +367,17 @@ def test_a_release_staged_published_run_again_and_canceled_from_the_page(
             p.clock.resume()
             expect(p.get_by_role("button", name="Publish")).to_have_count(0, timeout=SEEN_WITHIN)
             expect(p.get_by_role("button", name="Run again")).to_be_visible(timeout=SEEN_WITHIN)
+
+            # an unknown release: the API's 404, said on the page
+            p.goto(f"{base}/ui/#/releases/RE_NOSUCHTHING")
+            expect(p.get_by_role("alert")).to_contain_text("Not found: ")
+            expect(p.get_by_role("alert")).to_contain_text("RE_NOSUCHTHING")
+            # logging out forgets the token
+            p.get_by_role("button", name="Log out").click()
+            expect(p.get_by_role("heading", name="Log in")).to_be_visible()
+            assert p.evaluate("() => sessionStorage.length") == 0
+            p.reload()
+            expect(p.get_by_label("Operator token")).to_be_visible()
     finally:
         serve.close()
     check_the_token_stayed_secret(page, serve, operator, base)
@@ -580,6 +593,28 @@ def test_a_rollout_s_map_changes_when_the_operator_aborts_it(
     assert fleet.failures == [], fleet.failures[:5]
     assert set(fleet.outcomes) == set(LEAVES), fleet.outcomes
     check_the_token_stayed_secret(page, serve, operator, base)
+
+
+def test_a_server_without_tokens_shows_the_dashboard_without_a_login(
+    page: Page, tmp_path: Path, env: dict[str, str]
+) -> None:
+    from playwright.sync_api import expect
+
+    serve = Serve(tmp_path, env, "--allow-anonymous")
+    try:
+        wait_ready(f"{serve.base}/status")
+        p = page.page
+        p.goto(f"{serve.base}/ui/")
+        expect(p.get_by_role("heading", name="Releases", exact=True)).to_be_visible()
+        expect(p.get_by_text("No release yet.")).to_be_visible()
+        expect(p.get_by_role("heading", name="Log in")).to_be_hidden()
+        expect(p.get_by_role("button", name="Log out")).to_be_hidden()
+        p.get_by_role("link", name="Rollouts").click()
+        expect(p.get_by_text("No rollout yet.")).to_be_visible()
+        assert all("authorization" not in h for _, h in page.requests)
+    finally:
+        serve.close()
+    assert page.errors == [], page.errors
 
 
 # -- the API page --------------------------------------------------------------------------------
