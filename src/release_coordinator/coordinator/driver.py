@@ -29,6 +29,7 @@ from release_coordinator.coordinator.models import (
 )
 from release_coordinator.coordinator.plans import task_change
 from release_coordinator.coordinator.wire import TaskAction
+from release_coordinator.errors import ConcurrentUpdateError
 from release_coordinator.fsm.release import RELEASE_MACHINE, ReleaseState, TaskState
 
 __all__ = ["DriverMixin"]
@@ -78,14 +79,25 @@ class DriverMixin(FanOutMixin):
     async def _ensure_driver(self, release_id: str) -> None:
         if self._closed:
             return
-        driver = self._drivers.get(release_id)
-        if driver is not None and not driver.done():
+        if self._driving(release_id):
             self._poke(release_id)
             return
-        if await self.store.claim_release(release_id, self.owner, self.config.lease_seconds):
+        claimed = await self.store.claim_release(release_id, self.owner, self.config.lease_seconds)
+        if claimed and not self._closed:  # (closed meanwhile: leave it to another coordinator)
             self._spawn(release_id)
 
+    def _driving(self, release_id: str) -> bool:
+        """Whether a driver of this coordinator runs for the release."""
+        driver = self._drivers.get(release_id)
+        return driver is not None and not driver.done()
+
     def _spawn(self, release_id: str) -> None:
+        """Start driving the release, unless a driver runs already (one spawned while its
+        lease was being claimed, by the claim loop say): that one is woken instead. Never two
+        drivers for one release in one coordinator."""
+        if self._driving(release_id):
+            self._poke(release_id)
+            return
         self._wake.setdefault(release_id, asyncio.Event())
         self._drivers[release_id] = asyncio.get_running_loop().create_task(
             self._drive(release_id), name=f"rc-drive-{release_id}"
@@ -99,8 +111,7 @@ class DriverMixin(FanOutMixin):
     async def _claim_unowned(self) -> None:
         claimed = await self.store.claim_releases(self.owner, self.config.lease_seconds)
         for release in claimed:
-            driver = self._drivers.get(release.id)
-            if driver is None or driver.done():
+            if not self._driving(release.id) and not self._closed:
                 if release.state not in (RS.WAITING,):
                     log.info("resuming release %s (%s)", release.id, release.state)
                 self._spawn(release.id)
@@ -114,21 +125,33 @@ class DriverMixin(FanOutMixin):
                 log.exception("claiming releases failed")
 
     async def _drive(self, release_id: str) -> None:
+        me = asyncio.current_task()
         try:
             while True:
-                renewed = await self.store.renew_lease(
-                    release_id, self.owner, self.config.lease_seconds
-                )
+                lease = self.config.lease_seconds
+                renewed = await self.store.renew_lease(release_id, self.owner, lease)
                 release = await self.store.get_release(release_id)
                 if release.is_final:
                     return
-                if not renewed:
+                # A lease found free (dropped by a driver of ours that just ended) is taken
+                # again; one that another coordinator holds is not.
+                if not renewed and not await self.store.claim_release(
+                    release_id, self.owner, lease
+                ):
                     log.warning(
                         "lost the lease on release %s; another coordinator has it", release_id
                     )
                     return
                 tasks = await self.store.list_tasks(release_id)
-                pause = await self._step(release, tasks)
+                try:
+                    pause = await self._step(release, tasks)
+                except ConcurrentUpdateError as lost:
+                    # A user action (cancel, publish) or a callback moved the release while
+                    # this step was being taken: read it again and decide anew, at once.
+                    log.debug(
+                        "release %s moved during a step (%s); reading it again", release_id, lost
+                    )
+                    pause = 0
                 self._events_written()
                 async with self._changed:
                     self._changed.notify_all()
@@ -141,10 +164,15 @@ class DriverMixin(FanOutMixin):
             # picks the release up again.
             log.exception("driving release %s failed; it will be resumed", release_id)
         finally:
-            self._drivers.pop(release_id, None)
-            if not self._closed:
-                with contextlib.suppress(Exception):
-                    await self.store.drop_lease(release_id, self.owner)
+            # Only the registered driver lets go (a newer one may have been spawned already),
+            # and it stays registered until it has: a coordinator that waits for its drivers
+            # (or closes, cancelling them) does not leave a store call behind.
+            if self._drivers.get(release_id) is me:
+                if not self._closed:
+                    with contextlib.suppress(Exception):
+                        await self.store.drop_lease(release_id, self.owner)
+                if self._drivers.get(release_id) is me:
+                    del self._drivers[release_id]
             async with self._changed:
                 self._changed.notify_all()
 
@@ -252,21 +280,24 @@ class DriverMixin(FanOutMixin):
         detail: str = "",
     ) -> Release:
         """Move the release on by ``trigger`` (a compare-and-set), logged as a transition (and,
-        for a ``user`` request, the request before it)."""
+        for a ``user`` request, the request before it, stored with it: a request that loses
+        the compare-and-set leaves no trace). ConcurrentUpdateError when the release is no
+        longer in the state ``release`` was read in."""
         dest = ReleaseState(RELEASE_MACHINE.next_state(release.state, trigger, subject=release.id))
         bad = dest is RS.FAILED or (failure is not None and trigger == "cancel")
         why = f": {failure}" if failure else detail
-        if user:
-            # The request is an event of its own; the state change below is another.
-            await self.store.append_events(
-                [
-                    new_event(
-                        EventKind.USER_ACTION,
-                        f"{trigger} of release {release.name!r} requested{detail}",
-                        release_id=release.id,
-                    )
-                ]
-            )
+        # The request is an event of its own; the state change is another.
+        request = (
+            [
+                new_event(
+                    EventKind.USER_ACTION,
+                    f"{trigger} of release {release.name!r} requested{detail}",
+                    release_id=release.id,
+                )
+            ]
+            if user
+            else []
+        )
         event = Event(
             type=EventType.ERROR if bad else EventType.INFO,
             kind=EventKind.TRANSITION,
@@ -275,7 +306,7 @@ class DriverMixin(FanOutMixin):
             state=dest.value,
         )
         updated = await self.store.transition_release(
-            release.id, {release.state}, dest, event, failure=failure
+            release.id, {release.state}, dest, event, failure=failure, before=request
         )
         self._events_written()
         return updated

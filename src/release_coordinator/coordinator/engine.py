@@ -62,6 +62,9 @@ from release_coordinator.transports.memory import MemoryTransport
 __all__ = ["Coordinator"]
 
 RS = ReleaseState
+#: The states in which a repeated request is met already (it answers the release unchanged).
+_PUBLISH_DONE = frozenset({RS.PUBLISHING, RS.PUBLISHED})
+_CANCEL_DONE = frozenset({RS.CANCELING, RS.CANCELED})
 
 
 def _text_problems(field: str, values: tuple[object, ...]) -> list[tuple[str, str]]:
@@ -203,47 +206,87 @@ class Coordinator(ServicesMixin, DriverMixin):
         """Request publication of a staged release.
 
         Refused with InvalidTransitionError unless the release is ``staged`` (already
-        ``publishing`` or ``published`` returns it unchanged).
+        ``publishing`` or ``published`` returns it unchanged). A driver moving the release at
+        the same moment (publishing it automatically, say) never makes it fail: the request is
+        judged again against the state that won.
         """
-        release = await self.store.get_release(release_id)
-        if release.state in (RS.PUBLISHING, RS.PUBLISHED):
-            return release
-        if release.state is not RS.STAGED:
-            raise InvalidTransitionError(
-                "release",
-                release.state,
-                "publish",
-                subject=release_id,
-                hint="only a staged release can be published",
-            )
-        release = await self._transition(release, "publish", user=True)
-        await self._ensure_driver(release_id)
-        return release
+
+        def allowed(release: Release) -> None:
+            if release.state is not RS.STAGED:
+                raise InvalidTransitionError(
+                    "release",
+                    release.state.value,
+                    "publish",
+                    subject=release_id,
+                    hint="only a staged release can be published",
+                )
+
+        return await self._user_transition(
+            release_id, "publish", _PUBLISH_DONE, allowed=allowed, detail=""
+        )
 
     async def cancel(self, release_id: str, *, reason: str = "") -> Release:
         """Cancel a release at any non-final state; every task is told to cancel.
 
         Idempotent: canceling a release that is canceling or canceled returns it unchanged.
-        A published or failed release cannot be canceled (InvalidTransitionError).
+        A published or failed release cannot be canceled (InvalidTransitionError). A driver
+        moving the release at the same moment never makes it fail: the request is judged
+        again against the state that won, and once accepted the release ends ``canceled``
+        (or ``failed``, when something had failed already).
         """
-        release = await self.store.get_release(release_id)
-        if release.state in (RS.CANCELING, RS.CANCELED):
-            return release
-        RELEASE_MACHINE.next_state(release.state, "cancel", subject=release_id)
-        release = await self._transition(
-            release, "cancel", user=True, detail=f" ({reason})" if reason else ""
+
+        def allowed(release: Release) -> None:
+            RELEASE_MACHINE.next_state(release.state, "cancel", subject=release_id)
+
+        return await self._user_transition(
+            release_id,
+            "cancel",
+            _CANCEL_DONE,
+            allowed=allowed,
+            detail=f" ({reason})" if reason else "",
         )
-        await self._ensure_driver(release_id)
-        return release
+
+    async def _user_transition(
+        self,
+        release_id: str,
+        trigger: str,
+        done: frozenset[ReleaseState],
+        *,
+        allowed: Callable[[Release], None],
+        detail: str,
+    ) -> Release:
+        """A user's request to move a release on by ``trigger``, as a compare-and-set against
+        the freshly read state, and again whenever a driver (or another user) moved the
+        release in between: ``done`` states return the release unchanged (the request was
+        met already), ``allowed`` raises when the fresh state refuses the request, and only
+        then is it refused. The request's event is stored with the change it made."""
+        # Every lost compare-and-set means the release moved on, and the release machine has
+        # no cycle: after as many attempts as it has states the release is final (in
+        # ``done`` or refused by ``allowed``).
+        for _attempt in range(len(RELEASE_MACHINE.states) + 1):
+            release = await self.store.get_release(release_id)
+            if release.state in done:
+                return release
+            allowed(release)
+            try:
+                updated = await self._transition(release, trigger, user=True, detail=detail)
+            except ConcurrentUpdateError:
+                continue  # the release moved meanwhile: judge the request again
+            await self._ensure_driver(release_id)
+            return updated
+        raise ConflictError(  # pragma: no cover - the release machine has no cycle
+            f"release {release_id!r} keeps changing; ask for {trigger!r} again", id=release_id
+        )
 
     async def run_again(self, release_id: str) -> Release:
         """A new release like a finished one (same name, scope, tags...), over today's services."""
         old = await self.store.get_release(release_id)
         if not old.is_final:
             raise ConflictError(
-                f"release {release_id!r} is {old.state}; only a finished release runs again",
+                f"release {release_id!r} is {old.state.value!r}; only a finished release runs "
+                "again",
                 id=release_id,
-                state=old.state,
+                state=old.state.value,
             )
         return await self.create_release(
             old.name,
@@ -381,7 +424,9 @@ class Coordinator(ServicesMixin, DriverMixin):
                 raise NotFoundError("task", f"{release_id}/{task_id}")
             release = await self.store.get_release(task.release_id)
             if release.is_final:
-                raise refused_report(task, state, f"release {release.id} is {release.state}")
+                raise refused_report(
+                    task, state, f"release {release.id} is {release.state.value!r}"
+                )
             change = change_for_report(release, task, state, progress, callback=True)
             if change is None:
                 return task

@@ -291,7 +291,7 @@ def report_plan(
                 reported,
                 "the task is finished"
                 if task.is_finished
-                else (f"release {release.id} is {release.state}"),
+                else (f"release {release.id} is {release.state.value!r}"),
             )
         return None
     steps = task_steps(task.state, target, release.state)
@@ -302,8 +302,8 @@ def report_plan(
             raise refused_report(
                 task,
                 reported,
-                f"{reported!r} is not reachable from {task.state!r} while release "
-                f"{release.id} is {release.state}",
+                f"{reported!r} is not reachable from {task.state.value!r} while release "
+                f"{release.id} is {release.state.value!r}",
             )
         return trigger_plan(
             task,
@@ -321,7 +321,7 @@ def report_plan(
 def refused_report(task: Task, reported: str, hint: str) -> InvalidTransitionError:
     """The error for a callback reporting ``reported`` that ``task`` cannot take."""
     return InvalidTransitionError(
-        "task", task.state, f"report {reported}", subject=task.id, hint=hint
+        "task", task.state.value, f"report {reported}", subject=task.id, hint=hint
     )
 
 

@@ -239,12 +239,16 @@ class CoordinatorStore(abc.ABC):
         event: Event,
         *,
         failure: str | None = None,
+        before: Sequence[Event] = (),
     ) -> Release:
         """Compare-and-set the release's state and append ``event``.
 
         Sets ``state_changed_at``; writes ``failure`` when given. Moving to ``published``
         promotes the version with :func:`~release_coordinator.versions.published_version`
-        in the same atomic step. ConcurrentUpdateError if the state is not in ``from_states``.
+        in the same atomic step. ``before`` are events appended just ahead of ``event``, in
+        the same atomic step (a user's request and the change it made: both or neither).
+        ConcurrentUpdateError if the state is not in ``from_states`` (then nothing is
+        appended).
         """
 
     @abc.abstractmethod

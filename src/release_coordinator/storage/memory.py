@@ -237,11 +237,12 @@ class MemoryStore(CoordinatorStore):
         event: Event,
         *,
         failure: str | None = None,
+        before: Sequence[Event] = (),
     ) -> Release:
         with self._lock:
             current = self._release(release_id)
             if current.state not in from_states:
-                raise ConcurrentUpdateError("release", release_id, from_states, current.state)
+                raise ConcurrentUpdateError("release", release_id, from_states, current.state.value)
             now = utcnow()
             version = current.version
             if to_state is ReleaseState.PUBLISHED:
@@ -256,6 +257,8 @@ class MemoryStore(CoordinatorStore):
                 state_changed_at=now,
             )
             self._releases[release_id] = updated
+            for earlier in before:
+                self._append(earlier)
             self._append(event)
             return updated
 
@@ -272,7 +275,9 @@ class MemoryStore(CoordinatorStore):
         with self._lock:
             current = self._release(release_id)
             if expect_states is not None and current.state not in expect_states:
-                raise ConcurrentUpdateError("release", release_id, expect_states, current.state)
+                raise ConcurrentUpdateError(
+                    "release", release_id, expect_states, current.state.value
+                )
             updated = attrs.evolve(
                 current,
                 name=current.name if name is None else name,
@@ -314,7 +319,9 @@ class MemoryStore(CoordinatorStore):
                 current = tasks[task_id]
                 old_state = current.state
                 if old_state not in change.from_states:
-                    append(ConcurrentUpdateError("task", task_id, change.from_states, old_state))
+                    append(
+                        ConcurrentUpdateError("task", task_id, change.from_states, old_state.value)
+                    )
                     continue
                 to_state = change.to_state
                 state = old_state if to_state is None else to_state
@@ -368,7 +375,7 @@ class MemoryStore(CoordinatorStore):
                 current = tasks[task_id]
                 old_state = current.state
                 if old_state != from_state:
-                    append(ConcurrentUpdateError("task", task_id, [from_state], old_state))
+                    append(ConcurrentUpdateError("task", task_id, [from_state], old_state.value))
                     continue
                 old_progress = current.progress
                 progress = old_progress if new_progress is None else new_progress

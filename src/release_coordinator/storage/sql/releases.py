@@ -216,11 +216,12 @@ class _Releases(_EventLog):
         event: Event,
         *,
         failure: str | None = None,
+        before: Sequence[Event] = (),
     ) -> Release:
         for attempt in range(_VERSION_ATTEMPTS):
             try:
                 return await self._transition_release(
-                    release_id, from_states, to_state, event, failure
+                    release_id, from_states, to_state, [*before, event], failure
                 )
             except sa_exc.IntegrityError as error:
                 await self._retry_version(attempt, error)
@@ -231,7 +232,7 @@ class _Releases(_EventLog):
         release_id: str,
         from_states: Collection[ReleaseState],
         to_state: ReleaseState,
-        event: Event,
+        events: Sequence[Event],
         failure: str | None,
     ) -> Release:
         async with self._write() as conn:
@@ -259,7 +260,7 @@ class _Releases(_EventLog):
             )
             if row is None:
                 raise await _lost_release(conn, release_id, from_states)
-            await self._insert_events(conn, [event])
+            await self._insert_events(conn, events)
             return _release(row)
 
     @_edge
