@@ -307,6 +307,13 @@ def test_a_release_staged_published_run_again_and_canceled_from_the_page(
             expect(row).to_be_visible(timeout=SEEN_WITHIN)
             expect(p.get_by_role("row").filter(has_text="2026-11")).to_contain_text("canceled")
             expect(row).to_contain_text(re.compile(r"running|staged|initializing|waiting"))
+            # the list redraws when a release comes, and the focus stays on the same link
+            row.get_by_role("link", name="2026-12").focus()
+            side = api.post("/releases", json={"name": "hotfix", "studies": ["SD_9"]})
+            assert side.status_code == 201, side.text
+            expect(p.get_by_role("link", name="hotfix")).to_be_visible(timeout=SEEN_WITHIN)
+            focused = p.evaluate("() => document.activeElement.dataset.key")
+            assert focused == f"release:{release_id}"
             page.shoot(SHOTS[0])
 
             row.get_by_role("link", name="2026-12").click()
@@ -533,6 +540,10 @@ def test_a_rollout_s_map_changes_when_the_operator_aborts_it(
             expect(p.locator('#rollout-map path[data-status="Todo"]')).to_have_count(len(IDLE))
             expect(p.locator('#rollout-map path[data-status="none"]')).to_have_count(len(OUTSIDE))
             expect(children).to_have_count(expected)
+            expect(
+                p.get_by_role("img", name="Map of rollout checkout v2", exact=True)
+            ).to_be_visible()
+            expect(p.locator("#rollout-map-desc")).to_contain_text(f"{len(LEAVES)} running")
             stages = p.locator("#stages tbody tr")
             expect(stages.first).to_contain_text("canary")
             expect(p.locator("#metrics tbody tr").first).to_contain_text(

@@ -242,7 +242,7 @@
   function region(parent, title, id) {
     const body = h("div", { class: "region-body", id });
     const headingId = `${id}-title`;
-    parent.append(h("section", { class: "region", "aria-labelledby": headingId },
+    parent.append(h("section", { class: "region", "aria-labelledby": title ? headingId : null },
       title ? h("h2", { id: headingId }, title) : null, body));
     return body;
   }
@@ -592,12 +592,13 @@
     const svg = s("svg", {
       viewBox: `0 0 ${width} ${Math.round(height)}`,
       role: "img",
-      "aria-labelledby": "map-title map-desc",
+      "aria-labelledby": "rollout-map-title",
+      "aria-describedby": "rollout-map-desc",
       class: "map",
       id: "rollout-map",
     },
-    s("title", { id: "map-title" }, title),
-    s("desc", { id: "map-desc" },
+    s("title", { id: "rollout-map-title" }, title),
+    s("desc", { id: "rollout-map-desc" },
       `The target and ${rows.length} children, coloured by status: ` +
       CLASSES.filter(([k]) => tally.get(k)).map(([k, label]) => `${tally.get(k)} ${label}`).join(", ") +
       ". The table of children below says the same."),
