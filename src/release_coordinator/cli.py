@@ -214,6 +214,10 @@ def _parser() -> argparse.ArgumentParser:
 
     diagrams = commands.add_parser("diagrams", help="print the state machines as mermaid diagrams")
     diagrams.add_argument("machine", nargs="?", choices=["release", "task"], default=None)
+
+    from release_coordinator.client.commands import add_client_commands
+
+    add_client_commands(commands)  # services, releases, rollouts: a client of serve over HTTP
     return parser
 
 
@@ -250,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.machine in (None, name):
                 print(machine.mermaid())
         return 0
+    if getattr(args, "handler", None) is not None:  # services, releases, rollouts
+        from release_coordinator.client.commands import run
+
+        return run(args)
     _parser().print_help()
     return 2
 
