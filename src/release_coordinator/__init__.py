@@ -8,6 +8,7 @@ dependencies are imported from their own modules (``release_coordinator.storage.
 from __future__ import annotations
 
 from release_coordinator._version import __version__
+from release_coordinator.client.http import Client
 from release_coordinator.coordinator.config import CoordinatorConfig, RetryPolicy
 from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.coordinator.events import Subscriber
@@ -132,6 +133,7 @@ __all__ = [
     "Child",
     "ChildRelease",
     "ChildStage",
+    "Client",
     "ConcurrentUpdateError",
     "ConfigurationError",
     "ConflictError",
