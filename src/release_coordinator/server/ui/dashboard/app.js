@@ -285,6 +285,7 @@
     if (!services.has(id)) {
       const items = await all("task-services", 2);
       services = new Map(items.map((s) => [s.id, s.name]));
+      if (!services.has(id)) services.set(id, id); // a service removed since: its id, once
     }
     return services.get(id) ?? id;
   }
