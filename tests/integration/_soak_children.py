@@ -70,7 +70,14 @@ class Child:
         now = round(time.monotonic() - self.t0, 1)
         if leaf.release_id and leaf.release_id not in self.started:
             self.started[leaf.release_id] = now
-        if leaf.done and leaf.release_id and leaf.release_id not in self.outcomes:
+        # (A leaf done with a release whose fetch failed holds the new release's id with the
+        # last one's outcome, and no stage of it: SimulatedLeaf._start. That is no outcome.)
+        if (
+            leaf.done
+            and leaf.release_id
+            and leaf.release_id not in self.outcomes
+            and len(leaf.history) > self._mark
+        ):
             self.outcomes[leaf.release_id] = {
                 "outcome": leaf.outcome,
                 "stages": leaf.history[self._mark :],
