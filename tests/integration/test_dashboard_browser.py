@@ -566,8 +566,14 @@ def test_a_rollout_s_map_changes_when_the_operator_aborts_it(
             p.mouse.move(0, 0)
             page.shoot(SHOTS[3] + "-before-abort")
 
+            # the leaves wait at the barrier the idle children hold: the operator may end the
+            # stage now (not done here: the leaves would go on)
+            expect(p.get_by_role("button", name="Promote canary")).to_be_visible(
+                timeout=SEEN_WITHIN
+            )
             p.get_by_role("button", name="Pause").click()
             expect(p.get_by_role("button", name="Resume")).to_be_visible(timeout=SEEN_WITHIN)
+            expect(p.get_by_role("button", name="Promote canary")).to_have_count(0)  # paused
             p.get_by_role("button", name="Resume").click()
             abort = p.get_by_role("button", name="Abort")
             expect(abort).to_be_visible(timeout=SEEN_WITHIN)

@@ -463,7 +463,17 @@
         ]));
         const name = rollout.name || rollout.id;
         const done = (r) => `Rollout ${r.name || r.id} is ${r.state}`;
-        draw(actions, rollout.state, () => [
+        // A WaitForSignal stage with children waiting can be ended now by the operator.
+        const promotable = rollout.state === "active" && !rollout.gated
+          ? status.stages.filter((st) => (st.counts.SuccessWaiting ?? 0) > 0).map((st) => st.name)
+          : [];
+        draw(actions, [rollout.state, promotable], () => [
+          ...promotable.map((stage) => actionButton({
+            label: `Promote ${stage}`,
+            path: `rollouts/${q(id)}/stages/${q(stage)}/promote`,
+            confirm: `Confirm: end stage ${stage} of ${name} now, whatever its barrier`,
+            done: () => `Stage ${stage} of ${name} promoted`,
+          })),
           rollout.state === "draft" ? actionButton({ label: "Start", path: `rollouts/${q(id)}/start`, done }) : null,
           rollout.state === "active" ? actionButton({ label: "Pause", path: `rollouts/${q(id)}/pause`, done }) : null,
           rollout.state === "paused" ? actionButton({ label: "Resume", path: `rollouts/${q(id)}/resume`, done }) : null,
