@@ -23,6 +23,9 @@ __all__: list[str] = []
 
 log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's log
 
+#: How many children waiting on an open barrier one call tells to end the stage.
+SIGNAL_BATCH = 64
+
 
 class _Ticks(_Matching):
     """Barriers, stage counts, lost children and completion (see the module documentation)."""
@@ -157,7 +160,10 @@ class _Ticks(_Matching):
             try:
                 if self.shared:  # children of other processes wait too
                     waiting = dict.fromkeys(await self.store.waiting(rollout.id, stage_name))
-                for child_id in list(waiting):
+                # A bounded batch per call (the call is a child's request, or a tick): the rest
+                # are told when they next ask (/end_stage writes its own child), or by the next
+                # calls, so no request writes hundreds of child states.
+                for child_id in list(waiting)[:SIGNAL_BATCH]:
                     await self._signal(
                         await self.store.child_release(rollout.id, child_id), stage_name
                     )
