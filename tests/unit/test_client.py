@@ -4,8 +4,10 @@ error; the plain-text tables used without rich."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
+import io
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,10 @@ from release_coordinator import (
     ValidationError,
 )
 from release_coordinator.client import AccessDeniedError
+from release_coordinator.client.coordinator_commands import releases_watch
 from release_coordinator.client.exits import exit_code
-from release_coordinator.client.render import View, plain_table
+from release_coordinator.client.render import Output, View, plain_table
+from release_coordinator.client.rollout_commands import rollout_ended_well, rollouts_watch
 from release_coordinator.server.serve import service_app
 
 from .test_rollout_manager import EUROPE, INSIDE, STRATEGY, archive
@@ -460,3 +464,62 @@ def test_plain_tables_are_aligned() -> None:
         "tasks\nSERVICE  STATE\n-------  ------\nportal   staged",
         "none\n(none)",
     ]
+
+
+# -- watch, in process ---------------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal: rich draws a Live view on it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [io.StringIO, Terminal])
+async def test_watch_a_release_to_published_and_one_canceled(
+    served: Served, stream: type[io.StringIO]
+) -> None:
+    async with served.client() as client:
+        await client.register_service("portal", "memory://portal")
+        published = await client.create_release("auto", auto_publish=True)
+        out = Output(json_mode=False, stream=stream())
+        args = argparse.Namespace(id=published["id"], until_staged=False, interval=0.01)
+        assert await releases_watch(client, args, out) == 0
+        assert out.live_capable is (stream is Terminal)
+        text = out.stream.getvalue()  # type: ignore[attr-defined]
+        assert "published" in text
+        assert "portal" in text
+        canceled = await client.create_release("stopped", studies=["S"] * 5)
+        await client.cancel_release(canceled["id"])
+        args = argparse.Namespace(id=canceled["id"], until_staged=False, interval=0.01)
+        assert await releases_watch(client, args, Output(json_mode=True, stream=stream())) == 1
+
+
+@pytest.mark.anyio
+async def test_watch_a_rollout_until_it_is_aborted(served: Served) -> None:
+    async with served.client() as client:
+        await client.create_rollout(strategy("w-1"), archive(), EUROPE)
+        out = Output(json_mode=False, use_rich=False, stream=io.StringIO())
+        watching = asyncio.create_task(
+            rollouts_watch(client, argparse.Namespace(id="w-1", interval=0.01), out)
+        )
+        await asyncio.sleep(0.05)
+        assert not watching.done()  # active: still watching
+        await client.abort_rollout("w-1")
+        assert await asyncio.wait_for(watching, WAIT) == 1
+        assert "rollout w-1 aborted" in out.stream.getvalue()  # type: ignore[attr-defined]
+
+
+def status(state: str, statuses: dict[str, int], outcomes: dict[str, int]) -> dict[str, Any]:
+    return {"rollout": {"state": state}, "statuses": statuses, "outcomes": outcomes}
+
+
+def test_a_rollout_ends_well_only_completed_without_failures() -> None:
+    assert rollout_ended_well(status("completed", {"Done": 3}, {"rolled_out": 3}))
+    assert rollout_ended_well(status("completed", {}, {}))
+    assert not rollout_ended_well(status("completed", {"Done": 2, "Failed": 1}, {"rolled_out": 2}))
+    assert not rollout_ended_well(status("completed", {"Done": 3}, {"rolled_back": 1}))
+    assert not rollout_ended_well(status("aborted", {"Done": 3}, {"rolled_out": 3}))
+    assert not rollout_ended_well(status("active", {}, {}))
