@@ -127,7 +127,7 @@ class DriverMixin(FanOutMixin):
     async def _drive(self, release_id: str) -> None:
         me = asyncio.current_task()
         try:
-            while True:
+            while not self._closed:  # closing: stop between steps, not inside a store call
                 lease = self.config.lease_seconds
                 renewed = await self.store.renew_lease(release_id, self.owner, lease)
                 release = await self.store.get_release(release_id)

@@ -63,6 +63,9 @@ __all__ = ["Coordinator"]
 
 RS = ReleaseState
 #: The states in which a repeated request is met already (it answers the release unchanged).
+#: Seconds :meth:`Coordinator.close` lets its drivers finish the step they are in.
+_CLOSE_GRACE = 2.0
+
 _PUBLISH_DONE = frozenset({RS.PUBLISHING, RS.PUBLISHED})
 _CANCEL_DONE = frozenset({RS.CANCELING, RS.CANCELED})
 
@@ -141,7 +144,16 @@ class Coordinator(ServicesMixin, DriverMixin):
         """Stop driving (releases stay where they are, for a later coordinator to resume)."""
         self._closed = True
         driven = list(self._drivers)
-        tasks = [*self._background, *self._drivers.values()]
+        drivers = list(self._drivers.values())
+        # Drivers stop between two steps: wake the pausing ones, and give the others a moment
+        # to finish the step they are in. Cancelling one inside a store write could leave a
+        # SQLite connection holding the database's lock; only those still busy after
+        # _CLOSE_GRACE seconds (a slow task service, say) are cancelled.
+        for wake in self._wake.values():
+            wake.set()
+        if drivers:
+            await asyncio.wait(drivers, timeout=_CLOSE_GRACE)
+        tasks = [*self._background, *drivers]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
