@@ -134,6 +134,18 @@ def _parser() -> argparse.ArgumentParser:
         help="the level of the log on stderr; the per-request lines are INFO (default: info)",
     )
     serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line (time, level, logger, message; request "
+        "lines also request_id, method, route, status, duration_ms, client) (default: text)",
+    )
+    serve.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve GET /metrics without a token (by default it wants an operator token)",
+    )
+    serve.add_argument(
         "--allow-anonymous",
         action="store_true",
         help="start without RC_OPERATOR_TOKENS: every request may operate "
@@ -226,7 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING
     if args.command == "serve" and not args.verbose:
         level = logging.getLevelName(args.log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve" and args.log_format == "json":
+        from release_coordinator.server.access_log import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         from release_coordinator.demo import run_demo
 
@@ -326,6 +345,7 @@ def _serve(args: argparse.Namespace) -> int:
             parent=args.parent,
             relay_id=args.relay_id,
             area=area,
+            metrics_public=args.metrics_public,
         )
     except ConfigurationError as error:
         print(f"error: {error.message}", file=sys.stderr)

@@ -165,7 +165,7 @@ def test_the_two_halves_share_no_path() -> None:
 
     # the one path both serve: each app's OpenAPI document, one combined document here
     assert paths(coordinator) & paths(rollouts) == {"/openapi.json"}
-    assert paths(node.app) == paths(coordinator) | paths(rollouts)
+    assert paths(node.app) == paths(coordinator) | paths(rollouts) | {"/metrics"}  # server.metrics
     assert [r.path for r in node.app.routes if isinstance(r, Route)].count("/openapi.json") == 1
     assert {"/status", "/releases", "/poll", "/release", "/rollouts"} <= paths(node.app)
 

@@ -43,13 +43,7 @@ import math
 import signal
 import socket
 import threading
-from collections.abc import (
-    AsyncIterator,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -86,6 +80,7 @@ from release_coordinator.server.common import (
     method_routes,
 )
 from release_coordinator.server.coordinator_app import coordinator_app
+from release_coordinator.server.metrics import ServiceMetrics
 from release_coordinator.server.openapi import OPENAPI_PATH, combined_openapi
 from release_coordinator.server.request_body import JsonObjectEndpoint
 from release_coordinator.server.rollout_app import DEFAULT_MAX_UPLOAD, rollout_app
@@ -202,6 +197,7 @@ def service_app(
     relay: Relay | None = None,
     access_log: bool = True,
     name: str = "release-coordinator",
+    metrics_public: bool = False,
 ) -> Starlette:
     """One ASGI app serving ``coordinator``'s API and ``manager``'s (child protocol and
     operator API): the routes of :func:`coordinator_app` and :func:`rollout_app` side by side.
@@ -213,7 +209,7 @@ def service_app(
     then loads the manager from its store and ticks it every ``tick_interval`` seconds (or runs
     ``relay``, a :class:`Relay` of ``manager``, which polls its parent and ticks the manager
     every ``relay.interval`` seconds); its shutdown stops them in reverse order.
-    ``access_log`` adds :class:`AccessLog`.
+    ``access_log`` adds :class:`AccessLog`'s lines; ``metrics_public`` opens ``GET /metrics``.
     """
     if not isinstance(operator_tokens, Mapping | str | bytes):
         operator_tokens = list(operator_tokens)  # read twice, below
@@ -253,7 +249,8 @@ def service_app(
         coordinator_part,
         shared=method_routes([(OPENAPI_PATH, "GET", guarded(openapi))]),
     )
-    routes += ui_routes()  # the dashboard at /ui, the API page at /docs (server.ui)
+    metrics = ServiceMetrics(coordinator, manager, operator_tokens, verifier, metrics_public)
+    routes += ui_routes() + metrics.routes()  # /ui, /docs (server.ui); /metrics (server.metrics)
 
     @contextlib.asynccontextmanager
     async def run(_app: Starlette) -> AsyncIterator[None]:
@@ -264,7 +261,7 @@ def service_app(
                 await stack.enter_async_context(part.router.lifespan_context(part))
             yield
 
-    middleware = [Middleware(AccessLog)] if access_log else []
+    middleware = [Middleware(AccessLog, log=access_log, observer=metrics.request, routes=routes)]
     fast = {
         (method, route.path): route.app
         for route in rollout_part.routes
@@ -417,6 +414,7 @@ async def serve_async(
     parent: str | None = None,
     relay_id: str = "",
     area: Area | None = None,
+    metrics_public: bool = False,
 ) -> int:
     """Serve both APIs on ``host:port`` until SIGTERM or SIGINT; the exit status (0 after a
     signal, 1 when the server could not start).
@@ -489,6 +487,7 @@ async def serve_async(
                 child_tokens=child_tokens,
                 tick_interval=tick_interval,
                 relay=relay,
+                metrics_public=metrics_public,
             )
             server_config = uvicorn.Config(
                 app,
@@ -576,6 +575,7 @@ def serve(
     parent: str | None = None,
     relay_id: str = "",
     area: Area | None = None,
+    metrics_public: bool = False,
 ) -> int:
     """:func:`serve_async` in a new event loop (the ``release-coordinator serve`` command)."""
     return asyncio.run(
@@ -595,5 +595,6 @@ def serve(
             parent=parent,
             relay_id=relay_id,
             area=area,
+            metrics_public=metrics_public,
         )
     )
