@@ -75,6 +75,7 @@ CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 #: Rollouts whose children are listed (the others ended, or have not begun).
 LISTED_ROLLOUTS = frozenset({RolloutState.ACTIVE, RolloutState.PAUSED})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_MAX_SERIES = 10_000  # HTTP series whose labelled children are kept at hand
 _REMEMBERED_TROUBLE = 10_000  # requests remembered as having met transient trouble
 
 
@@ -371,6 +372,7 @@ class ServiceMetrics:
             ["service", "action"],
             registry=r,
         )
+        self._series: dict[tuple[str, str, int | None], tuple[Counter, Histogram]] = {}
         transport = coordinator.transport
         inner = transport.inner if isinstance(transport, MeteredTransport) else transport
         coordinator.transport = MeteredTransport(inner, self)
@@ -379,9 +381,18 @@ class ServiceMetrics:
     def request(self, method: str, route: str, status: int | None, seconds: float) -> None:
         """One HTTP request answered (:class:`~release_coordinator.server.access_log.
         AccessLog` calls it): ``route`` is its route template."""
-        method = method if method in _METHODS else "other"
-        self.http_requests.labels(method, route, "none" if status is None else str(status)).inc()
-        self.http_seconds.labels(method, route).observe(seconds)
+        series = self._series.get((method, route, status))
+        if series is None:  # (looking the labelled series up costs more than counting)
+            shown = method if method in _METHODS else "other"
+            code = "none" if status is None else str(status)
+            series = (
+                self.http_requests.labels(shown, route, code),
+                self.http_seconds.labels(shown, route),
+            )
+            if len(self._series) < _MAX_SERIES:
+                self._series[(method, route, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def called(self, service: TaskService, action: str, outcome: str, seconds: float) -> None:
         """One call to a task service ended with ``outcome``."""
