@@ -198,7 +198,12 @@ def fuzz(api: str, path: str, method: str) -> Any:
         else:
             node, child, child_token = await fuzz_node(picks["child_tokens"])
             client, take = node.client, lambda: rollout_snapshot(node)
-            known = {"rollout_id": ["42", "43"], "release_id": ["42"], "child_id": [child]}
+            known = {
+                "rollout_id": ["42", "43"],
+                "release_id": ["42"],
+                "child_id": [child],
+                "stage_name": ["canary-10", "ab-50"],
+            }
             operator = path.startswith(("/rollouts", "/children"))
             tokens = (
                 [OPS, OPS, child_token, {}] if operator else [child_token, child_token, {}, OPS]
