@@ -93,9 +93,10 @@ TIMEOUT_SLEEP = 11.0  # a task service's "time-out": past the coordinator's 10 s
 READY_WITHIN = 30.0
 REGISTERED_WITHIN = 40.0
 # Seconds into the load: every release finished by then (the last one is created at ~60 s; a
-# request to a faulty service may take four attempts of 10 s each before it counts as failed).
-RELEASES_BY = 130.0
-ROLLOUTS_BY = 150.0  # ... and both rollouts (else the checks say what is missing)
+# request to a faulty service may take four attempts of 10 s each before it counts as failed;
+# a loaded machine needs more: these are waits that end as soon as everything finished).
+RELEASES_BY = 240.0
+ROLLOUTS_BY = 260.0  # ... and both rollouts (else the checks say what is missing)
 STOP_WITHIN = 20.0
 
 FINAL = {"published", "canceled", "failed"}
