@@ -37,15 +37,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import math
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import FrameType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import attrs
 
@@ -93,6 +102,9 @@ from release_coordinator.storage.memory import MemoryStore
 from release_coordinator.storage.memory_rollout import MemoryRolloutStore
 from release_coordinator.storage.rollout_base import RolloutStore
 from release_coordinator.transports.http import HttpParent, HttpTransport
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 __all__ = [
     "DEFAULT_HOST",
@@ -558,43 +570,16 @@ async def serve_async(
             await _close("parent link", link, "aclose")
 
 
-def serve(
-    *,
-    db: str = DEFAULT_DB,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    tokens: ServeTokens | None = None,
-    allow_anonymous: bool = False,
-    child_tokens: bool = False,
-    log_level: str = "info",
-    tick_interval: float = DEFAULT_TICK_INTERVAL,
-    owner: str | None = None,
-    poll_interval: float = DEFAULT_POLL_INTERVAL,
-    retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
-    lost_after: float = DEFAULT_LOST_AFTER,
-    parent: str | None = None,
-    relay_id: str = "",
-    area: Area | None = None,
-    metrics_public: bool = False,
-) -> int:
-    """:func:`serve_async` in a new event loop (the ``release-coordinator serve`` command)."""
-    return asyncio.run(
-        serve_async(
-            db=db,
-            host=host,
-            port=port,
-            tokens=tokens,
-            allow_anonymous=allow_anonymous,
-            child_tokens=child_tokens,
-            log_level=log_level,
-            tick_interval=tick_interval,
-            owner=owner,
-            poll_interval=poll_interval,
-            retry_attempts=retry_attempts,
-            lost_after=lost_after,
-            parent=parent,
-            relay_id=relay_id,
-            area=area,
-            metrics_public=metrics_public,
-        )
-    )
+def _blocking(function: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, _T]:
+    """``function`` run in a new event loop, with its signature (one list of options)."""
+
+    @functools.wraps(function)
+    def blocking(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return asyncio.run(function(*args, **kwargs))
+
+    blocking.__doc__ = f""":func:`{function.__name__}` in a new event loop (the
+    ``release-coordinator serve`` command): the same options, the same exit status."""
+    return blocking
+
+
+serve = _blocking(serve_async)
