@@ -165,3 +165,26 @@ async def test_children_get_the_archive_digest_with_the_release() -> None:
         )
     finally:
         await c.aclose()
+
+
+async def test_a_leaf_whose_fetch_failed_tries_again() -> None:
+    top = RolloutManager(lost_after=1e9)
+    leaf = SimulatedLeaf(InProcessParent(top), INSIDE, calls_per_step=40, seed=1)
+    await top.create_rollout(bundle(), EUROPE)
+    real = top.get_functions
+    calls = 0
+
+    async def failing_once(release_id: object, child_id: object = "") -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise NotFoundError("release", "42")  # say, a moment's trouble at the parent
+        return await real(release_id, child_id)
+
+    top.get_functions = failing_once  # type: ignore[method-assign]
+    with pytest.raises(NotFoundError):
+        await leaf.step()
+    assert (leaf.release_id, leaf.strategy) == ("", None)
+    await leaf.step()  # offered again, fetched this time
+    assert leaf.release_id == "42"
+    assert leaf.stage is not None

@@ -108,9 +108,11 @@ class SimulatedLeaf:
         await self._play()
 
     async def _start(self, release_id: str) -> None:
-        self.release_id = release_id
-        self.strategy = _parsed(await self.parent.get_release(self.id, release_id))
+        # Taken on only once both are fetched: a failed fetch is tried again at the next step.
+        strategy = _parsed(await self.parent.get_release(self.id, release_id))
         await self.parent.get_functions(release_id, self.id)
+        self.release_id = release_id
+        self.strategy = strategy
         self.outcome = ""
         self._enter(self.strategy.first_stage)
 
