@@ -143,7 +143,9 @@ class RolloutManager(_Operations):
             child = await self.store.get_child(child_id)
             await self.store.save_child(attrs.evolve(child, number_of_children=number_of_children))
             self._children_count[child_id] = number_of_children
-        await self._seen(child_id)
+        await self.store.touch_child(child_id, self._clock())  # self._seen, inlined: hot
+        if child_id in self._lost:
+            self._lost_at = None  # back from the lost
         offer = await self.store.first_offer(child_id)
         aborted = self._aborted_for.get(child_id)
         told = tuple(sorted(aborted)) if aborted else ()
@@ -409,7 +411,9 @@ class RolloutManager(_Operations):
         child_id, release_id = self._ids(child_id, strategy_id)
         if not isinstance(stage_name, str) or not stage_name:
             raise ValidationError("invalid end_stage", [("stage_name", "is required")])
-        await self._seen(child_id)
+        await self.store.touch_child(child_id, self._clock())  # self._seen, inlined: hot
+        if child_id in self._lost:
+            self._lost_at = None
         rollout = await self.store.get_rollout(release_id)
         state = await self.store.child_release(release_id, child_id)
         stage = state.stage(stage_name)
