@@ -87,6 +87,14 @@ class _Tally:
             tally.waiting[name] = dict.fromkeys(child_ids)
         return tally
 
+    def children(self) -> tuple[int, bool]:
+        """How many children are targeted, and whether one of them is still at it (Todo or
+        Doing): every targeted child has every stage, so the first stage's buckets count them
+        all."""
+        buckets = next(iter(self.counts.values()), {})
+        busy = any(n > 0 for (active, _), n in buckets.items() if active)
+        return sum(buckets.values()), busy
+
     def add_todo(self, count: int, sign: int) -> None:
         """``count`` children targeted (or withdrawn): Todo, every stage Pending."""
         key = (True, StageStatus.PENDING)

@@ -243,8 +243,7 @@ class _Ticks(_Matching):
         if last is not None and 0 <= now - last < min(limit / 4, 10.0):
             return 0
         tally = await self._tally(rollout.id)
-        buckets = next(iter(tally.counts.values()), {})
-        if not any(n > 0 for (active, _), n in buckets.items() if active):
+        if not tally.children()[1]:
             return 0
         self._timeouts_at[rollout.id] = now
         strategy = (await self.store.get_bundle(rollout.id)).strategy
@@ -302,10 +301,8 @@ class _Ticks(_Matching):
         if rollout.state is not RolloutState.ACTIVE:
             return
         tally = await self._tally(rollout.id)
-        # Every targeted child has every stage: the first stage's buckets count them all.
-        buckets = next(iter(tally.counts.values()), {})
-        targeted = sum(buckets.values())
-        if targeted <= 0 or any(n > 0 for (active, _), n in buckets.items() if active):
+        targeted, busy = tally.children()
+        if targeted <= 0 or busy:
             return  # nobody reached yet, or somebody still at it
         if targeted < len(self._eligible.get(rollout.id, ())):
             return  # somebody eligible was not offered it yet (the policy's next group)
