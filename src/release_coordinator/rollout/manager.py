@@ -161,9 +161,14 @@ class RolloutManager(_Operations):
         return cached
 
     async def get_release(self, child_id: object, release_id: object) -> str:
-        """``GET /release``: the strategy text; the child's release turns ``Doing`` and its
-        first stage ``InProgress``. NotFoundError for an unknown release or one not meant for
-        the child (or aborted); ValidationError for a missing parameter."""
+        """``GET /release``: the strategy text (see :meth:`release`)."""
+        return (await self.release(child_id, release_id)).strategy_text
+
+    async def release(self, child_id: object, release_id: object) -> ReleaseBundle:
+        """The release a child fetches (its strategy; the archive it fetches next): the
+        child's release turns ``Doing`` and its first stage ``InProgress``. NotFoundError for
+        an unknown release or one not meant for the child (or aborted); ValidationError for a
+        missing parameter."""
         child_id, release_id = self._ids(child_id, release_id)
         await self._seen(child_id)
         rollout = await self.store.get_rollout(release_id)
@@ -184,7 +189,7 @@ class RolloutManager(_Operations):
                 await self._put(state, attrs.evolve(state, status=status, stages=stages))
             except ConcurrentUpdateError:
                 continue
-            return bundle.strategy_text
+            return bundle
         raise ConflictError(f"release {release_id} for {child_id} keeps changing; ask again")
 
     async def get_functions(self, release_id: object, child_id: object = "") -> bytes:

@@ -92,11 +92,13 @@ class ChildProtocol:
             if not child_id:
                 raise ValidationError("invalid request", [("childID", "is required (a string)")])
             await self.tokens.require(request, child_id)
-        text = await self.manager.get_release(child_id, release_id)
-        archive = (await self.manager.store.get_bundle(str(release_id))).archive
+        bundle = await self.manager.release(child_id, release_id)
+        archive = bundle.archive
         # Extras: what the child will fetch next, so that it can check it (old agents ignore).
         headers = {"X-Archive-SHA256": archive.sha256, "X-Archive-Size": str(archive.size)}
-        return Response(text.encode("utf-8"), media_type="text/plain", headers=headers)
+        return Response(
+            bundle.strategy_text.encode("utf-8"), media_type="text/plain", headers=headers
+        )
 
     async def get_functions(self, request: Request) -> Response:
         # The protocol's request names no child; this library's agents add ``childID`` so the
