@@ -24,16 +24,10 @@ import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-try:
-    from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-except ImportError as error:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "release_coordinator.server needs the server extra: "
-        "pip install 'release-coordinator[server]'"
-    ) from error
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from release_coordinator.errors import ReleaseCoordinatorError
 from release_coordinator.schemas import DEFAULT_PAGE, MAX_INT32, MAX_PAGE

@@ -65,16 +65,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 
-try:
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.responses import Response
-except ImportError as error:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "release_coordinator.server needs the server extra: "
-        "pip install 'release-coordinator[server]'"
-    ) from error
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
 from release_coordinator._version import __version__
 from release_coordinator.coordinator.api_bodies import MAX_DESCRIPTION as MAX_DESCRIPTION

@@ -78,16 +78,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 
-try:
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.responses import Response
-except ImportError as error:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "release_coordinator.server needs the server extra: "
-        "pip install 'release-coordinator[server]'"
-    ) from error
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
 from release_coordinator.errors import ConfigurationError
 from release_coordinator.rollout.archive import ArchiveLimits

@@ -57,21 +57,14 @@ from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
 import attrs
-
-try:
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.middleware import Middleware
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import BaseRoute, Route
-    from starlette.types import ASGIApp, Receive, Scope, Send
-except ImportError as error:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "release_coordinator.server needs the server extra: "
-        "pip install 'release-coordinator[server]'"
-    ) from error
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from release_coordinator._version import __version__
 from release_coordinator.coordinator.config import CoordinatorConfig, RetryPolicy

@@ -29,17 +29,11 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-try:
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-except ImportError as error:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "release_coordinator.server needs the server extra: "
-        "pip install 'release-coordinator[server]'"
-    ) from error
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from release_coordinator.coordinator.kit import TaskServiceKit
 from release_coordinator.errors import ConfigurationError
