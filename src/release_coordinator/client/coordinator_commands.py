@@ -63,11 +63,7 @@ def _said_service(out: Output, service: dict[str, Any]) -> int:
 
 async def services_list(client: Client, args: argparse.Namespace, out: Output) -> int:
     page = await client.list_services(enabled=args.enabled, limit=args.limit, offset=args.offset)
-    if out.json_mode:
-        out.json(page)
-    else:
-        rows = [_service_row(s) for s in page["items"]]
-        out.table(SERVICE_COLUMNS, rows, more=page.get("next_offset"))
+    out.page(page, SERVICE_COLUMNS, _service_row)
     return EXIT_OK
 
 
@@ -210,11 +206,7 @@ async def releases_list(client: Client, args: argparse.Namespace, out: Output) -
         limit=args.limit,
         offset=args.offset,
     )
-    if out.json_mode:
-        out.json(page)
-    else:
-        rows = [_release_row(r) for r in page["items"]]
-        out.table(RELEASE_COLUMNS, rows, more=page.get("next_offset"))
+    out.page(page, RELEASE_COLUMNS, _release_row)
     return EXIT_OK
 
 
@@ -255,6 +247,13 @@ async def releases_run_again(client: Client, args: argparse.Namespace, out: Outp
     return _said_release(out, await client.run_again(args.id))
 
 
+def _event_row(e: dict[str, Any]) -> list[object]:
+    return [e["id"], e["at"], e["type"], e["kind"], e.get("state") or "", e["message"]]
+
+
+EVENT_COLUMNS = ["ID", "AT", "TYPE", "KIND", "STATE", "MESSAGE"]
+
+
 async def releases_events(client: Client, args: argparse.Namespace, out: Output) -> int:
     page = await client.list_events(
         release_id=args.id,
@@ -264,15 +263,7 @@ async def releases_events(client: Client, args: argparse.Namespace, out: Output)
         limit=args.limit,
         offset=args.offset,
     )
-    if out.json_mode:
-        out.json(page)
-    else:
-        rows = [
-            [e["id"], e["at"], e["type"], e["kind"], e.get("state") or "", e["message"]]
-            for e in page["items"]
-        ]
-        columns = ["ID", "AT", "TYPE", "KIND", "STATE", "MESSAGE"]
-        out.table(columns, rows, more=page.get("next_offset"))
+    out.page(page, EVENT_COLUMNS, _event_row)
     return EXIT_OK
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -158,6 +158,16 @@ class Output:
         self.show(View().table("", columns, rows))
         if more is not None:
             print(f"more: --offset {more}", file=sys.stderr)
+
+    def page(
+        self, page: Mapping[str, Any], columns: Sequence[str], row: Callable[[Any], Row]
+    ) -> None:
+        """A page of a list as the server sent it: the JSON, or a :meth:`table` of ``row`` of
+        each of its ``items``, with its ``next_offset``."""
+        if self.json_mode:
+            self.json(page)
+        else:
+            self.table(columns, [row(item) for item in page["items"]], more=page.get("next_offset"))
 
     @contextmanager
     def live(self, view: View) -> Iterator[Any]:

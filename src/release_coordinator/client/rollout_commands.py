@@ -98,10 +98,7 @@ async def rollouts_list(client: Client, args: argparse.Namespace, out: Output) -
     page = await client.list_rollouts(
         state=args.state or None, limit=args.limit, offset=args.offset
     )
-    if out.json_mode:
-        out.json(page)
-    else:
-        out.table(COLUMNS, [_row(r) for r in page["items"]], more=page.get("next_offset"))
+    out.page(page, COLUMNS, _row)
     return EXIT_OK
 
 
@@ -171,25 +168,19 @@ async def rollouts_status(client: Client, args: argparse.Namespace, out: Output)
     return EXIT_OK
 
 
+def _child_row(c: dict[str, Any]) -> list[object]:
+    stages = ", ".join(f"{name} {s['status']}" for name, s in c.get("stages", {}).items())
+    return [c["child_id"], c["status"], c["outcome"], c["lost"], stages]
+
+
+CHILD_COLUMNS = ["CHILD", "STATUS", "OUTCOME", "LOST", "STAGES"]
+
+
 async def rollouts_children(client: Client, args: argparse.Namespace, out: Output) -> int:
     page = await client.rollout_children(
         args.id, status=args.status, bbox=args.bbox, limit=args.limit, offset=args.offset
     )
-    if out.json_mode:
-        out.json(page)
-        return EXIT_OK
-    rows = [
-        [
-            c["child_id"],
-            c["status"],
-            c["outcome"],
-            c["lost"],
-            ", ".join(f"{name} {s['status']}" for name, s in c.get("stages", {}).items()),
-        ]
-        for c in page["items"]
-    ]
-    columns = ["CHILD", "STATUS", "OUTCOME", "LOST", "STAGES"]
-    out.table(columns, rows, more=page.get("next_offset"))
+    out.page(page, CHILD_COLUMNS, _child_row)
     return EXIT_OK
 
 
