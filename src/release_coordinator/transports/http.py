@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -55,6 +55,8 @@ from release_coordinator.transports.base import ParentLink, TaskServiceTransport
 __all__ = ["USER_AGENT", "HttpParent", "HttpTransport"]
 
 USER_AGENT = f"release-coordinator/{__version__}"
+
+_T = TypeVar("_T")
 
 #: Largest answer body read from a task service.
 MAX_ANSWER_BYTES = 1024 * 1024
@@ -165,29 +167,40 @@ class HttpTransport(TaskServiceTransport):
                 body=text,
             ) from None
 
-    async def send(self, service: TaskService, request: TaskRequest) -> TaskAnswer:
-        what = f"{request.action.value!r}"
-        body = await self._request("POST", service, "/tasks", request.to_json(), what)
+    async def _decoded(
+        self,
+        method: str,
+        service: TaskService,
+        path: str,
+        body: Any,
+        what: str,
+        decode: Callable[[Any], _T],
+        *,
+        show_body: bool,
+    ) -> _T:
+        """``decode`` of the service's JSON answer; an answer it refuses is the service's
+        MalformedAnswerError (with the start of the answer when ``show_body``)."""
+        answer = await self._request(method, service, path, body, what)
         try:
-            return decode_answer(body)
+            return decode(answer)
         except ValidationError as error:
             raise MalformedAnswerError(
                 f"{service.url} answered {what} with a malformed body: {error.message}",
                 peer=service.url,
                 status_code=200,
-                body=json.dumps(body)[:500],
+                body=json.dumps(answer)[:500] if show_body else "",
             ) from None
 
+    async def send(self, service: TaskService, request: TaskRequest) -> TaskAnswer:
+        what = f"{request.action.value!r}"
+        return await self._decoded(
+            "POST", service, "/tasks", request.to_json(), what, decode_answer, show_body=True
+        )
+
     async def status(self, service: TaskService) -> ServiceStatus:
-        body = await self._request("GET", service, "/status", None, "GET /status")
-        try:
-            return decode_status(body)
-        except ValidationError as error:
-            raise MalformedAnswerError(
-                f"{service.url} answered GET /status with a malformed body: {error.message}",
-                peer=service.url,
-                status_code=200,
-            ) from None
+        return await self._decoded(
+            "GET", service, "/status", None, "GET /status", decode_status, show_body=False
+        )
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -302,8 +315,8 @@ class HttpParent(ParentLink):
             body=raw[:500].decode("utf-8", errors="replace"),
         )
 
-    async def _json_object(self, method: str, path: str, what: str, body: Any) -> dict[str, Any]:
-        raw = await self._request(method, path, what, body=body)
+    def _object(self, what: str, raw: bytes) -> dict[str, Any]:
+        """The JSON object an answer's body holds; MalformedAnswerError if it holds none."""
         try:
             value = json.loads(raw)
         except (ValueError, RecursionError):
@@ -311,6 +324,9 @@ class HttpParent(ParentLink):
         if not isinstance(value, dict):
             raise self._malformed(what, "not a JSON object", raw)
         return value
+
+    async def _json_object(self, method: str, path: str, what: str, body: Any) -> dict[str, Any]:
+        return self._object(what, await self._request(method, path, what, body=body))
 
     # -- the child protocol ---------------------------------------------------------------------
     async def poll(
@@ -373,13 +389,7 @@ class HttpParent(ParentLink):
         raw = await self._request("POST", "/result", what, body=body)
         if not raw.strip():
             return ""  # the protocol allows an empty body
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise self._malformed(what, "not JSON", raw) from None
-        if not isinstance(value, dict):
-            raise self._malformed(what, "not a JSON object", raw)
-        action = value.get("action", "")
+        action = self._object(what, raw).get("action", "")
         if not isinstance(action, str):
             raise self._malformed(what, "'action' is not a string")
         return action
