@@ -38,7 +38,7 @@ from release_coordinator.coordinator.models import (
     new_ids,
     utcnow,
 )
-from release_coordinator.errors import ConcurrentUpdateError
+from release_coordinator.errors import ConcurrentUpdateError, ConflictError
 from release_coordinator.fsm.release import ReleaseState, TaskState
 
 __all__ = [
@@ -156,6 +156,31 @@ def new_tasks(release_id: str, service_ids: Sequence[str]) -> list[Task]:
         Task(task_id, release_id, sid, waiting, 0, "", now, now, now)
         for task_id, sid in zip(new_ids("TA", len(service_ids)), service_ids, strict=True)
     ]
+
+
+def updated_service(
+    current: TaskService, name: str | None, url: str | None, enabled: bool | None
+) -> TaskService:
+    """``current`` with the fields given (not ``None``) changed and ``updated_at`` now: what
+    every adapter's :meth:`CoordinatorStore.update_service` stores."""
+    return attrs.evolve(
+        current,
+        name=current.name if name is None else name,
+        url=current.url if url is None else url,
+        enabled=current.enabled if enabled is None else enabled,
+        updated_at=utcnow(),
+    )
+
+
+def service_in_use(service_id: str, release_id: str) -> ConflictError:
+    """Every adapter's refusal of :meth:`CoordinatorStore.remove_service` while the unfinished
+    release ``release_id`` has a task on the service."""
+    return ConflictError(
+        f"task service {service_id!r} has a task in unfinished release "
+        f"{release_id!r}; disable it or finish the release first",
+        id=service_id,
+        release_id=release_id,
+    )
 
 
 class CoordinatorStore(abc.ABC):

@@ -30,6 +30,8 @@ from release_coordinator.storage.base import (
     StepEvent,
     TaskChange,
     new_tasks,
+    service_in_use,
+    updated_service,
 )
 from release_coordinator.versions import Version, next_release_version, published_version
 
@@ -151,13 +153,7 @@ class MemoryStore(CoordinatorStore):
     ) -> TaskService:
         with self._lock:
             current = self._service(service_id)
-            updated = attrs.evolve(
-                current,
-                name=current.name if name is None else name,
-                url=current.url if url is None else url,
-                enabled=current.enabled if enabled is None else enabled,
-                updated_at=utcnow(),
-            )
+            updated = updated_service(current, name, url, enabled)
             self._clash(service_id, updated.name, updated.url)
             self._services[service_id] = updated
             self._index(updated, current)
@@ -180,12 +176,7 @@ class MemoryStore(CoordinatorStore):
                 if task.service_id == service_id and (
                     self._releases[task.release_id].state not in _FINAL
                 ):
-                    raise ConflictError(
-                        f"task service {service_id!r} has a task in unfinished release "
-                        f"{task.release_id!r}; disable it or finish the release first",
-                        id=service_id,
-                        release_id=task.release_id,
-                    )
+                    raise service_in_use(service_id, task.release_id)
             old = self._services.pop(service_id)
             del self._by_name[old.name], self._by_url[old.url]
             self._append(event)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -19,9 +18,9 @@ from release_coordinator.coordinator.models import (
     HealthStatus,
     ServiceHealth,
     TaskService,
-    utcnow,
 )
 from release_coordinator.errors import ConflictError, NotFoundError
+from release_coordinator.storage.base import service_in_use, updated_service
 from release_coordinator.storage.sql.engine import _edge
 from release_coordinator.storage.sql.events import _EventLog
 from release_coordinator.storage.sql.releases import _FINAL
@@ -135,13 +134,7 @@ class _Services(_EventLog):
         try:
             async with self._write() as conn:
                 current = _service(await self._service_row(conn, service_id))
-                updated = attrs.evolve(
-                    current,
-                    name=current.name if name is None else name,
-                    url=current.url if url is None else url,
-                    enabled=current.enabled if enabled is None else enabled,
-                    updated_at=utcnow(),
-                )
+                updated = updated_service(current, name, url, enabled)
                 await self._clash(conn, service_id, updated.name, updated.url)
                 await conn.execute(
                     sa.update(services)
@@ -198,11 +191,6 @@ class _Services(_EventLog):
                 )
             ).scalar()
             if busy is not None:
-                raise ConflictError(
-                    f"task service {service_id!r} has a task in unfinished release "
-                    f"{busy!r}; disable it or finish the release first",
-                    id=service_id,
-                    release_id=busy,
-                )
+                raise service_in_use(service_id, busy)
             await conn.execute(sa.delete(services).where(services.c.id == service_id))
             await self._insert_events(conn, [event])
