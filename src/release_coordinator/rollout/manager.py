@@ -100,6 +100,13 @@ class RolloutManager(_Operations):
     or wall-clock time over a ``shared`` store (whose times every process must agree on).
     ``refresh`` (seconds): over a shared store, how old what this manager knows of other
     processes' changes may be (see the module documentation).
+
+    What time alone settles (lost children, barrier and child time-outs, the completion they
+    allow) is judged by :meth:`tick`, which the manager's background loop calls:
+    ``async with manager.running():`` (or :meth:`start_loops` and :meth:`stop_loops`;
+    :attr:`is_running`) in the host's lifespan, or ``rollout_app(..., lifespan=True)`` served
+    on its own. :meth:`start` is the operator's action that starts a draft rollout.
+    :class:`~release_coordinator.rollout.sync.SyncRolloutManager` is the blocking facade.
     """
 
     # -- the child protocol ------------------------------------------------------------------

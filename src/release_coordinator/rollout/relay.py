@@ -18,6 +18,13 @@ local :class:`~release_coordinator.rollout.manager.RolloutManager`:
 
 Trees of any depth are relays over relays. :class:`InProcessParent` links to a manager in the
 same process (a whole tree runs in one event loop); the HTTP link comes with the server.
+
+**Running it.** ``async with relay.running():`` (or :meth:`Relay.start` and :meth:`Relay.stop`)
+does a round every ``interval`` seconds: sync with the parent, then tick the local manager.
+The rounds are the manager's background loop (see :mod:`~release_coordinator.rollout.ticks`),
+not a second one beside it: a relay's manager is ticked by its relay, once per round, and
+``manager.is_running`` is true while the relay runs. So a relay's host runs the relay *instead
+of* ``manager.running()``; starting the relay while the manager ticks on its own is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -76,8 +84,9 @@ class Relay:
     poll until a child registers); with ``own_area``, ``area`` (then required) is always the
     area reported, the relay's own, whatever its children's. ``relay_id`` is the relay's id
     at the parent; empty, the parent assigns one at the first poll. ``policy`` orchestrates
-    relayed releases among the relay's children. Call :meth:`sync` periodically, or
-    :meth:`run` as a task.
+    relayed releases among the relay's children. Run it with ``async with relay.running():``
+    (or :meth:`start` and :meth:`stop`), or call :meth:`sync` and the manager's ``tick``
+    periodically yourself.
     """
 
     def __init__(
@@ -104,17 +113,74 @@ class Relay:
         self._area_version = -1
         self._area_json: dict[str, Any] | None = None
 
+    # -- running it -------------------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        """Whether this relay's rounds run (as its manager's background loop)."""
+        loop = self.manager._loop
+        return loop is not None and loop.alive and loop.owner is self
+
+    async def start(self, *, load: bool = True) -> None:
+        """Run a round (:meth:`sync`, then the manager's ``tick``) every ``interval`` seconds
+        as the manager's background loop, after rebuilding the manager's indexes from its
+        store (``load=False`` skips it). Idempotent. ConfigurationError while the manager's
+        loop runs without this relay (``manager.start_loops``, or another relay): a manager
+        is ticked by one loop, and a relay's rounds must be it."""
+        if self.interval <= 0:
+            raise ConfigurationError(f"the relay's interval must be positive, not {self.interval}")
+        if self.is_running:
+            return
+        if self.manager.is_running:
+            raise ConfigurationError(
+                "the relay's manager is ticked by a loop of its own (manager.running() or "
+                "start_loops()): run the relay instead, whose rounds tick the manager"
+            )
+        await self.manager._start_loop(
+            self._round,
+            self.interval,
+            owner=self,
+            load=load,
+            name="rc-relay",
+            failure=f"relay {self.id or '(unregistered)'}: unexpected error",
+        )
+
+    async def stop(self) -> None:
+        """Stop the rounds, after the one in progress. Idempotent; leaves alone a manager
+        loop that is not this relay's."""
+        if self.manager._loop is not None and self.manager._loop.owner is self:
+            await self.manager.stop_loops()
+
+    @contextlib.asynccontextmanager
+    async def running(self, *, load: bool = True) -> AsyncIterator[None]:
+        """``async with relay.running():`` runs the relay's rounds inside the block
+        (:meth:`start` on entry, :meth:`stop` on exit; rounds that ran already on entry are
+        left running)."""
+        started = not self.is_running
+        await self.start(load=load)
+        try:
+            yield
+        finally:
+            if started:
+                await self.stop()
+
     async def run(self) -> None:
-        """Sync with the parent and tick the local manager every ``interval`` seconds."""
+        """Sync with the parent and tick the local manager every ``interval`` seconds, in
+        the calling task, forever (prefer :meth:`running`, which the manager knows of)."""
         while True:
             try:
-                await self.sync()
-                await self.manager.tick()
-            except ReleaseCoordinatorError as error:  # the parent may be away for a while
-                log.warning("relay %s: %s", self.id or "(unregistered)", error)
+                await self._round()
             except Exception:  # a bug must not stop the relay silently
                 log.exception("relay %s: unexpected error", self.id or "(unregistered)")
             await asyncio.sleep(self.interval)
+
+    async def _round(self) -> None:
+        """One round: sync with the parent, tick the manager; the parent being away (or
+        refusing) is a warning, and the next round tries again."""
+        try:
+            await self.sync()
+            await self.manager.tick()
+        except ReleaseCoordinatorError as error:  # the parent may be away for a while
+            log.warning("relay %s: %s", self.id or "(unregistered)", error)
 
     async def sync(self) -> None:
         """One round: poll the parent, adopt a new release, report upward, pass signals down."""

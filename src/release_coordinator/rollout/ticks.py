@@ -1,16 +1,26 @@
 """The RolloutManager's decisions that counters and time settle: where a stage's barrier
 stands and when it opens (or times out), which children are lost, when a rollout is complete;
-:meth:`_Ticks.tick` re-judges them periodically."""
+:meth:`_Ticks.tick` re-judges them periodically, and the manager's background loop
+(:meth:`_Ticks.running`, :meth:`_Ticks.start_loops`, :meth:`_Ticks.stop_loops`) calls it.
+
+**The background loop.** A manager has one: it ticks the manager every ``interval`` seconds,
+or, when a :class:`~release_coordinator.rollout.relay.Relay` runs it, does the relay's rounds
+(poll the parent, report upward, tick). One loop per manager, whoever started it, so that a
+manager is never ticked twice over and "is this manager's loop running?" has one answer
+(:attr:`_Ticks.is_running`, which the HTTP app checks).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
 
-from release_coordinator.errors import ConcurrentUpdateError, NotFoundError
+from release_coordinator.errors import ConcurrentUpdateError, ConfigurationError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, release_step, stage_step
 from release_coordinator.rollout.bookkeeping import NEVER_SEEN
 from release_coordinator.rollout.matching import _Matching
@@ -26,9 +36,123 @@ log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's 
 #: How many children waiting on an open barrier one call tells to end the stage.
 SIGNAL_BATCH = 64
 
+#: Seconds :meth:`_Loop.stop` lets a round in progress finish before it cancels it (a round
+#: cancelled inside a store write could leave a SQLite connection holding the database's lock).
+STOP_GRACE = 2.0
+
+
+class _Loop:
+    """``body()`` every ``interval`` seconds in a task of the running event loop, until
+    :meth:`stop`; a failing round is logged (as ``failure``) and the next one runs as usual.
+    ``owner`` is who started it (the manager, or a relay)."""
+
+    def __init__(
+        self,
+        body: Callable[[], Awaitable[None]],
+        interval: float,
+        *,
+        owner: object,
+        name: str,
+        failure: str,
+    ) -> None:
+        self.owner = owner
+        self.interval = interval
+        self._body = body
+        self._failure = failure
+        self._stopping = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=name)
+
+    @property
+    def alive(self) -> bool:
+        return not self.task.done() and not self._stopping.is_set()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._body()
+            except Exception:  # keep going; the next round may succeed
+                log.exception(self._failure)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+
+    async def stop(self) -> None:
+        """Stop after the round in progress (cancelled if it takes over :data:`STOP_GRACE`
+        seconds); a sleeping loop stops at once."""
+        self._stopping.set()
+        if self.task is asyncio.current_task():
+            return  # stopped from its own round: it ends after this round
+        _done, pending = await asyncio.wait({self.task}, timeout=STOP_GRACE)
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
 
 class _Ticks(_Matching):
-    """Barriers, stage counts, lost children and completion (see the module documentation)."""
+    """Barriers, stage counts, lost children and completion, and the background loop that
+    ticks them (see the module documentation)."""
+
+    _loop: _Loop | None = None  # the background loop (None until one starts)
+
+    # -- the background loop ----------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        """Whether the manager's background loop runs: its own ticks
+        (:meth:`start_loops`), or a relay's rounds (``Relay.start``)."""
+        return self._loop is not None and self._loop.alive
+
+    async def start_loops(self, *, interval: float = 1.0, load: bool = True) -> None:
+        """Start the background loop: :meth:`tick` every ``interval`` seconds (barrier
+        time-outs, lost children, child time-outs and the completion they allow are judged
+        then), after rebuilding the indexes from the store (:meth:`load`; ``load=False``
+        skips it). Idempotent: a loop that runs already (this manager's, or a relay's, which
+        ticks it too) is left as it is. Call it in a running event loop; stop with
+        :meth:`stop_loops`, or use :meth:`running`."""
+        if interval <= 0:
+            raise ConfigurationError(f"the tick interval must be positive, not {interval}")
+        if self.is_running:
+            return
+        await self._start_loop(self.tick, interval, owner=self, load=load)
+
+    async def _start_loop(
+        self,
+        body: Callable[[], Awaitable[None]],
+        interval: float,
+        *,
+        owner: object,
+        load: bool,
+        name: str = "rc-rollout-ticks",
+        failure: str = "rollout manager tick failed",
+    ) -> None:
+        """Start ``body`` as the manager's background loop (none may run)."""
+        if self._loop is not None:
+            await self._loop.stop()  # a stopped one, or one stopping
+        self._loop = None
+        if load:
+            await self.load()
+        if self.is_running:  # started by another caller while loading
+            return
+        self._loop = _Loop(body, interval, owner=owner, name=name, failure=failure)
+
+    async def stop_loops(self) -> None:
+        """Stop the background loop (a relay's too), after the round in progress. Idempotent;
+        the manager keeps serving calls, only the periodic work stops."""
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            await loop.stop()
+
+    @contextlib.asynccontextmanager
+    async def running(self, *, interval: float = 1.0, load: bool = True) -> AsyncIterator[None]:
+        """``async with manager.running():`` runs the background loop inside the block
+        (:meth:`start_loops` on entry, :meth:`stop_loops` on exit). A loop that ran already
+        on entry is left running on exit: only what this block started is stopped."""
+        started = not self.is_running
+        await self.start_loops(interval=interval, load=load)
+        try:
+            yield
+        finally:
+            if started:
+                await self.stop_loops()
 
     async def barrier(self, rollout_id: str, stage_name: str) -> BarrierState:
         """Where a ``WaitForSignal`` stage's barrier stands among the admitted children
