@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from datetime import datetime
 
 import attrs
@@ -92,8 +92,10 @@ class Coordinator(ServicesMixin, DriverMixin):
 
     ``store`` defaults to a fresh :class:`~release_coordinator.storage.memory.MemoryStore` and
     ``transport`` to a fresh :class:`~release_coordinator.transports.memory.MemoryTransport`.
-    Use it as an async context manager (or call :meth:`start` and :meth:`close`): starting it
-    resumes unfinished releases found in the store and starts the health checks.
+    Use it as an async context manager (``async with coordinator:``, or ``async with
+    coordinator.running():`` in a host's lifespan; or call :meth:`start` and :meth:`close`):
+    starting it resumes unfinished releases found in the store and starts its background loops
+    (claiming unowned releases, health checks). :attr:`is_running` tells whether they run.
     """
 
     def __init__(
@@ -129,8 +131,29 @@ class Coordinator(ServicesMixin, DriverMixin):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def is_running(self) -> bool:
+        """Whether :meth:`start` ran and :meth:`close` has not since: unfinished and unowned
+        releases are claimed, health checks run."""
+        return bool(self._background) and not self._closed
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Coordinator]:
+        """``async with coordinator.running():`` runs the coordinator inside the block
+        (:meth:`start` on entry, :meth:`close` on exit). A coordinator running already on
+        entry is left running on exit: only what this block started is stopped (so that a
+        host's lifespan and an app's can both use it)."""
+        started = not self.is_running
+        await self.start()
+        try:
+            yield self
+        finally:
+            if started:
+                await self.close()
+
     async def start(self) -> None:
-        """Resume unfinished releases (and keep claiming unowned ones), start health checks."""
+        """Resume unfinished releases (and keep claiming unowned ones), start health checks.
+        Idempotent."""
         if self._background:
             return
         self._closed = False
@@ -141,7 +164,8 @@ class Coordinator(ServicesMixin, DriverMixin):
             self._background.append(loop.create_task(self._health_loop(), name="rc-health"))
 
     async def close(self) -> None:
-        """Stop driving (releases stay where they are, for a later coordinator to resume)."""
+        """Stop driving (releases stay where they are, for a later coordinator to resume).
+        Idempotent; :meth:`start` starts it again."""
         self._closed = True
         driven = list(self._drivers)
         drivers = list(self._drivers.values())
