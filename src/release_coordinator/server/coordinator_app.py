@@ -56,6 +56,13 @@ This module assembles the app; the endpoints are in
 :mod:`~release_coordinator.server.coordinator_requests`), the records as JSON in
 :mod:`~release_coordinator.server.coordinator_json`.
 
+**Lifecycle.** The coordinator must run (:meth:`Coordinator.start`, or ``async with
+coordinator.running():``) for unfinished releases to be resumed and health checks to run.
+With ``lifespan=True`` the app's lifespan does it; a *mounted* app's lifespan never runs, so a
+host that mounts the app runs ``async with coordinator.running():`` in its own lifespan (see
+``docs/howto/embedding.md``). A request reaching the app while the coordinator does not run
+logs one WARNING (per app) that says so and names the fix; the request is served as usual.
+
 Needs the ``server`` extra (Starlette). ``import release_coordinator`` does not import this
 module.
 """
@@ -63,12 +70,15 @@ module.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from release_coordinator._version import __version__
 from release_coordinator.coordinator.api_bodies import MAX_DESCRIPTION as MAX_DESCRIPTION
@@ -102,12 +112,99 @@ from release_coordinator.server.token_auth import Principal, TokenAuth, Verifier
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "EMBEDDING_DOC",
+    "BackgroundCheck",
     "coordinator_app",
     "event_json",
     "release_json",
     "service_json",
     "task_json",
 ]
+
+log = logging.getLogger(__name__)
+
+#: Where the warning of :class:`BackgroundCheck` sends the reader.
+EMBEDDING_DOC = "docs/howto/embedding.md"
+
+
+class BackgroundCheck:
+    """Whether an app's background loops run when requests arrive: the first request that
+    finds them stopped logs one WARNING to ``logger``, saying why they may not run and how to
+    run them (``fix``); nothing else changes (the request is served).
+
+    Why a warning and not a refusal: the requests themselves are served correctly without the
+    loops (only what time alone decides waits: resuming releases, health checks, lost
+    children, time-outs), refusing them would turn a host's oversight into an outage of every
+    client (a whole fleet of polling children), and a host may tick on its own schedule.
+
+    ``app`` names the app, ``what`` what does not run; ``is_running`` tells whether it runs;
+    ``lifespan`` is the app's option (the app sets :attr:`lifespan_ran` when its lifespan
+    runs, which a mounted app's never does).
+    """
+
+    def __init__(
+        self,
+        app: str,
+        what: str,
+        fix: str,
+        *,
+        is_running: Callable[[], bool],
+        lifespan: bool,
+        logger: logging.Logger,
+    ) -> None:
+        self.app = app
+        self.what = what
+        self.fix = fix
+        self.is_running = is_running
+        self.lifespan = lifespan
+        self.logger = logger
+        self.lifespan_ran = False
+        self.warned = False
+
+    def problem(self) -> str | None:
+        """The warning's text while the loops do not run, else None."""
+        if self.is_running():
+            return None
+        if self.lifespan and not self.lifespan_ran:
+            why = (
+                "the app was made with lifespan=True but its lifespan never ran "
+                "(a mounted app's lifespan does not run)"
+            )
+        elif self.lifespan:
+            why = "they were stopped after the app's lifespan started them"
+        else:
+            why = "the app was made without lifespan=True, so the host runs them, and does not"
+        return (
+            f"{self.app}'s {self.what} not running: {why}; run `{self.fix}` in the host's "
+            f"lifespan (see {EMBEDDING_DOC})"
+        )
+
+    def check(self) -> None:
+        """Warn (once) if the loops do not run."""
+        if self.warned:
+            return
+        message = self.problem()
+        if message is not None:
+            self.warned = True
+            self.logger.warning("%s", message)
+
+    def middleware(self) -> Middleware:
+        """The ASGI middleware that calls :meth:`check` at every request until it warned."""
+        return Middleware(_Watch, check=self)
+
+
+class _Watch:
+    """ASGI middleware: :meth:`BackgroundCheck.check` before each HTTP or WebSocket request
+    (a flag test once it warned)."""
+
+    def __init__(self, app: ASGIApp, *, check: BackgroundCheck) -> None:
+        self.app = app
+        self.background = check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.background.warned and scope["type"] != "lifespan":
+            self.background.check()
+        await self.app(scope, receive, send)
 
 
 def coordinator_app(
@@ -131,8 +228,11 @@ def coordinator_app(
     - ``callback_tokens``: task-service tokens by service name or id; such a token may only
       report the state of its own service's tasks (``PATCH /tasks/{id}``).
     - ``max_body``: the largest request body, in bytes (413 beyond).
-    - ``lifespan``: the app's startup starts the coordinator and its shutdown closes it. Left
-      out, the host owns the coordinator's life (the usual case when the app is mounted).
+    - ``lifespan``: the app's startup starts the coordinator and its shutdown closes it
+      (``coordinator.running()``; a coordinator the host runs already is left running). Left
+      out, the host owns the coordinator's life. A mounted app's lifespan never runs: the
+      host runs ``async with coordinator.running():`` in its own (``docs/howto/embedding.md``);
+      the first request while the coordinator does not run logs a WARNING saying so.
     """
     if max_body < 1:
         raise ConfigurationError(f"max_body must be at least 1 byte, not {max_body}")
@@ -162,16 +262,27 @@ def coordinator_app(
         table += endpoints(coordinator, access, max_body).table()
     routes = [(path, method, guarded(handler)) for path, method, handler in table]
 
+    background = BackgroundCheck(
+        "coordinator_app",
+        "coordinator is",
+        "async with coordinator.running():",
+        is_running=lambda: coordinator.is_running,
+        lifespan=lifespan,
+        logger=log,
+    )
+
     @contextlib.asynccontextmanager
     async def run(_app: Starlette) -> AsyncIterator[None]:
-        if lifespan:
-            await coordinator.start()
-        try:
+        if not lifespan:
             yield
-        finally:
-            if lifespan:
-                await coordinator.close()
+            return
+        background.lifespan_ran = True
+        async with coordinator.running():
+            yield
 
     return Starlette(
-        routes=method_routes(routes), exception_handlers={HTTPException: http_error}, lifespan=run
+        routes=method_routes(routes),
+        middleware=[background.middleware()],
+        exception_handlers={HTTPException: http_error},
+        lifespan=run,
     )

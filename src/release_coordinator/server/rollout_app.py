@@ -67,13 +67,22 @@ must carry ``Authorization: Bearer <token>`` (401 without a valid one, 403 with 
 the manager's store (so a restart, or another process over the same database, knows it).
 Original agents send no token: leave it off for them.
 
+**Lifecycle.** The manager's background loop (``RolloutManager.running()``, or for a relay
+``Relay.running()``) judges what time alone settles: lost children, barrier and child
+time-outs, the completion they allow (and a relay's polling of its parent). With
+``lifespan=True`` the app's lifespan runs it; a *mounted* app's lifespan never runs, so a host
+that mounts the app runs ``async with manager.running():`` (``relay.running()``) in its own
+lifespan (see ``docs/howto/embedding.md``). A request reaching the app while the loop does not
+run logs one WARNING (per app) that says so and names the fix; the request is served as usual
+(see :class:`~release_coordinator.server.coordinator_app.BackgroundCheck` for why it warns
+rather than refuses).
+
 Needs the ``server`` extra (Starlette). ``import release_coordinator`` does not import this
 module.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -96,6 +105,7 @@ from release_coordinator.server.common import (
     json_response,
     method_routes,
 )
+from release_coordinator.server.coordinator_app import BackgroundCheck
 from release_coordinator.server.openapi import OPENAPI_PATH, rollout_openapi
 from release_coordinator.server.rollout_child import ChildProtocol
 from release_coordinator.server.rollout_operator import OperatorApi
@@ -142,9 +152,13 @@ def rollout_app(
     - ``max_body``: the largest request body; ``max_upload``: the largest ``POST /rollouts``
       body; ``archive_limits``: what an uploaded ``fns.zip`` must stay within.
     - ``lifespan``: the app's startup rebuilds the manager's indexes from its store
-      (:meth:`RolloutManager.load`) and ticks it every ``tick_interval`` seconds, or runs
-      ``relay`` (which polls its parent and ticks the manager); the shutdown stops them. Left
-      out, the host owns the manager's life.
+      (:meth:`RolloutManager.load`) and ticks it every ``tick_interval`` seconds
+      (``manager.running()``), or runs ``relay`` (``relay.running()``: it polls its parent and
+      ticks the manager); the shutdown stops them (a loop the host runs already is left
+      running). Left out, the host owns the manager's life. A mounted app's lifespan never
+      runs: the host runs ``async with manager.running():`` in its own
+      (``docs/howto/embedding.md``); the first request while the loop does not run logs a
+      WARNING saying so.
     """
     if max_body < 1 or max_upload < 1:
         raise ConfigurationError("max_body and max_upload must be at least 1 byte")
@@ -175,31 +189,39 @@ def rollout_app(
 
     routes = [*child.table(), *operator.table(), (OPENAPI_PATH, "GET", guarded(openapi))]
 
-    async def tick_forever() -> None:
-        while True:
-            await asyncio.sleep(tick_interval)
-            try:
-                await manager.tick()
-            except Exception:  # keep ticking; the next round may succeed
-                log.exception("rollout manager tick failed")
+    if relay is not None:
+        loops = relay
+        background = BackgroundCheck(
+            "rollout_app",
+            "relay (the manager's background loop) is",
+            "async with relay.running():",
+            is_running=lambda: loops.is_running,
+            lifespan=lifespan,
+            logger=log,
+        )
+    else:
+        background = BackgroundCheck(
+            "rollout_app",
+            "background loops are",
+            "async with manager.running():",
+            is_running=lambda: manager.is_running,
+            lifespan=lifespan,
+            logger=log,
+        )
 
     @contextlib.asynccontextmanager
     async def run(_app: Starlette) -> AsyncIterator[None]:
         if not lifespan:
             yield
             return
-        await manager.load()
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(relay.run() if relay is not None else tick_forever())
-        try:
+        background.lifespan_ran = True
+        running = relay.running() if relay is not None else manager.running(interval=tick_interval)
+        async with running:
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     return Starlette(
         routes=[child.poll_route(), *method_routes(routes)],
+        middleware=[background.middleware()],
         exception_handlers={HTTPException: http_error},
         lifespan=run,
     )
