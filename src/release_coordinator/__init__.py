@@ -104,6 +104,7 @@ from release_coordinator.rollout.strategy import (
     dump_strategy,
     parse_strategy,
 )
+from release_coordinator.rollout.sync import SyncRolloutManager
 from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
 from release_coordinator.storage.base import CoordinatorStore, EventFilter, StepEvent, TaskChange
 from release_coordinator.storage.memory import MemoryStore
@@ -207,6 +208,7 @@ __all__ = [
     "StrategyError",
     "Subscriber",
     "SyncCoordinator",
+    "SyncRolloutManager",
     "Task",
     "TaskAction",
     "TaskAnswer",

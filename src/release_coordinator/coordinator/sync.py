@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -41,8 +41,70 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class SyncCoordinator:
+class _BlockingFacade:
+    """An event loop on a thread of its own (an anyio blocking portal) and the calls into it:
+    the machinery of :class:`SyncCoordinator` and of
+    :class:`~release_coordinator.rollout.sync.SyncRolloutManager`.
+
+    A subclass calls :meth:`_open` in its constructor with a coroutine function that builds
+    (and starts) what it wraps in the loop's thread, and implements :meth:`_shutdown`, which
+    :meth:`close` awaits there before the thread ends.
+    """
+
+    _portal: BlockingPortal
+    _portal_cm: AbstractContextManager[BlockingPortal] | None = None
+
+    def _open(self, build: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        cm = start_blocking_portal(backend="asyncio")
+        self._portal = cm.__enter__()
+        self._portal_cm = cm
+        try:
+            self._portal.call(build)
+        except BaseException:
+            self._portal_cm = None
+            cm.__exit__(None, None, None)
+            raise
+
+    async def _shutdown(self) -> None:
+        """Stop what the facade wraps (in its event loop); :meth:`close` calls it once."""
+
+    def _call(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        result: R = self._portal.call(functools.partial(fn, *args, **kwargs))
+        return result
+
+    def run(self, fn: Callable[[], Coroutine[Any, Any, R]]) -> R:
+        """Run any coroutine function in the facade's event loop (wiring, tests)."""
+        result: R = self._portal.call(fn)
+        return result
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran (calls fail from then on)."""
+        return self._portal_cm is None
+
+    def close(self) -> None:
+        """Stop what the facade wraps, and its thread. Idempotent."""
+        if self._portal_cm is None:
+            return
+        try:
+            self._portal.call(self._shutdown)
+        finally:
+            cm, self._portal_cm = self._portal_cm, None
+            cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SyncCoordinator(_BlockingFacade):
     """The :class:`Coordinator`, callable from synchronous code. Close it (or use ``with``)."""
+
+    coordinator: Coordinator
 
     def __init__(
         self,
@@ -52,53 +114,18 @@ class SyncCoordinator:
         config: CoordinatorConfig | None = None,
         owner: str | None = None,
     ) -> None:
-        cm = start_blocking_portal(backend="asyncio")
-        self._portal: BlockingPortal = cm.__enter__()
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = cm
-        try:
-            self.coordinator: Coordinator = self._portal.call(
-                functools.partial(self._build, store, transport, config, owner)
-            )
-            self._portal.call(self.coordinator.start)
-        except BaseException:
-            cm.__exit__(None, None, None)
-            raise
+        async def build() -> None:
+            self.coordinator = Coordinator(store, transport, config=config, owner=owner)
+            await self.coordinator.start()
 
-    @staticmethod
-    async def _build(
-        store: CoordinatorStore | None,
-        transport: TaskServiceTransport | None,
-        config: CoordinatorConfig | None,
-        owner: str | None,
-    ) -> Coordinator:
-        return Coordinator(store, transport, config=config, owner=owner)
+        self._open(build)
 
-    def _call(
-        self, fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
-    ) -> R:
-        result: R = self._portal.call(functools.partial(fn, *args, **kwargs))
-        return result
-
-    def run(self, fn: Callable[[], Coroutine[Any, Any, R]]) -> R:
-        """Run any coroutine function in the coordinator's event loop (wiring, tests)."""
-        result: R = self._portal.call(fn)
-        return result
+    async def _shutdown(self) -> None:
+        await self.coordinator.close()
 
     def close(self) -> None:
         """Stop the coordinator and its thread. Idempotent."""
-        if self._portal_cm is None:
-            return
-        try:
-            self._portal.call(self.coordinator.close)
-        finally:
-            cm, self._portal_cm = self._portal_cm, None
-            cm.__exit__(None, None, None)
-
-    def __enter__(self) -> SyncCoordinator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     # -- the Coordinator's API, blocking -----------------------------------------------------
     def register_service(
