@@ -353,7 +353,8 @@ async def test_running_loads_the_store_and_stops_only_what_it_started() -> None:
     await first.poll("c1", INSIDE, 0)
     await first.create_rollout(bundle(), EUROPE)
     restarted = RolloutManager(first.store)  # over the same store: loaded by running()
-    async with restarted.running(interval=0.01):
+    async with restarted.running(interval=0.01) as running:
+        assert running is restarted
         assert (await restarted.poll("c1", INSIDE, 0)).new_release == "42"
         async with restarted.running():
             pass
@@ -366,7 +367,8 @@ async def test_a_relay_s_rounds_are_its_manager_s_loop() -> None:
     manager = RolloutManager()
     relay = Relay(manager, InProcessParent(parent), relay_id="r", area=Area.from_geojson(INSIDE))
     relay.interval = 0.01
-    async with relay.running():
+    async with relay.running() as running:
+        assert running is relay
         assert relay.is_running
         assert manager.is_running  # ticked by the relay's rounds
         await manager.start_loops()  # running already (the relay's): nothing changes

@@ -151,14 +151,14 @@ class Relay:
             await self.manager.stop_loops()
 
     @contextlib.asynccontextmanager
-    async def running(self, *, load: bool = True) -> AsyncIterator[None]:
+    async def running(self, *, load: bool = True) -> AsyncIterator[Relay]:
         """``async with relay.running():`` runs the relay's rounds inside the block
         (:meth:`start` on entry, :meth:`stop` on exit; rounds that ran already on entry are
-        left running)."""
+        left running) and gives the relay."""
         started = not self.is_running
         await self.start(load=load)
         try:
-            yield
+            yield self
         finally:
             if started:
                 await self.stop()

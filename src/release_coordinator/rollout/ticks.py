@@ -17,6 +17,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Self
 
 import attrs
 
@@ -142,14 +143,15 @@ class _Ticks(_Matching):
             await loop.stop()
 
     @contextlib.asynccontextmanager
-    async def running(self, *, interval: float = 1.0, load: bool = True) -> AsyncIterator[None]:
+    async def running(self, *, interval: float = 1.0, load: bool = True) -> AsyncIterator[Self]:
         """``async with manager.running():`` runs the background loop inside the block
-        (:meth:`start_loops` on entry, :meth:`stop_loops` on exit). A loop that ran already
-        on entry is left running on exit: only what this block started is stopped."""
+        (:meth:`start_loops` on entry, :meth:`stop_loops` on exit) and gives the manager. A
+        loop that ran already on entry is left running on exit: only what this block started
+        is stopped."""
         started = not self.is_running
         await self.start_loops(interval=interval, load=load)
         try:
-            yield
+            yield self
         finally:
             if started:
                 await self.stop_loops()

@@ -215,9 +215,12 @@ def rollout_app(
             yield
             return
         background.lifespan_ran = True
-        running = relay.running() if relay is not None else manager.running(interval=tick_interval)
-        async with running:
-            yield
+        if relay is not None:
+            async with relay.running():
+                yield
+        else:
+            async with manager.running(interval=tick_interval):
+                yield
 
     return Starlette(
         routes=[child.poll_route(), *method_routes(routes)],
