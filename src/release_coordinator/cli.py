@@ -98,11 +98,12 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="serve the Coordinator's API and the edge-rollout protocols over HTTP (uvicorn)",
+        help="serve the Coordinator's API and the edge-rollout protocols over HTTP",
         description="Serve the Coordinator's API (task services, releases, tasks, events,\n"
         "task-service callbacks) and a RolloutManager's (child protocol, operator API)\n"
-        "from one uvicorn process, logging one line per request, until SIGTERM or SIGINT\n"
-        "(then exit 0). Tokens come from environment variables, never from options.",
+        "from one process (granian or uvicorn), logging one line per request, until\n"
+        "SIGTERM or SIGINT (then exit 0). Tokens come from environment variables, never\n"
+        "from options.",
         epilog="environment variables:\n"
         "  RC_OPERATOR_TOKENS     operator tokens for both APIs: tok1,tok2 or alice=tok1,bob=tok2\n"
         "                         (required unless --allow-anonymous)\n"
@@ -126,6 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--port", type=int, default=8000, help="the port to listen on; 0: any free port (8000)"
+    )
+    serve.add_argument(
+        "--server",
+        choices=["granian", "uvicorn"],
+        default=None,
+        help="the HTTP server: granian (a Rust server, the faster) or uvicorn; both come with "
+        "the server extra (default: granian when installed, else uvicorn)",
     )
     serve.add_argument(
         "--log-level",
@@ -346,6 +354,7 @@ def _serve(args: argparse.Namespace) -> int:
             relay_id=args.relay_id,
             area=area,
             metrics_public=args.metrics_public,
+            server=args.server,
         )
     except ConfigurationError as error:
         print(f"error: {error.message}", file=sys.stderr)

@@ -560,7 +560,7 @@ def test_the_help_names_each_default(capsys: pytest.CaptureFixture[str]) -> None
 
 
 class Built:
-    """What ``serve`` built, caught at :func:`service_app`; uvicorn never starts."""
+    """What ``serve`` built, caught at :func:`service_app`; no server ever starts."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -570,11 +570,11 @@ class Built:
             self.calls.append({"coordinator": coordinator, "manager": manager, **options})
             return real(coordinator, manager, **options)
 
-        async def no_server(self: Any, sockets: Any = None) -> None:
-            return None  # never started: serve answers 1
+        async def no_server(*args: Any, **options: Any) -> bool:
+            return False  # never started: serve answers 1
 
         monkeypatch.setattr(serve, "service_app", spy)
-        monkeypatch.setattr(serve.uvicorn.Server, "serve", no_server)
+        monkeypatch.setattr(serve.servers, "run", no_server)
 
     @property
     def one(self) -> dict[str, Any]:
@@ -700,7 +700,7 @@ def test_parent_makes_the_manager_a_relay_under_http_parent(
                 "area.geojson",
             ]
         )
-    assert status == 1  # the spy kept uvicorn from starting
+    assert status == 1  # the spy kept the server from starting
     relay = built.one["relay"]
     assert isinstance(relay, Relay)
     assert relay.manager is built.one["manager"]

@@ -17,7 +17,8 @@
 - :func:`serve` (and :func:`serve_async`) is the command: it opens the stores (a SQLite file in
   the working directory by default, a PostgreSQL URL, or ``memory``), builds a Coordinator
   over :class:`~release_coordinator.transports.http.HttpTransport` and a RolloutManager, runs
-  uvicorn until SIGTERM or SIGINT, lets both lifespans shut down, closes the stores, and
+  an HTTP server (``server``: granian or uvicorn, see :mod:`~release_coordinator.server.
+  servers`) until SIGTERM or SIGINT, lets both lifespans shut down, closes the stores, and
   answers the exit status (0 after a signal). With ``parent`` (``--parent URL``) the manager
   is a relay: a :class:`~release_coordinator.rollout.relay.Relay` under
   :class:`~release_coordinator.transports.http.HttpParent` polls the parent at every tick,
@@ -29,8 +30,8 @@ never from the command line (where ``ps`` shows them), and are never logged; ``R
 default of ``--db`` (a password stays out of the process list).
 Without an operator token the command refuses to start, unless ``--allow-anonymous``.
 
-Needs the ``server`` extra (Starlette, uvicorn) and, for a database, the ``sql`` or ``postgres``
-extra. ``import release_coordinator`` does not import this module.
+Needs the ``server`` extra (Starlette, granian, uvicorn) and, for a database, the ``sql`` or
+``postgres`` extra. ``import release_coordinator`` does not import this module.
 """
 
 from __future__ import annotations
@@ -41,23 +42,18 @@ import functools
 import gc
 import logging
 import math
-import signal
 import socket
-import threading
 from collections.abc import (
     AsyncIterator,
     Callable,
     Coroutine,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
-from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
 import attrs
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -73,6 +69,7 @@ from release_coordinator.errors import ConfigurationError
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.relay import Relay
+from release_coordinator.server import servers
 from release_coordinator.server.access_log import AccessLog
 from release_coordinator.server.common import (
     DEFAULT_MAX_BODY,
@@ -86,6 +83,7 @@ from release_coordinator.server.metrics import ServiceMetrics
 from release_coordinator.server.openapi import OPENAPI_PATH, combined_openapi
 from release_coordinator.server.request_body import JsonObjectEndpoint
 from release_coordinator.server.rollout_app import DEFAULT_MAX_UPLOAD, rollout_app
+from release_coordinator.server.servers import GRACEFUL_SHUTDOWN
 from release_coordinator.server.token_auth import Verifier
 from release_coordinator.server.tokens import ENV_OPERATOR_TOKENS, ServeTokens, tokens_from_env
 from release_coordinator.server.ui import ui_routes
@@ -122,8 +120,6 @@ ENV_DB = "RC_DB"
 #: Where ``serve`` listens by default: loopback only.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-#: Seconds open requests get to finish after SIGTERM before they are canceled.
-GRACEFUL_SHUTDOWN = 10
 #: The values of ``--log-level``.
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 #: ``--poll-interval``: the Coordinator's (``CoordinatorConfig.poll_interval``).
@@ -331,28 +327,6 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-@contextlib.contextmanager
-def _stop_quietly_on_signals(server: Any) -> Iterator[None]:
-    """uvicorn stops on SIGINT/SIGTERM and, once stopped, raises the signal again for the
-    handler it found. The handler it finds is this one, which only asks ``server`` to stop
-    (also when the signal comes before uvicorn listens for it), so that the command closes
-    its stores and exits 0 instead of dying of the signal."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def noted(signum: int, frame: FrameType | None) -> None:
-        server.should_exit = True
-
-    handled = [signal.SIGINT, signal.SIGTERM]
-    previous = {sig: signal.signal(sig, noted) for sig in handled}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _seconds(option: str, value: float) -> float:
     """``value`` if it is a positive, finite number of seconds; else ConfigurationError naming
     ``option``."""
@@ -420,6 +394,7 @@ async def serve_async(
     relay_id: str = "",
     area: Area | None = None,
     metrics_public: bool = False,
+    server: str | None = None,
 ) -> int:
     """Serve both APIs on ``host:port`` until SIGTERM or SIGINT; the exit status (0 after a
     signal, 1 when the server could not start).
@@ -432,16 +407,19 @@ async def serve_async(
     ticks of it. ``parent`` (an ``http(s)://`` base URL) makes the manager a relay that polls
     the parent at every tick, sending ``tokens.parent`` if set, as ``relay_id`` (empty: the id
     the parent assigns), reporting ``area`` (its own) or else its children's union.
+    ``server`` is the HTTP server, one of :data:`~release_coordinator.server.servers.SERVERS`
+    (None: granian when it is installed, else uvicorn).
 
     Refused with ConfigurationError naming the option, before anything is opened: no operator
     token without ``allow_anonymous``, a setting that cannot work, relay options without
     ``parent``, a ``parent`` that is not an http(s) URL, an address that cannot be listened
-    on. A store that cannot be opened raises its StorageError.
+    on, a server that is not installed. A store that cannot be opened raises its StorageError.
     """
     if log_level not in LOG_LEVELS:
         raise ConfigurationError(f"the log level must be one of {', '.join(LOG_LEVELS)}")
     if not 0 <= port <= 65535:
         raise ConfigurationError(f"the port must be within 0..65535, not {port}")
+    server = servers.check(server)
     tick_interval = _seconds("--tick-interval", tick_interval)
     lost_after = _seconds("--lost-after", lost_after)
     config = CoordinatorConfig(
@@ -494,18 +472,6 @@ async def serve_async(
                 relay=relay,
                 metrics_public=metrics_public,
             )
-            server_config = uvicorn.Config(
-                app,
-                host=host,
-                port=bound_port,
-                lifespan="on",
-                access_log=False,  # AccessLog writes the one line per request
-                log_config=None,  # the command's logging configuration applies
-                log_level=log_level,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
-                server_header=False,
-            )
-            server = uvicorn.Server(server_config)
             # This process is ours: what lives as long as the server (stores, indexes, children)
             # is moved out of the collector's sight, and young collections run less often. A busy
             # poll path allocates many short-lived objects; default thresholds made full
@@ -541,14 +507,12 @@ async def serve_async(
                     "set" if tokens.parent else "none",
                 )
             shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+            log.info("server: %s", servers.describe(server))
             log.info("listening on http://%s:%d", shown_host, bound_port)
-            with _stop_quietly_on_signals(server):
-                try:
-                    await server.serve(sockets=[sock])
-                except SystemExit as stop:  # uvicorn's way to say the startup failed
-                    log.error("the server did not start (exit status %s)", stop.code)
-                    return 1
-            return 0 if server.started else 1
+            clean = await servers.run(
+                server, app, sock, log_level=log_level, grace=GRACEFUL_SHUTDOWN
+            )
+            return 0 if clean else 1
         finally:
             sock.close()
             if coordinator is not None:  # normally closed by the app's shutdown already
