@@ -129,7 +129,7 @@ class _ChildRows(_RolloutRows):
 
     @_edge
     async def targeted(self, rollout_id: str) -> list[str]:
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             await self._rollout_row(conn, rollout_id)
             result = await conn.execute(
                 sa.select(child_releases.c.child_id)
@@ -141,7 +141,7 @@ class _ChildRows(_RolloutRows):
     # -- per-child state -----------------------------------------------------------------------
     @_edge
     async def child_release(self, rollout_id: str, child_id: str) -> ChildRelease:
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             names = await self._names(conn, rollout_id)
             row = await _child_release_row(conn, rollout_id, child_id)
         if row is None:
@@ -150,7 +150,7 @@ class _ChildRows(_RolloutRows):
 
     @_edge
     async def child_releases(self, rollout_id: str) -> list[ChildRelease]:
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             await self._rollout_row(conn, rollout_id)
             names = await self._names(conn, rollout_id)
             rows = (
@@ -199,7 +199,7 @@ class _ChildRows(_RolloutRows):
     async def status_counts(
         self, rollout_id: str
     ) -> dict[tuple[ReleaseStatus, tuple[StageStatus, ...]], int]:
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             await self._rollout_row(conn, rollout_id)
             names = await self._names(conn, rollout_id)
             rows = await conn.execute(
@@ -220,7 +220,7 @@ class _ChildRows(_RolloutRows):
 
     @_edge
     async def waiting(self, rollout_id: str, stage_name: str) -> list[str]:
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             await self._rollout_row(conn, rollout_id)
             result = await conn.execute(
                 sa.select(child_releases.c.child_id)
@@ -234,7 +234,7 @@ class _ChildRows(_RolloutRows):
 
     @_edge
     async def barrier(self, rollout_id: str, stage_name: str) -> BarrierRecord:
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             row = (
                 await conn.execute(
                     sa.select(barriers.c.open, barriers.c.waiting_since).where(

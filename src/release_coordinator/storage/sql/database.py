@@ -27,6 +27,7 @@ from release_coordinator.storage.sql.engine import (
     _shown,
     normalize_url,
 )
+from release_coordinator.storage.sql.lanes import Lane, LaneLock
 from release_coordinator.storage.sql.schema import (
     _TABLES,
     MIGRATIONS,
@@ -46,19 +47,29 @@ _SCHEMA_LOCK = 0x52435343  # "RCSC"
 class SQLDatabase:
     """An engine with the transactions of the SQL stores and the schema's version.
 
-    Create it with :meth:`connect`; :meth:`close` disposes of the engine.
+    Create it with :meth:`connect`; :meth:`close` disposes of the engine. Every transaction
+    runs in a :class:`~release_coordinator.storage.sql.lanes.Lane`; ``control_engine``, the
+    control lane's connections (by default the fleet's ``engine``).
     """
 
-    def __init__(self, engine: AsyncEngine, *, url: str | URL | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        url: str | URL | None = None,
+        control_engine: AsyncEngine | None = None,
+    ) -> None:
         self._engine = engine
+        self._engines = {Lane.FLEET: engine, Lane.CONTROL: control_engine or engine}
         #: The database's URL as given (password hidden), for messages.
         self.url = _shown(engine.url if url is None else url)
         self.dialect = engine.dialect.name
         self._sqlite = self.dialect == "sqlite"
         self._postgres = self.dialect == "postgresql"
         # SQLite has one writer: this process's writers queue here rather than in the busy
-        # handler. An in-memory database has one connection, so its readers queue too.
-        self._write_lock = asyncio.Lock()
+        # handler, the control lane's first. An in-memory database has one connection, so its
+        # readers queue too.
+        self._write_lock = LaneLock()
         self._serial_reads = _in_memory(engine.url)
         self._closed = False
         #: Bumped before and after every write of the rollout tables by any SQLRolloutStore
@@ -73,7 +84,10 @@ class SQLDatabase:
         another version raises SchemaError (an older one names the upgrade command); a driver
         that cannot connect raises StorageError; an unusable URL, ConfigurationError.
         """
-        store = cls(_make_engine(normalize_url(url)), url=url)
+        url_ = normalize_url(url)
+        # An in-memory SQLite database lives in its one connection: both lanes share it.
+        control = None if _in_memory(url_) else _make_engine(url_, pool_size=2, max_overflow=3)
+        store = cls(_make_engine(url_), url=url, control_engine=control)
         try:
             await store._prepare(create)
         except BaseException:
@@ -91,22 +105,23 @@ class SQLDatabase:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._engine.dispose()
+            for engine in set(self._engines.values()):
+                await engine.dispose()
 
     # -- transactions ------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        lock = self._write_lock if self._sqlite else contextlib.nullcontext()
-        async with lock, self._engine.connect() as conn:
+    async def _write(self, lane: Lane = Lane.CONTROL) -> AsyncIterator[AsyncConnection]:
+        lock = self._write_lock.hold(lane) if self._sqlite else contextlib.nullcontext()
+        async with lock, self._engines[lane].connect() as conn:
             if self._sqlite:
                 await conn.execution_options(rc_write=True)
             async with conn.begin():
                 yield conn
 
     @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        lock = self._write_lock if self._serial_reads else contextlib.nullcontext()
-        async with lock, self._engine.connect() as conn, conn.begin():
+    async def _read(self, lane: Lane = Lane.CONTROL) -> AsyncIterator[AsyncConnection]:
+        lock = self._write_lock.hold(lane) if self._serial_reads else contextlib.nullcontext()
+        async with lock, self._engines[lane].connect() as conn, conn.begin():
             yield conn
 
     async def _one(self, conn: AsyncConnection, query: sa.Executable) -> sa.Row[Any] | None:

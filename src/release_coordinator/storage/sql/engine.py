@@ -63,9 +63,10 @@ def _in_memory(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
-def _make_engine(url: URL) -> AsyncEngine:
+def _make_engine(url: URL, **pool: int) -> AsyncEngine:
+    """An engine of ``url``; ``pool``: its pool's size (``pool_size``, ``max_overflow``)."""
     sqlite = url.get_backend_name() == "sqlite"
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(pool)
     if not sqlite:
         kwargs["pool_pre_ping"] = True
         if "connect_timeout" not in url.query:

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from release_coordinator.rollout.models import RolloutState
 from release_coordinator.storage.sql.database import SQLDatabase
 from release_coordinator.storage.sql.engine import _edge
+from release_coordinator.storage.sql.lanes import Lane
 from release_coordinator.storage.sql.rollout_codec import _DOING_INT, _TODO_INT
 from release_coordinator.storage.sql.rollout_rows import _CHUNK, _RolloutRows
 from release_coordinator.storage.sql.schema import child_releases, children, rollouts
@@ -151,7 +152,7 @@ class _PollPath(_RolloutRows):
             .values(seen_at=sa.bindparam("at"))
         )
         try:
-            async with self._db._write() as conn:  # (no offer changes: not self._write)
+            async with self._db._write(Lane.FLEET) as conn:  # (no offer changes: not self._write)
                 for start in range(0, len(rows), 5000):
                     chunk = rows[start : start + 5000]
                     if self._postgres:  # one statement for the chunk: two arrays, unnested
@@ -192,7 +193,7 @@ class _PollPath(_RolloutRows):
         query = sa.select(children.c.id, children.c.seen_at)
         if len(wanted) <= _CHUNK:  # (more are read as the whole table, in one statement)
             query = query.where(children.c.id.in_(wanted))
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             rows = await conn.execute(query)
             stored = {r[0]: r[1] for r in rows.all()}
         seen: dict[str, float] = {}
@@ -275,7 +276,7 @@ class _PollPath(_RolloutRows):
         ids = self._offers_ids(child_ids)
         offers: dict[str, str] = {}
         if self._db._serial_reads:  # an in-memory SQLite database: its one connection
-            async with self._db._read() as conn:
+            async with self._read() as conn:
                 rows: Sequence[Any] = (
                     await conn.execute(self._offers_statement, {"ids": ids})
                 ).all()

@@ -52,6 +52,7 @@ from release_coordinator.storage.rollout_base import RolloutStore, last_of_each
 from release_coordinator.storage.sql.child_state import _ChildRows
 from release_coordinator.storage.sql.database import SQLDatabase
 from release_coordinator.storage.sql.engine import _edge, _violates
+from release_coordinator.storage.sql.lanes import Lane
 from release_coordinator.storage.sql.poll import _PollPath
 from release_coordinator.storage.sql.rollout_codec import _child, _dumps, _Fixed
 from release_coordinator.storage.sql.rollout_rows import _chunks
@@ -111,7 +112,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
     async def add_rollout(self, rollout: Rollout, bundle: ReleaseBundle) -> Rollout:
         for _attempt in range(_SEQ_ATTEMPTS):
             try:
-                async with self._write() as conn:
+                async with self._write(Lane.CONTROL) as conn:
                     exists = await conn.execute(
                         sa.select(rollouts.c.id).where(rollouts.c.id == rollout.id)
                     )
@@ -150,7 +151,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
 
     @_edge
     async def get_rollout(self, rollout_id: str) -> Rollout:
-        async with self._db._read() as conn:
+        async with self._read(Lane.CONTROL) as conn:
             return await self._rollout(conn, await self._rollout_row(conn, rollout_id))
 
     @_edge
@@ -164,7 +165,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
         query = sa.select(*_ROLLOUT_COLUMNS).order_by(rollouts.c.priority.desc(), rollouts.c.seq)
         if states is not None:
             query = query.where(rollouts.c.state.in_([s.value for s in states]))
-        async with self._db._read() as conn:
+        async with self._read(Lane.CONTROL) as conn:
             return [await self._rollout(conn, row) for row in await conn.execute(query)]
 
     @_edge
@@ -179,7 +180,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
         values: dict[str, Any] = {"state": to_state.value}
         if reason is not None:
             values["reason"] = reason
-        async with self._write() as conn:
+        async with self._write(Lane.CONTROL) as conn:
             done = await conn.execute(
                 sa.update(rollouts)
                 .where(
@@ -235,7 +236,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
 
     @_edge
     async def get_child(self, child_id: str) -> Child:
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(sa.select(children).where(children.c.id == child_id))).first()
         if row is None:
             raise NotFoundError("child", child_id)
@@ -245,7 +246,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
     async def get_children(self, child_ids: Iterable[str]) -> dict[str, Child]:
         ids = list(dict.fromkeys(child_ids))
         found: dict[str, Child] = {}
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             for chunk in _chunks(ids):
                 query = sa.select(children).where(children.c.id.in_(chunk))
                 found.update((row.id, _child(row)) for row in await conn.execute(query))
@@ -253,13 +254,13 @@ class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
 
     @_edge
     async def list_children(self) -> list[Child]:
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(sa.select(children).order_by(children.c.first_change))).all()
         return [_child(row) for row in rows]
 
     @_edge
     async def children_since(self, change: int) -> tuple[list[Child], int]:
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             rows = (
                 await conn.execute(
                     sa.select(children)
@@ -280,14 +281,14 @@ class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
     # (their writes do not change offers: the database's own transactions, not self._write)
     @_edge
     async def child_token(self, child_id: str) -> str | None:
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             query = sa.select(child_tokens.c.digest).where(child_tokens.c.child_id == child_id)
             digest = (await conn.execute(query)).scalar()
         return None if digest is None else str(digest)
 
     @_edge
     async def add_child_token(self, child_id: str, digest: str) -> bool:
-        async with self._db._write() as conn:
+        async with self._db._write(Lane.FLEET) as conn:
             insert = self._insert(child_tokens).values(
                 child_id=child_id, digest=digest, issued_at=utcnow()
             )
@@ -298,7 +299,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
 
     @_edge
     async def drop_child_token(self, child_id: str) -> bool:
-        async with self._db._write() as conn:
+        async with self._db._write(Lane.FLEET) as conn:
             result = await conn.execute(
                 sa.delete(child_tokens)
                 .where(child_tokens.c.child_id == child_id)
@@ -310,7 +311,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
     async def children_with_tokens(self, child_ids: Iterable[str]) -> set[str]:
         ids = list(dict.fromkeys(child_ids))
         found: set[str] = set()
-        async with self._db._read() as conn:
+        async with self._read() as conn:
             for chunk in _chunks(ids):
                 query = sa.select(child_tokens.c.child_id).where(child_tokens.c.child_id.in_(chunk))
                 found.update((await conn.execute(query)).scalars())

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from release_coordinator.errors import NotFoundError
 from release_coordinator.rollout.models import Rollout, RolloutState
 from release_coordinator.storage.sql.database import SQLDatabase
+from release_coordinator.storage.sql.lanes import Lane
 from release_coordinator.storage.sql.rollout_codec import _Fixed, _fixed
 from release_coordinator.storage.sql.schema import _ROLLOUT_COLUMNS, counters, rollouts
 
@@ -42,15 +43,22 @@ class _RolloutRows:
         self._closed = False
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, lane: Lane = Lane.FLEET) -> AsyncIterator[AsyncConnection]:
         """A write transaction of the rollout tables: the offers cached before it, or read
-        while it runs, are forgotten."""
+        while it runs, are forgotten. In the fleet lane unless it is a rollout's own record
+        (:mod:`~release_coordinator.storage.sql.lanes`)."""
         self._db.rollout_changes += 1
         try:
-            async with self._db._write() as conn:
+            async with self._db._write(lane) as conn:
                 yield conn
         finally:
             self._db.rollout_changes += 1
+
+    def _read(
+        self, lane: Lane = Lane.FLEET
+    ) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A read transaction, in the fleet lane unless it reads a rollout's own record."""
+        return self._db._read(lane)
 
     def _insert(self, table: sa.Table) -> Any:
         dialect = pg_dialect if self._db.dialect == "postgresql" else sqlite_dialect
@@ -101,7 +109,7 @@ class _RolloutRows:
         """:meth:`_fixed_of` without a transaction when this process knows it already."""
         fixed = self._fixed.get(rollout_id)
         if fixed is None:
-            async with self._db._read() as conn:
+            async with self._read() as conn:
                 fixed = await self._fixed_of(conn, rollout_id)
         return fixed
 
