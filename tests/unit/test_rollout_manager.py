@@ -301,6 +301,27 @@ async def test_identical_repeat_changes_nothing(manager: RolloutManager) -> None
     assert await manager.store.child_release("42", child) == once
 
 
+async def test_a_report_sent_again_with_a_fresh_summary_is_a_repeat(
+    manager: RolloutManager,
+) -> None:
+    # A child whose answer was lost (its request timed out) reports again, measured afresh:
+    # the first report stands and the repeat is answered alike, also once the release ended
+    # (found by the soak test: a failed child got 409 for ever and never finished).
+    await manager.create_rollout(bundle(), EUROPE)
+    (child,) = await fetched(manager, INSIDE)
+    failed = result(child, "canary-10", 5, "rollback", f2_err_rate=0.3)
+    assert await manager.submit_result(failed) == ""
+    once = await manager.store.child_release("42", child)
+    assert once.status is ReleaseStatus.FAILED
+    again = result(child, "canary-10", 5, "rollback", f2_err_rate=0.4)
+    assert again != failed
+    assert await manager.submit_result(again) == ""
+    assert await manager.store.child_release("42", child) == once
+    # A report that is not a repeat is still refused once the release ended.
+    with pytest.raises(InvalidTransitionError):
+        await manager.submit_result(result(child, "canary-10", 2))
+
+
 async def test_lost_child_no_longer_holds_the_barrier(
     manager: RolloutManager, clock: Clock
 ) -> None:

@@ -239,7 +239,9 @@ class RolloutManager(_Operations):
 
         ValidationError (400) for a malformed body, NotFoundError (404) for an unknown child,
         release or stage, InvalidTransitionError (409) for a status change the stage machine
-        or the stage's type does not allow. A repeated identical report changes nothing.
+        or the stage's type does not allow. A repeated report (a stage's status already
+        recorded, whatever its summary: a child whose answer was lost sends it again, measured
+        afresh) changes nothing and is answered as the first one was.
         """
         report = parse_result(body)
         await self._seen(report.child_id)
@@ -323,8 +325,10 @@ class RolloutManager(_Operations):
             )
         stage_def = strategy.stage(name)  # NotFoundError for an unknown stage
         current = state.stage(name)
-        if current.status is report.status and current.summary == report.summary:
-            return state  # an identical repeat changes nothing
+        if current.status is report.status:
+            # A repeat: the child sends its report again when the answer did not reach it (a
+            # time-out), measured afresh. The status is recorded; the first summary stands.
+            return state
         if (
             report.status is StageStatus.SUCCESS_WAITING
             and current.status is StageStatus.SHOULD_END
