@@ -74,7 +74,7 @@ time-outs, the completion they allow (and a relay's polling of its parent). With
 that mounts the app runs ``async with manager.running():`` (``relay.running()``) in its own
 lifespan (see ``docs/howto/embedding.md``). A request reaching the app while the loop does not
 run logs one WARNING (per app) that says so and names the fix; the request is served as usual
-(see :class:`~release_coordinator.server.coordinator_app.BackgroundCheck` for why it warns
+(see :class:`~release_coordinator.server.background.BackgroundCheck` for why it warns
 rather than refuses).
 
 Needs the ``server`` extra (Starlette). ``import release_coordinator`` does not import this
@@ -85,7 +85,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -97,6 +98,7 @@ from release_coordinator.rollout.archive import ArchiveLimits
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.policies import parse_policy, policy_json
 from release_coordinator.rollout.relay import Relay
+from release_coordinator.server.background import BackgroundCheck
 from release_coordinator.server.child_tokens import ChildTokens
 from release_coordinator.server.common import (
     DEFAULT_MAX_BODY,
@@ -105,7 +107,6 @@ from release_coordinator.server.common import (
     json_response,
     method_routes,
 )
-from release_coordinator.server.coordinator_app import BackgroundCheck
 from release_coordinator.server.openapi import OPENAPI_PATH, rollout_openapi
 from release_coordinator.server.rollout_child import ChildProtocol
 from release_coordinator.server.rollout_operator import OperatorApi
@@ -209,22 +210,14 @@ def rollout_app(
             logger=log,
         )
 
-    @contextlib.asynccontextmanager
-    async def run(_app: Starlette) -> AsyncIterator[None]:
-        if not lifespan:
-            yield
-            return
-        background.lifespan_ran = True
+    def running() -> contextlib.AbstractAsyncContextManager[Any]:
         if relay is not None:
-            async with relay.running():
-                yield
-        else:
-            async with manager.running(interval=tick_interval):
-                yield
+            return relay.running()
+        return manager.running(interval=tick_interval)
 
     return Starlette(
         routes=[child.poll_route(), *method_routes(routes)],
         middleware=[background.middleware()],
         exception_handlers={HTTPException: http_error},
-        lifespan=run,
+        lifespan=background.app_lifespan(running),
     )
