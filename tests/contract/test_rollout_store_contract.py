@@ -448,6 +448,41 @@ async def test_children_with_tokens_of_many_children(rollout_store: RolloutStore
     assert await rollout_store.children_with_tokens(ids) == set(ids[::3])
 
 
+# -- leases on periodic work -----------------------------------------------------------------------
+async def test_a_work_lease_is_held_by_one_owner_until_dropped_or_run_out(
+    rollout_store: RolloutStore,
+) -> None:
+    assert await rollout_store.hold_lease("loop", "a", 30)
+    assert await rollout_store.hold_lease("loop", "a", 30)  # renewed
+    assert not await rollout_store.hold_lease("loop", "b", 30)
+    assert await rollout_store.hold_lease("other", "b", 30)  # leases are by name
+    assert not await rollout_store.drop_lease("loop", "b")  # not b's to drop
+    async with reopened(rollout_store) as store:  # another process sees who holds it
+        assert not await store.hold_lease("loop", "c", 30)
+        assert await store.drop_lease("loop", "a")
+        assert not await store.drop_lease("loop", "a")  # (dropped already)
+        assert await store.hold_lease("loop", "c", 0.2)  # dropped: taken at once
+    assert not await rollout_store.hold_lease("loop", "a", 30)
+    await asyncio.sleep(0.5)  # c's lease runs out (on the store's clock)
+    assert await rollout_store.hold_lease("loop", "a", 30)
+    assert not await rollout_store.hold_lease("loop", "c", 30)
+
+
+async def test_a_work_lease_asked_for_at_once_goes_to_one_owner(
+    rollout_store: RolloutStore,
+) -> None:
+    async with reopened(rollout_store) as other:
+        held = await asyncio.gather(
+            *(
+                store.hold_lease("loop", f"owner-{i}", 30)
+                for i, store in enumerate([rollout_store, other] * 4)
+            )
+        )
+        assert held.count(True) == 1
+        winner = f"owner-{held.index(True)}"
+        assert await other.hold_lease("loop", winner, 30)
+
+
 # -- polls -----------------------------------------------------------------------------------------
 async def test_touch_child_and_last_seen(rollout_store: RolloutStore) -> None:
     no_background_flush(rollout_store)

@@ -10,13 +10,21 @@ manager goes through: a child's state (compare-and-set, counted in the rollout's
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from release_coordinator.errors import ConcurrentUpdateError, ConflictError, InvalidTransitionError
+from release_coordinator.errors import (
+    ConcurrentUpdateError,
+    ConfigurationError,
+    ConflictError,
+    InvalidTransitionError,
+)
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.geo import Area, GeoIndex, MatchMode
 from release_coordinator.rollout.models import ChildRelease, Rollout, RolloutState
@@ -114,8 +122,15 @@ class _Bookkeeping:
         lost_after: float = 60.0,
         clock: Callable[[], float] | None = None,
         refresh: float = 1.0,
+        owner: str | None = None,
+        lease_seconds: float = 15.0,
     ) -> None:
+        if lease_seconds <= 0:
+            raise ConfigurationError(f"lease_seconds must be positive, not {lease_seconds}")
         self.store = store if store is not None else MemoryRolloutStore()
+        #: Who this manager is among the processes sharing the store (the loop's lease holder).
+        self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.lease_seconds = lease_seconds
         #: Other manager processes may change the same rollouts (the store is shared).
         self.shared = bool(self.store.shared)
         self.lost_after = lost_after

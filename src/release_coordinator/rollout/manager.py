@@ -99,7 +99,11 @@ class RolloutManager(_Operations):
     holds up barriers. ``clock``: seconds, injectable for tests; by default a monotonic clock,
     or wall-clock time over a ``shared`` store (whose times every process must agree on).
     ``refresh`` (seconds): over a shared store, how old what this manager knows of other
-    processes' changes may be (see the module documentation).
+    processes' changes may be (see the module documentation). ``owner`` names this manager
+    among the processes sharing the store (by default host, pid and a random suffix), and
+    ``lease_seconds`` is how long its hold on the background loop's lease lasts after a
+    renewal: over a shared store one manager at a time runs the loop's rounds (see
+    :data:`~release_coordinator.rollout.ticks.LOOP_LEASE`, :attr:`holds_lease`).
 
     What time alone settles (lost children, barrier and child time-outs, the completion they
     allow) is judged by :meth:`tick`, which the manager's background loop calls:

@@ -37,6 +37,10 @@ log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's 
 #: How many children waiting on an open barrier one call tells to end the stage.
 SIGNAL_BATCH = 64
 
+#: The lease (see ``RolloutStore.hold_lease``) that the background loop's rounds need over a
+#: shared store: one manager process of several does the periodic work at a time.
+LOOP_LEASE = "rollout-manager-loop"
+
 #: Seconds :meth:`_Loop.stop` lets a round in progress finish before it cancels it (a round
 #: cancelled inside a store write could leave a SQLite connection holding the database's lock).
 STOP_GRACE = 2.0
@@ -94,6 +98,8 @@ class _Ticks(_Matching):
     ticks them (see the module documentation)."""
 
     _loop: _Loop | None = None  # the background loop (None until one starts)
+    #: Over a shared store: whether this manager holds the loop's lease (does the ticks).
+    holds_lease: bool = False
 
     # -- the background loop ----------------------------------------------------------------
     @property
@@ -125,7 +131,8 @@ class _Ticks(_Matching):
         name: str = "rc-rollout-ticks",
         failure: str = "rollout manager tick failed",
     ) -> None:
-        """Start ``body`` as the manager's background loop (none may run)."""
+        """Start ``body`` as the manager's background loop (none may run); over a shared
+        store, its rounds run only while this manager holds the loop's lease."""
         if self._loop is not None:
             await self._loop.stop()  # a stopped one, or one stopping
         self._loop = None
@@ -133,7 +140,44 @@ class _Ticks(_Matching):
             await self.load()
         if self.is_running:  # started by another caller while loading
             return
+        if self.shared:
+            body = self._leased(body)
         self._loop = _Loop(body, interval, owner=owner, name=name, failure=failure)
+
+    def _leased(self, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``body``, run in a round only if this manager holds (takes or renews) the lease
+        :data:`LOOP_LEASE` for :attr:`lease_seconds`: of several managers sharing the store,
+        one at a time does the periodic work; when it stops, dies or cannot renew, another
+        takes over once the lease is dropped or runs out."""
+
+        async def leased() -> None:
+            held = False  # (unless the store answers: a lease it cannot renew runs out)
+            try:
+                held = await self.store.hold_lease(LOOP_LEASE, self.owner, self.lease_seconds)
+            finally:
+                self._note_lease(held)
+            if held:
+                await body()
+
+        return leased
+
+    def _note_lease(self, held: bool) -> None:
+        if held != self.holds_lease:
+            self.holds_lease = held
+            if held:
+                log.info("%s holds the lease of the background loop: it does the ticks", self.owner)
+            else:
+                log.info("%s does not hold the lease of the background loop", self.owner)
+
+    async def _drop_lease(self) -> None:
+        """Give the loop's lease up (a stopped loop): another manager takes over at once."""
+        if not self.holds_lease:
+            return
+        self.holds_lease = False
+        try:
+            await self.store.drop_lease(LOOP_LEASE, self.owner)
+        except Exception:  # it runs out
+            log.warning("%s could not give up the loop's lease; it runs out", self.owner)
 
     async def stop_loops(self) -> None:
         """Stop the background loop (a relay's too), after the round in progress. Idempotent;
@@ -141,6 +185,7 @@ class _Ticks(_Matching):
         loop, self._loop = self._loop, None
         if loop is not None:
             await loop.stop()
+            await self._drop_lease()
 
     @contextlib.asynccontextmanager
     async def running(self, *, interval: float = 1.0, load: bool = True) -> AsyncIterator[Self]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
+import time
 from collections.abc import Collection, Iterable, Sequence
 
 import attrs
@@ -52,6 +53,7 @@ class MemoryRolloutStore(RolloutStore):
         self._change = 0
         self._child_change: dict[str, int] = {}  # child -> number of its last save
         self._tokens: dict[str, str] = {}  # child -> digest of its token
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, runs out at)
 
     @staticmethod
     def _sort_key(rollout: Rollout) -> int:
@@ -316,3 +318,21 @@ class MemoryRolloutStore(RolloutStore):
     async def children_with_tokens(self, child_ids: Iterable[str]) -> set[str]:
         with self._lock:
             return {c for c in child_ids if c in self._tokens}
+
+    # -- leases on periodic work (this process's clock) ----------------------------------------
+    async def hold_lease(self, name: str, owner: str, seconds: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            held = self._leases.get(name)
+            if held is not None and held[0] != owner and held[1] > now:
+                return False
+            self._leases[name] = (owner, now + seconds)
+            return True
+
+    async def drop_lease(self, name: str, owner: str) -> bool:
+        with self._lock:
+            held = self._leases.get(name)
+            if held is None or held[0] != owner:
+                return False
+            del self._leases[name]
+            return True

@@ -224,6 +224,19 @@ class RolloutStore(abc.ABC):
     async def children_with_tokens(self, child_ids: Iterable[str]) -> set[str]:
         """Those of ``child_ids`` that hold a token."""
 
+    # -- leases on periodic work (one process of several does it at a time) -----------------
+    @abc.abstractmethod
+    async def hold_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``owner``, to run out ``seconds`` from now on
+        the store's clock (the database's, over SQL): True when ``owner`` holds it after the
+        call; False, changing nothing, while another owner's lease has not run out. Of several
+        owners asking at once, at most one holds it."""
+
+    @abc.abstractmethod
+    async def drop_lease(self, name: str, owner: str) -> bool:
+        """Give the lease ``name`` up, if ``owner`` holds it (then True): another owner may
+        take it at once instead of waiting for it to run out."""
+
     async def flush(self) -> None:  # noqa: B027 - optional hook
         """Write what the adapter buffers (e.g. when children last polled). Idempotent."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -107,6 +108,18 @@ class SQLDatabase:
             self._closed = True
             for engine in set(self._engines.values()):
                 await engine.dispose()
+
+    # -- the database's clock (leases are timed by it, never by a process's) -----------------
+    def _now(self) -> sa.ColumnElement[Any]:
+        """The database's clock, in the lease column's terms."""
+        if self._sqlite:
+            return sa.func.julianday("now")
+        return sa.func.now()
+
+    def _expiry(self, lease_seconds: float) -> sa.ColumnElement[Any]:
+        if self._sqlite:
+            return sa.func.julianday("now") + sa.literal(lease_seconds / 86400.0, sa.Float())
+        return sa.func.now() + sa.literal(timedelta(seconds=lease_seconds), sa.Interval())
 
     # -- transactions ------------------------------------------------------------------------
     @contextlib.asynccontextmanager

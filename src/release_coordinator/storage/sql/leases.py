@@ -8,9 +8,6 @@ once the lease runs out.
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
-
 import sqlalchemy as sa
 
 from release_coordinator.coordinator.models import Release
@@ -22,17 +19,6 @@ from release_coordinator.storage.sql.schema import _RELEASE_COLUMNS, releases
 
 class _Leases(SQLDatabase):
     """The leases' part of :class:`~release_coordinator.storage.sql.SQLStore`."""
-
-    def _now(self) -> sa.ColumnElement[Any]:
-        """The database's clock, in the lease column's terms."""
-        if self._sqlite:
-            return sa.func.julianday("now")
-        return sa.func.now()
-
-    def _expiry(self, lease_seconds: float) -> sa.ColumnElement[Any]:
-        if self._sqlite:
-            return sa.func.julianday("now") + sa.literal(lease_seconds / 86400.0, sa.Float())
-        return sa.func.now() + sa.literal(timedelta(seconds=lease_seconds), sa.Interval())
 
     def _claimable(self, owner: str) -> sa.ColumnElement[bool]:
         return sa.and_(

@@ -63,13 +63,14 @@ from release_coordinator.storage.sql.schema import (
     counters,
     rollouts,
 )
+from release_coordinator.storage.sql.work_leases import _WorkLeases
 
 __all__ = ["SQLRolloutStore"]
 
 _SEQ_ATTEMPTS = 50
 
 
-class SQLRolloutStore(_PollPath, _ChildRows, RolloutStore):
+class SQLRolloutStore(_PollPath, _ChildRows, _WorkLeases, RolloutStore):
     """A :class:`~release_coordinator.storage.rollout_base.RolloutStore` in a SQL database (see
     the module documentation). Create it with :meth:`connect`, or :meth:`over` an open
     :class:`~release_coordinator.storage.sql.SQLStore` to share its engine.

@@ -247,6 +247,16 @@ child_tokens = sa.Table(
     sa.Column("issued_at", UTCDateTime, nullable=False),
 )
 
+#: Leases on periodic work that one process of several does at a time (a RolloutManager's
+#: background loop), timed by the database's clock like the releases' leases.
+work_leases = sa.Table(
+    "rc_work_leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("owner", _ID, nullable=False),
+    sa.Column("expires_at", _LEASE_TIME, nullable=False),
+)
+
 _TABLES = frozenset(metadata.tables)
 
 #: A release's columns less its lease (the Coordinator's lease methods alone read those).
@@ -298,10 +308,16 @@ def _to_v3(conn: Connection) -> None:
     child_tokens.create(conn, checkfirst=True)
 
 
+def _to_v4(conn: Connection) -> None:
+    """The leases on periodic work (one RolloutManager process of several runs the loop)."""
+    work_leases.create(conn, checkfirst=True)
+
+
 #: Every step, in order; the last one's version is the schema this library writes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "leases on releases", _to_v1),
     Migration(2, "the RolloutManager's tables", _to_v2),
     Migration(3, "the children's token digests", _to_v3),
+    Migration(4, "leases on periodic work", _to_v4),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
