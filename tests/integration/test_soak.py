@@ -522,11 +522,6 @@ def spans(children: dict[str, Any], rollout_id: str) -> tuple[float, float, floa
 # -- the test --------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, not yet diagnosed: under this load POST /releases sometimes takes 11-62 s "
-    "(seen once in three full runs: the operator's 60 s read time-out), see the issue #16 note",
-)
 async def test_soak(tmp_path: Path, started: list[Process]) -> None:
     operator_token = secrets.token_urlsafe(24)
     service_token = secrets.token_urlsafe(24)
