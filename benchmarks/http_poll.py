@@ -1,55 +1,60 @@
-"""HTTP poll benchmark: ``POST /poll`` through ``release-coordinator serve`` against a ceiling.
+"""HTTP poll benchmark: ``POST /poll`` through ``release-coordinator serve``, side by side.
 
-Starts ``python -m release_coordinator serve`` on 127.0.0.1 in a temporary working directory
-(SQLite file there by default), registers ``--children`` children (10,000 small squares with
-given ids, ``--setup-concurrency`` polls at once), creates ``--rollouts`` active rollouts over the
-operator API (``POST /rollouts``: strategy text + base64 ``fns.zip``; disjoint bands of the map,
-each ``--rollout-share`` of it, so that about ``rollouts * rollout-share`` of the polls get a
-release offered), polls every child once more (children registered more than a minute before
-count as lost until they poll again, and a fleet that polls steadily has none), then measures
-steady-state polls (random children, unchanged areas) with ``--concurrency`` keep-alive
-connections: requests/s, p50 and p99 latency. It also prints the server's CPU use while idle,
-after registering and after that second poll (what the manager's tick costs).
+In one run, interleaved round after round, with the same load on each (``wrk`` when it is
+installed, else the Python client below), it measures:
 
-The **ceiling** is a minimal ASGI app answering a constant JSON (it reads the request body,
-nothing else), served by the same setup as ``serve``: its own process, one uvicorn server with
-the options ``serve`` gives uvicorn (same loop and HTTP implementation, ``lifespan="on"``, no
-access log, no server header), on a socket opened by ``serve``'s own ``_listen`` (TCP_NODELAY),
-hit by the same client with the same requests. The ceiling and ``/poll`` are measured in
-alternation (``--rounds``); the ratio is ``/poll`` requests/s over the ceiling's of the same
-round.
+- **the ceiling** of each HTTP server (``--servers``: granian and uvicorn): a minimal ASGI app
+  answering a constant JSON (it reads the request body, nothing else), run by
+  :func:`release_coordinator.server.servers.run` as ``serve`` runs its app (same server
+  options, same socket from ``serve``'s ``_listen``), in its own process;
+- **``/poll`` of ``serve``** under each server over each store (``--db``: its SQLite file in a
+  temporary working directory, ``memory``, ``postgres``, a URL), ``--children`` children
+  registered (10,000 small squares with given ids) and ``--rollouts`` active rollouts (disjoint
+  bands of the map, each ``--rollout-share`` of it: about ``rollouts * rollout-share`` of the
+  polls get a release offered);
+- [``/poll`` of ``serve --workers 2`` on PostgreSQL: the place is kept in the table
+  (:data:`WORKERS_ROWS`), measured once ``serve`` has ``--workers``;]
+- with ``--peer URL``, **another server that speaks the child protocol** (the Go release
+  manager, say) under the same load: its children registered first (each polls once with an
+  empty id and keeps the id it is given), on 127.0.0.1 only.
 
-**The client** runs in ``--client-processes`` separate processes (default 1: the machine has 2
-cores, one for the server, one for the client), so that it shares no GIL with the orchestration
-or the server. By default it is a minimal HTTP/1.1 client on asyncio streams (``--client raw``:
-pre-encoded requests, reads ``Content-Length`` bytes; about 40 us of CPU per request), because
-httpx costs far more CPU per request than the servers measured here (with 32-64 connections in
-one AsyncClient, a few milliseconds: about 200-300 requests/s at 90 % of a core) and would make
-the ceiling the client's own (``--client httpx`` measures with ``httpx.AsyncClient`` anyway).
-The registration uses the raw client too. To show who the bottleneck is, the table gives each
-side's CPU use during the window (``% of one core``, from ``/proc``) and the server's CPU time
-per request (``CPU/req``; ``threads``: the part spent outside the event loop's thread, e.g. by
-the SQLite driver's thread), which does not depend on how fast the client is: a server near
-100 % is the bottleneck; a client near 100 % means the ceiling is the client's.
+Then the ratios: ``/poll`` over its own server's ceiling (target >= :data:`TARGET_RATIO`), the
+default server over uvicorn on the same store (target >= :data:`TARGET_SPEEDUP`, "today's"
+``serve`` being uvicorn on SQLite), and the peer over the default ``serve``. Each ratio is
+taken within a round, and the median over the rounds is shown.
 
-**Logging.** ``serve`` logs one INFO line per request. By default the server runs with
-``--log-level warning`` (no line per request); ``--log-level warning,info`` measures both (the
-log goes to a file in the temporary directory, never to a pipe nobody reads). The ceiling runs
-at the first level given and has no per-request line at any level.
+**The load.** ``wrk`` (``--client wrk``, the default when it is on the PATH): ``--threads`` 2,
+``--concurrency`` 64 keep-alive connections, a Lua script picking a random child's request for
+each call; a ``--warmup`` run, then the ``--duration`` run measured (requests/s, p50, p99 from
+its latency distribution, non-2xx answers and socket errors). Without wrk, ``--client raw``:
+a minimal HTTP/1.1 client on asyncio streams in ``--client-processes`` processes (pre-encoded
+requests, reads ``Content-Length`` bytes; about 40 us of CPU per request), or ``--client
+httpx`` (far more CPU per request than the servers measured: it would measure itself).
 
-    python benchmarks/http_poll.py [--children 10000] [--rollouts 3] [--concurrency 64]
-                                   [--duration 8] [--rounds 2] [--log-level warning[,info]]
-                                   [--db memory | postgres | URL] [--client raw|httpx]
-                                   [--profile FILE]
+**Who is the bottleneck.** The table gives each side's CPU use during the window (``% of one
+core``, from ``/proc``) and the server's CPU time per request (``CPU/req``; ``threads``: the part
+spent outside the main thread: granian's Rust threads, the SQLite driver's thread), which does
+not depend on how fast the client is. A server near 100 % is the bottleneck; a client near
+100 % means the figure is the client's. On a 2-core machine client and server share the cores:
+compare the ratios, not the absolute figures, between machines.
 
-``--db`` is passed to ``serve`` (through ``RC_DB``): default its SQLite file in the temporary
-working directory; ``memory``; ``postgres`` (a schema of its own at ``RC_POSTGRES_URL``,
-default the local server, dropped afterwards); or any database URL. ``--profile FILE`` runs the
-``/poll`` server under cProfile, switched on only during the measured windows (SIGUSR1/SIGUSR2),
-and prints where its main thread (the event loop) spends its time; the profiler slows the server
-down, so those figures do not compare with the others' (the ratio is not judged then).
+**Between measurements** each ``serve`` not measured is paused (SIGSTOP), so that its ticks
+cost the one measured nothing; they run with ``--lost-after 3600`` so that no child counts
+as lost after a pause (a fleet that polls steadily has none). ``--log-level warning`` by
+default (no line per request); ``--log-level warning,info`` measures both (the log goes to a
+file). The ceiling runs at the first level given.
 
-Target (HTTP issue): ``/poll`` requests/s >= 0.5 of the ceiling's.
+    python benchmarks/http_poll.py [--servers granian,uvicorn] [--db sqlite,memory]
+                                   [--children 10000] [--rollouts 3] [--concurrency 64]
+                                   [--threads 2] [--duration 15] [--warmup 2] [--rounds 2]
+                                   [--client wrk|raw|httpx] [--peer URL]
+                                   [--log-level warning[,info]] [--profile FILE]
+
+``--db postgres`` is a schema of its own at ``RC_POSTGRES_URL`` (default the local server),
+dropped afterwards. ``--profile FILE`` runs the first ``/poll`` server under cProfile, switched
+on only during its measured windows (SIGUSR1/SIGUSR2), and prints where its main thread spends
+its time; its figures do not compare with the others' then (the targets are not judged).
+docs/performance.md explains the figures.
 """
 
 from __future__ import annotations
@@ -65,7 +70,10 @@ import logging
 import multiprocessing
 import os
 import random
+import re
+import resource
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -73,6 +81,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +91,14 @@ from bench_bundle import STRATEGY, archive, square
 HOST = "127.0.0.1"
 OPERATOR_TOKEN = "bench-" + secrets.token_hex(16)
 POSTGRES_URL = os.environ.get("RC_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-TARGET_RATIO = 0.5
+#: ``/poll`` requests/s over the same server's ceiling's, same round.
+TARGET_RATIO = 0.8
+#: the default server's ``/poll`` requests/s over uvicorn's, same store, same round.
+TARGET_SPEEDUP = 2.0
+#: ``(server, store, workers)`` of the rows kept for ``serve --workers N`` (not measured yet:
+#: ``serve`` has no ``--workers``; whoever adds it fills this in and passes ``--workers``).
+WORKERS_ROWS: list[tuple[str, str, int]] = []
+WORKERS_PLACEHOLDER = "/poll granian postgres --workers 2"
 WEST, SOUTH, EAST, NORTH = -10.0, 35.0, 30.0, 60.0
 CHILD_SIZE = 0.05
 
@@ -120,31 +136,22 @@ async def ceiling_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": CEILING_BODY})
 
 
-def serve_ceiling(port: int, log_level: str) -> None:
-    """The ceiling's server process: uvicorn configured as ``serve_async`` configures it."""
-    import uvicorn
-
-    from release_coordinator.server.serve import GRACEFUL_SHUTDOWN, _listen
+def serve_ceiling(port: int, log_level: str, server: str) -> None:
+    """The ceiling's server process: ``server`` run as ``serve_async`` runs it."""
+    from release_coordinator.server import servers
+    from release_coordinator.server.serve import _listen
 
     # as ``release-coordinator serve`` configures logging (cli.main)
     logging.basicConfig(
         level=logging.getLevelName(log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    sock = _listen(HOST, port)
-    config = uvicorn.Config(
-        ceiling_app,
-        host=HOST,
-        port=port,
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        log_level=log_level,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
-    asyncio.run(server.serve(sockets=[sock]))
+
+    async def serving() -> bool:
+        with _listen(HOST, port) as sock:
+            return await servers.run(server, ceiling_app, sock, log_level=log_level)
+
+    sys.exit(0 if asyncio.run(serving()) else 1)
 
 
 def profiled_serve(path: str, argv: list[str]) -> None:
@@ -320,12 +327,6 @@ def client_process(conn: Any, *args: Any) -> None:
 # -- servers ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
     """User + system CPU time of a process (all its threads, those gone too), or of one of
     its threads."""
@@ -335,24 +336,55 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on ``HOST:port`` (from ``/proc``), if this user may see it."""
+    wanted = f"{socket.htonl(0x7F000001):08X}:{port:04X}"  # 127.0.0.1 as /proc/net/tcp writes it
+    inodes = set()
+    with contextlib.suppress(OSError), open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == wanted and fields[3] == "0A":  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return int(pid)
+    return None
+
+
 class Server:
-    """A server subprocess on 127.0.0.1 (stdout and stderr into a file)."""
+    """A server on 127.0.0.1: a subprocess of ours (stdout and stderr into a file), or with
+    ``command`` None the peer at ``port`` (its process found in /proc if it is local)."""
 
     def __init__(
         self,
         label: str,
-        command: list[str],
+        command: list[str] | None,
         cwd: Path,
         env: dict[str, str],
         *,
+        port: int = 0,
         profiled: bool = False,
     ) -> None:
         self.label = label
         #: SIGUSR1/SIGUSR2 switch its profiler on and off (see :func:`profiled_serve`).
         self.profiled = profiled
-        self.port = free_port()
-        self.log_path = cwd / f"{label.replace('/', '').replace(' ', '-')}.log"
+        self.paused = False
+        self.log_path = cwd / f"{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}.log"
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process: subprocess.Popen[bytes] | None = None
+        if command is None:
+            self.port = port
+            self.pid = listening_pid(port)
+            return
+        self.port = free_port()
         self.process = subprocess.Popen(
             [*command, "--port", str(self.port)],
             cwd=cwd,
@@ -361,6 +393,7 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+        self.pid = self.process.pid
 
     @property
     def base(self) -> str:
@@ -372,14 +405,31 @@ class Server:
         deadline = time.monotonic() + patience
         async with httpx.AsyncClient(base_url=self.base) as client:
             while True:
-                if self.process.poll() is not None:
+                if self.process is not None and self.process.poll() is not None:
                     raise RuntimeError(f"{self.label} exited: {self.tail()}")
                 with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(path)).status_code == 200:
+                    if (await client.get(path)).status_code < 500:
                         return
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.label} did not start: {self.tail()}")
                 await asyncio.sleep(0.1)
+
+    def cpu(self, main_thread: bool = False) -> float | None:
+        if self.pid is None:
+            return None
+        with contextlib.suppress(OSError):
+            return cpu_seconds(self.pid, self.pid if main_thread else None)
+        return None
+
+    def pause(self) -> None:
+        if self.process is not None and not self.paused:
+            self.process.send_signal(signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.process is not None and self.paused:
+            self.process.send_signal(signal.SIGCONT)
+            self.paused = False
 
     def tail(self) -> str:
         self.log.flush()
@@ -389,7 +439,8 @@ class Server:
         return self.log_path.stat().st_size
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
+            self.resume()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(30)
@@ -446,9 +497,13 @@ def band(index: int, share: float) -> dict[str, Any]:
     return {"type": "Polygon", "coordinates": [ring]}
 
 
-async def register(port: int, queue: Iterator[tuple[str, bytes]]) -> None:
+async def register(
+    port: int, queue: Iterator[tuple[str, bytes]], assigned: dict[str, str] | None = None
+) -> None:
     """Polls for the children of ``queue`` one after another on one connection (the raw
-    client: httpx would take longer than the server, see the module docstring)."""
+    client: httpx would take longer than the server, see the module docstring). Each answer
+    names the child's id: the one it sent, or with ``assigned`` (a peer, polled with an empty
+    id) the one the server gave it, kept there."""
     reader, writer = await asyncio.open_connection(HOST, port)
     prefix = (
         f"POST /poll HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
@@ -459,7 +514,10 @@ async def register(port: int, queue: Iterator[tuple[str, bytes]]) -> None:
             writer.write(prefix + str(len(body)).encode() + b"\r\n\r\n" + body)
             head = await reader.readuntil(b"\r\n\r\n")
             answer = await reader.readexactly(_content_length(head))
-            if head[9:12] != b"200" or json.loads(answer)["id"] != child_id:
+            given = json.loads(answer).get("id") if head[9:12] == b"200" else None
+            if assigned is not None and given:
+                assigned[child_id] = given
+            elif given != child_id:
                 raise RuntimeError(f"registering {child_id}: {head[:12]!r} {answer[:300]!r}")
     finally:
         writer.close()
@@ -467,15 +525,39 @@ async def register(port: int, queue: Iterator[tuple[str, bytes]]) -> None:
             await writer.wait_closed()
 
 
-async def poll_all(port: int, queue: Iterator[tuple[str, bytes]], concurrency: int) -> None:
-    await asyncio.gather(*(register(port, queue) for _ in range(concurrency)))
+async def poll_all(
+    port: int,
+    queue: Iterator[tuple[str, bytes]],
+    concurrency: int,
+    assigned: dict[str, str] | None = None,
+) -> None:
+    await asyncio.gather(*(register(port, queue, assigned) for _ in range(concurrency)))
+
+
+def peer_fleet(server: Server, children: list[tuple[str, bytes]], concurrency: int) -> list[bytes]:
+    """Registers the fleet at a peer (each child polls with an empty id) and answers the
+    bodies of their polls with the ids it gave them."""
+    anonymous = []
+    for child_id, body in children:
+        fields = json.loads(body)
+        fields["id"] = ""
+        anonymous.append((child_id, json.dumps(fields, separators=(",", ":")).encode()))
+    assigned: dict[str, str] = {}
+    asyncio.run(poll_all(server.port, iter(anonymous), concurrency, assigned))
+    bodies = []
+    for child_id, body in children:
+        fields = json.loads(body)
+        fields["id"] = assigned[child_id]
+        bodies.append(json.dumps(fields, separators=(",", ":")).encode())
+    return bodies
 
 
 def idle_cpu(server: Server, seconds: float = 3.0) -> float:
     """The server's CPU use (share of one core) while nobody asks it anything."""
-    before = cpu_seconds(server.process.pid)
+    assert server.pid is not None
+    before = cpu_seconds(server.pid)
     time.sleep(seconds)
-    return (cpu_seconds(server.process.pid) - before) / seconds
+    return (cpu_seconds(server.pid) - before) / seconds
 
 
 async def set_up(
@@ -523,10 +605,122 @@ class Row:
         self.__dict__.update(figures)
 
 
-def measure(
+class Window:
+    """The server's CPU and log around a measured window."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.cpu, self.loop = server.cpu(), server.cpu(main_thread=True)
+        self.log = server.log_size()
+        self.at = time.time()
+
+    def figures(self, count: int, duration: float) -> dict[str, Any]:
+        cpu, loop = self.server.cpu(), self.server.cpu(main_thread=True)
+        elapsed = time.time() - self.at
+        if cpu is None or self.cpu is None or loop is None or self.loop is None:
+            server_cpu = cpu_per_request = threads = None
+        else:
+            server_cpu = (cpu - self.cpu) / elapsed
+            cpu_per_request = (cpu - self.cpu) / max(count, 1) * 1e6
+            # CPU of the server's other threads (granian's, the SQLite driver's, a pool's)
+            threads = max(0.0, cpu - self.cpu - (loop - self.loop)) / max(count, 1) * 1e6
+        return {
+            "rps": count / duration,
+            "server_cpu": server_cpu,
+            "cpu_per_request": cpu_per_request,
+            "threads_per_request": threads,
+            "log_per_request": (self.server.log_size() - self.log) / max(count, 1),
+        }
+
+
+def lua_script(path: Path, bodies: Sequence[bytes]) -> Path:
+    """A wrk script sending ``POST /poll`` with one of ``bodies`` at random per request (the
+    requests formatted once per thread; each thread its own seed)."""
+    quoted = ",\n".join(f"[==[{body.decode()}]==]" for body in bodies)
+    path.write_text(
+        f"""local bodies = {{
+{quoted}
+}}
+local requests = {{}}
+local counter = 0
+
+function setup(thread)
+  counter = counter + 1
+  thread:set("seed", counter)
+end
+
+function init(args)
+  math.randomseed(seed or 1)
+  local headers = {{["Content-Type"] = "application/json"}}
+  for i, body in ipairs(bodies) do
+    requests[i] = wrk.format("POST", "/poll", headers, body)
+  end
+end
+
+function request()
+  return requests[math.random(#requests)]
+end
+"""
+    )
+    return path
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)([a-z]+)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_wrk(server: Server, script: Path, args: argparse.Namespace, label: str) -> Row:
+    """A ``--warmup`` run of wrk, then a ``--duration`` run measured."""
+    command = ["wrk", "-t", str(args.threads), "-c", str(args.concurrency), "-s", str(script)]
+    url = f"{server.base}/poll"
+    if args.warmup > 0:
+        subprocess.run(
+            [*command, "-d", f"{args.warmup:g}s", url], check=True, capture_output=True, text=True
+        )
+    window = Window(server)
+    client_before = _children_cpu()
+    done = subprocess.run(
+        [*command, "-d", f"{args.duration:g}s", "--latency", url],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    client_cpu = (_children_cpu() - client_before) / args.duration
+    out = done.stdout
+    found = re.search(r"(\d+) requests in ([\d.]+)(\w+),", out)
+    if found is None:
+        raise RuntimeError(f"wrk said: {out}{done.stderr}")
+    count = int(found[1])
+    figures = window.figures(count, args.duration)
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+)", out)
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    figures.update(
+        p50=_ms(latency["50"]),
+        p99=_ms(latency["99"]),
+        client_cpu=client_cpu,
+        offered=None,
+        errors=errors,
+    )
+    return Row(label, figures)
+
+
+def measure_python(
     server: Server, bodies: list[bytes], args: argparse.Namespace, seed: int, label: str
 ) -> Row:
-    """One measurement: the client processes against ``server``; figures of the window."""
+    """One measurement: the Python client processes against ``server``; figures of the
+    window."""
     context = multiprocessing.get_context("spawn")
     processes = args.client_processes
     share = [
@@ -557,16 +751,8 @@ def measure(
     window_start = start + args.warmup
     window_end = window_start + args.duration
     time.sleep(max(0.0, window_start - time.time()))
-    if server.profiled:
-        server.process.send_signal(signal.SIGUSR1)
-    pid = server.process.pid
-    cpu_before, loop_before = cpu_seconds(pid), cpu_seconds(pid, pid)
-    log_before, t_before = server.log_size(), time.time()
+    window = Window(server)
     time.sleep(max(0.0, window_end - time.time()))
-    cpu_after, loop_after = cpu_seconds(pid), cpu_seconds(pid, pid)
-    log_after, t_after = server.log_size(), time.time()
-    if server.profiled:
-        server.process.send_signal(signal.SIGUSR2)
     results = [pipe.recv() for pipe in pipes]
     for worker in workers:
         worker.join()
@@ -582,39 +768,69 @@ def measure(
     if not count:
         raise RuntimeError(f"no answer from {label} within the window")
     ordered = sorted(latencies)
-    elapsed = t_after - t_before
-    return Row(
-        label,
-        {
-            "rps": count / args.duration,
-            "p50": ordered[count // 2] / 1e6,
-            "p99": ordered[min(count - 1, int(count * 0.99))] / 1e6,
-            "server_cpu": (cpu_after - cpu_before) / elapsed,
-            "cpu_per_request": (cpu_after - cpu_before) / count * 1e6,
-            # CPU of the server's other threads (the SQLite driver's, the thread pool's)
-            "threads_per_request": max(0.0, cpu_after - cpu_before - (loop_after - loop_before))
-            / count
-            * 1e6,
-            "client_cpu": sum(r["cpu"] for r in results) / args.duration,
-            "offered": sum(r["offered"] for r in results) / count,
-            "errors": sum(r["errors"] for r in results),
-            "log_per_request": (log_after - log_before) / count,
-        },
+    figures = window.figures(count, args.duration)
+    figures.update(
+        p50=ordered[count // 2] / 1e6,
+        p99=ordered[min(count - 1, int(count * 0.99))] / 1e6,
+        client_cpu=sum(r["cpu"] for r in results) / args.duration,
+        offered=sum(r["offered"] for r in results) / count,
+        errors=sum(r["errors"] for r in results),
     )
+    return Row(label, figures)
+
+
+class Target:
+    """What one row measures: a server, the bodies it is sent, its kind."""
+
+    def __init__(
+        self, label: str, server: Server, bodies: list[bytes], kind: str, name: str, db: str = ""
+    ) -> None:
+        self.label, self.server, self.bodies = label, server, bodies
+        self.kind, self.name, self.db = kind, name, db  # kind: ceiling, poll, peer
+        self.script: Path | None = None
+        self.rows: list[Row] = []
+
+    def measure(self, args: argparse.Namespace, seed: int, folder: Path) -> Row:
+        self.server.resume()
+        try:
+            if self.server.profiled:
+                self.server.process.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+            if args.client == "wrk":
+                if self.script is None:
+                    name = re.sub(r"[^A-Za-z0-9]+", "-", self.label).strip("-")
+                    self.script = lua_script(folder / f"{name}.lua", self.bodies)
+                row = measure_wrk(self.server, self.script, args, self.label)
+            else:
+                row = measure_python(self.server, self.bodies, args, seed, self.label)
+            if self.server.profiled:
+                self.server.process.send_signal(signal.SIGUSR2)  # type: ignore[union-attr]
+        finally:
+            if self.kind == "poll":
+                self.server.pause()
+        self.rows.append(row)
+        return row
 
 
 HEADER = (
-    f"{'':26} {'requests/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>10} "
+    f"{'':34} {'requests/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>10} "
     f"{'CPU/req':>8} {'threads':>8} {'client CPU':>10} {'offered':>7} {'errors':>6}"
 )
 
 
+def _share(value: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width - 1}.0%} "
+
+
+def _us(value: float | None) -> str:
+    return f"{'-':>8}" if value is None else f"{value:>6.0f}us"
+
+
 def show(row: Row) -> None:
+    offered = f"{'-':>7}" if row.offered is None else f"{row.offered:>7.1%}"
     print(
-        f"{row.label:26} {row.rps:>10,.0f} {row.p50:>7.2f} {row.p99:>7.2f} "
-        f"{row.server_cpu:>9.0%} {row.cpu_per_request:>6.0f}us {row.threads_per_request:>6.0f}us "
-        f"{row.client_cpu:>9.0%} "
-        f"{row.offered:>7.1%} {row.errors:>6}",
+        f"{row.label:34} {row.rps:>10,.0f} {row.p50:>7.2f} {row.p99:>7.2f} "
+        f"{_share(row.server_cpu, 10)} {_us(row.cpu_per_request)} "
+        f"{_us(row.threads_per_request)} {_share(row.client_cpu, 10)} {offered} {row.errors:>6}",
         flush=True,
     )
 
@@ -654,8 +870,8 @@ def print_profile(what: str, paths: list[str], top: int) -> None:
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def implementations() -> str:
-    import uvicorn
+def implementations(names: Sequence[str]) -> str:
+    from release_coordinator.server import servers
 
     def have(module: str) -> bool:
         try:
@@ -664,158 +880,287 @@ def implementations() -> str:
             return False
         return True
 
-    loop = "uvloop" if have("uvloop") else "asyncio"
-    http = "httptools" if have("httptools") else "h11"
-    return f"uvicorn {uvicorn.__version__}, loop {loop}, HTTP {http}, one process, one worker"
+    shown = []
+    for name in names:
+        text = servers.describe(name)
+        if name == "uvicorn":
+            loop = "uvloop" if have("uvloop") else "asyncio"
+            http = "httptools" if have("httptools") else "h11"
+            text += f" (loop {loop}, HTTP {http})"
+        shown.append(text)
+    return "; ".join(shown)
+
+
+def store_env(db: str, stack: contextlib.ExitStack) -> tuple[dict[str, str], str]:
+    """``RC_DB`` for the store ``db`` (``sqlite``: none, serve's default file in its working
+    directory) and how to describe it."""
+    if db == "sqlite":
+        return {}, "SQLite file in its working directory (serve's default)"
+    if db == "memory":
+        return {"RC_DB": "memory"}, "memory"
+    if db == "postgres":
+        return {"RC_DB": stack.enter_context(postgres_schema())}, f"PostgreSQL at {POSTGRES_URL}"
+    return {"RC_DB": db}, "the given URL"
+
+
+def start_poll_server(
+    label: str,
+    serve_options: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    children: list[tuple[str, bytes]],
+    args: argparse.Namespace,
+    profile: Path | None,
+) -> Server:
+    """``serve`` with ``serve_options``, its fleet registered and live, paused (SIGSTOP)."""
+    here = Path(__file__).resolve()
+    command = [sys.executable]
+    if profile is not None:
+        command += [str(here), "--profiled-serve", str(profile), "--"]
+    else:
+        command += ["-m", "release_coordinator"]
+    command += ["serve", *serve_options, "--lost-after", "3600"]
+    cwd.mkdir(parents=True, exist_ok=True)
+    server = Server(label, command, cwd, env, profiled=profile is not None)
+    try:
+        asyncio.run(server.wait_ready("/openapi.json"))
+        done = asyncio.run(
+            set_up(server, children, args.rollouts, args.rollout_share, args.setup_concurrency)
+        )
+        idle = idle_cpu(server)
+        # one more poll each: a fleet polling steadily is live (and the indexes warm)
+        started = time.perf_counter()
+        asyncio.run(poll_all(server.port, iter(children), args.setup_concurrency))
+        took = time.perf_counter() - started
+        print(
+            f"{label}: {done}; every child polled again in {took:.1f} s "
+            f"({len(children) / took:,.0f}/s); CPU while idle: {idle:.0%}, then "
+            f"{idle_cpu(server):.0%} of a core",
+            flush=True,
+        )
+    except BaseException:
+        server.stop()
+        raise
+    server.pause()
+    return server
+
+
+def _median_ratio(tops: Sequence[Row], bottoms: Sequence[Row]) -> tuple[float, list[float]]:
+    ratios = [top.rps / bottom.rps for top, bottom in zip(tops, bottoms, strict=True)]
+    return statistics.median(ratios), ratios
+
+
+def _verdict(ratio: float, target: float) -> str:
+    return "met" if ratio >= target else "NOT met"
+
+
+def summary(targets: list[Target], args: argparse.Namespace) -> int:
+    """The ratios, and the exit status: 1 if a target was not met (0 under a profiler)."""
+    from release_coordinator.server.servers import default_server
+
+    ceilings = {t.name: t for t in targets if t.kind == "ceiling"}
+    polls = [t for t in targets if t.kind == "poll"]
+    peers = [t for t in targets if t.kind == "peer"]
+    met = True
+
+    def line(what: str, ratio: float, ratios: list[float], judged: str = "") -> None:
+        shown = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"  {what:46} {ratio:6.2f}  (rounds: {shown}){judged}")
+
+    print("\nmedians over the rounds (requests/s)")
+    for target in targets:
+        rps = statistics.median(row.rps for row in target.rows)
+        cpu = [row.cpu_per_request for row in target.rows if row.cpu_per_request is not None]
+        per = f"; server CPU {statistics.median(cpu):.0f} us/request" if cpu else ""
+        print(f"  {target.label:46} {rps:>8,.0f}{per}")
+    print(f"\nratios (requests/s, same round, median over {args.rounds} round(s))")
+    if "granian" in ceilings and "uvicorn" in ceilings:
+        line(
+            "constant JSON: granian / uvicorn",
+            *_median_ratio(ceilings["granian"].rows, ceilings["uvicorn"].rows),
+        )
+    for poll in polls:
+        ratio, ratios = _median_ratio(poll.rows, ceilings[poll.name].rows)
+        met &= ratio >= TARGET_RATIO
+        line(
+            f"{poll.label} / its ceiling",
+            ratio,
+            ratios,
+            f"  target >= {TARGET_RATIO}: {_verdict(ratio, TARGET_RATIO)}",
+        )
+    default = default_server()
+    for poll in polls:
+        if poll.name != default:
+            continue
+        for other in polls:
+            if other.name == "uvicorn" and other.db == poll.db and other is not poll:
+                ratio, ratios = _median_ratio(poll.rows, other.rows)
+                judged = ""
+                if poll.db == "sqlite":  # today's serve: uvicorn on SQLite
+                    met &= ratio >= TARGET_SPEEDUP
+                    judged = f"  target >= {TARGET_SPEEDUP:g}: {_verdict(ratio, TARGET_SPEEDUP)}"
+                line(f"{poll.label} / {other.label}", ratio, ratios, judged)
+    if not WORKERS_ROWS:
+        print(f"  {WORKERS_PLACEHOLDER + ' / ...':46}      -  (not measured: serve --workers)")
+    reference = next((p for p in polls if p.name == default and p.db == "sqlite"), None)
+    reference = reference or (polls[0] if polls else None)
+    for peer in peers:
+        if reference is not None:
+            line(f"{peer.label} / {reference.label}", *_median_ratio(peer.rows, reference.rows))
+        for name, ceiling in ceilings.items():
+            line(f"{peer.label} / constant JSON, {name}", *_median_ratio(peer.rows, ceiling.rows))
+    worst = max((row.client_cpu for t in targets for row in t.rows), default=0.0)
+    if worst > 0.9:
+        print(
+            f"  (the client used up to {worst:.0%} of a core: where it did, the figure may be "
+            "the client's; the CPU per request does not depend on it)"
+        )
+    if args.profile:
+        print("  (the first /poll server ran under a profiler: the targets are not judged)")
+        return 0
+    return 0 if met else 1
 
 
 def run(args: argparse.Namespace) -> int:
+    from release_coordinator.server import servers
+
     levels = [level.strip() for level in args.log_level.split(",") if level.strip()]
+    names = [name.strip() for name in args.servers.split(",") if name.strip()]
+    for name in names:
+        servers.check(name)
+    dbs = [db.strip() for db in args.db.split(",") if db.strip()]
     children = fleet(args.children, args.seed)
     bodies = [body for _, body in children]
     base_env = {k: v for k, v in os.environ.items() if k not in ("RC_DB", "RC_CALLBACK_TOKENS")}
     base_env["RC_OPERATOR_TOKENS"] = f"bench={OPERATOR_TOKEN}"
     base_env["PYTHONUNBUFFERED"] = "1"
     here = Path(__file__).resolve()
+    targets: list[Target] = []
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rc-http-poll-")))
-        db_env: dict[str, str] = {}
-        described = "SQLite file in the temporary working directory (serve's default)"
-        if args.db == "postgres":
-            db_env["RC_DB"] = stack.enter_context(postgres_schema())
-            described = f"PostgreSQL, a schema of its own at {POSTGRES_URL}"
-        elif args.db == "memory":
-            db_env["RC_DB"] = "memory"
-            described = "memory"
-        elif args.db:
-            db_env["RC_DB"] = args.db
-            described = "given URL (RC_DB)"
-        print(f"server : {implementations()}; store: {described}")
+        print(f"servers: {implementations(names)}; one process each, on {HOST}")
+        load = (
+            f"wrk, {args.threads} threads"
+            if args.client == "wrk"
+            else f"{args.client} client in {args.client_processes} process(es)"
+        )
         print(
-            f"client : {args.client_processes} process(es), {args.concurrency} keep-alive "
-            f"connections, {'raw asyncio HTTP/1.1' if args.client == 'raw' else 'httpx'} client; "
-            f"{args.warmup:g} s warm-up, then {args.duration:g} s measured, {args.rounds} round(s)"
+            f"load   : {load}, {args.concurrency} keep-alive connections, {len(children):,} "
+            f"children; {args.warmup:g} s warm-up, then {args.duration:g} s measured; "
+            f"{args.rounds} round(s), interleaved"
         )
         print(
             f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
             f"python {sys.version.split()[0]}"
         )
-        ceiling = Server(
-            "ceiling",
-            [sys.executable, str(here), "--serve-ceiling", "--log-level", levels[0]],
-            folder,
-            base_env,
-        )
-        stack.callback(ceiling.stop)
-        asyncio.run(ceiling.wait_ready("/"))
-        summary: dict[str, list[tuple[Row, Row]]] = {}
+        for name in names:
+            command = [sys.executable, str(here), "--serve-ceiling", "--server", name]
+            ceiling = Server(
+                f"ceiling {name}",
+                [*command, "--log-level", levels[0]],
+                folder,
+                base_env,
+            )
+            stack.callback(ceiling.stop)
+            asyncio.run(ceiling.wait_ready("/"))
+            targets.append(Target(f"constant JSON, {name}", ceiling, bodies, "ceiling", name))
         profile = Path(args.profile).resolve() if args.profile else None
         if profile is not None:
             profile.parent.mkdir(parents=True, exist_ok=True)
-        for level in levels:
-            command = [sys.executable]
-            if profile is not None:
-                command += [str(here), "--profiled-serve", str(profile), "--"]
-            else:
-                command += ["-m", "release_coordinator"]
-            command += ["serve", "--log-level", level]
-            poll = Server(
-                f"poll-{level}", command, folder, {**base_env, **db_env}, profiled=bool(profile)
-            )
-            try:
-                asyncio.run(poll.wait_ready("/openapi.json"))
-                if poll.profiled:
-                    poll.process.send_signal(signal.SIGUSR1)
-                done = asyncio.run(
-                    set_up(
-                        poll, children, args.rollouts, args.rollout_share, args.setup_concurrency
-                    )
+        profiled: Server | None = None
+        rows = [(name, db, 1) for db in dbs for name in names] + WORKERS_ROWS
+        for name, db, workers in rows:
+            db_env, described = store_env(db, stack)
+            for level in levels:
+                label = f"/poll {name}, {db if db in ('sqlite', 'memory', 'postgres') else 'URL'}"
+                options = ["--server", name, "--log-level", level]
+                if workers > 1:
+                    label += f", --workers {workers}"
+                    options += ["--workers", str(workers)]
+                if len(levels) > 1:
+                    label += f", log {level}"
+                cwd = folder / re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
+                server = start_poll_server(
+                    f"{label} ({described})",
+                    options,
+                    cwd,
+                    {**base_env, **db_env},
+                    children,
+                    args,
+                    profile if profiled is None else None,
                 )
-                if poll.profiled:
-                    poll.process.send_signal(signal.SIGUSR2)
-                print(f"\n/poll server at --log-level {level}: {done}")
-                idle = idle_cpu(poll)
-                # Children registered more than lost_after (60 s) ago count as lost until
-                # they poll again: one more poll each, so that the fleet is live, as a fleet
-                # polling steadily is.
-                started = time.perf_counter()
-                queue = iter(children)
-                asyncio.run(poll_all(poll.port, queue, args.setup_concurrency))
-                took = time.perf_counter() - started
-                print(
-                    f"  server CPU while idle: {idle:.0%} of a core; every child polled again "
-                    f"in {took:.1f} s ({len(children) / took:,.0f}/s); then idle: "
-                    f"{idle_cpu(poll):.0%}"
-                )
-                print(HEADER)
-                pairs = []
-                for round_ in range(args.rounds):
-                    top = measure(
-                        ceiling, bodies, args, args.seed + round_, "ceiling (constant JSON)"
-                    )
-                    show(top)
-                    row = measure(poll, bodies, args, args.seed + round_, f"/poll (log {level})")
-                    show(row)
-                    pairs.append((top, row))
-                    if level == "info":
-                        print(f"{'':26} access log: {row.log_per_request:.0f} bytes per request")
-                summary[level] = pairs
-            finally:
-                poll.stop()
-            if profile is not None:
-                print_profile("registering the children (each polls once)", [f"{profile}.0"], 15)
-                windows = [f"{profile}.{n}" for n in range(1, args.rounds + 1)]
-                print_profile("the measured /poll windows", windows, 30)
-                profile = None  # the first level only
-    print()
-    print(f"ratio /poll / ceiling (requests/s, same round; target >= {TARGET_RATIO})")
-    status = 0
-    for level, pairs in summary.items():
-        ratios = [row.rps / top.rps for top, row in pairs]
-        cpu = [top.cpu_per_request / row.cpu_per_request for top, row in pairs]
-        ratio = statistics.median(ratios)
-        verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
-        shown = ", ".join(f"{r:.2f}" for r in ratios)
-        print(
-            f"  --log-level {level:8} {ratio:.2f} (rounds: {shown})  {verdict};  server CPU "
-            f"per request, ceiling/poll: {statistics.median(cpu):.2f}"
-        )
-        bound = max(top.client_cpu for top, _ in pairs)
-        if bound > 0.9:
+                server.label = label
+                stack.callback(server.stop)
+                if profile is not None and profiled is None:
+                    profiled = server
+                targets.append(Target(label, server, bodies, "poll", name, db))
+        if args.peer:
+            url = urllib.parse.urlsplit(args.peer)
+            if url.hostname not in (HOST, "localhost") or not url.port:
+                raise SystemExit(f"--peer must be http://{HOST}:PORT (this machine only)")
+            peer = Server(f"peer {args.peer}", None, folder, {}, port=url.port)
+            asyncio.run(peer.wait_ready("/"))
+            started = time.perf_counter()
+            peer_bodies = peer_fleet(peer, children, args.setup_concurrency)
+            took = time.perf_counter() - started
+            where = f"pid {peer.pid}" if peer.pid else "its process not found: no CPU figures"
             print(
-                f"  (the client used {bound:.0%} of a core against the ceiling: the ceiling may "
-                "be the client's; the CPU-per-request ratio does not depend on it)"
+                f"/poll peer at {args.peer} ({where}): {len(children):,} children "
+                f"registered in {took:.1f} s (each polled with an empty id once)",
+                flush=True,
             )
-        if args.profile:
-            print("  (the /poll server ran under a profiler: these ratios are not its own)")
-        elif ratio < TARGET_RATIO:
-            status = 1
-    return status
+            targets.append(Target("/poll peer", peer, peer_bodies, "peer", "peer"))
+        print()
+        print(HEADER)
+        for round_ in range(args.rounds):
+            print(f"-- round {round_ + 1} of {args.rounds}")
+            for target in targets:
+                show(target.measure(args, args.seed + round_, folder))
+                if target.kind == "poll" and target.server.log_size() and "info" in target.label:
+                    print(f"{'':34} access log: {target.rows[-1].log_per_request:.0f} B/request")
+            if not WORKERS_ROWS:
+                print(f"{WORKERS_PLACEHOLDER:34} (not measured yet: serve has no --workers)")
+        if profiled is not None:
+            profiled.stop()
+            windows = [f"{profile}.{n}" for n in range(args.rounds)]
+            print_profile("the measured /poll windows", windows, 30)
+    return summary(targets, args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--servers", default="granian,uvicorn", help="comma-separated")
+    parser.add_argument(
+        "--db", default="sqlite,memory", help="sqlite | memory | postgres | a URL; comma-separated"
+    )
     parser.add_argument("--children", type=int, default=10_000)
     parser.add_argument("--rollouts", type=int, default=3)
     parser.add_argument(
         "--rollout-share", type=float, default=0.1, help="share of the map each rollout targets"
     )
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=64, help="connections")
+    parser.add_argument("--threads", type=int, default=2, help="wrk's threads")
     parser.add_argument("--setup-concurrency", type=int, default=32)
-    parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
-    parser.add_argument("--client-processes", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured")
+    parser.add_argument(
+        "--client",
+        choices=["wrk", "raw", "httpx"],
+        default="wrk" if shutil.which("wrk") else "raw",
+        help="the load: wrk when installed, else a raw asyncio client",
+    )
+    parser.add_argument("--client-processes", type=int, default=1, help="raw and httpx only")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
-    parser.add_argument("--rounds", type=int, default=2, help="ceiling and /poll alternations")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--peer", metavar="URL", help="another child-protocol server to measure")
     parser.add_argument(
         "--log-level",
         default="warning",
-        help="serve's --log-level; several, comma-separated, are measured one after the other",
+        help="serve's --log-level; several, comma-separated, are measured side by side",
     )
-    parser.add_argument("--db", default=None, help="memory | postgres | a database URL")
-    parser.add_argument("--profile", metavar="FILE", help="run the /poll server under cProfile")
+    parser.add_argument("--profile", metavar="FILE", help="run a /poll server under cProfile")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--serve-ceiling", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--server", default="uvicorn", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--profiled-serve", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("serve_argv", nargs="*", help=argparse.SUPPRESS)
@@ -824,10 +1169,12 @@ def main() -> None:
         profiled_serve(args.profiled_serve, args.serve_argv)
         return
     if args.serve_ceiling:
-        serve_ceiling(args.port, args.log_level.split(",")[0])
+        serve_ceiling(args.port, args.log_level.split(",")[0], args.server)
         return
     if args.concurrency < args.client_processes or args.client_processes < 1:
         parser.error("--concurrency must be at least --client-processes, which is at least 1")
+    if args.client == "wrk" and not shutil.which("wrk"):
+        parser.error("--client wrk: wrk is not installed (Debian: apt-get install wrk)")
     sys.exit(run(args))
 
 
