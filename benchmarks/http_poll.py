@@ -1116,8 +1116,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"-- round {round_ + 1} of {args.rounds}")
             for target in targets:
                 show(target.measure(args, args.seed + round_, folder))
-                if target.kind == "poll" and target.server.log_size() and "info" in target.label:
-                    print(f"{'':34} access log: {target.rows[-1].log_per_request:.0f} B/request")
+                logged = target.rows[-1].log_per_request
+                if target.kind == "poll" and logged >= 1:
+                    print(f"{'':34} access log: {logged:.0f} bytes per request")
             if not WORKERS_ROWS:
                 print(f"{WORKERS_PLACEHOLDER:34} (not measured yet: serve has no --workers)")
         if profiled is not None:
