@@ -11,7 +11,8 @@ turns it back into the exception the server raised, with the server's message an
 - ``conflict``, ``invalid_transition``, ``concurrent_update`` (409): ``ConflictError``,
   ``InvalidTransitionError``, ``ConcurrentUpdateError``;
 - ``storage``, ``schema`` (503): ``StorageError``, ``SchemaError``;
-- 401, 403: :class:`AccessDeniedError`;
+- 401, 403: :class:`AccessDeniedError` (a role's 403 says the role needed and the role held,
+  also as :attr:`~AccessDeniedError.required_role` and :attr:`~AccessDeniedError.role`);
 - 502, 504 without the error shape (a proxy's answer): ``BadGatewayError``;
 - anything else (413, 415, 500, 503 ``unavailable`` ...): ``PeerAnswerError`` with its
   ``status_code``.
@@ -49,15 +50,27 @@ E = TypeVar("E", bound=ReleaseCoordinatorError)
 
 class AccessDeniedError(PeerAnswerError):
     """401 (no valid token) or 403 (a valid token that may not do this): see
-    :attr:`status_code`; :attr:`error_code` is the server's ``unauthorized`` or ``forbidden``."""
+    :attr:`status_code`; :attr:`error_code` is the server's ``unauthorized`` or ``forbidden``.
+    A 403 for a role below the one needed has both: :attr:`required_role` and :attr:`role`
+    (``admin``, ``releaser``, ``reader``; ``""`` otherwise)."""
 
     code = "access_denied"
 
     def __init__(
-        self, message: str, *, peer: str = "", status_code: int, body: str = "", error_code: str
+        self,
+        message: str,
+        *,
+        peer: str = "",
+        status_code: int,
+        body: str = "",
+        error_code: str,
+        required_role: str = "",
+        role: str = "",
     ) -> None:
         super().__init__(message, peer=peer, status_code=status_code, body=body)
         self.error_code = error_code
+        self.required_role = required_role
+        self.role = role
 
 
 _VALIDATION: dict[str, type[ValidationError]] = {
@@ -122,15 +135,28 @@ def error_from_answer(response: httpx.Response, peer: str) -> ReleaseCoordinator
             )
         if status in (401, 403):
             code = "unauthorized" if status == 401 else "forbidden"
+            why = "no valid token" if status == 401 else "the token may not do this"
             return AccessDeniedError(
-                reason, peer=peer, status_code=status, body=text, error_code=code
+                f"{peer} answered {reason}: {why}",
+                peer=peer,
+                status_code=status,
+                body=text,
+                error_code=code,
             )
         return PeerAnswerError(
             f"{peer} answered {reason}", peer=peer, status_code=status, body=text
         )
     code, message, details = shape
     if status in (401, 403):
-        return AccessDeniedError(message, peer=peer, status_code=status, body=text, error_code=code)
+        return AccessDeniedError(
+            message,
+            peer=peer,
+            status_code=status,
+            body=text,
+            error_code=code,
+            required_role=str(details.get("required_role", "")),
+            role=str(details.get("role", "")),
+        )
     if code in _VALIDATION and status in (400, 422):
         invalid = _rebuilt(_VALIDATION[code], message, details)
         invalid.problems = _problems(details)

@@ -42,6 +42,7 @@ from release_coordinator.server.request_body import read_object
 from release_coordinator.server.token_auth import (
     Principal,
     TokenAuth,
+    authorize,
     bearer_token,
     forbidden,
     unauthorized,
@@ -59,8 +60,13 @@ Table = list[tuple[str, str, Endpoint]]
 
 
 class Access:
-    """Who a request comes from: an operator (``operators``' tokens; everyone when
-    ``anonymous``), or a task service (``services``' callback tokens)."""
+    """Who a request comes from: an operator (``operators``' tokens; everyone, as an admin,
+    when ``anonymous``), or a task service (``services``' callback tokens).
+
+    :meth:`operator` is what an operator endpoint calls first: it also checks the operator's
+    role against the one the request needs, by the one rule of
+    :func:`~release_coordinator.server.roles.required_role` (a ``GET`` needs a reader, the
+    release actions a releaser, anything else an admin)."""
 
     def __init__(
         self, operators: TokenAuth, services: TokenAuth, anonymous: Principal | None
@@ -82,10 +88,12 @@ class Access:
         return who
 
     async def operator(self, request: Request) -> Principal:
+        """The operator asking, if its role allows the request (403 otherwise, and for a task
+        service's token)."""
         who = await self.identify(request)
-        if who.role != "operator":
+        if who.kind != "operator":
             raise forbidden("a task-service token may only report the state of its own tasks")
-        return who
+        return authorize(who, request)
 
 
 class _Endpoints:
@@ -205,7 +213,7 @@ class ReleaseEndpoints(_Endpoints):
         body = await RELEASE_CREATE.read(request, self.max_body)
         author = body.author
         if author is None:
-            author = "" if who is self.access.anonymous or who.name == who.role else who.name
+            author = "" if who is self.access.anonymous or who.name == who.kind else who.name
         release = await self.coordinator.create_release(
             body.name,
             description=body.description or "",
@@ -310,9 +318,11 @@ class TaskEndpoints(_Endpoints):
     async def report(self, request: Request) -> Response:
         """The task-service callback: ``{"state", "progress"}``."""
         who = await self.access.identify(request)
+        if who.kind == "operator":
+            authorize(who, request)
         report = decode_callback(await read_object(request, self.max_body))
         task = await self._find(request)
-        if who.role == "service":
+        if who.kind == "service":
             service = await self.coordinator.get_service(task.service_id)
             if who.name not in (service.id, service.name):
                 raise forbidden("this token may only report the tasks of its own task service")

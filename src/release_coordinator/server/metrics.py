@@ -15,8 +15,8 @@ the process's default registry: several apps in one process do not share their n
   and the manager's stage counters, not from reading every child.
 
 :meth:`ServiceMetrics.routes` is the ``GET /metrics`` route: an operator token is required (the
-bearer token a scraper sends), unless the app serves without tokens or ``public``. The full list
-of metrics is in ``docs/howto/metrics.md``.
+bearer token a scraper sends; any role, a ``reader``'s is enough), unless the app serves without
+tokens or ``public``. The full list of metrics is in ``docs/howto/metrics.md``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,13 @@ from release_coordinator.rollout.models import RolloutState
 from release_coordinator.rollout.reports import StageCounts
 from release_coordinator.rollout.strategy import StageType
 from release_coordinator.server.common import guarded, method_routes
-from release_coordinator.server.token_auth import TokenAuth, Verifier, bearer_token, unauthorized
+from release_coordinator.server.token_auth import (
+    TokenAuth,
+    Verifier,
+    authorize,
+    bearer_token,
+    unauthorized,
+)
 from release_coordinator.transports.base import TaskServiceTransport
 
 __all__ = ["METRICS_PATH", "MeteredTransport", "ServiceMetrics", "StoreCollector", "outcome_of"]
@@ -410,14 +416,16 @@ class ServiceMetrics:
 
     def routes(self) -> list[BaseRoute]:
         """``GET /metrics``: an operator's bearer token (one of ``operator_tokens``, or one
-        ``verifier`` accepts) is required, unless ``public`` or the app has no operator token
-        at all; 401 otherwise. Tokens are never counted or logged."""
+        ``verifier`` accepts; any role, a reader's too) is required, unless ``public`` or the
+        app has no operator token at all; 401 otherwise. Tokens are never counted or logged."""
 
         async def metrics(request: Request) -> Response:
             if not self.public:
                 token = bearer_token(request)
-                if token is None or await self.operators.identify(token) is None:
+                who = None if token is None else await self.operators.identify(token)
+                if who is None:
                     raise unauthorized()
+                authorize(who, request)  # a GET: every role may scrape
             return Response(await self.scrape(), media_type=CONTENT_TYPE_LATEST)
 
         return list(method_routes([(METRICS_PATH, "GET", guarded(metrics))]))

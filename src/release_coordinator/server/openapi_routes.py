@@ -5,6 +5,11 @@ builds an OpenAPI document's ``paths`` object from such a table (with the operat
 A body or an answer is named by its msgspec Struct (documented in the components by
 :func:`~release_coordinator.schemas.schema_components`, under the Struct's name or the name
 ``paths`` is given for it), by a component's name, or written out as a JSON Schema.
+
+Every operation an operator token may call (the document's default security, or one that lists
+``operatorToken``) answers 401 and 403, and says the operator role it needs, by the rule of
+:func:`~release_coordinator.server.roles.required_role`: in ``x-required-role`` and in its
+description. No route states it itself, so that a new route gets it too.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import attrs
 
 from release_coordinator.server.openapi_parts import _answer, _body, _operation, _ref
+from release_coordinator.server.roles import required_role
 
 __all__ = ["Route", "Schema", "paths"]
 
@@ -28,7 +34,8 @@ class Route:
     """One operation of an API, as its OpenAPI document says it.
 
     ``answers`` maps each success status to its description and its schema (``None``: no
-    body); ``refusals`` are the statuses of the shared error responses it may answer.
+    body); ``refusals`` are the statuses of the shared error responses it may answer (401 and
+    403 are added to an operator's operation).
     ``request`` is the request body's schema (``None``: it takes none), ``request_required``
     whether a body must be sent. ``security`` ``None`` keeps the document's default
     requirement; ``[]`` needs no token. ``path_parameters`` go to the path item (shared by
@@ -60,6 +67,17 @@ def _schema(schema: Schema, names: Mapping[str, str]) -> dict[str, Any]:
 def operation(route: Route, names: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The OpenAPI operation object of ``route`` (``names`` renames Structs' components)."""
     names = names or {}
+    refusals = route.refusals
+    description = route.description
+    role = None
+    if route.security is None or any("operatorToken" in need for need in route.security):
+        refusals = (*refusals, *(s for s in (401, 403) if s not in refusals))
+        role = required_role(route.method, route.path).value
+        needs = (
+            f"An operator token needs the `{role}` role or a higher one"
+            " (`reader` < `releaser` < `admin`)."
+        )
+        description = f"{description}\n\n{needs}" if description else needs
     answers = {
         status: _answer(text, None if schema is None else _schema(schema, names))
         for status, (text, schema) in route.answers.items()
@@ -71,17 +89,20 @@ def operation(route: Route, names: Mapping[str, str] | None = None) -> dict[str,
             required=route.request_required,
             description=route.request_description,
         )
-    return _operation(
+    made = _operation(
         route.operation_id,
         route.summary,
         route.tag,
         answers,
-        route.refusals,
+        refusals,
         parameters=list(route.parameters) or None,
         body=body,
         security=route.security,
-        description=route.description,
+        description=description,
     )
+    if role is not None:
+        made["x-required-role"] = role
+    return made
 
 
 def paths(

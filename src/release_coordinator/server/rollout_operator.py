@@ -69,6 +69,7 @@ from release_coordinator.server.rollout_records import (
 from release_coordinator.server.token_auth import (
     Principal,
     TokenAuth,
+    authorize,
     bearer_token,
     forbidden,
     unauthorized,
@@ -176,6 +177,11 @@ class OperatorApi:
         self.limits = limits
 
     async def operator(self, request: Request) -> Principal:
+        """The operator asking (everyone, as an admin, without tokens), if its role allows the
+        request: a ``GET`` needs a reader, the rollout actions (create, start, pause, resume,
+        abort, promote) a releaser, anything else (revoking a child's token) an admin (see
+        :func:`~release_coordinator.server.roles.required_role`); 401 without a valid token,
+        403 for a child's token or a role below the one needed."""
         if not self.operators.configured:
             return Principal("anonymous", "operator")
         token = bearer_token(request)
@@ -184,7 +190,7 @@ class OperatorApi:
             if token is not None and await self.tokens.owner(token) is not None:
                 raise forbidden("a child token may not use the operator API")
             raise unauthorized()
-        return who
+        return authorize(who, request)
 
     async def read_upload(self, request: Request) -> tuple[object, object, Fields]:
         """``(strategy, archive, rollout fields)`` of a ``POST /rollouts``; the strategy and

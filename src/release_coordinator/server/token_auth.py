@@ -2,7 +2,9 @@
 
 :class:`TokenAuth` checks ``Authorization: Bearer <token>`` against configured tokens (compared
 in constant time) and/or a verifier the host supplies. Tokens are accepted in that header only
-(never in a URL, which ends up in access logs) and are never logged or echoed.
+(never in a URL, which ends up in access logs) and are never logged or echoed. An operator's
+token carries a role (:mod:`release_coordinator.server.roles`); :func:`authorize` checks it
+against the one the request needs.
 
 Needs the ``server`` extra (Starlette).
 """
@@ -20,12 +22,20 @@ from starlette.requests import Request
 
 from release_coordinator.errors import ConfigurationError
 from release_coordinator.server.common import Refusal
+from release_coordinator.server.roles import (
+    Role,
+    required_role,
+    role_of,
+    role_refusal,
+    route_template,
+)
 
 __all__ = [
     "Principal",
     "TokenAuth",
     "Verifier",
     "VerifierAnswer",
+    "authorize",
     "bearer_token",
     "check_token",
     "forbidden",
@@ -36,20 +46,27 @@ log = logging.getLogger(__name__)
 
 _TOKEN_CHAR = re.compile(r"^[!-~]+$")  # printable ASCII without blanks
 
-VerifierAnswer = bool | str | None
-"""What a verifier answers: a principal's name or ``True`` to accept, ``False``/``None`` to
-refuse."""
+VerifierAnswer = bool | str | Role | tuple[str, Role | str] | None
+"""What a verifier answers: to accept a token, ``True`` (an admin), a principal's name (an
+admin), a :class:`~release_coordinator.server.roles.Role` (unnamed, of that role) or
+``(name, role)`` (the role a Role or its name); ``False``/``None`` to refuse it."""
 
 Verifier = Callable[[str], VerifierAnswer | Awaitable[VerifierAnswer]]
 """A host's check of a bearer token (sync or async); it gets the token without the scheme."""
 
 
+def _default_role(principal: Principal) -> Role | None:
+    return Role.ADMIN if principal.kind == "operator" else None
+
+
 @attrs.frozen
 class Principal:
-    """Who a request comes from: ``role`` is ``operator``, ``service`` or ``child``."""
+    """Who a request comes from: ``kind`` is ``operator``, ``service`` or ``child``; ``role``
+    is an operator's role (admin unless its token says otherwise), None for the others."""
 
     name: str
-    role: str
+    kind: str
+    role: Role | None = attrs.field(default=attrs.Factory(_default_role, takes_self=True))
 
 
 def bearer_token(request: Request) -> str | None:
@@ -73,11 +90,14 @@ def check_token(token: object, what: str) -> str:
 
 
 class TokenAuth:
-    """Bearer tokens of one role: configured ``tokens`` and/or a ``verifier``.
+    """Bearer tokens of one ``kind`` (``operator`` or ``service``): configured ``tokens``
+    and/or a ``verifier``.
 
     ``tokens`` is a collection of tokens (their principal is called ``default_name``) or a
-    mapping of principal names to tokens. Every configured token is compared, in constant
-    time, with the one given; the verifier is asked when none matches.
+    mapping of principal names to tokens; an operator token that is an
+    :class:`~release_coordinator.server.roles.OperatorToken` has its role, any other is an
+    admin. Every configured token is compared, in constant time, with the one given; the
+    verifier is asked when none matches. ``role`` is the former name of ``kind``.
     """
 
     def __init__(
@@ -85,10 +105,13 @@ class TokenAuth:
         tokens: Iterable[str] | Mapping[str, str] = (),
         verifier: Verifier | None = None,
         *,
-        role: str = "operator",
+        kind: str = "operator",
         default_name: str = "operator",
         what: str = "a token",
+        role: str | None = None,
     ) -> None:
+        if role is not None:
+            kind = role
         if isinstance(tokens, str | bytes):
             raise ConfigurationError(f"{what}s must be a collection of tokens, not one string")
         if isinstance(tokens, Mapping):
@@ -97,9 +120,12 @@ class TokenAuth:
             named = [(default_name, check_token(tok, what)) for tok in tokens]
         if verifier is not None and not callable(verifier):
             raise ConfigurationError("verifier must be callable")
-        self._tokens = [(name, tok.encode("ascii")) for name, tok in named]
+        self.kind = kind
+        self._tokens = [
+            (name, tok.encode("ascii"), role_of(tok) if kind == "operator" else None)
+            for name, tok in named
+        ]
         self._verifier = verifier
-        self.role = role
 
     @property
     def configured(self) -> bool:
@@ -107,17 +133,17 @@ class TokenAuth:
         return bool(self._tokens) or self._verifier is not None
 
     def __repr__(self) -> str:  # never the tokens themselves
-        return f"TokenAuth(role={self.role!r}, tokens={len(self._tokens)})"
+        return f"TokenAuth(kind={self.kind!r}, tokens={len(self._tokens)})"
 
     async def identify(self, token: str) -> Principal | None:
         """The principal ``token`` belongs to, or None."""
         given = token.encode("utf-8", "surrogateescape")
-        found: str | None = None
-        for name, expected in self._tokens:  # compare with all of them: no early exit
+        found: tuple[str, Role | None] | None = None
+        for name, expected, role in self._tokens:  # compare with all of them: no early exit
             if hmac.compare_digest(given, expected) and found is None:
-                found = name
+                found = (name, role)
         if found is not None:
-            return Principal(found, self.role)
+            return Principal(found[0], self.kind, found[1])
         if self._verifier is None:
             return None
         try:
@@ -127,11 +153,45 @@ class TokenAuth:
         except Exception as error:  # the host's code: its message may hold the token
             log.error("the token verifier raised %s", type(error).__name__)
             raise Refusal(503, "the token could not be verified now") from None
+        return self._answered(answer)
+
+    def _answered(self, answer: object) -> Principal | None:
+        """The principal of a verifier's ``answer`` (see :data:`VerifierAnswer`)."""
+        role: object = Role.ADMIN
+        name: object = self.kind
         if answer is True:
-            return Principal(self.role, self.role)
-        if isinstance(answer, str) and answer:
-            return Principal(answer, self.role)
-        return None
+            pass
+        elif isinstance(answer, Role):
+            role = answer
+        elif isinstance(answer, str) and answer:
+            name = answer
+        elif isinstance(answer, tuple) and len(answer) == 2:
+            name, role = answer
+        else:
+            return None
+        if not isinstance(name, str) or not name:
+            log.error("the token verifier answered a name that is not a non-empty string")
+            raise Refusal(500, "the token verifier answered an invalid name", code="internal")
+        try:
+            checked = Role.parse(role, "the token verifier's answer")
+        except ConfigurationError as error:
+            log.error("%s", error.message)
+            raise Refusal(500, error.message, code="internal") from None
+        return Principal(name, self.kind, checked if self.kind == "operator" else None)
+
+
+def authorize(who: Principal, request: Request) -> Principal:
+    """``who`` if its role allows ``request`` (see
+    :func:`~release_coordinator.server.roles.required_role`); a 403 that says the role needed
+    and the role held otherwise, and for a principal that is no operator."""
+    if who.kind != "operator" or who.role is None:
+        raise forbidden(f"a {who.kind} token may not use the operator API")
+    method = request.method.upper()
+    route = route_template(request)
+    needed = required_role(method, route)
+    if not who.role.allows(needed):
+        raise role_refusal(method, route, needed, who.name, who.role)
+    return who
 
 
 def unauthorized(message: str = "a valid bearer token is required") -> Refusal:

@@ -1,7 +1,11 @@
 """The tokens of ``release-coordinator serve``, read from the environment (never from the
 command line, where ``ps`` shows them) and never logged: operator tokens, task-service callback
 tokens, the token the coordinator sends to task services, and the one a relay sends to its
-parent."""
+parent.
+
+An operator token may carry a role (:mod:`release_coordinator.server.roles`):
+``RC_OPERATOR_TOKENS=alice=tok1,bob:releaser=tok2,grafana:reader=tok3``; a token without one
+(``alice=tok1``, or a bare ``tok1``) is an admin, as every token was before roles."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from collections.abc import Mapping
 import attrs
 
 from release_coordinator.errors import ConfigurationError
+from release_coordinator.server.roles import OperatorToken, Role
 from release_coordinator.server.token_auth import check_token
 
 __all__ = [
@@ -26,7 +31,8 @@ __all__ = [
 
 log = logging.getLogger("release_coordinator.server.serve")
 
-#: Operator tokens (both APIs): ``tok1,tok2`` or ``name=tok1,other=tok2``.
+#: Operator tokens (both APIs): ``tok1,tok2`` or ``name=tok1,other=tok2``, a named token with a
+#: role as ``name:role=token`` (``admin``, ``releaser``, ``reader``; admin when left out).
 ENV_OPERATOR_TOKENS = "RC_OPERATOR_TOKENS"
 #: Task-service callback tokens: ``service=token,...`` (service name or id).
 ENV_CALLBACK_TOKENS = "RC_CALLBACK_TOKENS"
@@ -38,15 +44,20 @@ ENV_PARENT_TOKEN = "RC_PARENT_TOKEN"
 _SHORT_TOKEN = 16
 
 
-def parse_tokens(text: str, *, variable: str, named: bool | None = None) -> list[tuple[str, str]]:
+def parse_tokens(
+    text: str, *, variable: str, named: bool | None = None, roles: bool = False
+) -> list[tuple[str, str]]:
     """The entries of a token variable as ``(name, token)`` pairs (name ``""`` when bare).
 
     ``text`` is a comma-separated list; blanks around entries and empty entries are ignored.
     An entry is ``name=token`` when it holds an ``=`` with a name before it and a token after
     it; otherwise (no ``=``, or only ``=`` after the first one: base64 padding) it is a bare
-    token. ``named=True`` requires names, ``False`` forbids them, ``None`` takes either but not
-    both in one variable. Names and tokens are unique. ConfigurationError says which entry is
-    wrong, never showing a token.
+    token. With ``roles``, a name may end with ``:role`` (``bob:reader=token``): that entry's
+    token is an :class:`~release_coordinator.server.roles.OperatorToken` of that role (the
+    others are plain strings: admins). ``named=True`` requires names, ``False`` forbids them,
+    ``None`` takes either but not both in one variable. Names and tokens are unique.
+    ConfigurationError says which entry is wrong (its position and name), never showing a
+    token.
     """
     entries: list[tuple[str, str]] = []
     for position, raw in enumerate(text.split(","), start=1):
@@ -58,10 +69,17 @@ def parse_tokens(text: str, *, variable: str, named: bool | None = None) -> list
         if not sep or not name or not token.strip("="):
             name, token = "", entry
         where = f"{variable}, entry {position}"
+        role: Role | None = None
+        if roles and name and ":" in name:
+            name, _, role_name = name.rpartition(":")
+            name = name.strip()
+            if not name:
+                raise ConfigurationError(f"{where}: a role needs a name (name:role=token)")
+            role = Role.parse(role_name, f"{where} ({name[:60]!r})")
         check_token(token, f"the token of {where}")
         if name and not name.isprintable():
             raise ConfigurationError(f"{where}: the name must be printable text")
-        entries.append((name, token))
+        entries.append((name, token if role is None else OperatorToken(token, role)))
     names = [name for name, _ in entries if name]
     if named is True and len(names) != len(entries):
         raise ConfigurationError(f"{variable}: every entry must be name=token")
@@ -83,7 +101,8 @@ def parse_tokens(text: str, *, variable: str, named: bool | None = None) -> list
 class ServeTokens:
     """The tokens of ``serve``, read by :func:`tokens_from_env`. Its repr shows no token."""
 
-    #: Operator tokens as ``(name, token)`` (name ``""``: unnamed).
+    #: Operator tokens as ``(name, token)`` (name ``""``: unnamed); a token with a role is an
+    #: :class:`~release_coordinator.server.roles.OperatorToken`.
     operators: tuple[tuple[str, str], ...] = ()
     #: Task-service callback tokens by service name or id.
     callbacks: tuple[tuple[str, str], ...] = ()
@@ -122,7 +141,9 @@ def tokens_from_env(environ: Mapping[str, str] | None = None) -> ServeTokens:
     ``RC_TASK_SERVICE_TOKEN`` and ``RC_PARENT_TOKEN`` (of ``environ``, ``os.environ`` by
     default)."""
     env = os.environ if environ is None else environ
-    operators = parse_tokens(env.get(ENV_OPERATOR_TOKENS, ""), variable=ENV_OPERATOR_TOKENS)
+    operators = parse_tokens(
+        env.get(ENV_OPERATOR_TOKENS, ""), variable=ENV_OPERATOR_TOKENS, roles=True
+    )
     if any(len(token) < _SHORT_TOKEN for _, token in operators):
         log.warning(
             "%s holds a token shorter than %d characters: easy to guess",

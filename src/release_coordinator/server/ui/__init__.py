@@ -21,7 +21,10 @@
 
 Every asset is a file of this package: nothing is fetched from another origin, and the answers
 carry a ``Content-Security-Policy`` that allows nothing else. The pages need no token (they hold
-no secret); the API they call does. Needs the ``server`` extra (Starlette).
+no secret); the API they call does, and the token's role decides what it answers
+(:mod:`~release_coordinator.server.roles`): a ``reader`` sees every view, and an action its role
+does not allow is refused with the API's 403, whose message the page shows. Needs the
+``server`` extra (Starlette).
 """
 
 from __future__ import annotations
