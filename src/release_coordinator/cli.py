@@ -24,6 +24,7 @@ _POLL_INTERVAL = CoordinatorConfig().poll_interval
 _RETRY_ATTEMPTS = RetryPolicy().attempts
 _LOST_AFTER = 60.0
 _TICK_INTERVAL = 1.0
+_LEASE_SECONDS = 15.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -197,6 +198,24 @@ def _parser() -> argparse.ArgumentParser:
         "stage barriers (default: %(default)g)",
     )
     serve.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        default=1,
+        help="serve from N processes sharing the port and a PostgreSQL database (--db "
+        "postgresql://...); the rollout manager's periodic work runs in one of them at a "
+        "time (default: %(default)d)",
+    )
+    serve.add_argument(
+        "--lease-seconds",
+        metavar="SECONDS",
+        type=float,
+        default=_LEASE_SECONDS,
+        help="how long a process's hold on its work lasts without renewal (the coordinator's "
+        "releases, the rollout manager's periodic work): another process takes the work over "
+        "that long after one dies (default: %(default)g)",
+    )
+    serve.add_argument(
         "--tick-interval",
         metavar="SECONDS",
         type=float,
@@ -246,14 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING
     if args.command == "serve" and not args.verbose:
         level = logging.getLevelName(args.log_level.upper())
-    if args.command == "serve" and args.log_format == "json":
-        from release_coordinator.server.access_log import JsonFormatter
+    from release_coordinator.logs import configure_logging
 
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
-        logging.basicConfig(level=level, handlers=[handler])
-    else:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level, args.log_format if args.command == "serve" else "text")
     if args.command == "demo":
         from release_coordinator.demo import run_demo
 
@@ -350,6 +364,9 @@ def _serve(args: argparse.Namespace) -> int:
             retry_attempts=args.retry_attempts,
             lost_after=args.lost_after,
             tick_interval=args.tick_interval,
+            lease_seconds=args.lease_seconds,
+            workers=args.workers,
+            log_format=args.log_format,
             parent=args.parent,
             relay_id=args.relay_id,
             area=area,

@@ -25,7 +25,7 @@ from test_serve_process import ACCESS, HOST, Server, access_lines
 from release_coordinator.cli import main
 from release_coordinator.errors import ConfigurationError
 from release_coordinator.server import servers
-from release_coordinator.server.serve import _listen
+from release_coordinator.server.serve_settings import listen_socket as _listen
 
 SERVERS = pytest.mark.parametrize("server", servers.SERVERS)
 AREA = {"type": "Polygon", "coordinates": [[[5, 45], [6, 45], [6, 46], [5, 46], [5, 45]]]}

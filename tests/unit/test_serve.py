@@ -38,7 +38,7 @@ from release_coordinator import (
 )
 from release_coordinator.cli import area_from_file, main
 from release_coordinator.fsm.rollout import ReleaseStatus
-from release_coordinator.server import serve
+from release_coordinator.server import serve, serve_settings
 from release_coordinator.server.access_log import ACCESS_LOGGER, AccessLog
 from release_coordinator.server.coordinator_app import coordinator_app
 from release_coordinator.server.rollout_app import rollout_app
@@ -491,7 +491,7 @@ async def test_serve_async_checks_its_arguments_first(command: Path) -> None:
 
 def test_the_listening_socket_is_tcp() -> None:
     # asyncio sets TCP_NODELAY on the connections of an IPPROTO_TCP socket only
-    with serve._listen("127.0.0.1", 0) as sock:
+    with serve_settings.listen_socket("127.0.0.1", 0) as sock:
         assert sock.proto == socket.IPPROTO_TCP
         assert sock.getsockname()[1] != 0
 
@@ -535,7 +535,16 @@ def test_the_settings_default_to_the_library_defaults() -> None:
     assert RolloutManager().lost_after == serve.DEFAULT_LOST_AFTER
     tick = inspect.signature(rollout_app).parameters["tick_interval"].default
     assert tick == serve.DEFAULT_TICK_INTERVAL
-    for name in ("tick_interval", "poll_interval", "retry_attempts", "lost_after"):
+    assert RolloutManager().lease_seconds == serve.DEFAULT_LEASE_SECONDS
+    for name in (
+        "tick_interval",
+        "poll_interval",
+        "retry_attempts",
+        "lost_after",
+        "lease_seconds",
+        "workers",
+        "log_format",
+    ):
         async_default = inspect.signature(serve.serve_async).parameters[name].default
         assert inspect.signature(serve.serve).parameters[name].default == async_default
 
@@ -550,6 +559,8 @@ def test_the_help_names_each_default(capsys: pytest.CaptureFixture[str]) -> None
         ("--retry-attempts", serve.DEFAULT_RETRY_ATTEMPTS),
         ("--lost-after", serve.DEFAULT_LOST_AFTER),
         ("--tick-interval", serve.DEFAULT_TICK_INTERVAL),
+        ("--lease-seconds", serve.DEFAULT_LEASE_SECONDS),
+        ("--workers", 1),
     ):
         start = text.rindex(f"{option} ")  # its entry, after the usage line
         end = text.index("(default: ", start)

@@ -5,17 +5,17 @@ It also hands every request's route template, status and time to a metrics obser
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import os
 import re
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # (no runtime import: the CLI loads JsonFormatter before the server)
+from release_coordinator.logs import JsonFormatter
+
+if TYPE_CHECKING:
     from starlette.routing import BaseRoute
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -201,36 +201,3 @@ class AccessLog:
             },
         )
         self.logger.handle(record)
-
-
-#: The access record's fields a JSON line carries (the raw path is left out: the route says it).
-_ACCESS_FIELDS = ("request_id", "method", "route", "status", "duration_ms", "client")
-
-
-class JsonFormatter(logging.Formatter):
-    """Each record as one JSON object on one line: ``time`` (UTC, ISO 8601 with milliseconds),
-    ``level``, ``logger``, ``message``, ``exception`` when there is one; an access line
-    (:class:`AccessLog`'s) also has ``request_id``, ``method``, ``route``, ``status``,
-    ``duration_ms`` and ``client``, and its message is ``METHOD ROUTE STATUS``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        at = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
-        entry: dict[str, Any] = {
-            "time": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        route = getattr(record, "route", None)
-        if isinstance(route, str):
-            for field in _ACCESS_FIELDS:
-                entry[field] = getattr(record, field, None)
-            if isinstance(entry["duration_ms"], float):
-                entry["duration_ms"] = round(entry["duration_ms"], 3)
-            shown = "-" if entry["status"] is None else entry["status"]
-            entry["message"] = f"{entry['method']} {route} {shown}"
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=True, default=str)

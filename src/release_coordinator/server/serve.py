@@ -41,7 +41,7 @@ import contextlib
 import functools
 import gc
 import logging
-import math
+import os
 import socket
 from collections.abc import (
     AsyncIterator,
@@ -65,7 +65,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from release_coordinator._version import __version__
 from release_coordinator.coordinator.config import CoordinatorConfig, RetryPolicy
 from release_coordinator.coordinator.engine import Coordinator
+from release_coordinator.coordinator.models import new_id
 from release_coordinator.errors import ConfigurationError
+from release_coordinator.logs import configure_logging
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.relay import Relay
@@ -83,16 +85,28 @@ from release_coordinator.server.metrics import ServiceMetrics
 from release_coordinator.server.openapi import OPENAPI_PATH, combined_openapi
 from release_coordinator.server.request_body import JsonObjectEndpoint
 from release_coordinator.server.rollout_app import DEFAULT_MAX_UPLOAD, rollout_app
+from release_coordinator.server.serve_settings import (
+    LOG_FORMATS,
+    ServeSettings,
+    attempts_option,
+    check_relay,
+    check_workers,
+    listen_socket,
+    parent_link,
+    seconds_option,
+    shown_url,
+)
 from release_coordinator.server.servers import GRACEFUL_SHUTDOWN
 from release_coordinator.server.token_auth import Verifier
 from release_coordinator.server.tokens import ENV_OPERATOR_TOKENS, ServeTokens, tokens_from_env
 from release_coordinator.server.ui import ui_routes
+from release_coordinator.server.workers import supervise
 from release_coordinator.storage import DEFAULT_DB
 from release_coordinator.storage.base import CoordinatorStore
 from release_coordinator.storage.memory import MemoryStore
 from release_coordinator.storage.memory_rollout import MemoryRolloutStore
 from release_coordinator.storage.rollout_base import RolloutStore
-from release_coordinator.transports.http import HttpParent, HttpTransport
+from release_coordinator.transports.http import HttpTransport
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -128,6 +142,8 @@ DEFAULT_POLL_INTERVAL = CoordinatorConfig().poll_interval
 DEFAULT_RETRY_ATTEMPTS = RetryPolicy().attempts
 #: ``--lost-after``: the RolloutManager's ``lost_after`` (seconds).
 DEFAULT_LOST_AFTER = 60.0
+#: ``--lease-seconds``: how long a process's hold on its work lasts without renewal.
+DEFAULT_LEASE_SECONDS = 15.0
 #: ``--tick-interval``: seconds between two ``RolloutManager.tick()`` (and, for a relay, two
 #: rounds with its parent).
 DEFAULT_TICK_INTERVAL = 1.0
@@ -309,73 +325,6 @@ async def _close(what: str, thing: object, method: str = "close") -> None:
         log.exception("closing the %s failed", what)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (``port`` 0: any free port); ConfigurationError when
-    that cannot be done."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on the connections of a TCP socket only
-    # (without it, each answer on a kept-alive connection waits ~40 ms for a delayed ACK).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        reason = error.strerror or str(error)
-        raise ConfigurationError(f"cannot listen on {host}:{port}: {reason}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def _seconds(option: str, value: float) -> float:
-    """``value`` if it is a positive, finite number of seconds; else ConfigurationError naming
-    ``option``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{option} must be a number of seconds, not {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{option} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
-def _attempts(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"--retry-attempts must be a whole number of at least 1 (1: no retry), not {value!r}"
-        )
-    return value
-
-
-def _check_relay(parent: str | None, relay_id: str, area: Area | None) -> None:
-    if parent is None:
-        if relay_id:
-            raise ConfigurationError("--relay-id needs --parent (it is the id at the parent)")
-        if area is not None:
-            raise ConfigurationError("--area needs --parent (it is the area reported to it)")
-        return
-    if not relay_id.isprintable() or relay_id.strip() != relay_id or len(relay_id) > 256:
-        raise ConfigurationError(
-            "--relay-id must be printable text of at most 256 characters, without blanks around it"
-        )
-
-
-def _shown_url(url: str) -> str:
-    """``url`` as it may be logged: without a user, password, query or fragment."""
-    import httpx
-
-    return str(httpx.URL(url).copy_with(userinfo=b"", query=None, fragment=None))
-
-
-def _parent_link(parent: str | None, token: str | None) -> HttpParent | None:
-    """The relay's link to ``parent`` (None without one); ConfigurationError naming
-    ``--parent`` for a URL that is not an http(s) base URL."""
-    if parent is None:
-        return None
-    try:
-        return HttpParent(parent, token=token)
-    except ConfigurationError as error:
-        raise ConfigurationError(f"--parent: {error.message}") from None
-
-
 async def serve_async(
     *,
     db: str = DEFAULT_DB,
@@ -385,16 +334,19 @@ async def serve_async(
     allow_anonymous: bool = False,
     child_tokens: bool = False,
     log_level: str = "info",
+    log_format: str = "text",
     tick_interval: float = DEFAULT_TICK_INTERVAL,
     owner: str | None = None,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
     lost_after: float = DEFAULT_LOST_AFTER,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
     parent: str | None = None,
     relay_id: str = "",
     area: Area | None = None,
     metrics_public: bool = False,
     server: str | None = None,
+    workers: int = 1,
 ) -> int:
     """Serve both APIs on ``host:port`` until SIGTERM or SIGINT; the exit status (0 after a
     signal, 1 when the server could not start).
@@ -404,73 +356,125 @@ async def serve_async(
     ``owner`` names the coordinator in its leases (a random id by default); ``poll_interval``
     and ``retry_attempts`` are its ``CoordinatorConfig.poll_interval`` and ``RetryPolicy.
     attempts``; ``lost_after`` is the manager's; ``tick_interval``, the seconds between two
-    ticks of it. ``parent`` (an ``http(s)://`` base URL) makes the manager a relay that polls
+    ticks of it; ``lease_seconds``, how long a process's hold on its work lasts without
+    renewal (the coordinator's releases, the manager's background loop): another process
+    takes the work over that long after one dies. ``parent`` (an ``http(s)://`` base URL)
+    makes the manager a relay that polls
     the parent at every tick, sending ``tokens.parent`` if set, as ``relay_id`` (empty: the id
     the parent assigns), reporting ``area`` (its own) or else its children's union.
     ``server`` is the HTTP server, one of :data:`~release_coordinator.server.servers.SERVERS`
-    (None: granian when it is installed, else uvicorn).
+    (None: granian when it is installed, else uvicorn). ``workers`` > 1 serves from that many
+    processes sharing the socket and a PostgreSQL database (see :mod:`~release_coordinator.
+    server.workers`); ``log_format`` (``text`` or ``json``) is how they log.
 
     Refused with ConfigurationError naming the option, before anything is opened: no operator
     token without ``allow_anonymous``, a setting that cannot work, relay options without
     ``parent``, a ``parent`` that is not an http(s) URL, an address that cannot be listened
-    on, a server that is not installed. A store that cannot be opened raises its StorageError.
+    on, a server that is not installed, ``workers`` > 1 over a database only one process can
+    use, or with ``parent``. A store that cannot be opened raises its StorageError.
     """
     if log_level not in LOG_LEVELS:
         raise ConfigurationError(f"the log level must be one of {', '.join(LOG_LEVELS)}")
+    if log_format not in LOG_FORMATS:
+        raise ConfigurationError(f"the log format must be one of {', '.join(LOG_FORMATS)}")
     if not 0 <= port <= 65535:
         raise ConfigurationError(f"the port must be within 0..65535, not {port}")
-    server = servers.check(server)
-    tick_interval = _seconds("--tick-interval", tick_interval)
-    lost_after = _seconds("--lost-after", lost_after)
+    worker_count = check_workers(workers, db, parent)
+    lease_seconds = seconds_option("--lease-seconds", lease_seconds)
     config = CoordinatorConfig(
-        poll_interval=_seconds("--poll-interval", poll_interval),
-        retry=attrs.evolve(CoordinatorConfig().retry, attempts=_attempts(retry_attempts)),
+        poll_interval=seconds_option("--poll-interval", poll_interval),
+        retry=attrs.evolve(CoordinatorConfig().retry, attempts=attempts_option(retry_attempts)),
+        lease_seconds=lease_seconds,
     )
-    _check_relay(parent, relay_id, area)
+    check_relay(parent, relay_id, area)
     tokens = tokens_from_env() if tokens is None else tokens
     if not tokens.operators and not allow_anonymous:
         raise ConfigurationError(
             f"no operator token: set {ENV_OPERATOR_TOKENS} (tok1,tok2 or name=tok,...), "
             "or pass --allow-anonymous to serve without tokens (tests and trusted networks only)"
         )
-    link = _parent_link(parent, tokens.parent)
+    parent_link(parent, tokens.parent)  # (checked here; each process opens its own)
+    settings = ServeSettings(
+        db=db,
+        tokens=tokens,
+        allow_anonymous=allow_anonymous,
+        child_tokens=child_tokens,
+        log_level=log_level,
+        log_format=log_format,
+        tick_interval=seconds_option("--tick-interval", tick_interval),
+        owner=owner,
+        config=config,
+        lost_after=seconds_option("--lost-after", lost_after),
+        lease_seconds=lease_seconds,
+        parent=parent,
+        relay_id=relay_id,
+        area=area,
+        metrics_public=metrics_public,
+        server=servers.check(server),
+    )
+    sock = listen_socket(host, port)
     try:
-        sock = _listen(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
-        try:
-            store, rollout_store, described = await _open_stores(db)
-        except BaseException:
-            sock.close()
-            raise
+        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        if worker_count == 1:
+            return await serve_on(settings, sock, f"http://{shown_host}:{bound_port}")
+        await _prepare_database(db)  # (its errors here, before any worker starts)
+        log.info("listening on http://%s:%d", shown_host, bound_port)
+        return await supervise(settings, sock, worker_count, _worker_entry, grace=GRACEFUL_SHUTDOWN)
+    finally:
+        sock.close()
+
+
+async def _prepare_database(db: str) -> None:
+    """Open the database once (creating or checking its schema) and close it again."""
+    store, rollout_store, _described = await _open_stores(db)
+    await _close("rollout store", rollout_store)
+    await _close("store", store)
+
+
+async def serve_on(
+    settings: ServeSettings, sock: socket.socket, listening: str = "", worker: str = ""
+) -> int:
+    """Serve ``settings`` on ``sock`` (bound) in this process until SIGTERM or SIGINT; the
+    exit status. ``listening`` is the address to announce (none for a worker, whose
+    supervisor announces it); ``worker`` names this process among several (its owner in the
+    leases), "" for the only one."""
+    s = settings
+    link = parent_link(s.parent, s.tokens.parent)
+    owner = f"{s.owner or new_id('SV')}-{worker}" if worker else s.owner
+    try:
+        store, rollout_store, described = await _open_stores(s.db)
         transport: Any = None
         coordinator: Coordinator | None = None
         try:
-            transport = HttpTransport(token=tokens.task_service)
-            coordinator = Coordinator(store, transport, config=config, owner=owner)
+            transport = HttpTransport(token=s.tokens.task_service)
+            coordinator = Coordinator(store, transport, config=s.config, owner=owner)
             # The app's startup loads the manager from its store (RolloutManager.load) before it
             # serves the first request, and ticks it from then on (a relay: runs the relay, which
             # polls the parent and ticks the manager).
-            manager = RolloutManager(rollout_store, lost_after=lost_after)
+            manager = RolloutManager(
+                rollout_store, lost_after=s.lost_after, owner=owner, lease_seconds=s.lease_seconds
+            )
             relay = None
             if link is not None:
                 relay = Relay(
                     manager,
                     link,
-                    relay_id=relay_id,
-                    area=area,
-                    interval=tick_interval,
-                    own_area=area is not None,
+                    relay_id=s.relay_id,
+                    area=s.area,
+                    interval=s.tick_interval,
+                    own_area=s.area is not None,
                 )
             app = service_app(
                 coordinator,
                 manager,
-                operator_tokens=tokens.operator_tokens(),
-                callback_tokens=tokens.callback_tokens(),
-                allow_anonymous=allow_anonymous,
-                child_tokens=child_tokens,
-                tick_interval=tick_interval,
+                operator_tokens=s.tokens.operator_tokens(),
+                callback_tokens=s.tokens.callback_tokens(),
+                allow_anonymous=s.allow_anonymous,
+                child_tokens=s.child_tokens,
+                tick_interval=s.tick_interval,
                 relay=relay,
-                metrics_public=metrics_public,
+                metrics_public=s.metrics_public,
             )
             # This process is ours: what lives as long as the server (stores, indexes, children)
             # is moved out of the collector's sight, and young collections run less often. A busy
@@ -479,42 +483,44 @@ async def serve_async(
             gc.collect()
             gc.freeze()
             gc.set_threshold(50_000, 20, 100)
-            if not tokens.operators:
+            if not s.tokens.operators and not worker:
                 log.warning(
                     "serving without operator tokens (--allow-anonymous): anyone may operate"
                 )
-            log.info(
-                "store: %s; operator tokens: %d; callback tokens: %d; child tokens: %s",
-                described,
-                len(tokens.operators),
-                len(tokens.callbacks),
-                "on" if child_tokens else "off",
-            )
-            log.info(
-                "coordinator: poll interval %gs, %d attempts; manager: lost after %gs, "
-                "ticked every %gs",
-                config.poll_interval,
-                config.retry.attempts,
-                lost_after,
-                tick_interval,
-            )
+            if worker:
+                log.info("worker %s (pid %d): store %s", owner, os.getpid(), described)
+            else:
+                log.info(
+                    "store: %s; operator tokens: %d; callback tokens: %d; child tokens: %s",
+                    described,
+                    len(s.tokens.operators),
+                    len(s.tokens.callbacks),
+                    "on" if s.child_tokens else "off",
+                )
+                log.info(
+                    "coordinator: poll interval %gs, %d attempts; manager: lost after %gs, "
+                    "ticked every %gs",
+                    s.config.poll_interval,
+                    s.config.retry.attempts,
+                    s.lost_after,
+                    s.tick_interval,
+                )
             if link is not None:
                 log.info(
                     "relay under %s as %s; area: %s; parent token: %s",
-                    _shown_url(link.base_url),
-                    relay_id or "(the id the parent assigns)",
-                    "its own (--area)" if area is not None else "the union of its children's",
-                    "set" if tokens.parent else "none",
+                    shown_url(link.base_url),
+                    s.relay_id or "(the id the parent assigns)",
+                    "its own (--area)" if s.area is not None else "the union of its children's",
+                    "set" if s.tokens.parent else "none",
                 )
-            shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-            log.info("server: %s", servers.describe(server))
-            log.info("listening on http://%s:%d", shown_host, bound_port)
+            if listening:
+                log.info("server: %s", servers.describe(s.server))
+                log.info("listening on %s", listening)
             clean = await servers.run(
-                server, app, sock, log_level=log_level, grace=GRACEFUL_SHUTDOWN
+                s.server, app, sock, log_level=s.log_level, grace=GRACEFUL_SHUTDOWN
             )
             return 0 if clean else 1
         finally:
-            sock.close()
             if coordinator is not None:  # normally closed by the app's shutdown already
                 await _close("coordinator", coordinator)
             if transport is not None:
@@ -525,6 +531,16 @@ async def serve_async(
     finally:
         if link is not None:
             await _close("parent link", link, "aclose")
+
+
+def _worker_entry(settings: ServeSettings, sock: socket.socket, index: int) -> None:
+    """A worker process of ``serve --workers N`` (:mod:`~release_coordinator.server.workers`):
+    it logs as the command does and serves ``settings`` on the shared ``sock``."""
+    configure_logging(logging.getLevelName(settings.log_level.upper()), settings.log_format)
+    if settings.log_level != "debug":
+        for name in ("httpx", "httpcore"):  # (as the command sets them)
+            logging.getLogger(name).setLevel(logging.WARNING)
+    raise SystemExit(asyncio.run(serve_on(settings, sock, worker=f"w{index}")))
 
 
 def _blocking(function: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, _T]:
