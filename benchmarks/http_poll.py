@@ -6,14 +6,14 @@ installed, else the Python client below), it measures:
 - **the ceiling** of each HTTP server (``--servers``: granian and uvicorn): a minimal ASGI app
   answering a constant JSON (it reads the request body, nothing else), run by
   :func:`release_coordinator.server.servers.run` as ``serve`` runs its app (same server
-  options, same socket from ``serve``'s ``_listen``), in its own process;
+  options, same socket from ``serve``'s ``listen_socket``), in its own process;
 - **``/poll`` of ``serve``** under each server over each store (``--db``: its SQLite file in a
   temporary working directory, ``memory``, ``postgres``, a URL), ``--children`` children
   registered (10,000 small squares with given ids) and ``--rollouts`` active rollouts (disjoint
   bands of the map, each ``--rollout-share`` of it: about ``rollouts * rollout-share`` of the
   polls get a release offered);
-- [``/poll`` of ``serve --workers 2`` on PostgreSQL: the place is kept in the table
-  (:data:`WORKERS_ROWS`), measured once ``serve`` has ``--workers``;]
+- ``/poll`` of ``serve --workers 2`` on PostgreSQL (:data:`WORKERS_ROWS`; ``--no-workers``
+  leaves it out);
 - with ``--peer URL``, **another server that speaks the child protocol** (the Go release
   manager, say) under the same load: its children registered first (each polls once with an
   empty id and keeps the id it is given), on 127.0.0.1 only.
@@ -48,7 +48,7 @@ file). The ceiling runs at the first level given.
                                    [--children 10000] [--rollouts 3] [--concurrency 64]
                                    [--threads 2] [--duration 15] [--warmup 2] [--rounds 2]
                                    [--client wrk|raw|httpx] [--peer URL]
-                                   [--log-level warning[,info]] [--profile FILE]
+                                   [--log-level warning[,info]] [--profile FILE] [--no-workers]
 
 ``--db postgres`` is a schema of its own at ``RC_POSTGRES_URL`` (default the local server),
 dropped afterwards. ``--profile FILE`` runs the first ``/poll`` server under cProfile, switched
@@ -95,9 +95,9 @@ POSTGRES_URL = os.environ.get("RC_POSTGRES_URL", "postgresql://postgres@127.0.0.
 TARGET_RATIO = 0.8
 #: the default server's ``/poll`` requests/s over uvicorn's, same store, same round.
 TARGET_SPEEDUP = 2.0
-#: ``(server, store, workers)`` of the rows kept for ``serve --workers N`` (not measured yet:
-#: ``serve`` has no ``--workers``; whoever adds it fills this in and passes ``--workers``).
-WORKERS_ROWS: list[tuple[str, str, int]] = []
+#: ``(server, store, workers)`` of the rows of ``serve --workers N`` (the default server on
+#: PostgreSQL: the database several processes share).
+WORKERS_ROWS: list[tuple[str, str, int]] = [("granian", "postgres", 2)]
 WORKERS_PLACEHOLDER = "/poll granian postgres --workers 2"
 WEST, SOUTH, EAST, NORTH = -10.0, 35.0, 30.0, 60.0
 CHILD_SIZE = 0.05
@@ -139,7 +139,7 @@ async def ceiling_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def serve_ceiling(port: int, log_level: str, server: str) -> None:
     """The ceiling's server process: ``server`` run as ``serve_async`` runs it."""
     from release_coordinator.server import servers
-    from release_coordinator.server.serve import _listen
+    from release_coordinator.server.serve_settings import listen_socket as _listen
 
     # as ``release-coordinator serve`` configures logging (cli.main)
     logging.basicConfig(
@@ -336,6 +336,17 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -414,21 +425,34 @@ class Server:
                     raise RuntimeError(f"{self.label} did not start: {self.tail()}")
                 await asyncio.sleep(0.1)
 
+    def pids(self) -> list[int]:
+        """The server's process and its children (``serve --workers``: the workers)."""
+        if self.pid is None:
+            return []
+        return [self.pid, *child_pids(self.pid)]
+
     def cpu(self, main_thread: bool = False) -> float | None:
+        """CPU seconds of the server (its workers included), or of its main thread(s)."""
         if self.pid is None:
             return None
-        with contextlib.suppress(OSError):
-            return cpu_seconds(self.pid, self.pid if main_thread else None)
-        return None
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(pid, pid if main_thread else None)
+        return total
 
     def pause(self) -> None:
         if self.process is not None and not self.paused:
-            self.process.send_signal(signal.SIGSTOP)
+            for pid in self.pids():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
             self.paused = True
 
     def resume(self) -> None:
         if self.process is not None and self.paused:
-            self.process.send_signal(signal.SIGCONT)
+            for pid in self.pids():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
             self.paused = False
 
     def tail(self) -> str:
@@ -981,6 +1005,9 @@ def summary(targets: list[Target], args: argparse.Namespace) -> int:
         )
     for poll in polls:
         ratio, ratios = _median_ratio(poll.rows, ceilings[poll.name].rows)
+        if "--workers" in poll.label:  # (several processes over another database: no target)
+            line(f"{poll.label} / its ceiling", ratio, ratios)
+            continue
         met &= ratio >= TARGET_RATIO
         line(
             f"{poll.label} / its ceiling",
@@ -1000,10 +1027,14 @@ def summary(targets: list[Target], args: argparse.Namespace) -> int:
                     met &= ratio >= TARGET_SPEEDUP
                     judged = f"  target >= {TARGET_SPEEDUP:g}: {_verdict(ratio, TARGET_SPEEDUP)}"
                 line(f"{poll.label} / {other.label}", ratio, ratios, judged)
-    if not WORKERS_ROWS:
-        print(f"  {WORKERS_PLACEHOLDER + ' / ...':46}      -  (not measured: serve --workers)")
     reference = next((p for p in polls if p.name == default and p.db == "sqlite"), None)
     reference = reference or (polls[0] if polls else None)
+    several = [p for p in polls if "--workers" in p.label]
+    if not several:
+        print(f"  {WORKERS_PLACEHOLDER + ' / ...':46}      -  (not measured: --no-workers)")
+    for poll in several:
+        if reference is not None and reference is not poll:
+            line(f"{poll.label} / {reference.label}", *_median_ratio(poll.rows, reference.rows))
     for peer in peers:
         if reference is not None:
             line(f"{peer.label} / {reference.label}", *_median_ratio(peer.rows, reference.rows))
@@ -1068,7 +1099,8 @@ def run(args: argparse.Namespace) -> int:
         if profile is not None:
             profile.parent.mkdir(parents=True, exist_ok=True)
         profiled: Server | None = None
-        rows = [(name, db, 1) for db in dbs for name in names] + WORKERS_ROWS
+        rows = [(name, db, 1) for db in dbs for name in names]
+        rows += [] if args.no_workers else [r for r in WORKERS_ROWS if r[0] in names]
         for name, db, workers in rows:
             db_env, described = store_env(db, stack)
             for level in levels:
@@ -1119,8 +1151,6 @@ def run(args: argparse.Namespace) -> int:
                 logged = target.rows[-1].log_per_request
                 if target.kind == "poll" and logged >= 1:
                     print(f"{'':34} access log: {logged:.0f} bytes per request")
-            if not WORKERS_ROWS:
-                print(f"{WORKERS_PLACEHOLDER:34} (not measured yet: serve has no --workers)")
         if profiled is not None:
             profiled.stop()
             windows = [f"{profile}.{n}" for n in range(args.rounds)]
@@ -1152,6 +1182,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    parser.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="leave out the row of serve --workers 2 on PostgreSQL",
+    )
     parser.add_argument("--peer", metavar="URL", help="another child-protocol server to measure")
     parser.add_argument(
         "--log-level",
