@@ -23,9 +23,11 @@ from release_coordinator import (
     MemoryStore,
     NotFoundError,
     Release,
+    ReleaseNote,
     ReleaseState,
     ServiceHealth,
     StepEvent,
+    Study,
     TaskChange,
     TaskService,
     TaskState,
@@ -316,3 +318,103 @@ async def test_move_tasks_is_change_tasks_for_one_move(store: CoordinatorStore) 
         )
     assert (await store.get_task(moved[0].id)).state is i
     assert len(await store.list_events(EventFilter(after_id=before))) == 4  # nothing more logged
+
+
+# -- release notes and studies ------------------------------------------------------------------
+
+
+def note(
+    note_id: str, release_id: str, study_id: str = "", text: str = "*new* data"
+) -> ReleaseNote:
+    return ReleaseNote(note_id, release_id, text, study_id, "alice")
+
+
+async def test_notes_are_stored_listed_edited_and_deleted(store: CoordinatorStore) -> None:
+    await store.create_release(
+        Release("RE_1", "r1", "0.0.0", studies=("SD_1", "SD_2")), [], ev("n")
+    )
+    await store.create_release(Release("RE_2", "r2", "0.0.0", studies=("SD_2",)), [], ev("n"))
+    before = await store.last_event_id()
+    made = [
+        await store.add_note(note("NO_1", "RE_1"), ev("note 1")),
+        await store.add_note(note("NO_2", "RE_1", "SD_1", "a\n\n- b"), ev("note 2")),
+        await store.add_note(note("NO_3", "RE_2", "SD_2"), ev("note 3")),
+        await store.add_note(note("NO_4", "RE_1", "SD_2"), ev("note 4")),
+    ]
+    assert await store.get_note("NO_2") == made[1]
+    assert [n.id for n in await store.list_notes()] == ["NO_1", "NO_2", "NO_3", "NO_4"]
+    assert [n.id for n in await store.list_notes(release_id="RE_1")] == ["NO_1", "NO_2", "NO_4"]
+    assert [n.id for n in await store.list_notes(study_id="SD_2")] == ["NO_3", "NO_4"]
+    assert [n.id for n in await store.list_notes(release_id="RE_1", study_id="")] == ["NO_1"]
+    assert [n.id for n in await store.list_notes(release_id="RE_1", limit=1, offset=1)] == ["NO_2"]
+    assert await store.list_notes(release_id="RE_missing") == []
+    with pytest.raises(NotFoundError):
+        await store.add_note(note("NO_5", "RE_missing"), ev("lost"))
+    with pytest.raises(ConflictError):
+        await store.add_note(note("NO_1", "RE_2"), ev("dup"))
+    edited = await store.update_note("NO_2", ev("edit"), text="# changed")
+    assert (edited.text, edited.author, edited.created_at) == (
+        "# changed",
+        "alice",
+        made[1].created_at,
+    )
+    assert edited.updated_at >= made[1].updated_at
+    assert await store.get_note("NO_2") == edited
+    await store.delete_note("NO_1", ev("delete"))
+    with pytest.raises(NotFoundError):
+        await store.get_note("NO_1")
+    for missing in (
+        store.update_note("NO_1", ev("x"), text="t"),
+        store.delete_note("NO_1", ev("x")),
+    ):
+        with pytest.raises(NotFoundError):
+            await missing
+    logged = await store.list_events(EventFilter(after_id=before))
+    assert [e.message for e in logged] == ["note 1", "note 2", "note 3", "note 4", "edit", "delete"]
+
+
+async def test_studies_are_read_from_the_releases(store: CoordinatorStore) -> None:
+    assert await store.list_studies() == []
+    with pytest.raises(NotFoundError):
+        await store.get_study("SD_1")
+    one, _ = await store.create_release(
+        Release("RE_1", "r1", "0.0.0", studies=("SD_1", "SD_2")), [], ev("n")
+    )
+    two, _ = await store.create_release(
+        Release("RE_2", "r2", "0.0.0", studies=("SD_2", "SD_3", "SD_2")), [], ev("n")
+    )
+    three, _ = await store.create_release(Release("RE_3", "r3", "0.0.0"), [], ev("n"))
+    assert [r.id for r in await store.list_releases(study="SD_2")] == ["RE_2", "RE_1"]
+    assert [r.id for r in await store.list_releases(study="SD_1")] == ["RE_1"]
+    assert await store.list_releases(study="SD_9") == []
+    assert await store.list_releases(study="SD") == []  # whole ids only
+    assert [r.id for r in await store.list_releases(study="SD_2", limit=1, offset=1)] == ["RE_1"]
+    waiting = {ReleaseState.WAITING}
+    assert [r.id for r in await store.list_releases(study="SD_2", states=waiting)] == [
+        "RE_2",
+        "RE_1",
+    ]
+    assert [s.id for s in await store.list_studies()] == ["SD_3", "SD_1", "SD_2"]
+    assert [s.id for s in await store.list_studies(limit=1, offset=1)] == ["SD_1"]
+    study = await store.get_study("SD_2")
+    assert study == Study(
+        "SD_2", one.created_at, ("RE_2", "RE_1"), "RE_2", two.version, "", "", None
+    )
+    # publishing the older one, then the newer: the last published is the newer
+    for release in (one, two):
+        for source, dest in (
+            (ReleaseState.WAITING, ReleaseState.STAGED),
+            (ReleaseState.STAGED, ReleaseState.PUBLISHING),
+            (ReleaseState.PUBLISHING, ReleaseState.PUBLISHED),
+        ):
+            await store.transition_release(release.id, {source}, dest, ev("move"))
+        published = await store.get_release(release.id)
+        study = await store.get_study("SD_2")
+        assert (
+            study.last_published_release_id,
+            study.last_published_version,
+            study.last_published_at,
+        ) == (published.id, published.version, published.state_changed_at)
+        assert study.latest_version == (await store.get_release("RE_2")).version
+    assert (await store.get_study("SD_1")).last_published_release_id == "RE_1"
+    assert three.studies == ()

@@ -16,7 +16,8 @@ release actions and queries, and the callbacks from task services. Its other job
 is made of, one module each: :mod:`~release_coordinator.coordinator.services` (task services
 and health checks), :mod:`~release_coordinator.coordinator.driver` (leases, the driver loop,
 time limits), :mod:`~release_coordinator.coordinator.fanout` (one action to every task, retries),
-:mod:`~release_coordinator.coordinator.plans` (what a report or answer does to a task) and
+:mod:`~release_coordinator.coordinator.plans` (what a report or answer does to a task),
+:mod:`~release_coordinator.coordinator.notes` (release notes and studies) and
 :mod:`~release_coordinator.coordinator.events` (the event log and its subscribers); the
 configuration records are in :mod:`~release_coordinator.coordinator.config`, the time limits'
 arithmetic in :mod:`~release_coordinator.coordinator.limits`.
@@ -43,6 +44,7 @@ from release_coordinator.coordinator.models import (
     Task,
     new_id,
 )
+from release_coordinator.coordinator.notes import NotesMixin
 from release_coordinator.coordinator.plans import change_for_report, refused_report
 from release_coordinator.coordinator.services import ServicesMixin
 from release_coordinator.errors import (
@@ -86,7 +88,7 @@ def _text_problems(field: str, values: tuple[object, ...]) -> list[tuple[str, st
     return problems
 
 
-class Coordinator(ServicesMixin, DriverMixin):
+class Coordinator(ServicesMixin, DriverMixin, NotesMixin):
     """Drives data releases across task services. Async; see :class:`SyncCoordinator` for a
     blocking facade.
 
@@ -366,10 +368,14 @@ class Coordinator(ServicesMixin, DriverMixin):
         states: Collection[ReleaseState | str] | None = None,
         limit: int | None = None,
         offset: int = 0,
+        study: str | None = None,
     ) -> list[Release]:
-        """Releases, newest first; only those in ``states`` when given."""
+        """Releases, newest first; only those in ``states`` when given, and only those that
+        name the study ``study`` when given."""
         wanted = None if states is None else {RS(s) for s in states}
-        return await self.store.list_releases(states=wanted, limit=limit, offset=offset)
+        return await self.store.list_releases(
+            states=wanted, limit=limit, offset=offset, study=study
+        )
 
     async def list_tasks(self, release_id: str) -> list[Task]:
         return await self.store.list_tasks(release_id)

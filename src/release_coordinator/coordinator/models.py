@@ -21,7 +21,9 @@ __all__ = [
     "EventType",
     "HealthStatus",
     "Release",
+    "ReleaseNote",
     "ServiceHealth",
+    "Study",
     "Task",
     "TaskService",
     "new_id",
@@ -152,6 +154,44 @@ class Task:
 _TASK_FINISHED = frozenset({TaskState.CANCELED, TaskState.FAILED, TaskState.REJECTED})
 
 
+@attrs.frozen
+class ReleaseNote:
+    """A note on a release, in Markdown: what changed in it, for the people who use the data.
+
+    ``study_id`` is empty for a note on the release as a whole, else one of the release's
+    studies (the note says what the release changed in that study). ``author`` is whoever
+    wrote it (the operator's token name over HTTP, unless the request names one).
+    """
+
+    id: str
+    release_id: str
+    text: str
+    study_id: str = ""
+    author: str = ""
+    created_at: datetime = attrs.field(factory=utcnow)
+    updated_at: datetime = attrs.field(factory=utcnow)
+
+
+@attrs.frozen
+class Study:
+    """A study as the releases know it: it exists from the first release that names it.
+
+    Read from the releases (never stored on its own, so it cannot disagree with them):
+    ``release_ids`` are the releases that name it, newest first; ``latest_version`` is the
+    newest one's version; ``last_published_*`` is about the newest *published* one (empty,
+    and ``None``, while none is). ``created_at`` is when the first release naming it was made.
+    """
+
+    id: str
+    created_at: datetime
+    release_ids: tuple[str, ...] = ()
+    latest_release_id: str = ""
+    latest_version: str = ""
+    last_published_release_id: str = ""
+    last_published_version: str = ""
+    last_published_at: datetime | None = None
+
+
 class EventType(StrEnum):
     INFO = "info"
     WARNING = "warning"
@@ -166,6 +206,8 @@ class EventKind(StrEnum):
     USER_ACTION = "user_action"
     HEALTH = "health"
     PROGRESS = "progress"
+    #: A release note was added, edited or deleted.
+    NOTE = "note"
 
 
 @attrs.frozen

@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import attrs
 
@@ -32,14 +33,17 @@ from release_coordinator.coordinator.models import (
     EventKind,
     EventType,
     Release,
+    ReleaseNote,
     ServiceHealth,
+    Study,
     Task,
     TaskService,
     new_ids,
     utcnow,
 )
-from release_coordinator.errors import ConcurrentUpdateError, ConflictError
+from release_coordinator.errors import ConcurrentUpdateError, ConflictError, NotFoundError
 from release_coordinator.fsm.release import ReleaseState, TaskState
+from release_coordinator.versions import Version
 
 __all__ = [
     "CoordinatorStore",
@@ -47,6 +51,8 @@ __all__ = [
     "StepEvent",
     "TaskChange",
     "new_tasks",
+    "studies_of",
+    "study_of",
 ]
 
 
@@ -145,6 +151,8 @@ class EventFilter:
 
 _ALL = EventFilter()
 
+T = TypeVar("T")
+
 
 def new_tasks(release_id: str, service_ids: Sequence[str]) -> list[Task]:
     """The ``waiting`` tasks of a new release, one per service, with fresh ids (what every
@@ -183,8 +191,46 @@ def service_in_use(service_id: str, release_id: str) -> ConflictError:
     )
 
 
+def study_of(study_id: str, releases: Sequence[Release]) -> Study:
+    """The study ``study_id`` as ``releases`` (those that name it, newest first; at least one)
+    tell it. Its last published release is the one published last, which has the highest
+    version (every publication promotes the version above all held)."""
+    newest, oldest = releases[0], releases[-1]
+    published = [r for r in releases if r.state is ReleaseState.PUBLISHED]
+    last = max(published, key=lambda r: Version.parse(r.version), default=None)
+    return Study(
+        study_id,
+        oldest.created_at,
+        tuple(r.id for r in releases),
+        newest.id,
+        newest.version,
+        "" if last is None else last.id,
+        "" if last is None else last.version,
+        None if last is None else last.state_changed_at,
+    )
+
+
+def studies_of(releases: Sequence[Release]) -> list[Study]:
+    """Every study ``releases`` (newest first) name, newest first: by the first release that
+    named it, and in that release's order for the studies it named first."""
+    named: dict[str, list[Release]] = {}
+    for release in reversed(releases):  # oldest first: a study's first release comes first
+        for study_id in dict.fromkeys(release.studies):
+            named.setdefault(study_id, []).append(release)
+    first = {sid: rs[0].id for sid, rs in named.items()}
+    order = {r.id: i for i, r in enumerate(releases)}  # 0: the newest release
+    ids = sorted(named, key=lambda sid: order[first[sid]])  # (stable: the release's order)
+    return [study_of(sid, named[sid][::-1]) for sid in ids]
+
+
+def page(items: list[T], limit: int | None, offset: int) -> list[T]:
+    """``items`` from ``offset`` on, at most ``limit`` of them."""
+    return items[offset : None if limit is None else offset + limit]
+
+
 class CoordinatorStore(abc.ABC):
-    """What the Coordinator keeps: task services, releases, tasks, events and leases."""
+    """What the Coordinator keeps: task services, releases, tasks, events and leases, and the
+    release notes (studies are read from the releases)."""
 
     # -- task services -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -252,8 +298,10 @@ class CoordinatorStore(abc.ABC):
         states: Collection[ReleaseState] | None = None,
         limit: int | None = None,
         offset: int = 0,
+        study: str | None = None,
     ) -> list[Release]:
-        """Releases, newest first, only those in ``states`` when given."""
+        """Releases, newest first, only those in ``states`` when given, and only those that
+        name the study ``study`` when given."""
 
     @abc.abstractmethod
     async def transition_release(
@@ -354,6 +402,54 @@ class CoordinatorStore(abc.ABC):
         self, filter: EventFilter = _ALL, *, limit: int | None = None, offset: int = 0
     ) -> list[Event]:
         """Events that match ``filter``, oldest first."""
+
+    # -- release notes and studies -----------------------------------------------------------
+    @abc.abstractmethod
+    async def add_note(self, note: ReleaseNote, event: Event) -> ReleaseNote:
+        """Store a new note and append ``event``, together.
+
+        NotFoundError for an unknown release, ConflictError when the id is taken. (That the
+        study is one of the release's is the Coordinator's check: a release's studies never
+        change.)
+        """
+
+    @abc.abstractmethod
+    async def get_note(self, note_id: str) -> ReleaseNote:
+        """The note with this id; NotFoundError if none."""
+
+    @abc.abstractmethod
+    async def list_notes(
+        self,
+        *,
+        release_id: str | None = None,
+        study_id: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[ReleaseNote]:
+        """Notes, oldest first: only the release's, the study's (``study_id``), or both, when
+        given. An unknown release or study has none (no NotFoundError)."""
+
+    @abc.abstractmethod
+    async def update_note(self, note_id: str, event: Event, *, text: str) -> ReleaseNote:
+        """Replace the note's text, set ``updated_at`` and append ``event``; NotFoundError."""
+
+    @abc.abstractmethod
+    async def delete_note(self, note_id: str, event: Event) -> None:
+        """Delete the note and append ``event``; NotFoundError."""
+
+    async def get_study(self, study_id: str) -> Study:
+        """The study with this id, read from the releases that name it (:func:`study_of`);
+        NotFoundError when no release names it. This default reads
+        ``list_releases(study=...)``; an adapter may do it faster."""
+        releases = await self.list_releases(study=study_id)
+        if not releases:
+            raise NotFoundError("study", study_id)
+        return study_of(study_id, releases)
+
+    async def list_studies(self, *, limit: int | None = None, offset: int = 0) -> list[Study]:
+        """Every study some release names, newest first (:func:`studies_of`). This default
+        reads every release; an adapter may do it faster."""
+        return page(studies_of(await self.list_releases()), limit, offset)
 
     # -- leases ------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -16,6 +16,7 @@ import attrs
 from release_coordinator.coordinator.models import (
     Event,
     Release,
+    ReleaseNote,
     ServiceHealth,
     Task,
     TaskService,
@@ -30,6 +31,7 @@ from release_coordinator.storage.base import (
     StepEvent,
     TaskChange,
     new_tasks,
+    page,
     service_in_use,
     updated_service,
 )
@@ -74,6 +76,7 @@ class MemoryStore(CoordinatorStore):
         self._versions: set[str] = set()
         self._top_version = "0.0.0"
         self._leases: dict[str, tuple[str, float]] = {}
+        self._notes: dict[str, ReleaseNote] = {}  # in creation order
 
     # -- helpers (call with the lock held) ---------------------------------------------------
     def _append(self, event: Event | None) -> Event | None:
@@ -213,9 +216,14 @@ class MemoryStore(CoordinatorStore):
         states: Collection[ReleaseState] | None = None,
         limit: int | None = None,
         offset: int = 0,
+        study: str | None = None,
     ) -> list[Release]:
         with self._lock:
-            found = [r for r in self._releases.values() if states is None or r.state in states]
+            found = [
+                r
+                for r in self._releases.values()
+                if (states is None or r.state in states) and (study is None or study in r.studies)
+            ]
         found.reverse()  # dicts keep insertion order: newest first
         end = None if limit is None else offset + limit
         return found[offset:end]
@@ -407,6 +415,56 @@ class MemoryStore(CoordinatorStore):
             found = [e for e in map(stamped, positions) if filter.matches(e)]
         end = None if limit is None else offset + limit
         return found[offset:end]
+
+    # -- release notes -----------------------------------------------------------------------
+    def _note(self, note_id: str) -> ReleaseNote:
+        try:
+            return self._notes[note_id]
+        except KeyError:
+            raise NotFoundError("note", note_id) from None
+
+    async def add_note(self, note: ReleaseNote, event: Event) -> ReleaseNote:
+        with self._lock:
+            self._release(note.release_id)
+            if note.id in self._notes:
+                raise ConflictError(f"note {note.id!r} exists", id=note.id)
+            self._notes[note.id] = note
+            self._append(event)
+            return note
+
+    async def get_note(self, note_id: str) -> ReleaseNote:
+        with self._lock:
+            return self._note(note_id)
+
+    async def list_notes(
+        self,
+        *,
+        release_id: str | None = None,
+        study_id: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[ReleaseNote]:
+        with self._lock:
+            found = [
+                n
+                for n in self._notes.values()
+                if (release_id is None or n.release_id == release_id)
+                and (study_id is None or n.study_id == study_id)
+            ]
+        return page(found, limit, offset)
+
+    async def update_note(self, note_id: str, event: Event, *, text: str) -> ReleaseNote:
+        with self._lock:
+            updated = attrs.evolve(self._note(note_id), text=text, updated_at=utcnow())
+            self._notes[note_id] = updated
+            self._append(event)
+            return updated
+
+    async def delete_note(self, note_id: str, event: Event) -> None:
+        with self._lock:
+            self._note(note_id)
+            del self._notes[note_id]
+            self._append(event)
 
     # -- leases ------------------------------------------------------------------------------
     async def claim_releases(

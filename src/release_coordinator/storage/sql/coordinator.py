@@ -58,6 +58,7 @@ from __future__ import annotations
 
 from release_coordinator.storage.base import CoordinatorStore
 from release_coordinator.storage.sql.leases import _Leases
+from release_coordinator.storage.sql.notes import _Notes
 from release_coordinator.storage.sql.releases import _Releases
 from release_coordinator.storage.sql.services import _Services
 from release_coordinator.storage.sql.tasks import _Tasks
@@ -65,7 +66,7 @@ from release_coordinator.storage.sql.tasks import _Tasks
 __all__ = ["SQLStore"]
 
 
-class SQLStore(_Services, _Releases, _Tasks, _Leases, CoordinatorStore):
+class SQLStore(_Notes, _Services, _Releases, _Tasks, _Leases, CoordinatorStore):
     """A :class:`CoordinatorStore` in a SQL database (see the module documentation).
 
     Create it with :meth:`connect`; :meth:`close` disposes of the engine.
@@ -73,5 +74,6 @@ class SQLStore(_Services, _Releases, _Tasks, _Leases, CoordinatorStore):
     One part per job, over one :class:`~release_coordinator.storage.sql.database.SQLDatabase`
     (the engine, its transactions, the schema's version): task services
     (:mod:`.services`), releases (:mod:`.releases`), tasks (:mod:`.tasks`), the event log
-    (:mod:`.events`) and leases (:mod:`.leases`).
+    (:mod:`.events`), leases (:mod:`.leases`), and the release notes with the releases'
+    listing by study (:mod:`.notes`).
     """

@@ -3,7 +3,7 @@
 :data:`SCHEMA_VERSION` is the schema this library writes; :data:`MIGRATIONS` the steps that
 bring an older one to it (``release-coordinator db upgrade``, :func:`~release_coordinator.
 storage.sql.upgrade`). The Coordinator's tables (services, releases, tasks, events) came with
-version 1, the RolloutManager's with versions 2 and 3.
+version 1, the RolloutManager's with versions 2 and 3, the release notes with version 5.
 """
 
 from __future__ import annotations
@@ -257,6 +257,23 @@ work_leases = sa.Table(
     sa.Column("expires_at", _LEASE_TIME, nullable=False),
 )
 
+#: Release notes (schema version 5), each on one release and, when ``study_id`` is not empty,
+#: about one of its studies. Studies have no table: they are read from the releases.
+notes = sa.Table(
+    "rc_notes",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", _ID, nullable=False, unique=True),
+    sa.Column("release_id", _ID, sa.ForeignKey("rc_releases.id"), nullable=False),
+    sa.Column("study_id", sa.Text, nullable=False),
+    sa.Column("author", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_rc_notes_release", "release_id"),
+    sa.Index("ix_rc_notes_study", "study_id"),
+)
+
 _TABLES = frozenset(metadata.tables)
 
 #: A release's columns less its lease (the Coordinator's lease methods alone read those).
@@ -313,11 +330,18 @@ def _to_v4(conn: Connection) -> None:
     work_leases.create(conn, checkfirst=True)
 
 
+def _to_v5(conn: Connection) -> None:
+    """The release notes (on a release, or on one of its studies). Studies need no table of
+    their own: they are read from the releases' ``studies``, so nothing is backfilled."""
+    notes.create(conn, checkfirst=True)
+
+
 #: Every step, in order; the last one's version is the schema this library writes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "leases on releases", _to_v1),
     Migration(2, "the RolloutManager's tables", _to_v2),
     Migration(3, "the children's token digests", _to_v3),
     Migration(4, "leases on periodic work", _to_v4),
+    Migration(5, "release notes and studies", _to_v5),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
