@@ -50,6 +50,7 @@ from release_coordinator.server.openapi import (
 from release_coordinator.server.rollout_app import rollout_app
 
 from .test_coordinator_app import _SETUP, OPS, PORTAL, SEARCH, World, static_world
+from .test_notes_and_studies import exercise_notes_and_studies
 from .test_rollout_app import Node, as_json, multipart, strategy
 from .test_rollout_manager import EUROPE, INSIDE, OUTSIDE, result, square
 
@@ -573,7 +574,10 @@ async def test_the_coordinator_answers_what_its_document_says() -> None:
         await c("GET", "/events", 400, params={"since": "yesterday"})
         await c("GET", "/events", 422, params={"after_id": -1})
 
-        every = {"service_id": sid, "release_id": rid, "task_id": tid}
+        # release notes and studies (the running release names SD_1)
+        more = await exercise_notes_and_studies(c, small, rid, "SD_1")
+
+        every = {"service_id": sid, "release_id": rid, "task_id": tid, **more}
         await refuse_tokens(c, broken, checker.document, every, PORTAL)
     finally:
         for client in (c, small, broken):

@@ -71,6 +71,8 @@ GOOD: dict[tuple[str, str], Any] = {
     ("/releases/{release_id}", "PATCH"): {"name": "r2", "description": "d"},
     ("/releases/{release_id}/cancel", "POST"): {"reason": "r"},
     ("/tasks/{task_id}", "PATCH"): {"state": "staged", "progress": 100},
+    ("/releases/{release_id}/notes", "POST"): {"text": "# n\n\n- a", "study_id": "SD_1"},
+    ("/notes/{note_id}", "PATCH"): {"text": "edited"},
     ("/releases/{release_id}/tasks/{task_id}", "PATCH"): {"state": "staged", "progress": "99%"},
     ("/poll", "POST"): {"id": "c1", "geographic_area": INSIDE, "number_of_children": 0},
     ("/result", "POST"): result("c1", "canary-10", 2),
@@ -189,10 +191,13 @@ def fuzz(api: str, path: str, method: str) -> Any:
             spare = TaskServiceKit("spare")
             world.transport.add("memory://spare", spare)
             client, take = world.client, lambda: snapshot(world.coordinator)
+            note = await world.coordinator.add_note(ids["rid"], "a note", study_id="SD_1")
             known = {
                 "service_id": [ids["sid"]],
                 "release_id": [ids["rid"], ids["done"]],
                 "task_id": [ids["tid"]],
+                "note_id": [note.id],
+                "study_id": ["SD_1"],
             }
             tokens = [OPS, OPS, OPS, PORTAL, {}, {"Authorization": "Bearer nope"}]
         else:

@@ -22,6 +22,7 @@ import msgspec
 
 from release_coordinator.coordinator.bodies import Progress, ReportedState
 from release_coordinator.coordinator.models import EventKind, EventType, HealthStatus
+from release_coordinator.coordinator.notes import MAX_NOTE
 from release_coordinator.fsm.release import ReleaseState, TaskState
 from release_coordinator.schemas import (
     MAX_PAGE,
@@ -35,6 +36,7 @@ __all__ = [
     "ANSWERS",
     "MAX_DESCRIPTION",
     "MAX_ITEMS",
+    "MAX_NOTE",
     "MAX_PAGE",
     "MAX_REASON",
     "MAX_URL",
@@ -44,6 +46,10 @@ __all__ = [
     "EmptyObject",
     "EventAnswer",
     "EventPage",
+    "NoteAnswer",
+    "NoteCreate",
+    "NotePage",
+    "NoteUpdate",
     "ReleaseAnswer",
     "ReleaseCreate",
     "ReleasePage",
@@ -51,6 +57,8 @@ __all__ = [
     "RequestBody",
     "ServiceHealthAnswer",
     "StatusAnswer",
+    "StudyAnswer",
+    "StudyPage",
     "TaskAnswer",
     "TaskCallback",
     "TaskPage",
@@ -100,6 +108,16 @@ Texts = Annotated[
         Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT, pattern=PRINTABLE_PATTERN)]
     ],
     msgspec.Meta(max_length=MAX_ITEMS),
+]
+#: A release note's Markdown text: printable over several lines, not blank.
+NoteText = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_NOTE,
+        pattern=MULTILINE_PATTERN,
+        description="Markdown: printable text over several lines, not blank.",
+    ),
 ]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 #: An ISO 8601 time, with its zone.
@@ -191,6 +209,40 @@ class CancelRequest(RequestBody):
 class EmptyObject(RequestBody):
     """An empty object (or an empty body): the action takes no field. (Its OpenAPI component
     is the one both APIs share, not generated from it.)"""
+
+
+class NoteCreate(RequestBody):
+    """``POST /releases/{id}/notes``: a note on the release, or on one of its studies."""
+
+    NOT_BLANK = frozenset({"text"})
+    MULTILINE = frozenset({"text"})
+
+    text: NoteText
+    study_id: (
+        Annotated[
+            Printable,
+            msgspec.Meta(
+                description="One of the release's studies (422 otherwise); left out or empty:"
+                " a note on the release as a whole."
+            ),
+        ]
+        | None
+    ) = None
+    author: (
+        Annotated[
+            Printable, msgspec.Meta(description="Left out: the name of the operator's token.")
+        ]
+        | None
+    ) = None
+
+
+class NoteUpdate(RequestBody):
+    """``PATCH /notes/{id}``: the note's new text (its author and study stay)."""
+
+    NOT_BLANK = frozenset({"text"})
+    MULTILINE = frozenset({"text"})
+
+    text: NoteText
 
 
 class TaskCallback(msgspec.Struct, forbid_unknown_fields=True):
@@ -298,6 +350,33 @@ class EventAnswer(_Answer):
     state: Annotated[str | None, msgspec.Meta(description="The new state, for a transition.")]
 
 
+class NoteAnswer(_Answer):
+    """A release note."""
+
+    id: str
+    release_id: str
+    study_id: Annotated[str, msgspec.Meta(description="Empty: a note on the whole release.")]
+    author: str
+    text: Annotated[str, msgspec.Meta(description="Markdown.")]
+    created_at: Stamp
+    updated_at: Stamp
+
+
+class StudyAnswer(_Answer):
+    """A study, as the releases that name it tell it."""
+
+    id: str
+    created_at: Annotated[Stamp, msgspec.Meta(description="When its first release was made.")]
+    release_ids: Annotated[list[str], msgspec.Meta(description="Its releases, newest first.")]
+    latest_release_id: str
+    latest_version: Annotated[str, msgspec.Meta(description="Its newest release's version.")]
+    last_published_release_id: Annotated[
+        str, msgspec.Meta(description="Its release published last (empty: none yet).")
+    ]
+    last_published_version: str
+    last_published_at: Stamp | None
+
+
 T = TypeVar("T")
 
 
@@ -324,6 +403,14 @@ class EventPage(_Page[EventAnswer]):
     """A page of events; ``next_offset`` is null on the last page."""
 
 
+class NotePage(_Page[NoteAnswer]):
+    """A page of release notes, oldest first; ``next_offset`` is null on the last page."""
+
+
+class StudyPage(_Page[StudyAnswer]):
+    """A page of studies, newest first; ``next_offset`` is null on the last page."""
+
+
 REQUESTS: tuple[type[msgspec.Struct], ...] = (
     TaskServiceCreate,
     TaskServiceUpdate,
@@ -331,6 +418,8 @@ REQUESTS: tuple[type[msgspec.Struct], ...] = (
     ReleaseUpdate,
     CancelRequest,
     TaskCallback,
+    NoteCreate,
+    NoteUpdate,
 )
 ANSWERS: tuple[type[msgspec.Struct], ...] = (
     StatusAnswer,
@@ -338,6 +427,8 @@ ANSWERS: tuple[type[msgspec.Struct], ...] = (
     ReleasePage,
     TaskPage,
     EventPage,
+    NotePage,
+    StudyPage,
 )
 #: The OpenAPI components' names of the answers' Structs.
 NAMES = {
@@ -347,4 +438,6 @@ NAMES = {
     "ReleaseAnswer": "Release",
     "TaskAnswer": "Task",
     "EventAnswer": "Event",
+    "NoteAnswer": "ReleaseNote",
+    "StudyAnswer": "Study",
 }

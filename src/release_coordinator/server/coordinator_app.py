@@ -21,7 +21,8 @@ DELETE  ``/task-services/{id}``                 forget it                       
 POST    ``/task-services/{id}/enable``          include in new releases                200
 POST    ``/task-services/{id}/disable``         leave out of new releases              200
 POST    ``/task-services/{id}/health``          ask ``GET /status`` now                200
-GET     ``/releases``                           list (``state``, ``tag``, ``author``)  200
+GET     ``/releases``                           list (``state``, ``tag``, ``author``,  200
+                                                ``study``)
 POST    ``/releases``                           create                                 201
 GET     ``/releases/{id}``                      one                                    200
 PATCH   ``/releases/{id}``                      ``{name, description, tags}``          200
@@ -35,6 +36,14 @@ GET     ``/tasks?release_id=``                  the tasks of a release          
 GET     ``/tasks/{id}``                         one task                               200
 PATCH   ``/tasks/{id}``                         task-service callback                  200
 GET     ``/events``                             the event log, filtered, oldest first  200
+GET     ``/releases/{id}/notes``                its notes, oldest first (``study_id``)  200
+POST    ``/releases/{id}/notes``                add one ``{text, study_id, author}``   201
+GET     ``/notes/{id}``                         one release note                       200
+PATCH   ``/notes/{id}``                         ``{text}``                             200
+DELETE  ``/notes/{id}``                         delete it                              204
+GET     ``/studies``                            every study releases name, newest first 200
+GET     ``/studies/{id}``                       one: releases, latest, last published  200
+GET     ``/studies/{id}/notes``                 the notes on it, oldest first          200
 ======  ======================================  =====================================  ==========
 
 Listings answer ``{"items", "limit", "offset", "next_offset"}`` (``limit`` 1..1000, default
@@ -51,7 +60,8 @@ everything, or, for the callbacks only, the token of the task service the task b
 403, and on another service's task too.
 
 This module assembles the app; the endpoints are in
-:mod:`~release_coordinator.server.coordinator_routes` (by job), the bodies' Structs in
+:mod:`~release_coordinator.server.coordinator_routes` (by job) and
+:mod:`~release_coordinator.server.coordinator_notes` (notes, studies), the bodies' Structs in
 :mod:`release_coordinator.coordinator.api_bodies` (read by
 :mod:`~release_coordinator.server.coordinator_requests`), the records as JSON in
 :mod:`~release_coordinator.server.coordinator_json`.
@@ -98,10 +108,14 @@ from release_coordinator.server.coordinator_json import (
     service_json,
     task_json,
 )
+from release_coordinator.server.coordinator_notes import (
+    NoteEndpoints,
+    ReleaseByStudyEndpoints,
+    StudyEndpoints,
+)
 from release_coordinator.server.coordinator_routes import (
     Access,
     EventEndpoints,
-    ReleaseEndpoints,
     ServiceEndpoints,
     TaskEndpoints,
 )
@@ -171,7 +185,14 @@ def coordinator_app(
         ("/status", "GET", status),
         (OPENAPI_PATH, "GET", openapi),
     ]
-    for endpoints in (ServiceEndpoints, ReleaseEndpoints, TaskEndpoints, EventEndpoints):
+    for endpoints in (
+        ServiceEndpoints,
+        ReleaseByStudyEndpoints,
+        TaskEndpoints,
+        EventEndpoints,
+        NoteEndpoints,
+        StudyEndpoints,
+    ):
         table += endpoints(coordinator, access, max_body).table()
     routes = [(path, method, guarded(handler)) for path, method, handler in table]
 

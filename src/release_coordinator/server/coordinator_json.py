@@ -1,5 +1,6 @@
-"""The Coordinator API's records as JSON: task services, releases, tasks and events as the API
-shows them (the shapes of the answer Structs of :mod:`release_coordinator.coordinator.api_bodies`).
+"""The Coordinator API's records as JSON: task services, releases, tasks, events, release notes
+and studies as the API shows them (the shapes of the answer Structs of
+:mod:`release_coordinator.coordinator.api_bodies`).
 """
 
 from __future__ import annotations
@@ -7,9 +8,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from release_coordinator.coordinator.models import Event, Release, ServiceHealth, Task, TaskService
+from release_coordinator.coordinator.models import (
+    Event,
+    Release,
+    ReleaseNote,
+    ServiceHealth,
+    Study,
+    Task,
+    TaskService,
+)
 
-__all__ = ["event_json", "release_json", "service_json", "task_json"]
+__all__ = ["event_json", "note_json", "release_json", "service_json", "study_json", "task_json"]
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -90,4 +99,31 @@ def event_json(event: Event) -> dict[str, Any]:
         "task_id": event.task_id,
         "task_service_id": event.task_service_id,
         "state": event.state,
+    }
+
+
+def note_json(note: ReleaseNote) -> dict[str, Any]:
+    """A release note as the API shows it."""
+    return {
+        "id": note.id,
+        "release_id": note.release_id,
+        "study_id": note.study_id,
+        "author": note.author,
+        "text": note.text,
+        "created_at": _iso(note.created_at),
+        "updated_at": _iso(note.updated_at),
+    }
+
+
+def study_json(study: Study) -> dict[str, Any]:
+    """A study as the API shows it."""
+    return {
+        "id": study.id,
+        "created_at": _iso(study.created_at),
+        "release_ids": list(study.release_ids),
+        "latest_release_id": study.latest_release_id,
+        "latest_version": study.latest_version,
+        "last_published_release_id": study.last_published_release_id,
+        "last_published_version": study.last_published_version,
+        "last_published_at": _iso(study.last_published_at),
     }

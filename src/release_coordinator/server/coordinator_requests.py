@@ -18,10 +18,13 @@ from starlette.requests import Request
 from release_coordinator.coordinator.api_bodies import (
     MAX_DESCRIPTION,
     MAX_ITEMS,
+    MAX_NOTE,
     MAX_REASON,
     MAX_URL,
     CancelRequest,
     EmptyObject,
+    NoteCreate,
+    NoteUpdate,
     ReleaseCreate,
     ReleaseUpdate,
     RequestBody,
@@ -35,6 +38,8 @@ from release_coordinator.server.request_body import decode_object, read_body
 
 __all__ = [
     "CANCEL",
+    "NOTE_CREATE",
+    "NOTE_UPDATE",
     "RELEASE_CREATE",
     "RELEASE_UPDATE",
     "SERVICE_CREATE",
@@ -232,11 +237,31 @@ def _cancel(body: Mapping[str, Any]) -> CancelRequest:
     return CancelRequest(reason)
 
 
+def _note_create(body: Mapping[str, Any]) -> NoteCreate:
+    fields = Fields(body, "release note", NoteCreate.__struct_fields__)
+    text = fields.text("text", required=True, most=MAX_NOTE, multiline=True, blank=False)
+    study_id = fields.text("study_id")
+    author = fields.text("author")
+    fields.check()
+    assert text is not None
+    return NoteCreate(text, study_id, author)
+
+
+def _note_update(body: Mapping[str, Any]) -> NoteUpdate:
+    fields = Fields(body, "release note", NoteUpdate.__struct_fields__)
+    text = fields.text("text", required=True, most=MAX_NOTE, multiline=True, blank=False)
+    fields.check()
+    assert text is not None
+    return NoteUpdate(text)
+
+
 SERVICE_CREATE = BodyReader(TaskServiceCreate, _service_create)
 SERVICE_UPDATE = BodyReader(TaskServiceUpdate, _service_update)
 RELEASE_CREATE = BodyReader(ReleaseCreate, _release_create)
 RELEASE_UPDATE = BodyReader(ReleaseUpdate, _release_update)
 CANCEL = BodyReader(CancelRequest, _cancel, empty=True)
+NOTE_CREATE = BodyReader(NoteCreate, _note_create)
+NOTE_UPDATE = BodyReader(NoteUpdate, _note_update)
 
 
 def empty_body(what: str) -> BodyReader[EmptyObject]:

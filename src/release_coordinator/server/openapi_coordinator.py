@@ -38,6 +38,8 @@ _COORDINATOR_PARAMETERS: dict[str, Any] = {
     "serviceId": _path_id("service_id", "task service"),
     "releaseId": _path_id("release_id", "release"),
     "taskId": _path_id("task_id", "task"),
+    "noteId": _path_id("note_id", "release note"),
+    "studyId": _path_id("study_id", "study"),
 }
 
 _OPERATOR = (401, 403, 503)
@@ -51,6 +53,10 @@ _TASK_STATE = _choices("state", TaskState, "tasks in states")
 _SERVICES = "/task-services"
 _ONE_SERVICE = "/task-services/{service_id}"
 _ONE_RELEASE = "/releases/{release_id}"
+_NOTE = (_param("noteId"),)
+_STUDY = (_param("studyId"),)
+_ONE_NOTE = "/notes/{note_id}"
+_ONE_STUDY = "/studies/{study_id}"
 
 
 def _service_action(action: str, name: str, summary: str) -> Route:
@@ -200,6 +206,7 @@ COORDINATOR_ROUTES: tuple[Route, ...] = (
             _choices("state", ReleaseState, "releases in states"),
             _query("tag", _TEXT_FILTER, "Only releases with this tag."),
             _query("author", _TEXT_FILTER, "Only releases by this author."),
+            _query("study", _TEXT_FILTER, "Only releases that name this study."),
             *_PAGING,
         ),
     ),
@@ -306,6 +313,108 @@ COORDINATOR_ROUTES: tuple[Route, ...] = (
 )
 
 
+#: The release notes' and studies' operations (after the others, in the document's order).
+_NOTES_AND_STUDIES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        f"{_ONE_RELEASE}/notes",
+        "listReleaseNotes",
+        "The notes of a release, oldest first",
+        "notes",
+        {200: ("A page of release notes.", bodies.NotePage)},
+        (400, 404, 422, *_OPERATOR),
+        parameters=(
+            *_RELEASE,
+            _query(
+                "study_id",
+                _TEXT_FILTER,
+                "Only the notes on this study (empty: those on the release as a whole).",
+            ),
+            *_PAGING,
+        ),
+    ),
+    Route(
+        "POST",
+        f"{_ONE_RELEASE}/notes",
+        "addReleaseNote",
+        "Add a note to a release, or to one of its studies",
+        "notes",
+        {201: ("The new note.", bodies.NoteAnswer)},
+        (*_BODY, 404, *_OPERATOR),
+        request=bodies.NoteCreate,
+        parameters=_RELEASE,
+        description=(
+            "The note's `text` is Markdown. A `study_id` must be one of the release's studies"
+            " (422 otherwise). The author is `author`, else the operator token's name."
+        ),
+    ),
+    Route(
+        "GET",
+        _ONE_NOTE,
+        "getReleaseNote",
+        "One release note",
+        "notes",
+        {200: ("The note.", bodies.NoteAnswer)},
+        (404, *_OPERATOR),
+        parameters=_NOTE,
+    ),
+    Route(
+        "PATCH",
+        _ONE_NOTE,
+        "editReleaseNote",
+        "Replace a release note's text",
+        "notes",
+        {200: ("The note as it is now.", bodies.NoteAnswer)},
+        (*_BODY, 404, *_OPERATOR),
+        request=bodies.NoteUpdate,
+        parameters=_NOTE,
+    ),
+    Route(
+        "DELETE",
+        _ONE_NOTE,
+        "deleteReleaseNote",
+        "Delete a release note",
+        "notes",
+        {204: ("Deleted.", None)},
+        (404, *_OPERATOR),
+        parameters=_NOTE,
+    ),
+    Route(
+        "GET",
+        "/studies",
+        "listStudies",
+        "Every study a release names, newest first",
+        "studies",
+        {200: ("A page of studies.", bodies.StudyPage)},
+        (400, 422, *_OPERATOR),
+        parameters=_PAGING,
+    ),
+    Route(
+        "GET",
+        _ONE_STUDY,
+        "getStudy",
+        "One study: its releases, latest and last published versions",
+        "studies",
+        {200: ("The study.", bodies.StudyAnswer)},
+        (404, *_OPERATOR),
+        parameters=_STUDY,
+        description="404 for a study that no release names.",
+    ),
+    Route(
+        "GET",
+        f"{_ONE_STUDY}/notes",
+        "listStudyNotes",
+        "The notes on a study, oldest first",
+        "notes",
+        {200: ("A page of release notes.", bodies.NotePage)},
+        (400, 404, 422, *_OPERATOR),
+        parameters=(*_STUDY, *_PAGING),
+    ),
+)
+
+COORDINATOR_ROUTES += _NOTES_AND_STUDIES
+
+
 def _coordinator_paths() -> dict[str, Any]:
     return paths(
         COORDINATOR_ROUTES, bodies.NAMES, {OPENAPI_PATH: _openapi_operation("coordinator")}
@@ -318,6 +427,8 @@ _COORDINATOR_TAGS = [
     ("releases", "Data releases, driven through every enabled task service together."),
     ("tasks", "One release on one task service; the task-service callback."),
     ("events", "The append-only event log."),
+    ("notes", "Release notes in Markdown, on a release or on one of its studies."),
+    ("studies", "Studies, read from the releases that name them."),
     ("documentation", "This document."),
 ]
 
