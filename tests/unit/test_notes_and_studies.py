@@ -357,3 +357,91 @@ async def exercise_notes_and_studies(
     await c("GET", of_study, 422, path=f"/studies/{study_id}/notes", params={"limit": 0})
     await c("GET", "/releases", 200, params={"study": study_id})
     return {"note_id": note_id, "study_id": study_id}
+
+
+# -- the Client -----------------------------------------------------------------------------------
+
+
+async def test_the_client_speaks_notes_and_studies(coordinator: Coordinator) -> None:
+    from release_coordinator import Client
+
+    app = coordinator_app(coordinator, tokens={"ops": "op-token"})
+    release = await coordinator.create_release("r1", studies=["SD_1"])
+    transport = httpx.ASGITransport(app=app)
+    async with Client("http://rc.test", token="op-token", transport=transport) as client:
+        note = await client.add_note(release.id, "# one", study_id="SD_1")
+        assert note["author"] == "ops"
+        whole = await client.add_note(release.id, "two", author="Dana")
+        assert await client.get_note(note["id"]) == note
+        listed = await client.list_notes(release.id, study_id="")
+        assert [n["id"] for n in listed["items"]] == [whole["id"]]
+        edited = await client.edit_note(note["id"], "# one, corrected")
+        assert edited["text"] == "# one, corrected"
+        on_study = await client.list_study_notes("SD_1", limit=5)
+        assert [n["id"] for n in on_study["items"]] == [note["id"]]
+        await client.delete_note(whole["id"])
+        with pytest.raises(NotFoundError):
+            await client.get_note(whole["id"])
+        with pytest.raises(ValidationError):
+            await client.add_note(release.id, " ")
+        assert [s["id"] for s in (await client.list_studies())["items"]] == ["SD_1"]
+        assert (await client.get_study("SD_1"))["release_ids"] == [release.id]
+        by_study = await client.list_releases(study="SD_1")
+        assert [r["id"] for r in by_study["items"]] == [release.id]
+
+
+# -- the commands ---------------------------------------------------------------------------------
+
+
+async def test_the_notes_and_studies_commands(coordinator: Coordinator, tmp_path: Path) -> None:
+    import argparse
+    import io
+    import json
+
+    from release_coordinator import Client
+    from release_coordinator.client.commands import add_client_commands
+    from release_coordinator.client.render import Output
+    from release_coordinator.errors import ConfigurationError
+
+    parser = argparse.ArgumentParser()
+    add_client_commands(parser.add_subparsers(dest="command"))
+    app = coordinator_app(coordinator, tokens={"ops": "op-token"})
+    release = await coordinator.create_release("r1", studies=["SD_1"])
+    transport = httpx.ASGITransport(app=app)
+
+    async with Client("http://rc.test", token="op-token", transport=transport) as client:
+
+        async def run(*argv: str, json_mode: bool = False) -> str:
+            args = parser.parse_args(list(argv))
+            stream = io.StringIO()
+            out = Output(json_mode=json_mode, use_rich=False, stream=stream)
+            assert await args.handler(client, args, out) == 0
+            return stream.getvalue()
+
+        said = await run("notes", "add", release.id, "# Big news\n\nmore", "--study", "SD_1")
+        note_id = said.split()[1]
+        assert said == f"note {note_id} added (release {release.id} on study SD_1)\n"
+        markdown = tmp_path / "note.md"
+        markdown.write_text("## From a file\n", encoding="utf-8")
+        filed = json.loads(
+            await run("notes", "add", release.id, "--file", str(markdown), json_mode=True)
+        )
+        assert filed["text"] == "## From a file\n"
+        listed = await run("notes", "list", release.id)
+        assert "# Big news" in listed
+        assert "## From a file" in listed
+        assert filed["id"] not in await run("notes", "list", "--study", "SD_1")
+        shown = await run("notes", "show", note_id)
+        assert shown.endswith("# Big news\n\nmore\n")
+        assert "edited" in await run("notes", "edit", note_id, "# Bigger news")
+        assert (await coordinator.get_note(note_id)).text == "# Bigger news"
+        assert await run("notes", "delete", filed["id"]) == f"deleted note {filed['id']}\n"
+        assert "SD_1" in await run("studies", "list")
+        study = await run("studies", "show", "SD_1")
+        assert release.id in study
+        assert "# Bigger news" in study
+        assert release.id in await run("releases", "list", "--study", "SD_1")
+        assert release.id not in await run("releases", "list", "--study", "SD_2")
+        for argv in (("notes", "add", release.id), ("notes", "list")):
+            with pytest.raises(ConfigurationError):
+                await run(*argv)

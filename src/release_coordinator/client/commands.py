@@ -1,4 +1,5 @@
-"""``release-coordinator services|releases|rollouts ...``: the operator's commands over HTTP.
+"""``release-coordinator services|releases|notes|studies|rollouts ...``: the operator's
+commands over HTTP.
 
 :func:`add_client_commands` adds the command groups to the ``release-coordinator`` parser;
 :func:`run` runs the one parsed. The server is ``--url`` (default ``$RC_URL``, else
@@ -20,7 +21,7 @@ from release_coordinator.errors import ReleaseCoordinatorError
 __all__ = ["GROUPS", "add_client_commands", "common_options", "run"]
 
 #: The command groups this module adds.
-GROUPS = ("services", "releases", "rollouts")
+GROUPS = ("services", "releases", "notes", "studies", "rollouts")
 
 Handler = Callable[[Any, argparse.Namespace, Any], Awaitable[int]]
 
@@ -48,13 +49,15 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def add_client_commands(commands: Any) -> None:
-    """Add ``services``, ``releases`` and ``rollouts`` to ``commands`` (the subparsers of the
-    ``release-coordinator`` parser)."""
-    from release_coordinator.client import coordinator_commands, rollout_commands
+    """Add ``services``, ``releases``, ``notes``, ``studies`` and ``rollouts`` to ``commands``
+    (the subparsers of the ``release-coordinator`` parser)."""
+    from release_coordinator.client import coordinator_commands, notes_commands, rollout_commands
 
     common = common_options()
     coordinator_commands.add_services(commands, common, EXIT_CODES)
     coordinator_commands.add_releases(commands, common, EXIT_CODES)
+    notes_commands.add_notes(commands, common, EXIT_CODES)
+    notes_commands.add_studies(commands, common, EXIT_CODES)
     rollout_commands.add_rollouts(commands, common, EXIT_CODES)
 
 

@@ -203,6 +203,7 @@ async def releases_list(client: Client, args: argparse.Namespace, out: Output) -
         state=args.state or None,
         tag=args.tag,
         author=args.author,
+        study=args.study,
         limit=args.limit,
         offset=args.offset,
     )
@@ -331,6 +332,7 @@ def add_releases(commands: Any, common: argparse.ArgumentParser, epilog: str) ->
     )
     listing.add_argument("--tag", help="only releases with this tag")
     listing.add_argument("--author", help="only releases by this author")
+    listing.add_argument("--study", help="only releases that name this study")
     add_paging(listing)
     show = _action(actions, "show", releases_show, "a release and its tasks", common)
     show.add_argument("id", help="the release's id")

@@ -189,11 +189,14 @@ class Client:
         state: str | Iterable[str] | None = None,
         tag: str | None = None,
         author: str | None = None,
+        study: str | None = None,
         limit: int | None = None,
         offset: int | None = None,
     ) -> JSON:
-        """A page of releases, newest first."""
-        params = _fields(state=_many(state), tag=tag, author=author, limit=limit, offset=offset)
+        """A page of releases, newest first (only those that name ``study``, when given)."""
+        params = _fields(
+            state=_many(state), tag=tag, author=author, study=study, limit=limit, offset=offset
+        )
         return await self._object("GET", "/releases", params=params)
 
     async def get_release(self, release_id: str) -> JSON:
@@ -290,6 +293,59 @@ class Client:
             offset=offset,
         )
         return await self._object("GET", "/events", params=params)
+
+    # -- release notes and studies ---------------------------------------------------------
+
+    async def list_notes(
+        self,
+        release_id: str,
+        *,
+        study_id: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> JSON:
+        """A page of a release's notes, oldest first (``study_id=""``: those on the release
+        as a whole)."""
+        params = _fields(study_id=study_id, limit=limit, offset=offset)
+        path = f"/releases/{_segment(release_id)}/notes"
+        return await self._object("GET", path, params=params)
+
+    async def add_note(
+        self,
+        release_id: str,
+        text: str,
+        *,
+        study_id: str | None = None,
+        author: str | None = None,
+    ) -> JSON:
+        """A note (Markdown) on a release, or on one of its studies (the author: the
+        token's name)."""
+        body = _fields(text=text, study_id=study_id, author=author)
+        return await self._object("POST", f"/releases/{_segment(release_id)}/notes", json=body)
+
+    async def get_note(self, note_id: str) -> JSON:
+        return await self._object("GET", f"/notes/{_segment(note_id)}")
+
+    async def edit_note(self, note_id: str, text: str) -> JSON:
+        return await self._object("PATCH", f"/notes/{_segment(note_id)}", json={"text": text})
+
+    async def delete_note(self, note_id: str) -> None:
+        await self.request("DELETE", f"/notes/{_segment(note_id)}")
+
+    async def list_studies(self, *, limit: int | None = None, offset: int | None = None) -> JSON:
+        """A page of the studies releases name, newest first."""
+        return await self._object("GET", "/studies", params=_fields(limit=limit, offset=offset))
+
+    async def get_study(self, study_id: str) -> JSON:
+        """A study: its releases, latest and last published versions."""
+        return await self._object("GET", f"/studies/{_segment(study_id)}")
+
+    async def list_study_notes(
+        self, study_id: str, *, limit: int | None = None, offset: int | None = None
+    ) -> JSON:
+        """A page of the notes on a study, across its releases, oldest first."""
+        params = _fields(limit=limit, offset=offset)
+        return await self._object("GET", f"/studies/{_segment(study_id)}/notes", params=params)
 
     # -- rollouts ------------------------------------------------------------------------------
 
