@@ -311,3 +311,23 @@ def test_json_formatter_keeps_other_records_and_their_exceptions() -> None:
     assert "exception" not in first
     assert second["level"] == "ERROR"
     assert "ValueError: boom" in second["exception"]
+
+
+def test_the_http_tally_counts_each_duration_in_its_bucket() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from release_coordinator.server.metrics import HTTP_BUCKETS, HttpTally
+
+    tally = HttpTally()
+    registry = CollectorRegistry()
+    registry.register(tally)
+    for seconds in (HTTP_BUCKETS[0], HTTP_BUCKETS[0] * 1.1, 99.0):  # on a bound, past it, past all
+        tally.add("POST", "/poll", "200", seconds)
+    text = generate_latest(registry).decode()
+    labels = 'method="POST",route="/poll"'
+    assert 'rc_http_requests_total{method="POST",route="/poll",status="200"} 3.0' in text
+    assert f'rc_http_request_duration_seconds_bucket{{le="0.001",{labels}}} 1.0' in text
+    assert f'rc_http_request_duration_seconds_bucket{{le="0.0025",{labels}}} 2.0' in text
+    assert f'rc_http_request_duration_seconds_bucket{{le="10.0",{labels}}} 2.0' in text
+    assert f'rc_http_request_duration_seconds_bucket{{le="+Inf",{labels}}} 3.0' in text
+    assert f"rc_http_request_duration_seconds_count{{{labels}}} 3.0" in text

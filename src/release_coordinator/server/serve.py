@@ -56,7 +56,6 @@ from typing import Any, ParamSpec, TypeVar
 import attrs
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -278,20 +277,35 @@ def service_app(
                 await stack.enter_async_context(part.router.lifespan_context(part))
             yield
 
-    middleware = [Middleware(AccessLog, log=access_log, observer=metrics.request, routes=routes)]
     fast = {
         (method, route.path): route.app
         for route in rollout_part.routes
         if isinstance(route, Route) and isinstance(route.app, JsonObjectEndpoint)
         for method in route.methods or ()
     }
-    middleware.append(Middleware(FastRoutes, routes=fast))
-    return Starlette(
+    app = _ServiceApp(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=run)
+    app.front = AccessLog(
+        FastRoutes(app.starlette, routes=fast),
+        log=access_log,
+        observer=metrics.request,
         routes=routes,
-        middleware=middleware,
-        exception_handlers={HTTPException: http_error},
-        lifespan=run,
     )
+    return app
+
+
+class _ServiceApp(Starlette):
+    """:func:`service_app`'s app: the access log and :class:`FastRoutes` in front of
+    Starlette's own stack (its error middleware, its router), so that the busiest child
+    endpoints (``POST /poll``), which answer their own errors, pass through nothing else."""
+
+    front: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
+
+    async def starlette(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Starlette's own handling of a request (what the app would be without the front)."""
+        await Starlette.__call__(self, scope, receive, send)
 
 
 # -- the command ----------------------------------------------------------------------------------
