@@ -69,13 +69,17 @@ BY_ROLE = {
 }
 
 #: What a releaser may write, written out here (not read from the library's table), as the
-#: issue states it: create, publish, cancel (and run again: a new release) a release; create,
+#: issue states it: create, publish, cancel (and run again: a new release) a release, write its
+#: own notes on it; create,
 #: start, pause, resume, abort a rollout and promote its stage.
 RELEASER_WRITES = {
     ("POST", "/releases"),
     ("POST", "/releases/{release_id}/publish"),
     ("POST", "/releases/{release_id}/cancel"),
     ("POST", "/releases/{release_id}/run-again"),
+    ("POST", "/releases/{release_id}/notes"),  # its own notes (the author is checked)
+    ("PATCH", "/notes/{note_id}"),
+    ("DELETE", "/notes/{note_id}"),
     ("POST", "/rollouts"),
     ("POST", "/rollouts/{rollout_id}/start"),
     ("POST", "/rollouts/{rollout_id}/pause"),
@@ -247,6 +251,40 @@ async def test_a_releaser_runs_a_release_and_a_reader_watches() -> None:
         assert (await http.head(f"/releases/{release_id}", headers=reed)).status_code == 200
         canceled = await http.post(f"/releases/{release_id}/cancel", json={}, headers=rita)
         assert canceled.status_code in (200, 409), canceled.text
+
+
+async def test_a_releaser_writes_its_own_release_notes_only() -> None:
+    app = coordinator_part()
+    rita = {"Authorization": f"Bearer {RELEASER}"}
+    reed = {"Authorization": f"Bearer {READER}"}
+    ada = {"Authorization": f"Bearer {ADMIN}"}
+    async with client(app) as http:
+        release_id = (await http.post("/releases", json={"name": "r1"}, headers=rita)).json()["id"]
+        notes = f"/releases/{release_id}/notes"
+        own = await http.post(notes, json={"text": "# What changed"}, headers=rita)
+        assert own.status_code == 201, own.text
+        assert own.json()["author"] == "rita"
+        named = await http.post(notes, json={"text": "mine", "author": "rita"}, headers=rita)
+        assert named.status_code == 201, named.text
+        posing = await http.post(notes, json={"text": "x", "author": "ada"}, headers=rita)
+        assert posing.status_code == 403, posing.text
+        assert "own notes only" in posing.json()["error"]["message"]
+        by_ada = await http.post(notes, json={"text": "the admin's"}, headers=ada)
+        assert by_ada.status_code == 201, by_ada.text
+        ada_note, rita_note = by_ada.json()["id"], own.json()["id"]
+        for method, path, body in (
+            ("PATCH", f"/notes/{ada_note}", {"text": "changed"}),
+            ("DELETE", f"/notes/{ada_note}", None),
+        ):
+            refused = await http.request(method, path, json=body, headers=rita)
+            assert refused.status_code == 403, refused.text
+        assert (await http.get(f"/notes/{ada_note}", headers=reed)).json()["text"] == "the admin's"
+        edited = await http.patch(f"/notes/{rita_note}", json={"text": "fixed"}, headers=rita)
+        assert edited.status_code == 200, edited.text
+        assert (await http.delete(f"/notes/{rita_note}", headers=rita)).status_code == 204
+        assert (await http.patch(f"/notes/{ada_note}", json={"text": "ok"}, headers=ada)).is_success
+        denied = await http.post(notes, json={"text": "x"}, headers=reed)
+        assert_role_refusal(denied, Role.RELEASER, "reed", Role.READER)
 
 
 # -- verifiers ----------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ GET     ``/studies/{id}/notes``                 the notes on it, oldest first   
 GET     ``/releases?study=``                    the releases that name a study         200
 ======  ======================================  =====================================  ==========
 
-A note's author is the request's ``author``, else the operator's token name. Needs the
+A note's author is the request's ``author``, else the operator's token name. Writing notes is
+a releaser's work (see :mod:`~release_coordinator.server.roles`): a releaser adds notes under
+its own name only and edits or deletes its own notes only; an admin may write any. Needs the
 ``server`` extra (Starlette).
 """
 
@@ -38,7 +40,8 @@ from release_coordinator.server.coordinator_routes import (
     Table,
     _Endpoints,
 )
-from release_coordinator.server.token_auth import Principal
+from release_coordinator.server.roles import Role
+from release_coordinator.server.token_auth import Principal, forbidden
 
 __all__ = ["NoteEndpoints", "ReleaseByStudyEndpoints", "StudyEndpoints"]
 
@@ -56,6 +59,17 @@ class NoteEndpoints(_Endpoints):
         """The operator's name as an author ("" for an anonymous or unnamed one)."""
         return "" if who is self.access.anonymous or who.name == who.kind else who.name
 
+    def _own_only(self, who: Principal, author: str | None, what: str) -> None:
+        """A releaser writes under its own name (an admin, or an anonymous app, as anyone)."""
+        if who.role is not Role.RELEASER or author is None:
+            return
+        name = self._name(who)
+        if author != name:
+            raise forbidden(
+                f"a releaser {what} its own notes only: this note's author is {author!r}, the "
+                f"token's name {name!r} (an admin may write any note)"
+            )
+
     async def list_of_release(self, request: Request) -> Response:
         await self.access.operator(request)
         limit, offset = paging(request)
@@ -70,6 +84,7 @@ class NoteEndpoints(_Endpoints):
     async def create(self, request: Request) -> Response:
         who = await self.access.operator(request)
         body = await NOTE_CREATE.read(request, self.max_body)
+        self._own_only(who, body.author, "adds")
         note = await self.coordinator.add_note(
             request.path_params["release_id"],
             body.text,
@@ -86,6 +101,9 @@ class NoteEndpoints(_Endpoints):
     async def update(self, request: Request) -> Response:
         who = await self.access.operator(request)
         body = await NOTE_UPDATE.read(request, self.max_body)
+        if who.role is Role.RELEASER:
+            note_id = request.path_params["note_id"]
+            self._own_only(who, (await self.coordinator.get_note(note_id)).author, "edits")
         note = await self.coordinator.edit_note(
             request.path_params["note_id"], body.text, editor=self._name(who)
         )
@@ -93,6 +111,9 @@ class NoteEndpoints(_Endpoints):
 
     async def remove(self, request: Request) -> Response:
         who = await self.access.operator(request)
+        if who.role is Role.RELEASER:
+            note_id = request.path_params["note_id"]
+            self._own_only(who, (await self.coordinator.get_note(note_id)).author, "deletes")
         await self.coordinator.delete_note(request.path_params["note_id"], by=self._name(who))
         return Response(status_code=204)
 

@@ -6,8 +6,9 @@ role       may
 reader     every ``GET`` (and ``HEAD``): list and read everything, the dashboard's
            views, ``GET /metrics``
 releaser   what a reader may, and the release actions of :data:`RELEASER_ROUTES`:
-           create, publish, cancel and run again a release; upload (create), start,
-           pause, resume, abort a rollout and promote a stage
+           create, publish, cancel and run again a release; write its own release
+           notes; upload (create), start, pause, resume, abort a rollout and promote a
+           stage
 admin      everything (the task-service registry, editing a release, task callbacks
            sent with an operator token, revoking a child's token, and any route not
            listed)
@@ -92,6 +93,10 @@ RELEASER_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("POST", "/releases/{release_id}/publish"),
         ("POST", "/releases/{release_id}/cancel"),
         ("POST", "/releases/{release_id}/run-again"),  # a new release: as POST /releases
+        # release notes: a releaser's own (coordinator_notes checks the author)
+        ("POST", "/releases/{release_id}/notes"),
+        ("PATCH", "/notes/{note_id}"),
+        ("DELETE", "/notes/{note_id}"),
         # the RolloutManager: a rollout's life
         ("POST", "/rollouts"),
         ("POST", "/rollouts/{rollout_id}/start"),
