@@ -8,19 +8,17 @@ PostgreSQL), so it can never disagree with them and an upgrade has nothing to ba
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from release_coordinator.coordinator.models import Event, Release, ReleaseNote, utcnow
+from release_coordinator.coordinator.models import Event, ReleaseNote, utcnow
 from release_coordinator.errors import ConflictError, NotFoundError
-from release_coordinator.fsm.release import ReleaseState
 from release_coordinator.storage.sql.engine import _edge
 from release_coordinator.storage.sql.events import _page
-from release_coordinator.storage.sql.releases import _in_states, _release, _Releases
-from release_coordinator.storage.sql.schema import _RELEASE_COLUMNS, notes, releases
+from release_coordinator.storage.sql.releases import _Releases
+from release_coordinator.storage.sql.schema import notes, releases
 
 _NOTE_COLUMNS = [c for c in notes.c if c.name != "seq"]
 
@@ -38,34 +36,7 @@ def _note(row: sa.Row[Any]) -> ReleaseNote:
 
 
 class _Notes(_Releases):
-    """The release notes' part of :class:`~release_coordinator.storage.sql.SQLStore`, and the
-    releases' listing by study."""
-
-    def _names_study(self, study: str) -> sa.ColumnElement[bool]:
-        """The release's ``studies`` hold ``study``."""
-        each = sa.func.json_each if self._sqlite else sa.func.json_array_elements_text
-        elements = each(releases.c.studies).table_valued("value").alias("named")
-        return sa.exists(
-            sa.select(sa.literal(1)).select_from(elements).where(elements.c.value == study)
-        )
-
-    @_edge
-    async def list_releases(
-        self,
-        *,
-        states: Collection[ReleaseState] | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        study: str | None = None,
-    ) -> list[Release]:
-        query = sa.select(*_RELEASE_COLUMNS).order_by(releases.c.seq.desc())
-        if states is not None:
-            query = query.where(_in_states(states))
-        if study is not None:
-            query = query.where(self._names_study(study))
-        query = _page(query, limit, offset)
-        async with self._read() as conn:
-            return [_release(row) for row in await conn.execute(query)]
+    """The release notes' part of :class:`~release_coordinator.storage.sql.SQLStore`."""
 
     # -- notes -----------------------------------------------------------------------------
     @_edge

@@ -192,6 +192,14 @@ class _Releases(_EventLog):
         async with self._read() as conn:
             return _release(await _release_row(conn, release_id))
 
+    def _names_study(self, study: str) -> sa.ColumnElement[bool]:
+        """The release's ``studies`` hold ``study``."""
+        each = sa.func.json_each if self._sqlite else sa.func.json_array_elements_text
+        elements = each(releases.c.studies).table_valued("value").alias("named")
+        return sa.exists(
+            sa.select(sa.literal(1)).select_from(elements).where(elements.c.value == study)
+        )
+
     @_edge
     async def list_releases(
         self,
@@ -199,10 +207,13 @@ class _Releases(_EventLog):
         states: Collection[ReleaseState] | None = None,
         limit: int | None = None,
         offset: int = 0,
+        study: str | None = None,
     ) -> list[Release]:
         query = sa.select(*_RELEASE_COLUMNS).order_by(releases.c.seq.desc())
         if states is not None:
             query = query.where(_in_states(states))
+        if study is not None:
+            query = query.where(self._names_study(study))
         query = _page(query, limit, offset)
         async with self._read() as conn:
             return [_release(row) for row in await conn.execute(query)]
