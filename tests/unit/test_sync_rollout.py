@@ -136,3 +136,19 @@ def test_the_sync_coordinator_shares_the_machinery() -> None:
     assert not coordinator.coordinator.is_running
     coordinator.close()
     assert threading.active_count() <= threads
+
+
+def test_the_sync_coordinator_writes_notes_and_reads_studies() -> None:
+    with SyncCoordinator() as coordinator:
+        release = coordinator.create_release("2026-12", studies=["SD_1", "SD_2"])
+        note = coordinator.add_note(release.id, "# Changes", study_id="SD_1", author="ann")
+        assert coordinator.edit_note(note.id, "# Changes, fixed", editor="bob").text == (
+            "# Changes, fixed"
+        )
+        assert [n.id for n in coordinator.list_notes(study_id="SD_1")] == [note.id]
+        assert coordinator.get_note(note.id).author == "ann"
+        assert [r.id for r in coordinator.list_releases(study="SD_2")] == [release.id]
+        assert coordinator.get_study("SD_1").release_ids == (release.id,)
+        assert {s.id for s in coordinator.list_studies()} == {"SD_1", "SD_2"}
+        coordinator.delete_note(note.id, by="bob")
+        assert coordinator.list_notes(release_id=release.id) == []

@@ -28,6 +28,8 @@ from release_coordinator.coordinator.models import (
     EventKind,
     EventType,
     Release,
+    ReleaseNote,
+    Study,
     Task,
     TaskService,
 )
@@ -214,8 +216,50 @@ class SyncCoordinator(_BlockingFacade):
         states: Collection[ReleaseState | str] | None = None,
         limit: int | None = None,
         offset: int = 0,
+        study: str | None = None,
     ) -> list[Release]:
-        return self._call(self.coordinator.list_releases, states=states, limit=limit, offset=offset)
+        return self._call(
+            self.coordinator.list_releases, states=states, limit=limit, offset=offset, study=study
+        )
+
+    # -- release notes and studies -----------------------------------------------------------
+    def add_note(
+        self, release_id: str, text: str, *, study_id: str = "", author: str = ""
+    ) -> ReleaseNote:
+        return self._call(
+            self.coordinator.add_note, release_id, text, study_id=study_id, author=author
+        )
+
+    def edit_note(self, note_id: str, text: str, *, editor: str = "") -> ReleaseNote:
+        return self._call(self.coordinator.edit_note, note_id, text, editor=editor)
+
+    def delete_note(self, note_id: str, *, by: str = "") -> None:
+        self._call(self.coordinator.delete_note, note_id, by=by)
+
+    def get_note(self, note_id: str) -> ReleaseNote:
+        return self._call(self.coordinator.get_note, note_id)
+
+    def list_notes(
+        self,
+        *,
+        release_id: str | None = None,
+        study_id: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[ReleaseNote]:
+        return self._call(
+            self.coordinator.list_notes,
+            release_id=release_id,
+            study_id=study_id,
+            limit=limit,
+            offset=offset,
+        )
+
+    def get_study(self, study_id: str) -> Study:
+        return self._call(self.coordinator.get_study, study_id)
+
+    def list_studies(self, *, limit: int | None = None, offset: int = 0) -> list[Study]:
+        return self._call(self.coordinator.list_studies, limit=limit, offset=offset)
 
     def list_tasks(self, release_id: str) -> list[Task]:
         return self._call(self.coordinator.list_tasks, release_id)
