@@ -306,6 +306,7 @@ async def test_rollout_fields_round_trip(rollout_store: RolloutStore, policy: Po
         state=PAUSED,
         reason="why not",
         gated=True,
+        after_release="RE_01HZXDATA",
     )
     stored = await rollout_store.add_rollout(made, two_stage_bundle("R1"))
     assert stored == attrs.evolve(made, seq=stored.seq)
@@ -319,6 +320,7 @@ async def test_rollout_fields_round_trip(rollout_store: RolloutStore, policy: Po
         assert type(back.policy) is type(policy)
         assert back.target == target
         assert back.gated is True
+        assert back.after_release == "RE_01HZXDATA"
         assert (back.match, back.priority, back.reason, back.state) == (
             "within",
             -7,
@@ -328,12 +330,31 @@ async def test_rollout_fields_round_trip(rollout_store: RolloutStore, policy: Po
         assert await store.list_rollouts() == [plain, stored]
         other = await store.get_rollout("R2")
         assert other == plain
-        assert (other.gated, other.reason, other.state, other.policy) == (
+        assert (other.gated, other.reason, other.state, other.policy, other.after_release) == (
             False,
             "",
             DRAFT,
             GlobalIncremental(),
+            "",
         )
+
+
+async def test_a_rollouts_data_release_survives_its_state_changes(
+    rollout_store: RolloutStore,
+) -> None:
+    """``after_release`` (the data release a rollout waits for) is kept by every write of the
+    rollout and shown by every read."""
+    made = Rollout("R1", "gated", EUROPE, after_release="RE_01HZXDATA")
+    await rollout_store.add_rollout(made, one_stage_bundle("R1"))
+    started = await rollout_store.set_rollout_state("R1", {DRAFT}, RolloutState.ACTIVE)
+    assert started.after_release == "RE_01HZXDATA"
+    aborted = await rollout_store.set_rollout_state(
+        "R1", {RolloutState.ACTIVE}, RolloutState.ABORTED, reason="data release RE_01HZXDATA"
+    )
+    assert (aborted.after_release, aborted.reason) == ("RE_01HZXDATA", "data release RE_01HZXDATA")
+    async with reopened(rollout_store) as store:
+        assert [r.after_release for r in await store.list_rollouts()] == ["RE_01HZXDATA"]
+        assert await store.get_rollout("R1") == aborted
 
 
 # -- children --------------------------------------------------------------------------------------

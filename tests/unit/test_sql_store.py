@@ -662,3 +662,30 @@ def test_the_demo_runs_in_memory_without_the_sql_extra() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Store: in memory: the sql extra is not installed" in run.stdout
     assert "is published" in run.stdout
+
+
+async def test_version_5_gains_the_rollouts_data_release(db_url: str) -> None:
+    from release_coordinator.rollout.models import Rollout
+
+    from .test_rollout_manager import bundle
+
+    area = Area.from_geojson(SQUARE)
+    rollouts = await SQLRolloutStore.connect(db_url)
+    await rollouts.add_rollout(Rollout("old", "old", area), bundle("old"))
+    await rollouts.close()
+    await execute(
+        db_url,
+        "ALTER TABLE rc_rollouts DROP COLUMN after_release",
+        "UPDATE rc_schema_version SET version = 5",
+    )
+    with pytest.raises(SchemaError, match="schema version 5"):
+        await SQLRolloutStore.connect(db_url)
+    assert await upgrade(db_url) == (5, SCHEMA_VERSION)
+    rollouts = await SQLRolloutStore.connect(db_url, create=False)
+    try:
+        assert (await rollouts.get_rollout("old")).after_release == ""  # waits for nothing
+        gated = Rollout("new", "new", area, after_release="RE_1")
+        await rollouts.add_rollout(gated, bundle("new"))
+        assert (await rollouts.get_rollout("new")).after_release == "RE_1"
+    finally:
+        await rollouts.close()

@@ -14,7 +14,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -180,6 +180,9 @@ class _Bookkeeping:
         self._aborted_for: dict[str, set[str]] = {}
         # The (rollout, stage) barriers whose waiting children are being told to end now.
         self._signalling: set[tuple[str, str]] = set()
+        #: How to learn a data release's state, for rollouts gated on one (``after_release``;
+        #: see ``operations.ReleaseStates``): None until a host or a ReleaseGate sets it.
+        self.release_states: Callable[[str], Awaitable[str]] | None = None
 
     async def _operate(self, rollout_id: str, action: str, reason: str | None = None) -> Rollout:
         """Apply an operator's action (or a policy's abort) as a compare-and-set on the stored

@@ -118,6 +118,10 @@ class Rollout:
     reason: str = ""
     #: Stage barriers are opened by a parent manager (the rollout of a relay), not locally.
     gated: bool = False
+    #: The id of the data release (the Coordinator's) this rollout waits for, or "": it stays
+    #: a draft until that release is published, then starts; it is aborted if the release
+    #: fails or is canceled (see :class:`~release_coordinator.gates.ReleaseGate`).
+    after_release: str = ""
 
 
 @attrs.frozen(slots=True)

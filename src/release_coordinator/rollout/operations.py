@@ -4,10 +4,10 @@ promote a stage; list rollouts and children; report on a rollout."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from release_coordinator.errors import InvalidTransitionError, ValidationError
+from release_coordinator.errors import ConflictError, InvalidTransitionError, ValidationError
 from release_coordinator.rollout.geo import Area, MatchMode
 from release_coordinator.rollout.models import Child, ReleaseBundle, Rollout, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental, Policy
@@ -15,7 +15,16 @@ from release_coordinator.rollout.reports import RolloutReport, build_report
 from release_coordinator.rollout.strategy import StageType
 from release_coordinator.rollout.ticks import _Ticks
 
-__all__: list[str] = []
+__all__ = ["ReleaseStates"]
+
+#: How a manager learns the state of a data release its rollouts wait for: the release's id ->
+#: its state's value ("published", "failed", "canceled", or a state on the way); raises
+#: NotFoundError for an unknown release. A host supplies it (``manager.release_states``);
+#: :class:`~release_coordinator.gates.ReleaseGate` sets it to its coordinator's.
+ReleaseStates = Callable[[str], Awaitable[str]]
+
+#: The states a data release ends in that abort the rollouts waiting for it.
+RELEASE_ENDED_BADLY = frozenset({"failed", "canceled"})
 
 log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's log
 
@@ -35,13 +44,37 @@ class _Operations(_Ticks):
         policy: Policy | None = None,
         start: bool = True,
         gated: bool = False,
+        after_release: str = "",
     ) -> Rollout:
         """Deploy ``bundle`` to the children whose area reaches ``target``.
 
         ``match="within"`` asks for children whose area lies inside the target instead of
         merely intersecting it. Started at once unless ``start=False``. ``gated`` leaves the
         opening of stage barriers to :meth:`open_barrier` (a relay's parent decides).
+
+        ``after_release`` names a data release of the Coordinator: the rollout is created a
+        draft and starts when that release is published (at once if it is already), and is
+        aborted if it fails or is canceled (a
+        :class:`~release_coordinator.gates.ReleaseGate` watches). It needs
+        :attr:`release_states` (ValidationError without); NotFoundError (404) for an unknown
+        release, ConflictError (409) for one that failed or was canceled already;
+        ``start=False`` is refused with it (the release decides when the rollout starts).
         """
+        release_state = ""
+        if after_release:
+            release_state = await self._release_state(after_release)
+            if not start:
+                raise ValidationError(
+                    "invalid rollout",
+                    [("start", "a rollout gated on a data release starts when it is published")],
+                )
+            if release_state in RELEASE_ENDED_BADLY:
+                raise ConflictError(
+                    f"data release {after_release} is {release_state}: a rollout gated on it "
+                    "would never start",
+                    release_id=after_release,
+                    release_state=release_state,
+                )
         area = target if isinstance(target, Area) else Area.from_geojson(target, path="target")
         if match not in ("intersects", "within"):
             raise ValidationError("invalid rollout", [("match", "must be intersects or within")])
@@ -55,14 +88,39 @@ class _Operations(_Ticks):
             priority=priority,
             policy=policy or GlobalIncremental(),
             gated=gated,
+            after_release=after_release,
         )
         stored = await self.store.add_rollout(rollout, bundle)
-        if start:
+        if start and (not after_release or release_state == "published"):
             stored = await self.start(stored.id)
         return stored
 
+    async def _release_state(self, release_id: str) -> str:
+        """The state of the data release ``release_id`` (NotFoundError if unknown)."""
+        if self.release_states is None:
+            raise ValidationError(
+                "invalid rollout",
+                [("after_release", "this manager knows no data releases (no ReleaseGate)")],
+            )
+        return await self.release_states(release_id)
+
     async def start(self, rollout_id: str) -> Rollout:
-        """Offer a draft rollout to every child its target reaches (and to later ones)."""
+        """Offer a draft rollout to every child its target reaches (and to later ones).
+
+        A rollout gated on a data release (``after_release``) starts only once that release
+        is published: before, InvalidTransitionError (409) saying what it waits for."""
+        draft = await self.store.get_rollout(rollout_id)
+        if draft.after_release and draft.state is RolloutState.DRAFT:
+            state = await self._release_state(draft.after_release)
+            if state != "published":
+                raise InvalidTransitionError(
+                    "rollout",
+                    draft.state.value,
+                    "start",
+                    subject=rollout_id,
+                    hint=f"it waits for data release {draft.after_release} to be published "
+                    f"(it is {state})",
+                )
         await self._sync(force=True)
         rollout = await self._operate(rollout_id, "start")
         await self._tally(rollout.id)

@@ -133,6 +133,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, _WorkLeases, RolloutStore):
                             state=stored.state.value,
                             reason=stored.reason,
                             gated=stored.gated,
+                            after_release=stored.after_release or None,
                             strategy_text=bundle.strategy_text,
                             archive=bundle.archive.data,
                             archive_files=_dumps(list(bundle.archive.files)),

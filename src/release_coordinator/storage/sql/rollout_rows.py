@@ -126,6 +126,7 @@ class _RolloutRows:
             seq=row.seq,
             reason=row.reason,
             gated=row.gated,
+            after_release=row.after_release or "",
         )
 
     async def _names(self, conn: AsyncConnection, rollout_id: str) -> tuple[str, ...]:

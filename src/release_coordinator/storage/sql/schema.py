@@ -181,6 +181,8 @@ rollouts = sa.Table(
     sa.Column("archive_files", sa.Text, nullable=False),  # JSON list, as checked on upload
     sa.Column("targets", sa.BigInteger, nullable=False),  # how many targetings so far
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # The data release the rollout waits for (schema version 6); NULL: none.
+    sa.Column("after_release", _ID, nullable=True),
     sa.Index("ix_rc_rollouts_state", "state"),
 )
 
@@ -195,6 +197,7 @@ _ROLLOUT_COLUMNS: tuple[sa.Column[Any], ...] = (
     rollouts.c.state,
     rollouts.c.reason,
     rollouts.c.gated,
+    rollouts.c.after_release,
 )
 
 children = sa.Table(
@@ -336,6 +339,20 @@ def _to_v5(conn: Connection) -> None:
     notes.create(conn, checkfirst=True)
 
 
+def _to_v6(conn: Connection) -> None:
+    """Rollouts gated on data releases: ``rc_rollouts.after_release`` (NULL for the rollouts
+    that exist already: they wait for nothing)."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns("rc_rollouts")}
+    column = rollouts.c.after_release
+    if column.name not in present:
+        preparer = conn.dialect.identifier_preparer
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.format_table(rollouts)} "
+            f"ADD COLUMN {preparer.format_column(column)} {kind}"
+        )
+
+
 #: Every step, in order; the last one's version is the schema this library writes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "leases on releases", _to_v1),
@@ -343,5 +360,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the children's token digests", _to_v3),
     Migration(4, "leases on periodic work", _to_v4),
     Migration(5, "release notes and studies", _to_v5),
+    Migration(6, "rollouts gated on data releases", _to_v6),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
