@@ -34,6 +34,7 @@ __all__ = [
     "ANSWER_BODIES",
     "ANSWER_NAMES",
     "MAX_REASON",
+    "MAX_RELEASE_ID",
     "REQUEST_BODIES",
     "AbortRequest",
     "ActionRequest",
@@ -89,6 +90,8 @@ Match = Literal["intersects", "within"]
 Int32 = Annotated[int, msgspec.Meta(ge=-MAX_INT32, le=MAX_INT32)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+#: The longest data release id a rollout may wait for (its SQL column's width).
+MAX_RELEASE_ID = 128
 
 
 # -- requests -----------------------------------------------------------------------------------
@@ -105,6 +108,20 @@ class RolloutFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     start: Annotated[
         bool, msgspec.Meta(description="False leaves the rollout a draft to start later.")
     ] = True
+    after_release: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=MAX_RELEASE_ID,
+                description="A data release's id: the rollout stays a draft until that release"
+                " is published, then starts; it is aborted if the release fails or is canceled"
+                " (404 for an unknown release; 409 for one that failed or was canceled; not"
+                " with ``start: false``).",
+            ),
+        ]
+        | None
+    ) = None
 
 
 _STRATEGY = msgspec.Meta(
@@ -185,6 +202,13 @@ class RolloutBody(_Record):
     seq: Count
     reason: str
     gated: bool
+    after_release: Annotated[
+        str,
+        msgspec.Meta(
+            description="The data release the rollout waits for (it starts when that release"
+            " is published), or empty."
+        ),
+    ]
 
 
 class BundleStageBody(_Record):

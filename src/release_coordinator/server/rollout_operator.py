@@ -32,6 +32,7 @@ from release_coordinator.errors import (
 from release_coordinator.fsm.rollout import ReleaseStatus
 from release_coordinator.rollout.api_bodies import (
     MAX_REASON,
+    MAX_RELEASE_ID,
     AbortRequest,
     ActionRequest,
     RolloutFields,
@@ -113,7 +114,7 @@ def _policy_into(value: object, options: dict[str, Any], problems: list[Problem]
 def _checked_fields(fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
     """The options of a rollout's fields that msgspec refused, and every problem of them."""
     problems: list[Problem] = []
-    allowed = {"target", "name", "match", "priority", "policy", "start"}
+    allowed = {"target", "name", "match", "priority", "policy", "start", "after_release"}
     problems += [(str(k)[:60], "is not a field of a rollout") for k in fields if k not in allowed]
     options: dict[str, Any] = {}
     if "target" not in fields:
@@ -136,6 +137,14 @@ def _checked_fields(fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[Pro
         problems.append(("start", "must be true or false"))
     else:
         options["start"] = start
+    after = fields.get("after_release")
+    if after is not None:
+        if not isinstance(after, str) or not 0 < len(after) <= MAX_RELEASE_ID:
+            problems.append(
+                ("after_release", f"must be a release id of 1 to {MAX_RELEASE_ID} characters")
+            )
+        else:
+            options["after_release"] = after
     _policy_into(fields.get("policy"), options, problems)
     return options, problems
 
@@ -149,6 +158,8 @@ def _struct_fields(fields: RolloutFields) -> tuple[dict[str, Any], list[Problem]
         "priority": fields.priority,
         "start": fields.start,
     }
+    if fields.after_release is not None:
+        options["after_release"] = fields.after_release
     _target_into(fields.target, options, problems)
     _name_into(fields.name, options, problems)
     _policy_into(fields.policy, options, problems)

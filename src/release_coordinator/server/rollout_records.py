@@ -47,6 +47,7 @@ def rollout_json(rollout: Rollout) -> dict[str, Any]:
         "seq": rollout.seq,
         "reason": rollout.reason,
         "gated": rollout.gated,
+        "after_release": rollout.after_release,
     }
 
 

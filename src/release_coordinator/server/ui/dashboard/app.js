@@ -456,6 +456,8 @@
           ["Match", rollout.match],
           ["Priority", rollout.priority],
           ["Gated", rollout.gated ? "yes: its stages end when its parent's do" : ""],
+          ["Waits for", rollout.after_release
+            ? `data release ${rollout.after_release} (starts when it is published)` : ""],
           ["Children", String(status.children)],
           ["Statuses", counts(status.statuses)],
           ["Outcomes", counts(status.outcomes)],
