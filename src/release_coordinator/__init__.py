@@ -61,6 +61,7 @@ from release_coordinator.fsm.rollout import (
     ReleaseStatus,
     StageStatus,
 )
+from release_coordinator.gates import ReleaseGate
 from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
 from release_coordinator.rollout.fleet_report import FleetResult
 from release_coordinator.rollout.geo import Area, GeoIndex
@@ -183,6 +184,7 @@ __all__ = [
     "Release",
     "ReleaseBundle",
     "ReleaseCoordinatorError",
+    "ReleaseGate",
     "ReleaseNote",
     "ReleaseState",
     "ReleaseStatus",

@@ -66,6 +66,7 @@ from release_coordinator.coordinator.config import CoordinatorConfig, RetryPolic
 from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.coordinator.models import new_id
 from release_coordinator.errors import ConfigurationError
+from release_coordinator.gates import ReleaseGate
 from release_coordinator.logs import configure_logging
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
@@ -214,6 +215,7 @@ def service_app(
     access_log: bool = True,
     name: str = "release-coordinator",
     metrics_public: bool = False,
+    gate_interval: float = 5.0,
 ) -> Starlette:
     """One ASGI app serving ``coordinator``'s API and ``manager``'s (child protocol and
     operator API): the routes of :func:`coordinator_app` and :func:`rollout_app` side by side.
@@ -226,6 +228,11 @@ def service_app(
     ``relay``, a :class:`Relay` of ``manager``, which polls its parent and ticks the manager
     every ``relay.interval`` seconds); its shutdown stops them in reverse order.
     ``access_log`` adds :class:`AccessLog`'s lines; ``metrics_public`` opens ``GET /metrics``.
+
+    Rollouts may wait for data releases (``after_release``): a
+    :class:`~release_coordinator.gates.ReleaseGate` over both halves looks releases up for the
+    manager and, with ``lifespan``, runs after the coordinator and the manager started,
+    reconciling every ``gate_interval`` seconds and whenever a release ends.
     """
     if not isinstance(operator_tokens, Mapping | str | bytes):
         operator_tokens = list(operator_tokens)  # read twice, below
@@ -252,6 +259,7 @@ def service_app(
         relay=relay,
     )
     parts = (coordinator_part, rollout_part)  # started in this order, stopped in reverse
+    gate = ReleaseGate(coordinator, manager, interval=gate_interval)
     # Each part serves its own OpenAPI document at /openapi.json: here one document lists both.
     document = combined_openapi(__version__)
 
@@ -275,6 +283,8 @@ def service_app(
         async with contextlib.AsyncExitStack() as stack:
             for part in parts:
                 await stack.enter_async_context(part.router.lifespan_context(part))
+            if lifespan:
+                await stack.enter_async_context(gate.running())
             yield
 
     fast = {
@@ -433,6 +443,7 @@ async def serve_async(
         if worker_count == 1:
             return await serve_on(settings, sock, f"http://{shown_host}:{bound_port}")
         await _prepare_database(db)  # (its errors here, before any worker starts)
+        sock.listen(servers.DEFAULT_BACKLOG)  # (connections wait for the workers, not refused)
         log.info("listening on http://%s:%d", shown_host, bound_port)
         return await supervise(settings, sock, worker_count, _worker_entry, grace=GRACEFUL_SHUTDOWN)
     finally:
