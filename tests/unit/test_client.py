@@ -277,6 +277,23 @@ async def test_rollouts_every_method(served: Served, tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_rollout_waits_for_a_data_release(served: Served) -> None:
+    async with served.client() as client:
+        release = await client.create_release("2026-12")
+        gated = await client.create_rollout(
+            strategy("after-data"), archive(), EUROPE, after_release=release["id"]
+        )
+        assert (gated["state"], gated["after_release"]) == ("draft", release["id"])
+        await until("the release staged", lambda: state_of(client, release["id"], "staged"))
+        await client.publish_release(release["id"])
+
+        async def started() -> bool:
+            return (await client.get_rollout("after-data"))["state"] == "active"
+
+        await until("the rollout started once the release was published", started)
+
+
+@pytest.mark.anyio
 async def test_rollout_refusals_are_the_library_s_errors(served: Served, tmp_path: Path) -> None:
     async with served.client() as client:
         with pytest.raises(StrategyError) as bad_strategy:

@@ -374,9 +374,11 @@ class Client:
         priority: int | None = None,
         policy: Mapping[str, Any] | None = None,
         start: bool = True,
+        after_release: str | None = None,
     ) -> JSON:
         """Upload a bundle (the strategy's YAML and ``fns.zip``) and create its rollout over
-        ``target`` (a GeoJSON area); ``start=False`` leaves it a draft."""
+        ``target`` (a GeoJSON area); ``start=False`` leaves it a draft; ``after_release``
+        (a data release's id) makes it wait for that release to be published."""
         body = _fields(
             strategy=strategy,
             archive=base64.b64encode(archive).decode("ascii"),
@@ -386,6 +388,7 @@ class Client:
             priority=priority,
             policy=None if policy is None else dict(policy),
             start=start,
+            after_release=after_release,
         )
         return await self._object("POST", "/rollouts", json=body)
 

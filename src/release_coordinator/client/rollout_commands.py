@@ -71,6 +71,7 @@ async def _upload(client: Client, args: argparse.Namespace, out: Output, start: 
         "priority": args.priority,
         "policy": _document(args.policy, "--policy") if args.policy else None,
         "start": start,
+        "after_release": getattr(args, "after_release", None),
     }
     if args.folder is not None:
         if args.strategy or args.archive:
@@ -110,7 +111,7 @@ async def rollouts_show(client: Client, args: argparse.Namespace, out: Output) -
     bundle = rollout.get("bundle") or {}
     strategy, archive = bundle.get("strategy") or {}, bundle.get("archive") or {}
     view = View(f"rollout {rollout['id']}: {rollout['name']}")
-    for name in ("state", "reason", "priority", "match", "gated"):
+    for name in ("state", "reason", "priority", "match", "gated", "after_release"):
         view.field(name, rollout.get(name))
     view.field("policy", (rollout.get("policy") or {}).get("type", ""))
     view.field("strategy", f"{strategy.get('name', '')} ({strategy.get('type', '')})")
@@ -265,6 +266,12 @@ def add_rollouts(commands: Any, common: argparse.ArgumentParser, epilog: str) ->
     create = action("create", rollouts_create, "upload a bundle and start its rollout")
     _upload_options(create)
     create.add_argument("--draft", action="store_true", help="do not start it (as upload)")
+    create.add_argument(
+        "--after-release",
+        metavar="RELEASE_ID",
+        help="wait for this data release: start when it is published, abort if it fails or "
+        "is canceled",
+    )
     _upload_options(action("upload", rollouts_upload, "upload a bundle: a draft rollout"))
     for name, help_text in (
         ("start", "start a draft"),
