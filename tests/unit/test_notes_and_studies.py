@@ -280,6 +280,7 @@ async def test_studies_over_http(coordinator: Coordinator, http: httpx.AsyncClie
 async def test_a_version_4_database_gains_the_notes_table(tmp_path: Path) -> None:
     from release_coordinator.errors import SchemaError
     from release_coordinator.storage.sql import SQLStore, upgrade
+    from release_coordinator.storage.sql.schema import SCHEMA_VERSION
 
     url = f"sqlite:///{tmp_path / 'rc.db'}"
     store = await SQLStore.connect(url)
@@ -294,7 +295,7 @@ async def test_a_version_4_database_gains_the_notes_table(tmp_path: Path) -> Non
     await engine.dispose()
     with pytest.raises(SchemaError, match="schema version 4"):
         await SQLStore.connect(url)
-    assert await upgrade(url) == (4, 5)
+    assert await upgrade(url) == (4, SCHEMA_VERSION)  # (and any step after 5)
     store = await SQLStore.connect(url)
     try:
         coordinator = Coordinator(store)

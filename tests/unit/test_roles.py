@@ -285,6 +285,13 @@ async def test_a_releaser_writes_its_own_release_notes_only() -> None:
         assert (await http.patch(f"/notes/{ada_note}", json={"text": "ok"}, headers=ada)).is_success
         denied = await http.post(notes, json={"text": "x"}, headers=reed)
         assert_role_refusal(denied, Role.RELEASER, "reed", Role.READER)
+    # A releaser without a name cannot tell its notes from others': it writes none.
+    unnamed = coordinator_part(tokens=[ADMIN, OperatorToken(RELEASER, "releaser")])
+    async with client(unnamed) as http:
+        release_id = (await http.post("/releases", json={"name": "r"}, headers=rita)).json()["id"]
+        refused = await http.post(f"/releases/{release_id}/notes", json={"text": "x"}, headers=rita)
+        assert refused.status_code == 403, refused.text
+        assert "needs a name" in refused.json()["error"]["message"]
 
 
 # -- verifiers ----------------------------------------------------------------------------------
@@ -368,6 +375,9 @@ def test_bare_tokens_stay_admins() -> None:
         (f"bob:={READER}", "entry 1 ('bob'): unknown role ''"),
         (f"ci:bot={READER}", "entry 1 ('ci'): unknown role 'bot'"),
         (f":reader={READER}", "entry 1: a role needs a name"),
+        # an empty token after name:role= (an unset variable): refused, never a bare token
+        (f"ada={ADMIN},deploy-bot:releaser=", "entry 2 ('deploy-bot'): no token after '='"),
+        (f"grafana:reader==,ada={ADMIN}", "entry 1 ('grafana'): no token after '='"),
     ],
 )
 def test_a_bad_role_is_a_configuration_error_naming_the_entry(text: str, shown: str) -> None:

@@ -60,11 +60,17 @@ class NoteEndpoints(_Endpoints):
         return "" if who is self.access.anonymous or who.name == who.kind else who.name
 
     def _own_only(self, who: Principal, author: str | None, what: str) -> None:
-        """A releaser writes under its own name (an admin, or an anonymous app, as anyone)."""
-        if who.role is not Role.RELEASER or author is None:
+        """A releaser writes under its own name (an admin, or an anonymous app, as anyone);
+        a releaser without a name (a token given without one) writes no note."""
+        if who.role is not Role.RELEASER:
             return
         name = self._name(who)
-        if author != name:
+        if not name:
+            raise forbidden(
+                "a releaser's token needs a name to write notes (name:releaser=token): its "
+                "notes are its own by that name"
+            )
+        if author is not None and author != name:
             raise forbidden(
                 f"a releaser {what} its own notes only: this note's author is {author!r}, the "
                 f"token's name {name!r} (an admin may write any note)"

@@ -66,9 +66,14 @@ def parse_tokens(
             continue
         name, sep, token = entry.partition("=")
         name, token = name.strip(), token.strip()
+        where = f"{variable}, entry {position}"
+        if roles and sep and ":" in name and not token.strip("="):
+            # name:role= with nothing after it (an unset variable in a template, say): never a
+            # bare token (no token holds a ':'), which would make the text itself an admin's
+            shown = name.rpartition(":")[0].strip()[:60]
+            raise ConfigurationError(f"{where} ({shown!r}): no token after '='")
         if not sep or not name or not token.strip("="):
             name, token = "", entry
-        where = f"{variable}, entry {position}"
         role: Role | None = None
         if roles and name and ":" in name:
             name, _, role_name = name.rpartition(":")
