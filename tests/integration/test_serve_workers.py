@@ -25,7 +25,7 @@ from test_serve_process import ROLLOUT_ID, STRATEGY, NotYet, Server, archive, sq
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 LEASE_SECONDS = 2.0
-HOLDS = re.compile(r"(\S+-w\d+) holds the lease of the background loop")
+HOLDS = re.compile(r"(\S+-w\d+)@\d+ holds the lease of the background loop")
 WORKER = re.compile(r"worker (\S+-w(\d+)) \(pid (\d+)\)")
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 CHILDREN = 12
@@ -148,9 +148,9 @@ def test_two_workers_share_one_fleet_and_one_lease(tmp_path: Path, database: str
         assert status["outcomes"] == {"rolled_out": CHILDREN}, status
 
         # -- the holder dies without a word: the lease is taken over -------------------------
-        # By the other worker once the lease runs out, or by the worker the supervisor starts
-        # in the dead one's place (it has the dead one's name, so it resumes the dead one's
-        # leases at once): either way one holder again, and the ticks go on.
+        # Once it runs out, by the other worker or by the one the supervisor starts in the
+        # dead one's place (a new process: the lease is a process's): one holder again, and
+        # the ticks go on.
         holders_before = len(HOLDS.findall(log()))
         os.kill(pids[holder], signal.SIGKILL)
         until(

@@ -117,3 +117,11 @@ async def test_a_store_of_one_process_needs_no_lease() -> None:
 def test_lease_seconds_must_be_positive() -> None:
     with pytest.raises(ConfigurationError, match="lease_seconds"):
         RolloutManager(lease_seconds=0)
+
+
+@pytest.mark.postgres
+async def test_a_lease_shorter_than_two_rounds_is_refused(stores: list[object]) -> None:
+    manager = RolloutManager(stores[0], owner="quick", lease_seconds=1.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="at least twice the loop's interval"):
+        await manager.start_loops(interval=0.6)
+    assert not manager.is_running

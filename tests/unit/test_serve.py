@@ -487,6 +487,12 @@ async def test_serve_async_checks_its_arguments_first(command: Path) -> None:
         await serve.serve_async(db="memory", port=0, log_level="loud")
     with pytest.raises(ConfigurationError, match="port"):
         await serve.serve_async(db="memory", port=70000, allow_anonymous=True)
+    with pytest.raises(ConfigurationError, match=r"--lease-seconds .* at least twice"):
+        await serve.serve_async(
+            db="memory", port=0, allow_anonymous=True, lease_seconds=1, tick_interval=1
+        )
+    with pytest.raises(ConfigurationError, match="--workers 2 needs a database"):
+        await serve.serve_async(db="memory", port=0, allow_anonymous=True, workers=2)
 
 
 def test_the_listening_socket_is_tcp() -> None:

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Self
 
@@ -141,6 +142,11 @@ class _Ticks(_Matching):
         if self.is_running:  # started by another caller while loading
             return
         if self.shared:
+            if self.lease_seconds < 2 * interval:
+                raise ConfigurationError(
+                    f"lease_seconds ({self.lease_seconds:g}) must be at least twice the loop's "
+                    f"interval ({interval:g} s): the lease is renewed once a round"
+                )
             body = self._leased(body)
         self._loop = _Loop(body, interval, owner=owner, name=name, failure=failure)
 
@@ -157,7 +163,17 @@ class _Ticks(_Matching):
             finally:
                 self._note_lease(held)
             if held:
+                started = time.monotonic()
                 await body()
+                took = time.monotonic() - started
+                if took > self.lease_seconds / 2:
+                    log.warning(
+                        "a round of the background loop took %.1f s, over half of the loop's "
+                        "lease (%g s): another manager may take the lease over in a round; "
+                        "raise lease_seconds",
+                        took,
+                        self.lease_seconds,
+                    )
 
         return leased
 

@@ -65,7 +65,7 @@ from release_coordinator._version import __version__
 from release_coordinator.coordinator.config import CoordinatorConfig, RetryPolicy
 from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.coordinator.models import new_id
-from release_coordinator.errors import ConfigurationError
+from release_coordinator.errors import ConfigurationError, ReleaseCoordinatorError
 from release_coordinator.gates import ReleaseGate
 from release_coordinator.logs import configure_logging
 from release_coordinator.rollout.geo import Area
@@ -405,6 +405,11 @@ async def serve_async(
         raise ConfigurationError(f"the port must be within 0..65535, not {port}")
     worker_count = check_workers(workers, db, parent)
     lease_seconds = seconds_option("--lease-seconds", lease_seconds)
+    if lease_seconds < 2 * tick_interval:
+        raise ConfigurationError(
+            f"--lease-seconds ({lease_seconds:g}) must be at least twice --tick-interval "
+            f"({tick_interval:g}): a lease is renewed once a round"
+        )
     config = CoordinatorConfig(
         poll_interval=seconds_option("--poll-interval", poll_interval),
         retry=attrs.evolve(CoordinatorConfig().retry, attempts=attempts_option(retry_attempts)),
@@ -477,8 +482,13 @@ async def serve_on(
             # The app's startup loads the manager from its store (RolloutManager.load) before it
             # serves the first request, and ticks it from then on (a relay: runs the relay, which
             # polls the parent and ticks the manager).
+            # The loop's lease is this process's (its pid in the name): two live processes
+            # given one --owner never both hold it; a restarted one waits for it to run out.
             manager = RolloutManager(
-                rollout_store, lost_after=s.lost_after, owner=owner, lease_seconds=s.lease_seconds
+                rollout_store,
+                lost_after=s.lost_after,
+                owner=f"{owner or 'serve'}@{os.getpid()}",
+                lease_seconds=s.lease_seconds,
             )
             relay = None
             if link is not None:
@@ -565,7 +575,14 @@ def _worker_entry(settings: ServeSettings, sock: socket.socket, index: int) -> N
     if settings.log_level != "debug":
         for name in ("httpx", "httpcore"):  # (as the command sets them)
             logging.getLogger(name).setLevel(logging.WARNING)
-    raise SystemExit(asyncio.run(serve_on(settings, sock, worker=f"w{index}")))
+    try:
+        status = asyncio.run(serve_on(settings, sock, worker=f"w{index}"))
+    except ReleaseCoordinatorError as error:  # (a store it cannot open, say): one line
+        log.error("worker %d did not start: %s", index, error.message)
+        status = 1
+    except KeyboardInterrupt:  # (SIGINT before the server took the signals over)
+        status = 0
+    raise SystemExit(status)
 
 
 def _blocking(function: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, _T]:

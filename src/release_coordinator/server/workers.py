@@ -69,7 +69,7 @@ async def supervise(
     module's text); the exit status."""
     context = multiprocessing.get_context("spawn")
     running: dict[int, _Worker] = {}
-    failures = 0
+    failures = 0  # (none, if a start itself fails: that error is raised)
 
     def start(index: int) -> None:
         process = context.Process(
@@ -82,48 +82,59 @@ async def supervise(
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     with _signals(loop, stopping.set):
-        for index in range(1, workers + 1):
-            start(index)
-        while not stopping.is_set() and running:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), 0.25)
-            if stopping.is_set():
-                break
-            for index, worker in list(running.items()):
-                if worker.process.is_alive():
-                    continue
-                code = worker.process.exitcode
-                if code == 0:  # stopped cleanly: told to stop (a signal), not replaced
-                    log.info("worker %d (pid %s) stopped", index, worker.process.pid)
-                    del running[index]
-                    continue
-                quick = time.monotonic() - worker.started < FAILING_AT_START
-                failures = failures + 1 if quick else 0
-                if failures >= 3:
-                    log.error(
-                        "worker %d (pid %s) exited with %s right after it started, three times "
-                        "in a row: stopping (see the workers' log lines above)",
-                        index,
-                        worker.process.pid,
-                        code,
-                    )
-                    stopping.set()
-                    break
-                log.warning(
-                    "worker %d (pid %s) exited with %s; starting another",
-                    index,
-                    worker.process.pid,
-                    code,
-                )
+        try:
+            for index in range(1, workers + 1):
                 start(index)
-        clean = await _stop_all(list(running.values()), grace + STOP_WITHIN)
+            failures = await _watch(running, stopping, start)
+        finally:  # (a worker that could not be started, too: the others stop)
+            clean = await _stop_all(list(running.values()), grace + STOP_WITHIN)
     log.info("stopped")
     return 0 if clean and failures < 3 else 1
 
 
+async def _watch(
+    running: dict[int, _Worker], stopping: asyncio.Event, start: Callable[[int], None]
+) -> int:
+    """Replace the workers that exit until ``stopping``; the failures at start in a row."""
+    failures = 0
+    while not stopping.is_set() and running:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.25)
+        if stopping.is_set():
+            break
+        for index, worker in list(running.items()):
+            if worker.process.is_alive():
+                continue
+            code = worker.process.exitcode
+            if code == 0:  # stopped cleanly: told to stop (a signal), not replaced
+                log.info("worker %d (pid %s) stopped", index, worker.process.pid)
+                del running[index]
+                continue
+            quick = time.monotonic() - worker.started < FAILING_AT_START
+            failures = failures + 1 if quick else 0
+            if failures >= 3:
+                log.error(
+                    "worker %d (pid %s) exited with %s right after it started, three times "
+                    "in a row: stopping (see the workers' log lines above)",
+                    index,
+                    worker.process.pid,
+                    code,
+                )
+                stopping.set()
+                break
+            log.warning(
+                "worker %d (pid %s) exited with %s; starting another",
+                index,
+                worker.process.pid,
+                code,
+            )
+            start(index)
+    return failures
+
+
 async def _stop_all(workers: list[_Worker], within: float) -> bool:
     """SIGTERM to every worker, then wait; a worker still running after ``within`` seconds
-    is killed. True when every worker exited with 0."""
+    is killed. True when every worker exited with 0 (or of that SIGTERM)."""
     for worker in workers:
         if worker.process.is_alive():
             worker.process.terminate()
@@ -135,7 +146,9 @@ async def _stop_all(workers: list[_Worker], within: float) -> bool:
             log.warning("worker %d (pid %s) did not stop: killed", worker.index, worker.process.pid)
             worker.process.kill()
         worker.process.join(timeout=5)
-    return all(w.process.exitcode == 0 for w in workers)
+    # A worker told to stop before it took the signals over (still starting) dies of SIGTERM:
+    # that is the stop asked for, not a failure.
+    return all(w.process.exitcode in (0, -signal.SIGTERM) for w in workers)
 
 
 @contextlib.contextmanager
