@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 
 from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.coordinator.models import Event, EventKind
-from release_coordinator.errors import ConflictError, NotFoundError
+from release_coordinator.errors import ConfigurationError, ConflictError, NotFoundError
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import Rollout, RolloutState
 from release_coordinator.rollout.operations import RELEASE_ENDED_BADLY
@@ -51,8 +51,8 @@ class ReleaseGate:
     def __init__(
         self, coordinator: Coordinator, manager: RolloutManager, *, interval: float = 5.0
     ) -> None:
-        if interval <= 0:
-            raise ValueError(f"interval must be positive, not {interval}")
+        if not interval > 0:
+            raise ConfigurationError(f"the gate's interval must be positive, not {interval}")
         self.coordinator = coordinator
         self.manager = manager
         self.interval = interval

@@ -211,3 +211,11 @@ async def test_serve_starts_a_gated_rollout_when_the_release_is_published() -> N
             return str((await client.get("/rollouts/42")).json()["state"])
 
         await eventually(rollout_state, "active")
+
+
+def test_a_gate_s_interval_must_be_positive() -> None:
+    from release_coordinator import ConfigurationError
+
+    for interval in (0, -1.0, float("nan")):
+        with pytest.raises(ConfigurationError, match="interval must be positive"):
+            ReleaseGate(Coordinator(MemoryStore()), RolloutManager(), interval=interval)
