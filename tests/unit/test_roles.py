@@ -253,6 +253,42 @@ async def test_a_releaser_runs_a_release_and_a_reader_watches() -> None:
         assert canceled.status_code in (200, 409), canceled.text
 
 
+async def test_a_releaser_creates_releases_under_its_own_name_and_sees_no_password() -> None:
+    app = coordinator_part()
+    rita = {"Authorization": f"Bearer {RELEASER}"}
+    reed = {"Authorization": f"Bearer {READER}"}
+    ada = {"Authorization": f"Bearer {ADMIN}"}
+    async with client(app) as http:
+        posing = await http.post("/releases", json={"name": "r", "author": "ada"}, headers=rita)
+        assert posing.status_code == 403, posing.text
+        assert "under its own name only" in posing.json()["error"]["message"]
+        own = await http.post("/releases", json={"name": "r", "author": "rita"}, headers=rita)
+        assert own.status_code == 201, own.text
+        named = await http.post("/releases", json={"name": "r", "author": "ops"}, headers=ada)
+        assert named.json()["author"] == "ops"  # an admin may name anyone
+    from release_coordinator.transports.http import HttpTransport
+
+    over_http = coordinator_app(Coordinator(MemoryStore(), HttpTransport()), tokens=TOKENS)
+    async with client(over_http) as http:
+        url = "https://svc:s3cret-pass@127.0.0.1:9/release"
+        made = await http.post(
+            "/task-services", json={"name": "p", "url": url, "check": False}, headers=ada
+        )
+        assert made.status_code == 201, made.text
+        service_id = made.json()["id"]
+        moved = await http.patch(
+            f"/task-services/{service_id}",
+            json={"url": url.replace("/release", "/r2")},
+            headers=ada,
+        )
+        assert moved.status_code == 200, moved.text
+        events = await http.get("/events", headers=reed)
+        for answer in (made, moved, await http.get("/task-services", headers=reed), events):
+            assert "s3cret-pass" not in answer.text, answer.text
+        assert "https://svc:***@127.0.0.1:9/r2" in moved.text
+        assert "https://svc:***@127.0.0.1:9/release" in events.text
+
+
 async def test_a_releaser_writes_its_own_release_notes_only() -> None:
     app = coordinator_part()
     rita = {"Authorization": f"Bearer {RELEASER}"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import attrs
+import httpx
 
 from release_coordinator.coordinator.config import CoordinatorConfig
 from release_coordinator.coordinator.events import EventsMixin, log, new_event
@@ -37,6 +38,18 @@ def _healthy(status: ServiceStatus) -> ServiceHealth:
         reported_version=status.version,
         message=status.message,
     )
+
+
+def url_shown(url: str) -> str:
+    """``url`` with the password of its user part (if any) shown as ``***``: what the API and
+    the event log show of a task service's URL (every operator, a reader too, reads them)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:  # (stored URLs were checked: not expected)
+        return url
+    if not parsed.password:
+        return url
+    return str(parsed.copy_with(username=parsed.username, password="***"))
 
 
 class ServicesMixin(EventsMixin):
@@ -76,7 +89,7 @@ class ServicesMixin(EventsMixin):
             service,
             new_event(
                 EventKind.USER_ACTION,
-                f"task service {name!r} registered at {url}",
+                f"task service {name!r} registered at {url_shown(url)}",
                 service=service,
             ),
         )
@@ -101,7 +114,8 @@ class ServicesMixin(EventsMixin):
         if problems:
             raise ValidationError("invalid task service", problems)
         current = await self.store.get_service(service_id)
-        changes = {k: v for k, v in (("name", name), ("url", url)) if v is not None}
+        shown = None if url is None else url_shown(url)
+        changes = {k: v for k, v in (("name", name), ("url", shown)) if v is not None}
         updated = await self.store.update_service(
             service_id,
             new_event(EventKind.USER_ACTION, f"task service updated: {changes}", service=current),

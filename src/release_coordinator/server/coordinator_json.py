@@ -17,6 +17,7 @@ from release_coordinator.coordinator.models import (
     Task,
     TaskService,
 )
+from release_coordinator.coordinator.services import url_shown
 
 __all__ = ["event_json", "note_json", "release_json", "service_json", "study_json", "task_json"]
 
@@ -38,11 +39,11 @@ def _health_json(health: ServiceHealth) -> dict[str, Any]:
 
 
 def service_json(service: TaskService) -> dict[str, Any]:
-    """A task service as the API shows it."""
+    """A task service as the API shows it (a password in its URL hidden)."""
     return {
         "id": service.id,
         "name": service.name,
-        "url": service.url,
+        "url": url_shown(service.url),
         "enabled": service.enabled,
         "health": _health_json(service.health),
         "created_at": _iso(service.created_at),

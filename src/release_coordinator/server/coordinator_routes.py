@@ -39,6 +39,7 @@ from release_coordinator.server.coordinator_requests import (
     since,
 )
 from release_coordinator.server.request_body import read_object
+from release_coordinator.server.roles import Role
 from release_coordinator.server.token_auth import (
     Principal,
     TokenAuth,
@@ -211,9 +212,13 @@ class ReleaseEndpoints(_Endpoints):
     async def create(self, request: Request) -> Response:
         who = await self.access.operator(request)
         body = await RELEASE_CREATE.read(request, self.max_body)
-        author = body.author
-        if author is None:
-            author = "" if who is self.access.anonymous or who.name == who.kind else who.name
+        own = "" if who is self.access.anonymous or who.name == who.kind else who.name
+        author = own if body.author is None else body.author
+        if who.role is Role.RELEASER and author != own:
+            raise forbidden(
+                f"a releaser creates releases under its own name only: the author given is "
+                f"{author!r}, the token's name {own!r} (an admin may name anyone)"
+            )
         release = await self.coordinator.create_release(
             body.name,
             description=body.description or "",
