@@ -188,6 +188,9 @@ def guarded(handler: Endpoint, *, status_for: StatusFor | None = None) -> Endpoi
 
     async def endpoint(request: Request) -> Response:
         try:
+            if any(isinstance(v, str) and "\x00" in v for v in request.path_params.values()):
+                # (no id holds one; PostgreSQL would refuse to even look it up)
+                raise Refusal(404, "there is nothing at a path that holds a NUL character")
             return await handler(request)
         except Exception as error:
             return failure_response(error, status_for, request.method, request.url.path)

@@ -296,6 +296,8 @@ def query_text(request: Request, name: str) -> str | None:
     value = request.query_params.get(name)
     if value is not None and len(value) > MAX_TEXT:
         raise ValidationError("invalid query", [(name, f"is longer than {MAX_TEXT} characters")])
+    if value is not None and "\x00" in value:  # (no stored text holds one)
+        raise ValidationError("invalid query", [(name, "must not hold a NUL character")])
     return value
 
 
