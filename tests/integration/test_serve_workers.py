@@ -7,6 +7,7 @@ Each request goes on a new connection, so the kernel hands the requests to both 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -198,6 +199,39 @@ def test_two_workers_share_one_fleet_and_one_lease(tmp_path: Path, database: str
         assert " ERROR " not in text, text
         assert text.count("stopped") >= 3, text  # the two workers, then the supervisor
     finally:
+        server.kill()
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path, database: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RC_")}
+    server = Server(
+        tmp_path,
+        env,
+        tmp_path / "serve.log",
+        *("--db", database, "--workers", "2", "--allow-anonymous", "--owner", "orphan"),
+    )
+    try:
+        with httpx.Client(timeout=10.0) as probe:
+            server.wait_ready(probe)
+        until("two workers serving", lambda: len(WORKER.findall(server.stderr())) == 2, server)
+        pids = [int(pid) for _owner, _index, pid in WORKER.findall(server.stderr())]
+        server.process.kill()  # SIGKILL: the supervisor says nothing to its workers
+        server.process.wait(timeout=10)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{pid}/stat") as stat:  # (a zombie until reaped: gone too)
+                return stat.read().rpartition(")")[2].split()[0] == "Z"
+
+        until("the workers stopped", lambda: all(gone(pid) for pid in pids), server, within=30)
+        assert server.stderr().count("the supervisor (pid") == 2, server.stderr()
+    finally:
+        for pid in locals().get("pids", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         server.kill()
 
 

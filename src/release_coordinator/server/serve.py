@@ -100,7 +100,7 @@ from release_coordinator.server.servers import GRACEFUL_SHUTDOWN
 from release_coordinator.server.token_auth import Verifier
 from release_coordinator.server.tokens import ENV_OPERATOR_TOKENS, ServeTokens, tokens_from_env
 from release_coordinator.server.ui import ui_routes
-from release_coordinator.server.workers import supervise
+from release_coordinator.server.workers import as_worker, supervise
 from release_coordinator.storage import DEFAULT_DB
 from release_coordinator.storage.base import CoordinatorStore
 from release_coordinator.storage.memory import MemoryStore
@@ -576,7 +576,7 @@ def _worker_entry(settings: ServeSettings, sock: socket.socket, index: int) -> N
         for name in ("httpx", "httpcore"):  # (as the command sets them)
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        status = asyncio.run(serve_on(settings, sock, worker=f"w{index}"))
+        status = asyncio.run(as_worker(serve_on(settings, sock, worker=f"w{index}"), os.getppid()))
     except ReleaseCoordinatorError as error:  # (a store it cannot open, say): one line
         log.error("worker %d did not start: %s", index, error.message)
         status = 1

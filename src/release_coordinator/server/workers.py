@@ -14,7 +14,9 @@ one of them. What they share lives in the database:
 - the manager's periodic work (ticks: lost children, time-outs, barriers that time out,
   completion) runs in the one worker that holds the loop's lease (``rollout-manager-loop``).
 
-The supervisor restarts a worker that exits while the server runs (a crash, a kill), unless
+A worker whose supervisor is gone (killed with SIGKILL, say) stops itself, as if it had been
+sent SIGTERM: it never serves on alone. The supervisor restarts a worker that exits while the
+server runs (a crash, a kill), unless
 workers keep failing right after they start (then it stops them all: exit status 1); a
 worker that stops cleanly (it was sent SIGTERM itself) is not replaced, and the supervisor
 stops once none is left.
@@ -28,14 +30,15 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-__all__ = ["FAILING_AT_START", "STOP_WITHIN", "WorkerEntry", "supervise"]
+__all__ = ["FAILING_AT_START", "STOP_WITHIN", "WorkerEntry", "as_worker", "supervise"]
 
 log = logging.getLogger("release_coordinator.server.serve")
 
@@ -166,3 +169,21 @@ def _signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> Any:
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+
+
+async def as_worker(serving: Awaitable[int], supervisor: int, *, every: float = 1.0) -> int:
+    """Await ``serving`` (a worker's server) in a worker process of ``supervisor`` (its pid);
+    should the supervisor die, the worker sends itself SIGTERM (its server stops as for any
+    SIGTERM: the requests it holds finish)."""
+    watch = asyncio.get_running_loop().create_task(_stop_when_orphaned(supervisor, every))
+    try:
+        return await serving
+    finally:
+        watch.cancel()
+
+
+async def _stop_when_orphaned(supervisor: int, every: float) -> None:
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - another process's life, polled
+        await asyncio.sleep(every)
+    log.warning("the supervisor (pid %d) is gone: this worker stops", supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
