@@ -55,16 +55,12 @@ def _page(notes: list[ReleaseNote], limit: int, offset: int) -> Response:
 class NoteEndpoints(_Endpoints):
     """Release notes: on a release, or on one of its studies."""
 
-    def _name(self, who: Principal) -> str:
-        """The operator's name as an author ("" for an anonymous or unnamed one)."""
-        return "" if who is self.access.anonymous or who.name == who.kind else who.name
-
     def _own_only(self, who: Principal, author: str | None, what: str) -> None:
         """A releaser writes under its own name (an admin, or an anonymous app, as anyone);
         a releaser without a name (a token given without one) writes no note."""
         if who.role is not Role.RELEASER:
             return
-        name = self._name(who)
+        name = self.access.author_name(who)
         if not name:
             raise forbidden(
                 "a releaser's token needs a name to write notes (name:releaser=token): its "
@@ -95,7 +91,7 @@ class NoteEndpoints(_Endpoints):
             request.path_params["release_id"],
             body.text,
             study_id=body.study_id or "",
-            author=self._name(who) if body.author is None else body.author,
+            author=self.access.author_name(who) if body.author is None else body.author,
         )
         return json_response(201, note_json(note))
 
@@ -111,7 +107,7 @@ class NoteEndpoints(_Endpoints):
             note_id = request.path_params["note_id"]
             self._own_only(who, (await self.coordinator.get_note(note_id)).author, "edits")
         note = await self.coordinator.edit_note(
-            request.path_params["note_id"], body.text, editor=self._name(who)
+            request.path_params["note_id"], body.text, editor=self.access.author_name(who)
         )
         return json_response(200, note_json(note))
 
@@ -120,7 +116,9 @@ class NoteEndpoints(_Endpoints):
         if who.role is Role.RELEASER:
             note_id = request.path_params["note_id"]
             self._own_only(who, (await self.coordinator.get_note(note_id)).author, "deletes")
-        await self.coordinator.delete_note(request.path_params["note_id"], by=self._name(who))
+        await self.coordinator.delete_note(
+            request.path_params["note_id"], by=self.access.author_name(who)
+        )
         return Response(status_code=204)
 
     def table(self) -> Table:

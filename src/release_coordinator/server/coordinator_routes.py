@@ -88,6 +88,11 @@ class Access:
             raise unauthorized()
         return who
 
+    def author_name(self, who: Principal) -> str:
+        """``who``'s name as the author of what it writes ("" for the anonymous operator or a
+        token given without a name)."""
+        return "" if who is self.anonymous or who.name == who.kind else who.name
+
     async def operator(self, request: Request) -> Principal:
         """The operator asking, if its role allows the request (403 otherwise, and for a task
         service's token)."""
@@ -212,7 +217,7 @@ class ReleaseEndpoints(_Endpoints):
     async def create(self, request: Request) -> Response:
         who = await self.access.operator(request)
         body = await RELEASE_CREATE.read(request, self.max_body)
-        own = "" if who is self.access.anonymous or who.name == who.kind else who.name
+        own = self.access.author_name(who)
         author = own if body.author is None else body.author
         if who.role is Role.RELEASER and author != own:
             raise forbidden(
