@@ -64,21 +64,34 @@ def report(child: str, release: str, stage: str, status: int, nxt: str = "") -> 
     }
 
 
-def test_two_workers_share_one_fleet_and_one_lease(tmp_path: Path, database: str) -> None:
+def two_workers(tmp_path: Path, database: str, *options: str) -> Server:
+    """``serve --workers 2`` over ``database``, answering, both workers serving."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RC_")}
     server = Server(
         tmp_path,
         env,
         tmp_path / "serve.log",
-        *("--db", database, "--workers", "2", "--allow-anonymous"),
-        *("--lease-seconds", str(LEASE_SECONDS), "--tick-interval", "0.2"),
-        *("--lost-after", "3600", "--owner", "ws"),
+        *("--db", database, "--workers", "2", "--allow-anonymous", *options),
     )
     try:
         with httpx.Client(timeout=10.0) as probe:
             server.wait_ready(probe)
+        until("two workers serving", lambda: len(WORKER.findall(server.stderr())) == 2, server)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
+def test_two_workers_share_one_fleet_and_one_lease(tmp_path: Path, database: str) -> None:
+    server = two_workers(
+        tmp_path,
+        database,
+        *("--lease-seconds", str(LEASE_SECONDS), "--tick-interval", "0.2"),
+        *("--lost-after", "3600", "--owner", "ws"),
+    )
+    try:
         log = server.stderr
-        until("two workers serving", lambda: len(WORKER.findall(log())) == 2, server)
         until("a lease holder", lambda: bool(HOLDS.search(log())), server)
         pids = {owner: int(pid) for owner, _index, pid in WORKER.findall(log())}
         assert set(pids) == {"ws-w1", "ws-w2"}, log()
@@ -203,17 +216,8 @@ def test_two_workers_share_one_fleet_and_one_lease(tmp_path: Path, database: str
 
 
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path, database: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RC_")}
-    server = Server(
-        tmp_path,
-        env,
-        tmp_path / "serve.log",
-        *("--db", database, "--workers", "2", "--allow-anonymous", "--owner", "orphan"),
-    )
+    server = two_workers(tmp_path, database, "--owner", "orphan")
     try:
-        with httpx.Client(timeout=10.0) as probe:
-            server.wait_ready(probe)
-        until("two workers serving", lambda: len(WORKER.findall(server.stderr())) == 2, server)
         pids = [int(pid) for _owner, _index, pid in WORKER.findall(server.stderr())]
         server.process.kill()  # SIGKILL: the supervisor says nothing to its workers
         server.process.wait(timeout=10)
