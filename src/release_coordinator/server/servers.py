@@ -53,6 +53,7 @@ __all__ = [
     "default_server",
     "describe",
     "run",
+    "stop_on_signals",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ async def run(
 
 
 @contextlib.contextmanager
-def _signals_stop(stop: Callable[[], None]) -> Iterator[None]:
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     """SIGINT and SIGTERM call ``stop`` (in the main thread only: elsewhere nothing changes),
     and nothing else: the command then closes its stores and exits 0 instead of dying of
     the signal. The previous handlers come back afterwards."""
@@ -162,7 +163,7 @@ async def _run_uvicorn(app: ASGIApp, sock: socket.socket, log_level: str, grace:
     # uvicorn stops on SIGINT/SIGTERM and, once stopped, raises the signal again for the
     # handler it found. The handler it finds is this one, which only asks it to stop (also
     # when the signal comes before uvicorn listens for it).
-    with _signals_stop(stop):
+    with stop_on_signals(stop):
         try:
             await server.serve(sockets=[sock])
         except SystemExit as stopped:  # uvicorn's way to say the startup failed
@@ -317,7 +318,7 @@ async def _run_granian(app: ASGIApp, sock: socket.socket, log_level: str, grace:
     requests = _OpenRequests(app)
     lifespan = _Lifespan(app)
     try:
-        with _signals_stop(stop):
+        with stop_on_signals(stop):
             if not await lifespan.startup():
                 log.error("the server did not start: the application's startup failed")
                 return False

@@ -38,6 +38,8 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from release_coordinator.server.servers import stop_on_signals
+
 __all__ = ["FAILING_AT_START", "STOP_WITHIN", "WorkerEntry", "as_worker", "supervise"]
 
 log = logging.getLogger("release_coordinator.server.serve")
@@ -84,7 +86,11 @@ async def supervise(
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    with _signals(loop, stopping.set):
+
+    def stop() -> None:  # from a signal handler: wake the loop
+        loop.call_soon_threadsafe(stopping.set)
+
+    with stop_on_signals(stop):
         try:
             for index in range(1, workers + 1):
                 start(index)
@@ -152,23 +158,6 @@ async def _stop_all(workers: list[_Worker], within: float) -> bool:
     # A worker told to stop before it took the signals over (still starting) dies of SIGTERM:
     # that is the stop asked for, not a failure.
     return all(w.process.exitcode in (0, -signal.SIGTERM) for w in workers)
-
-
-@contextlib.contextmanager
-def _signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> Any:
-    """SIGTERM and SIGINT call ``stop`` while the block runs."""
-    installed = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(signum, stop)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            continue
-        installed.append(signum)
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
 
 
 async def as_worker(serving: Awaitable[int], supervisor: int, *, every: float = 1.0) -> int:
