@@ -39,6 +39,7 @@ from release_coordinator import (
 from release_coordinator.cli import area_from_file, main
 from release_coordinator.fsm.rollout import ReleaseStatus
 from release_coordinator.server import serve, serve_settings
+from release_coordinator.server import service_app as service_app_module
 from release_coordinator.server.access_log import ACCESS_LOGGER, AccessLog
 from release_coordinator.server.coordinator_app import coordinator_app
 from release_coordinator.server.rollout_app import rollout_app
@@ -177,7 +178,7 @@ def test_a_clash_of_paths_is_refused() -> None:
     first = Starlette(routes=[Route("/same", ok), Route("/a", ok)])
     second = Starlette(routes=[Route("/same", ok), Route("/b", ok)])
     with pytest.raises(ConfigurationError, match="/same"):
-        serve._merged_routes(first, second)
+        service_app_module._merged_routes(first, second)
 
 
 def test_without_operator_tokens_the_app_is_refused() -> None:
