@@ -10,6 +10,7 @@ from __future__ import annotations
 from release_coordinator._version import __version__
 from release_coordinator.client.http import Client
 from release_coordinator.coordinator.config import CoordinatorConfig, RetryPolicy
+from release_coordinator.coordinator.delivery import WebhookDispatcher, WebhookRetry
 from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.coordinator.events import Subscriber
 from release_coordinator.coordinator.kit import KitTask, TaskServiceKit
@@ -26,6 +27,16 @@ from release_coordinator.coordinator.models import (
     TaskService,
 )
 from release_coordinator.coordinator.sync import SyncCoordinator
+from release_coordinator.coordinator.webhook_records import (
+    DeliveryState,
+    Webhook,
+    WebhookDelivery,
+)
+from release_coordinator.coordinator.webhooks import (
+    new_webhook_secret,
+    sign_webhook,
+    verify_webhook,
+)
 from release_coordinator.coordinator.wire import (
     ServiceStatus,
     TaskAction,
@@ -53,6 +64,7 @@ from release_coordinator.errors import (
     TransientTransportError,
     TransportError,
     ValidationError,
+    WebhookSignatureError,
 )
 from release_coordinator.fsm.release import RELEASE_MACHINE, TASK_MACHINE, ReleaseState, TaskState
 from release_coordinator.fsm.rollout import (
@@ -113,6 +125,7 @@ from release_coordinator.storage.base import CoordinatorStore, EventFilter, Step
 from release_coordinator.storage.memory import MemoryStore
 from release_coordinator.storage.memory_rollout import MemoryRolloutStore
 from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore
+from release_coordinator.storage.webhook_base import WebhookStore
 from release_coordinator.transports.base import ParentLink, TaskServiceTransport
 from release_coordinator.transports.http import HttpParent, HttpTransport
 from release_coordinator.transports.memory import (
@@ -144,6 +157,7 @@ __all__ = [
     "Coordinator",
     "CoordinatorConfig",
     "CoordinatorStore",
+    "DeliveryState",
     "EndAction",
     "EndCondition",
     "EndStageAnswer",
@@ -232,10 +246,19 @@ __all__ = [
     "ValidationError",
     "Variant",
     "Waves",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookDispatcher",
+    "WebhookRetry",
+    "WebhookSignatureError",
+    "WebhookStore",
     "__version__",
     "aggregate",
     "dump_strategy",
+    "new_webhook_secret",
     "parse_result",
     "parse_strategy",
+    "sign_webhook",
     "simulate",
+    "verify_webhook",
 ]

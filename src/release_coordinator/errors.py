@@ -245,6 +245,14 @@ class MalformedAnswerError(PeerAnswerError):
     code = "malformed_answer"
 
 
+class WebhookSignatureError(ReleaseCoordinatorError):
+    """A webhook delivery whose signature does not verify (``verify_webhook``, on the
+    receiver's side)."""
+
+    code = "invalid_signature"
+    http_status = 401
+
+
 class StorageError(ReleaseCoordinatorError):
     """The store failed underneath (a driver error, a lost connection)."""
 

@@ -6,8 +6,6 @@ Adapters join by adding a parameter to ``store``; the assertions never change.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import attrs
 import pytest
@@ -20,7 +18,6 @@ from release_coordinator import (
     EventFilter,
     EventKind,
     EventType,
-    MemoryStore,
     NotFoundError,
     Release,
     ReleaseNote,
@@ -35,29 +32,6 @@ from release_coordinator import (
 from release_coordinator.coordinator.models import HealthStatus, utcnow
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CoordinatorStore]:
-    adapter: CoordinatorStore
-    if request.param == "memory":
-        adapter = MemoryStore()
-        yield adapter
-        await adapter.close()
-        return
-    from release_coordinator.storage.sql import SQLStore
-
-    if request.param == "sqlite":
-        adapter = await SQLStore.connect(f"sqlite:///{tmp_path / 'store.db'}")
-        yield adapter
-        await adapter.close()
-        return
-    from sql_support import postgres_schema
-
-    with postgres_schema(request.getfixturevalue("postgres_url")) as url:
-        adapter = await SQLStore.connect(url)
-        yield adapter
-        await adapter.close()
 
 
 def ev(message: str, **kw: object) -> Event:

@@ -47,6 +47,7 @@ from release_coordinator.coordinator.models import (
 from release_coordinator.coordinator.notes import NotesMixin
 from release_coordinator.coordinator.plans import change_for_report, refused_report
 from release_coordinator.coordinator.services import ServicesMixin
+from release_coordinator.coordinator.webhooks import WebhooksMixin
 from release_coordinator.errors import (
     ConcurrentUpdateError,
     ConflictError,
@@ -88,7 +89,7 @@ def _text_problems(field: str, values: tuple[object, ...]) -> list[tuple[str, st
     return problems
 
 
-class Coordinator(ServicesMixin, DriverMixin, NotesMixin):
+class Coordinator(ServicesMixin, DriverMixin, NotesMixin, WebhooksMixin):
     """Drives data releases across task services. Async; see :class:`SyncCoordinator` for a
     blocking facade.
 

@@ -8,11 +8,12 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from release_coordinator.coordinator.models import Event, EventKind, EventType, TaskService
 from release_coordinator.storage.base import CoordinatorStore, EventFilter
 
-__all__ = ["EventsMixin", "Subscriber", "log", "new_event"]
+__all__ = ["EventsMixin", "Subscriber", "event_json", "log", "new_event"]
 
 #: The Coordinator's logger, one for all its parts (named after the module of its facade).
 log = logging.getLogger("release_coordinator.coordinator.engine")
@@ -40,6 +41,22 @@ def new_event(
         task_id=task_id,
         task_service_id=service.id if service else service_id,
     )
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """An event of the log as the API shows it (the protocol's fields, plus ``kind`` and
+    ``state``)."""
+    return {
+        "id": event.id,
+        "at": event.at.isoformat(),
+        "type": event.type.value,
+        "kind": event.kind.value,
+        "message": event.message,
+        "release_id": event.release_id,
+        "task_id": event.task_id,
+        "task_service_id": event.task_service_id,
+        "state": event.state,
+    }
 
 
 class EventsMixin:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from release_coordinator.coordinator.events import event_json
 from release_coordinator.coordinator.models import (
-    Event,
     Release,
     ReleaseNote,
     ServiceHealth,
@@ -84,22 +84,6 @@ def task_json(task: Task) -> dict[str, Any]:
         "created_at": _iso(task.created_at),
         "updated_at": _iso(task.updated_at),
         "progress_at": _iso(task.progress_at),
-    }
-
-
-def event_json(event: Event) -> dict[str, Any]:
-    """An event of the log as the API shows it (the protocol's fields, plus ``kind`` and
-    ``state``)."""
-    return {
-        "id": event.id,
-        "at": _iso(event.at),
-        "type": event.type.value,
-        "kind": event.kind.value,
-        "message": event.message,
-        "release_id": event.release_id,
-        "task_id": event.task_id,
-        "task_service_id": event.task_service_id,
-        "state": event.state,
     }
 
 

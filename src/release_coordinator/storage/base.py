@@ -43,6 +43,7 @@ from release_coordinator.coordinator.models import (
 )
 from release_coordinator.errors import ConcurrentUpdateError, ConflictError, NotFoundError
 from release_coordinator.fsm.release import ReleaseState, TaskState
+from release_coordinator.storage.webhook_base import WebhookStore
 from release_coordinator.versions import Version
 
 __all__ = [
@@ -136,6 +137,8 @@ class EventFilter:
     #: Only events with an id greater than this (to follow the log incrementally).
     after_id: int = 0
     since: datetime | None = None
+    #: Only the events whose new ``state`` is one of these (transitions).
+    states: Collection[str] | None = None
 
     def matches(self, event: Event) -> bool:
         return (
@@ -145,6 +148,7 @@ class EventFilter:
             and (self.task_service_id is None or event.task_service_id == self.task_service_id)
             and (self.types is None or event.type in self.types)
             and (self.kinds is None or event.kind in self.kinds)
+            and (self.states is None or event.state in self.states)
             and (self.since is None or event.at >= self.since)
         )
 
@@ -228,9 +232,10 @@ def page(items: list[T], limit: int | None, offset: int) -> list[T]:
     return items[offset : None if limit is None else offset + limit]
 
 
-class CoordinatorStore(abc.ABC):
-    """What the Coordinator keeps: task services, releases, tasks, events and leases, and the
-    release notes (studies are read from the releases)."""
+class CoordinatorStore(WebhookStore):
+    """What the Coordinator keeps: task services, releases, tasks, events and leases, the
+    release notes (studies are read from the releases), and the webhooks
+    (:class:`~release_coordinator.storage.webhook_base.WebhookStore`)."""
 
     # -- task services -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -477,5 +482,5 @@ class CoordinatorStore(abc.ABC):
     async def drop_lease(self, release_id: str, owner: str) -> None:
         """Give up ``owner``'s lease on a release (no-op if it does not hold it)."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release connections and files. Idempotent."""

@@ -35,6 +35,7 @@ from release_coordinator.storage.base import (
     service_in_use,
     updated_service,
 )
+from release_coordinator.storage.memory_webhooks import MemoryWebhooks
 from release_coordinator.versions import Version, next_release_version, published_version
 
 __all__ = ["MemoryStore"]
@@ -57,7 +58,7 @@ def _with_id(e: Event, event_id: int) -> Event:
     )
 
 
-class MemoryStore(CoordinatorStore):
+class MemoryStore(MemoryWebhooks, CoordinatorStore):
     """A :class:`CoordinatorStore` in process memory."""
 
     def __init__(self) -> None:
@@ -77,6 +78,7 @@ class MemoryStore(CoordinatorStore):
         self._top_version = "0.0.0"
         self._leases: dict[str, tuple[str, float]] = {}
         self._notes: dict[str, ReleaseNote] = {}  # in creation order
+        self._init_webhooks()
 
     # -- helpers (call with the lock held) ---------------------------------------------------
     def _append(self, event: Event | None) -> Event | None:

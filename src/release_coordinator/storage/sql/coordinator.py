@@ -62,11 +62,12 @@ from release_coordinator.storage.sql.notes import _Notes
 from release_coordinator.storage.sql.releases import _Releases
 from release_coordinator.storage.sql.services import _Services
 from release_coordinator.storage.sql.tasks import _Tasks
+from release_coordinator.storage.sql.webhooks import _Webhooks
 
 __all__ = ["SQLStore"]
 
 
-class SQLStore(_Notes, _Services, _Releases, _Tasks, _Leases, CoordinatorStore):
+class SQLStore(_Notes, _Webhooks, _Services, _Releases, _Tasks, _Leases, CoordinatorStore):
     """A :class:`CoordinatorStore` in a SQL database (see the module documentation).
 
     Create it with :meth:`connect`; :meth:`close` disposes of the engine.

@@ -112,6 +112,8 @@ class _EventLog(SQLDatabase):
             query = query.where(events.c.type.in_([EventType(t).value for t in filter.types]))
         if filter.kinds is not None:
             query = query.where(events.c.kind.in_([EventKind(k).value for k in filter.kinds]))
+        if filter.states is not None:
+            query = query.where(events.c.state.in_(list(filter.states)))
         if filter.since is not None:
             query = query.where(events.c.at >= filter.since)
         query = _page(query, limit, offset)

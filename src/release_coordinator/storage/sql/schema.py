@@ -3,7 +3,8 @@
 :data:`SCHEMA_VERSION` is the schema this library writes; :data:`MIGRATIONS` the steps that
 bring an older one to it (``release-coordinator db upgrade``, :func:`~release_coordinator.
 storage.sql.upgrade`). The Coordinator's tables (services, releases, tasks, events) came with
-version 1, the RolloutManager's with versions 2 and 3, the release notes with version 5.
+version 1, the RolloutManager's with versions 2 and 3, the release notes with version 5, the
+webhooks with version 7.
 """
 
 from __future__ import annotations
@@ -277,6 +278,76 @@ notes = sa.Table(
     sa.Index("ix_rc_notes_study", "study_id"),
 )
 
+#: Webhook subscriptions (schema version 7) with their delivery state and lease, and the log
+#: of their delivery attempts (the newest ``DELIVERY_LOG_LIMIT`` of each).
+webhooks = sa.Table(
+    "rc_webhooks",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", _ID, nullable=False, unique=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("kinds", sa.JSON, nullable=False),
+    sa.Column("types", sa.JSON, nullable=False),
+    sa.Column("states", sa.JSON, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("max_batch", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("cursor", sa.BigInteger, nullable=False),
+    sa.Column("pending_until", sa.BigInteger, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=False),
+    sa.Column("last_delivery_at", UTCDateTime, nullable=True),
+    sa.Column("disabled_reason", sa.Text, nullable=False),
+    sa.Column("lease_owner", _ID, nullable=True),
+    sa.Column("lease_expires_at", _LEASE_TIME, nullable=True),
+)
+
+webhook_deliveries = sa.Table(
+    "rc_webhook_deliveries",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("webhook_id", _ID, sa.ForeignKey("rc_webhooks.id"), nullable=False),
+    sa.Column("id", sa.String(256), nullable=False),
+    sa.Column("first_event_id", sa.BigInteger, nullable=False),
+    sa.Column("last_event_id", sa.BigInteger, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_rc_webhook_deliveries_webhook", "webhook_id", "seq"),
+)
+
+#: The rollout event log (schema version 8): the RolloutManager's events, written with the
+#: changes they record (see ``storage/sql/rollout_events.py``).
+rollout_events = sa.Table(
+    "rc_rollout_events",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("rollout_id", _ID, nullable=True),
+    sa.Column("child_id", _ID, nullable=True),
+    sa.Column("stage", sa.String(256), nullable=True),
+    sa.Column("state", sa.String(32), nullable=True),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_rc_rollout_events_rollout", "rollout_id"),
+    sa.Index("ix_rc_rollout_events_child", "child_id"),
+)
+
 _TABLES = frozenset(metadata.tables)
 
 #: A release's columns less its lease (the Coordinator's lease methods alone read those).
@@ -353,6 +424,17 @@ def _to_v6(conn: Connection) -> None:
         )
 
 
+def _to_v7(conn: Connection) -> None:
+    """Webhooks: the subscriptions with their delivery state, and their delivery log."""
+    for table in (webhooks, webhook_deliveries):
+        table.create(conn, checkfirst=True)
+
+
+def _to_v8(conn: Connection) -> None:
+    """The rollout event log (empty: what happened before was not logged)."""
+    rollout_events.create(conn, checkfirst=True)
+
+
 #: Every step, in order; the last one's version is the schema this library writes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "leases on releases", _to_v1),
@@ -361,5 +443,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "leases on periodic work", _to_v4),
     Migration(5, "release notes and studies", _to_v5),
     Migration(6, "rollouts gated on data releases", _to_v6),
+    Migration(7, "webhooks and their delivery log", _to_v7),
+    Migration(8, "the rollout event log", _to_v8),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
