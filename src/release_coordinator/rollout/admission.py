@@ -18,7 +18,7 @@ from release_coordinator.rollout.policies import (
     Waves,
 )
 
-__all__ = ["Admission", "admit"]
+__all__ = ["Admission", "admit", "success_share"]
 
 
 @attrs.frozen
@@ -27,6 +27,9 @@ class Admission:
 
     admit: tuple[str, ...] = ()
     abort: str = ""
+    #: When the decision may change by time alone (a wave's soak time ends), on the manager's
+    #: clock; None if only the children's progress changes it.
+    until: float | None = None
 
 
 _FINISHED = frozenset({ReleaseStatus.DONE, ReleaseStatus.FAILED})
@@ -40,14 +43,17 @@ def admit(
     *,
     lost: Callable[[str], bool],
     area_of: Callable[[str], Area],
+    now: float | None = None,
 ) -> Admission:
     """The policy's decision. ``eligible`` in eligibility order; ``states`` of the children
-    admitted so far (the others are not in it)."""
+    admitted so far (the others are not in it). ``now`` (the manager's clock) judges a
+    wave's ``soak_time`` (None: not judged). The policy's ``pacing`` (rate, schedule) is
+    applied by the manager on top of this decision."""
     if isinstance(policy, GlobalIncremental):
         return Admission(tuple(c for c in eligible if c not in states))
     if isinstance(policy, LocationSequential):
         return _sequential(policy, eligible, states, lost, area_of)
-    return _waves(policy, eligible, states)
+    return _waves(policy, eligible, states, now)
 
 
 def _done(child: str, states: Mapping[str, ChildRelease], lost: Callable[[str], bool]) -> bool:
@@ -81,7 +87,27 @@ def _sequential(
     return Admission()
 
 
-def _waves(policy: Waves, eligible: Sequence[str], states: Mapping[str, ChildRelease]) -> Admission:
+def finished_at(state: ChildRelease) -> float:
+    """When a finished child finished (its last stage change, on the manager's clock)."""
+    return max((s.changed_at for s in state.stages.values()), default=0.0)
+
+
+def success_share(states: Mapping[str, ChildRelease]) -> float | None:
+    """Of the finished children, the share that rolled out (None: none finished yet)."""
+    finished = rolled_out = 0
+    for state in states.values():
+        if state.status in _FINISHED:
+            finished += 1
+            rolled_out += state.status is ReleaseStatus.DONE and state.outcome == ROLLED_OUT
+    return rolled_out / finished if finished else None
+
+
+def _waves(
+    policy: Waves,
+    eligible: Sequence[str],
+    states: Mapping[str, ChildRelease],
+    now: float | None = None,
+) -> Admission:
     finished = [s for s in states.values() if s.status in _FINISHED]
     failed = sum(1 for s in finished if s.status is ReleaseStatus.FAILED)
     if (
@@ -99,6 +125,18 @@ def _waves(policy: Waves, eligible: Sequence[str], states: Mapping[str, ChildRel
     )
     if admitted and succeeded < policy.success_threshold * admitted:
         return Admission()  # the current wave is still proving itself
+    if admitted and policy.soak_time and now is not None:
+        # Soaking: the threshold was met by the `need`-th success; the next wave waits
+        # soak_time after it (from the stored finish times: the same after a restart).
+        need = max(1, math.ceil(policy.success_threshold * admitted))
+        times = sorted(
+            finished_at(s)
+            for s in finished
+            if s.status is ReleaseStatus.DONE and s.outcome == ROLLED_OUT
+        )
+        until = times[need - 1] + policy.soak_time
+        if now < until:
+            return Admission(until=until)
     # The next wave: the first whose size passes what was admitted so far; the last wave is
     # everyone, children that became eligible late included.
     sizes = [max(1, math.ceil(share * len(eligible))) for share in policy.sizes]

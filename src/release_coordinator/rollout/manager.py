@@ -62,6 +62,7 @@ from release_coordinator.fsm.rollout import (
 )
 from release_coordinator.rollout.archive import FunctionArchive
 from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.judging import told_to_roll_back
 from release_coordinator.rollout.models import (
     ChildRelease,
     ChildStage,
@@ -160,9 +161,10 @@ class RolloutManager(_Operations):
         offer = await self.store.first_offer(child_id)
         aborted = self._aborted_for.get(child_id)
         told = tuple(sorted(aborted)) if aborted else ()
+        hint = self._poll_hint(child_id, offer)  # next_poll (rollout.pacer)
         if offer and number_of_children:
-            return PollAnswer(child_id, offer, await self._target_geojson(offer), told)
-        return PollAnswer(child_id, offer, aborted=told)
+            return PollAnswer(child_id, offer, await self._target_geojson(offer), told, hint)
+        return PollAnswer(child_id, offer, aborted=told, next_poll=hint)
 
     async def _target_geojson(self, rollout_id: str) -> Mapping[str, Any]:
         cached = self._target_json.get(rollout_id)
@@ -437,7 +439,11 @@ class RolloutManager(_Operations):
         rollout = await self.store.get_rollout(release_id)
         state = await self.store.child_release(release_id, child_id)
         stage = state.stage(stage_name)
-        if rollout.state is RolloutState.ABORTED or state.outcome is Outcome.TIMED_OUT:
+        if (
+            rollout.state is RolloutState.ABORTED
+            or state.outcome is Outcome.TIMED_OUT
+            or told_to_roll_back(state, stage_name)  # by canary judgement
+        ):
             return EndStageAnswer(True, "rollback")  # aborted, or the manager gave up on it
         if stage.status is StageStatus.SUCCESS_WAITING and rollout.state is RolloutState.ACTIVE:
             barrier = await self._barrier(release_id, stage_name)

@@ -34,6 +34,8 @@ import attrs
 
 from release_coordinator.errors import ConfigurationError, GeoJSONError, Problem, ValidationError
 from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.judgement import Judgement, judgement_json, parse_judgement
+from release_coordinator.rollout.pacing import NO_PACING, Pacing, pacing_json, parse_pacing
 
 __all__ = [
     "DEFAULT_CHILD_TIMEOUT",
@@ -58,6 +60,11 @@ def _timeout(_: object, attribute: attrs.Attribute[float | None], value: float |
         raise ConfigurationError(f"{attribute.name} must be positive, not {value!r}")
 
 
+def _soak(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigurationError(f"{attribute.name} must be a non-negative number, not {value!r}")
+
+
 #: The default per-child time limit (seconds) of every policy: see the module documentation.
 DEFAULT_CHILD_TIMEOUT = 3600.0
 _DEFAULT_LIMIT: float | None = DEFAULT_CHILD_TIMEOUT  # typed as the field is
@@ -71,6 +78,10 @@ class GlobalIncremental:
     quorum: float = attrs.field(default=1.0, validator=_fraction)
     barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
     child_timeout: float | None = attrs.field(default=_DEFAULT_LIMIT, validator=_timeout)
+    #: Canary judgement by the manager (None: none): see :mod:`.judgement`.
+    judgement: Judgement | None = None
+    #: Rate and time controls (ramp, schedule, windows, deadline): see :mod:`.pacing`.
+    pacing: Pacing = NO_PACING
 
 
 @attrs.frozen
@@ -84,6 +95,10 @@ class LocationSequential:
     quorum: float = attrs.field(default=1.0, validator=_fraction)
     barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
     child_timeout: float | None = attrs.field(default=_DEFAULT_LIMIT, validator=_timeout)
+    #: Canary judgement by the manager (None: none): see :mod:`.judgement`.
+    judgement: Judgement | None = None
+    #: Rate and time controls (ramp, schedule, windows, deadline): see :mod:`.pacing`.
+    pacing: Pacing = NO_PACING
 
 
 def _sizes(
@@ -101,7 +116,8 @@ class Waves:
     eligibility order; the last wave is everyone). The next wave starts once
     ``success_threshold`` of the children admitted so far finished and rolled out; the rollout
     aborts once more than ``failure_threshold`` of the finished children failed, after at least
-    ``min_finished`` finished."""
+    ``min_finished`` finished. With ``soak_time``, the next wave waits that many seconds more
+    after the current one met the threshold (measured from the finish that met it)."""
 
     sizes: tuple[float, ...] = attrs.field(default=(0.01, 0.1, 0.5, 1.0), validator=_sizes)
     success_threshold: float = attrs.field(default=0.9, validator=_fraction)
@@ -110,6 +126,12 @@ class Waves:
     quorum: float = attrs.field(default=1.0, validator=_fraction)
     barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
     child_timeout: float | None = attrs.field(default=_DEFAULT_LIMIT, validator=_timeout)
+    #: Canary judgement by the manager (None: none): see :mod:`.judgement`.
+    judgement: Judgement | None = None
+    #: Seconds to wait, once a wave met ``success_threshold``, before the next wave starts.
+    soak_time: float = attrs.field(default=0.0, validator=_soak)
+    #: Rate and time controls (ramp, schedule, windows, deadline): see :mod:`.pacing`.
+    pacing: Pacing = NO_PACING
 
 
 Policy = GlobalIncremental | LocationSequential | Waves
@@ -131,11 +153,15 @@ def _number(value: object) -> float | None:
 
 def policy_json(policy: Policy) -> dict[str, Any]:
     """A policy as the API shows it (and :func:`parse_policy` reads it back)."""
-    common = {
+    common: dict[str, Any] = {
         "quorum": policy.quorum,
         "barrier_timeout": policy.barrier_timeout,
         "child_timeout": policy.child_timeout,
     }
+    if policy.judgement is not None:  # shown only when set, as pacing
+        common["judgement"] = judgement_json(policy.judgement)
+    if policy.pacing.is_set:  # shown only when set: policies without one read as before
+        common["pacing"] = pacing_json(policy.pacing)
     if isinstance(policy, GlobalIncremental):
         return {"type": "global_incremental", **common}
     if isinstance(policy, LocationSequential):
@@ -147,21 +173,32 @@ def policy_json(policy: Policy) -> dict[str, Any]:
         "success_threshold": policy.success_threshold,
         "failure_threshold": policy.failure_threshold,
         "min_finished": policy.min_finished,
+        **({"soak_time": policy.soak_time} if policy.soak_time else {}),
         **common,
     }
 
 
 _POLICY_FIELDS = {
-    "global_incremental": {"quorum", "barrier_timeout", "child_timeout"},
-    "location_sequential": {"groups", "quorum", "barrier_timeout", "child_timeout"},
+    "global_incremental": {"quorum", "barrier_timeout", "child_timeout", "judgement", "pacing"},
+    "location_sequential": {
+        "groups",
+        "quorum",
+        "barrier_timeout",
+        "child_timeout",
+        "judgement",
+        "pacing",
+    },
     "waves": {
         "sizes",
         "success_threshold",
         "failure_threshold",
         "min_finished",
+        "soak_time",
         "quorum",
         "barrier_timeout",
         "child_timeout",
+        "pacing",
+        "judgement",
     },
 }
 
@@ -205,6 +242,22 @@ def parse_policy(value: object, path: str = "policy") -> Policy:
             options["child_timeout"] = None
         else:
             take_number("child_timeout", "must be a number of seconds or null")
+    if value.get("pacing") is not None:  # rate and time controls (rollout.pacing)
+        try:
+            options["pacing"] = parse_pacing(value["pacing"], f"{path}.pacing")
+        except ValidationError as error:
+            problems.extend(error.problems)
+    if value.get("judgement") is not None:  # canary judgement (rollout.judgement)
+        try:
+            options["judgement"] = parse_judgement(value["judgement"], f"{path}.judgement")
+        except ValidationError as error:
+            problems.extend(error.problems)
+    if kind == "waves" and value.get("soak_time") is not None:
+        soak = _number(value["soak_time"])
+        if soak is None or soak < 0:
+            refuse("soak_time", "must be a non-negative number of seconds")
+        else:
+            options["soak_time"] = soak
     if kind == "waves":
         sizes = value.get("sizes")
         if sizes is not None:

@@ -24,9 +24,10 @@ import attrs
 
 from release_coordinator.errors import ConcurrentUpdateError, ConfigurationError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, release_step, stage_step
-from release_coordinator.rollout.bookkeeping import NEVER_SEEN
-from release_coordinator.rollout.matching import _Matching
+from release_coordinator.rollout.bookkeeping import NEVER_SEEN, transition_event
+from release_coordinator.rollout.judging import OPEN, judge_barrier
 from release_coordinator.rollout.models import ChildRelease, Outcome, Rollout, RolloutState
+from release_coordinator.rollout.pacer import _paced, _Pacing
 from release_coordinator.rollout.policies import GlobalIncremental
 from release_coordinator.rollout.reports import ACTIVE, READY, BarrierState, StageCounts
 from release_coordinator.rollout.strategy import StageType
@@ -94,7 +95,7 @@ class _Loop:
             await self.task
 
 
-class _Ticks(_Matching):
+class _Ticks(_Pacing):
     """Barriers, stage counts, lost children and completion, and the background loop that
     ticks them (see the module documentation)."""
 
@@ -304,7 +305,7 @@ class _Ticks(_Matching):
         rollout = await self.store.get_rollout(rollout_id)
         if stage_name not in (await self._tally(rollout_id)).counts:
             raise NotFoundError("stage", stage_name)
-        await self._open(rollout_id, stage_name)
+        await self._open(rollout_id, stage_name, "opened from outside (a relay's parent)")
         await self._check_barrier(rollout, stage_name)
 
     async def _check_barrier(self, rollout: Rollout, stage_name: str) -> None:
@@ -326,8 +327,14 @@ class _Ticks(_Matching):
                 # Counters may be up to `refresh` old: judge again from the store.
                 self._tallies.pop(rollout.id, None)
                 counts = await self._counts(rollout, stage_name)
+            if counts.ready and policy.judgement is not None:  # canary judgement (.judging)
+                judged = await judge_barrier(self, rollout, stage_name, barrier.first_waiting_at)
+                if judged != OPEN:
+                    return  # held (inconclusive), or aborted
+                counts = await self._counts(rollout, stage_name)  # without those rolled back
             if counts.ready:
-                barrier = await self._open(rollout.id, stage_name)
+                why = f"{counts.ready_count} of {counts.taking_part} children ready"
+                barrier = await self._open(rollout.id, stage_name, why)
             elif (
                 policy.barrier_timeout is not None
                 and barrier.first_waiting_at is not None
@@ -398,24 +405,38 @@ class _Ticks(_Matching):
 
     async def tick(self) -> None:
         """Re-judge every open question that time alone can settle: barriers and groups held
-        up by children that went quiet (lost), barrier time-outs. Call it periodically."""
+        up by children that went quiet (lost), barrier and child time-outs, and the policy's
+        pacing (a window that opens or closes, a soak time or a scheduled start that ends, a
+        rate that allows more, a deadline that passes). Call it periodically."""
         await self._sync()
-        for rollout in await self.store.list_rollouts(states={RolloutState.ACTIVE}):
-            if not isinstance(rollout.policy, GlobalIncremental):
-                await self._admit(rollout)  # lost children no longer hold up the next group
-                rollout = await self.store.get_rollout(rollout.id)
-                if rollout.state is not RolloutState.ACTIVE:
-                    continue
-            if await self._time_out_children(rollout):
-                await self._admit(rollout)  # the next group or wave may go
-                rollout = await self.store.get_rollout(rollout.id)
-                if rollout.state is not RolloutState.ACTIVE:
-                    continue
-            bundle = await self.store.get_bundle(rollout.id)
-            for stage in bundle.strategy.stages:
-                if stage.type is StageType.WAIT_FOR_SIGNAL:
-                    await self._check_barrier(rollout, stage.name)
-            await self._complete_if_finished(rollout)
+        self._ticking = True  # (over a shared store, rate-limited rollouts are offered here)
+        try:
+            for rollout in await self.store.list_rollouts(states={RolloutState.ACTIVE}):
+                await self._tick_rollout(rollout)
+        finally:
+            self._ticking = False
+
+    async def _tick_rollout(self, rollout: Rollout) -> None:
+        if await self._pace_tick(rollout):  # a deadline passed, a window closed
+            return
+        if not isinstance(rollout.policy, GlobalIncremental) or _paced(rollout):
+            # lost children no longer hold up the next group; a window opened, a soak
+            # time ended, the rate allows more
+            await self._admit(rollout)
+            rollout = await self.store.get_rollout(rollout.id)
+            if rollout.state is not RolloutState.ACTIVE:
+                return
+        if await self._time_out_children(rollout):
+            await self._admit(rollout)  # the next group or wave may go
+            rollout = await self.store.get_rollout(rollout.id)
+            if rollout.state is not RolloutState.ACTIVE:
+                return
+        bundle = await self.store.get_bundle(rollout.id)
+        for stage in bundle.strategy.stages:
+            if stage.type is StageType.WAIT_FOR_SIGNAL:
+                await self._check_barrier(rollout, stage.name)
+        await self._complete_if_finished(rollout)
+        await self._complete_past_deadline(rollout)
 
     async def _time_out_children(self, rollout: Rollout) -> int:
         """Time out the rollout's children that exceeded the policy's ``child_timeout`` (see
@@ -504,9 +525,14 @@ class _Ticks(_Matching):
         reason = f"every child it reached finished it: {done} done, {failed} failed"
         try:
             await self.store.set_rollout_state(
-                rollout.id, {RolloutState.ACTIVE}, RolloutState.COMPLETED, reason=reason
+                rollout.id,
+                {RolloutState.ACTIVE},
+                RolloutState.COMPLETED,
+                reason=reason,
+                events=[transition_event(rollout.id, RolloutState.COMPLETED, reason)],
             )
         except ConcurrentUpdateError:
             return  # paused, aborted or completed meanwhile (by another process, say)
+        self._events_written()
         log.info("rollout %s completed: %s", rollout.id, reason)
         self._forget(rollout)

@@ -25,12 +25,17 @@ class PollAnswer:
     ``aborted`` (an extra old agents ignore) names the releases the child is running whose
     rollout was aborted: roll them back now (old agents learn it at ``/end_stage`` and
     ``/result`` instead).
+
+    ``next_poll`` (an extra old agents ignore) is the manager's hint: seconds until the child
+    should poll again (shorter while it runs a release, longer while its rollouts wait for a
+    maintenance window); None: no hint.
     """
 
     id: str
     new_release: str = ""
     target_area: Mapping[str, Any] | None = None
     aborted: tuple[str, ...] = ()
+    next_poll: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "new_release": self.new_release}
@@ -38,6 +43,8 @@ class PollAnswer:
             body["target_area"] = self.target_area
         if self.aborted:
             body["aborted"] = list(self.aborted)
+        if self.next_poll is not None:
+            body["next_poll"] = self.next_poll
         return body
 
 
