@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from release_coordinator.errors import ConfigurationError, ValidationError
 from release_coordinator.fsm.rollout import ReleaseStatus
+from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import RolloutState
 from release_coordinator.rollout.pacing import (
@@ -29,7 +30,9 @@ from release_coordinator.rollout.pacing import (
     parse_time,
 )
 from release_coordinator.rollout.policies import GlobalIncremental, Waves, parse_policy, policy_json
+from release_coordinator.rollout.relay import Relay
 from release_coordinator.storage.rollout_base import RolloutStore
+from release_coordinator.transports.memory import InProcessParent
 
 from .test_rollout_app import OPS, Node, as_json, assert_error, problem_paths
 from .test_rollout_manager import EUROPE, Clock, bundle, finish, result, square
@@ -548,3 +551,50 @@ async def test_the_http_api_takes_shows_and_refuses_pacings() -> None:
         assert (await c.get("/rollouts/43", headers=OPS)).status_code == 404  # nothing stored
     finally:
         await node.client.aclose()
+
+
+# -- relays ----------------------------------------------------------------------------------------
+
+
+class CountingParent(InProcessParent):
+    def __init__(self, manager: RolloutManager) -> None:
+        super().__init__(manager)
+        self.polls = 0
+
+    async def poll(self, child_id: str, area: dict[str, Any], number_of_children: int) -> Any:
+        self.polls += 1
+        return await super().poll(child_id, area, number_of_children)
+
+
+async def test_a_relay_can_follow_its_parents_hint(clock: Clock) -> None:
+    top = RolloutManager(lost_after=3600, clock=clock)
+    top.poll_hints = PollHints(busy=2, idle=40, longest=600)
+    local = RolloutManager(lost_after=3600, clock=clock)
+    parent = CountingParent(top)
+    relay = Relay(local, parent, relay_id="west", area=Area.from_geojson(EUROPE), follow_hints=True)
+    await local.poll("leaf", square(3, 44), 0)
+    await relay._round()
+    assert parent.polls == 1
+    for _ in range(3):  # within the idle hint: no poll upward
+        clock.now += 10
+        await relay._round()
+    assert parent.polls == 1
+    await relay.sync()  # an explicit sync always polls
+    assert parent.polls == 2
+    await top.create_rollout(bundle(), EUROPE)
+    clock.now += 40
+    await relay._round()  # the hint passed: polls, adopts the release
+    assert parent.polls == 3
+    assert (await local.get_rollout("42")).state is RolloutState.ACTIVE
+    await relay._round()  # relaying a release: every round polls
+    assert parent.polls == 4
+    plain = Relay(
+        RolloutManager(clock=clock),
+        CountingParent(top),
+        relay_id="east",
+        area=Area.from_geojson(EUROPE),
+    )
+    await plain._round()
+    await plain._round()  # without follow_hints: every round
+    assert isinstance(plain.parent, CountingParent)
+    assert plain.parent.polls == 2

@@ -89,6 +89,19 @@ class PollAnswerBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ]
         | msgspec.UnsetType
     ) = msgspec.UNSET
+    next_poll: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                description="The manager's hint: seconds until the child should poll again "
+                "(shorter while it is offered or runs a release, longer while its rollouts wait "
+                "for a maintenance window or a scheduled start; bounded by the manager). Old "
+                "agents ignore it.",
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
 
 
 class EndStageRequest(msgspec.Struct, kw_only=True):

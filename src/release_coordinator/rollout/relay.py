@@ -21,7 +21,9 @@ same process (a whole tree runs in one event loop); the HTTP link comes with the
 
 **Running it.** ``async with relay.running():`` (or :meth:`Relay.start` and :meth:`Relay.stop`)
 does a round every ``interval`` seconds: sync with the parent, then tick the local manager.
-The rounds are the manager's background loop (see :mod:`~release_coordinator.rollout.ticks`),
+With ``follow_hints``, a round polls the parent only once the
+parent's last ``next_poll`` hint passed (while a release is being relayed, every round), so
+that the parent steers the load of its relays as of its leaves. The rounds are the manager's background loop (see :mod:`~release_coordinator.rollout.ticks`),
 not a second one beside it: a relay's manager is ticked by its relay, once per round, and
 ``manager.is_running`` is true while the relay runs. So a relay's host runs the relay *instead
 of* ``manager.running()``; starting the relay while the manager ticks on its own is refused.
@@ -99,6 +101,7 @@ class Relay:
         policy: Policy | None = None,
         interval: float = 1.0,
         own_area: bool = False,
+        follow_hints: bool = False,
     ) -> None:
         if own_area and area is None:
             raise ConfigurationError("own_area needs an area")
@@ -109,6 +112,11 @@ class Relay:
         self.policy = policy or GlobalIncremental()
         self.interval = interval
         self.own_area = own_area
+        #: The rounds poll the parent only once its last answer's ``next_poll`` hint passed
+        #: (on the manager's clock), unless a release is being relayed; reports upward and
+        #: the ticks go on every round. Explicit :meth:`sync` calls always poll.
+        self.follow_hints = follow_hints
+        self._poll_after: float | None = None
         self._relayed: dict[str, _Upward] = {}
         self._area_version = -1
         self._area_json: dict[str, Any] | None = None
@@ -177,14 +185,17 @@ class Relay:
         """One round: sync with the parent, tick the manager; the parent being away (or
         refusing) is a warning, and the next round tries again."""
         try:
-            await self.sync()
+            await self.sync(hinted=self.follow_hints)
             await self.manager.tick()
         except ReleaseCoordinatorError as error:  # the parent may be away for a while
             log.warning("relay %s: %s", self.id or "(unregistered)", error)
 
-    async def sync(self) -> None:
-        """One round: poll the parent, adopt a new release, report upward, pass signals down."""
-        await self._poll_parent()
+    async def sync(self, *, hinted: bool = False) -> None:
+        """One round: poll the parent, adopt a new release, report upward, pass signals down.
+        ``hinted``: poll only if the parent's last ``next_poll`` hint passed (or a release is
+        being relayed)."""
+        if not hinted or self._poll_due():
+            await self._poll_parent()
         for release_id, upward in list(self._relayed.items()):
             if not upward.done:
                 await self._advance(release_id, upward)
@@ -203,6 +214,11 @@ class Relay:
                 self._area_json = self.area.to_geojson()
         return self._area_json
 
+    def _poll_due(self) -> bool:
+        if self._poll_after is None or self.manager._clock() >= self._poll_after:
+            return True
+        return any(not upward.done for upward in self._relayed.values())
+
     async def _poll_parent(self) -> None:
         area = await self._own_area()
         if area is None:
@@ -212,6 +228,8 @@ class Relay:
         children = await self.manager.children()
         nodes = sum(1 + c.number_of_children for c in children)
         answer = await self.parent.poll(self.id, area, max(nodes, 1))
+        hint = answer.next_poll
+        self._poll_after = None if hint is None else self.manager._clock() + hint
         for aborted in answer.aborted:  # the parent aborted a release this subtree runs
             if aborted in self._relayed:
                 await self._abort_below(aborted)

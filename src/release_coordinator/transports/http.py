@@ -354,7 +354,10 @@ class HttpParent(ParentLink):
             if not isinstance(token, str) or not _is_token_safe(token) or not token:
                 raise self._malformed(what, "'token' is not a token")
             self.token = token
-        return PollAnswer(new_id, offer, target, tuple(aborted))
+        hint = answer.get("next_poll")  # advisory: a hint that is not a count is ignored
+        if isinstance(hint, bool) or not isinstance(hint, int) or hint < 1:
+            hint = None
+        return PollAnswer(new_id, offer, target, tuple(aborted), hint)
 
     async def get_release(self, child_id: str, release_id: str) -> str:
         what = "GET /release"
