@@ -24,6 +24,7 @@ from release_coordinator.rollout.bodies import (
 from release_coordinator.rollout.policies import DEFAULT_CHILD_TIMEOUT, MAX_GROUPS, MAX_WAVES
 from release_coordinator.rollout.results import MAX_SUMMARIES
 from release_coordinator.schemas import MAX_INT32, schema_components
+from release_coordinator.server.openapi_pacing import pacing_components, with_pacing
 from release_coordinator.server.openapi_parts import (
     _NUMBER,
     _json,
@@ -261,8 +262,9 @@ _ROLLOUT_SCHEMAS: dict[str, Any] = {
         description="A child's stage summaries, in either encoding of the protocol.",
     ),
     **_CHILD_BODIES,
-    "PolicyInput": _policies(output=False),
-    "Policy": _policies(output=True),
+    "PolicyInput": with_pacing(_policies(output=False), output=False),
+    "Policy": with_pacing(_policies(output=True), output=True),
+    **pacing_components(),
     **_OPERATOR_BODIES,
 }
 
