@@ -17,14 +17,17 @@ import asyncio
 import hashlib
 import math
 from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
+from release_coordinator.coordinator.models import EventType
 from release_coordinator.errors import ConcurrentUpdateError, ConflictError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.events import RolloutEvent, RolloutEventFilter, RolloutEventKind
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.models import (
     Child,
@@ -1062,6 +1065,153 @@ async def test_racing_mark_barrier_keeps_the_first_time(rollout_store: RolloutSt
     assert all(m.waiting_since == kept for m in marks)
 
 
+# -- the event log ---------------------------------------------------------------------------------
+def note(message: str, rollout_id: str | None = "R1", **fields: Any) -> RolloutEvent:
+    return RolloutEvent(EventType.INFO, RolloutEventKind.TRANSITION, message, rollout_id, **fields)
+
+
+def said(events: list[RolloutEvent]) -> list[tuple[str, str | None]]:
+    return [(e.message, e.child_id) for e in events]
+
+
+async def test_events_are_appended_with_ids_that_grow(rollout_store: RolloutStore) -> None:
+    assert await rollout_store.last_event_id() == 0
+    assert await rollout_store.list_events() == []
+    assert await rollout_store.append_events([]) == []
+    made = [note("one"), note("two", child_id="a")]
+    first = await rollout_store.append_events(made)
+    assert [attrs.evolve(e, id=0) for e in first] == made
+    assert 0 < first[0].id < first[1].id
+    more = await rollout_store.append_events([note("three", stage="canary-10", actor="ops")])
+    assert more[0].id > first[1].id
+    assert await rollout_store.last_event_id() == more[0].id
+    async with reopened(rollout_store) as store:
+        assert await store.list_events() == [*first, *more]  # round trip: every field, the time
+        assert await store.last_event_id() == more[0].id
+
+
+async def test_list_events_filters_pages_and_follows(rollout_store: RolloutStore) -> None:
+    warn, user = EventType.WARNING, RolloutEventKind.USER_ACTION
+    made = [
+        note("a1", child_id="a", stage="canary-10"),
+        note("r2", "R2"),
+        attrs.evolve(note("a2", child_id="a"), type=warn),
+        attrs.evolve(note("op", actor="ops"), kind=user),
+        note("b1", child_id="b", stage="canary-10"),
+        note("none", None),
+    ]
+    stored = await rollout_store.append_events(made)
+
+    async def listed(**fields: Any) -> list[str]:
+        options = {k: fields.pop(k) for k in ("limit", "offset") if k in fields}
+        found = await rollout_store.list_events(RolloutEventFilter(**fields), **options)
+        return [e.message for e in found]
+
+    assert await listed() == ["a1", "r2", "a2", "op", "b1", "none"]
+    assert await listed(rollout_id="R1") == ["a1", "a2", "op", "b1"]
+    assert await listed(child_id="a") == ["a1", "a2"]
+    assert await listed(stage="canary-10") == ["a1", "b1"]
+    assert await listed(stage="canary-10", child_id="b") == ["b1"]
+    assert await listed(types={warn}) == ["a2"]
+    assert await listed(types=set()) == []
+    assert await listed(kinds={user}) == ["op"]
+    assert await listed(kinds={user, RolloutEventKind.POLICY}) == ["op"]
+    assert await listed(after_id=stored[2].id) == ["op", "b1", "none"]
+    assert await listed(after_id=stored[-1].id) == []
+    assert await listed(limit=2) == ["a1", "r2"]
+    assert await listed(limit=2, offset=2) == ["a2", "op"]
+    assert await listed(rollout_id="R1", offset=3) == ["b1"]
+    assert await listed(limit=0) == []
+    assert await listed(since=stored[3].at) == [e.message for e in stored if e.at >= stored[3].at]
+    later = stored[-1].at + timedelta(seconds=1)
+    assert await listed(since=later) == []
+
+
+async def test_rollout_writes_append_their_events_only_when_they_win(
+    rollout_store: RolloutStore,
+) -> None:
+    created = note("created")
+    await rollout_store.add_rollout(
+        rollout("R1", state=DRAFT), two_stage_bundle("R1"), events=[created]
+    )
+    with pytest.raises(ConflictError):
+        await rollout_store.add_rollout(rollout("R1"), one_stage_bundle("R1"), events=[note("x")])
+    await rollout_store.set_rollout_state("R1", {DRAFT}, ACTIVE, events=[note("asked"), note("go")])
+    with pytest.raises(ConcurrentUpdateError):
+        await rollout_store.set_rollout_state("R1", {DRAFT}, PAUSED, events=[note("lost")])
+    with pytest.raises(NotFoundError):
+        await rollout_store.set_rollout_state("nope", {DRAFT}, PAUSED, events=[note("none")])
+    assert said(await rollout_store.list_events()) == [
+        ("created", None),
+        ("asked", None),
+        ("go", None),
+    ]
+
+
+async def test_child_writes_append_their_events_only_when_they_win(
+    rollout_store: RolloutStore,
+) -> None:
+    await add(rollout_store, "R1")
+    await children(rollout_store, "a", "b", "c")
+    offered = note("offered")
+    decided = note("decided")
+    assert await rollout_store.target("R1", ["a", "b"], event=offered, events=[decided]) == [
+        "a",
+        "b",
+    ]
+    assert await rollout_store.target("R1", ["a"], event=offered, events=[note("again")]) == []
+    assert await rollout_store.target("R1", ["zzz"], event=offered, events=[note("x")]) == []
+    todo = await rollout_store.child_release("R1", "a")
+    doing = attrs.evolve(todo, status=ReleaseStatus.DOING)
+    await rollout_store.put_child_release(todo, doing, events=[note("fetched", child_id="a")])
+    with pytest.raises(ConcurrentUpdateError):
+        await rollout_store.put_child_release(todo, doing, events=[note("lost", child_id="a")])
+    withdrawn = note("withdrawn")
+    assert await rollout_store.withdraw("R1", ["a", "b", "c"], event=withdrawn) == ["b"]
+    assert said(await rollout_store.list_events()) == [
+        ("offered", "a"),
+        ("offered", "b"),
+        ("decided", None),
+        ("fetched", "a"),
+        ("withdrawn", "b"),
+    ]
+    events = await rollout_store.list_events(RolloutEventFilter(child_id="b"))
+    assert [e.message for e in events] == ["offered", "withdrawn"]
+    assert all(e.rollout_id == "R1" and e.state is None for e in events)
+
+
+async def test_mark_barrier_appends_its_events_when_it_opens_the_barrier(
+    rollout_store: RolloutStore,
+) -> None:
+    await add(rollout_store, "R1")
+    await rollout_store.mark_barrier("R1", "canary-10", waiting_since=2.0, events=[note("w")])
+    await rollout_store.mark_barrier("R1", "canary-10", open=True, events=[note("opened")])
+    await rollout_store.mark_barrier("R1", "canary-10", open=True, events=[note("again")])
+    # A barrier never marked before opens too (no row yet).
+    opened = await rollout_store.mark_barrier("R1", "ab-50", open=True, events=[note("ab")])
+    assert opened == BarrierRecord(True, None)
+    assert await rollout_store.barrier("R1", "canary-10") == BarrierRecord(True, 2.0)
+    assert said(await rollout_store.list_events()) == [("opened", None), ("ab", None)]
+
+
+async def test_racing_openings_of_a_barrier_append_its_events_once(
+    rollout_store: RolloutStore,
+) -> None:
+    await add(rollout_store, "R1")
+    for stage in TWO_STAGES:
+        if stage == "ab-50":
+            await rollout_store.mark_barrier("R1", stage, waiting_since=1.0)  # a row, closed
+        await asyncio.gather(
+            *(
+                rollout_store.mark_barrier("R1", stage, open=True, events=[note(f"{stage} {i}")])
+                for i in range(6)
+            )
+        )
+        assert (await rollout_store.barrier("R1", stage)).open
+    found = await rollout_store.list_events()
+    assert sorted(e.message.split()[0] for e in found) == sorted(TWO_STAGES)
+
+
 # -- several stores on one PostgreSQL database -----------------------------------------------------
 @pytest.fixture
 async def postgres_pair(
@@ -1214,6 +1364,34 @@ async def test_sqlite_keeps_offers_until_a_store_on_its_engine_writes(tmp_path: 
         await one.close()
         await two.close()
         await db.close()
+
+
+@pytest.mark.postgres
+async def test_two_stores_share_one_event_log_in_order(
+    postgres_pair: tuple[SQLRolloutStore, SQLRolloutStore],
+) -> None:
+    one, two = postgres_pair
+    await add(one, "R1")
+    await children(one, *(f"c{i}" for i in range(10)))
+    seen: list[RolloutEvent] = []
+
+    async def write(store: SQLRolloutStore, i: int) -> None:
+        await store.target("R1", [f"c{i}"], event=note("offered"))
+        await store.append_events([note(f"n{i}")])
+
+    await asyncio.gather(*(write(one if i % 2 else two, i) for i in range(10)))
+    for store in (one, two):
+        found = await store.list_events()
+        assert len(found) == 20
+        assert [e.id for e in found] == sorted({e.id for e in found})
+    # Following the log in slices from either store sees every event once.
+    after = 0
+    while batch := await (two if after % 2 else one).list_events(
+        RolloutEventFilter(after_id=after), limit=3
+    ):
+        seen += batch
+        after = batch[-1].id
+    assert seen == await one.list_events()
 
 
 def test_the_contract_covers_every_method() -> None:

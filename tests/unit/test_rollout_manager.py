@@ -621,7 +621,7 @@ async def test_a_failed_batch_of_registrations_fails_its_polls_only(
     # a batch that fails after its children were saved: their next poll still targets them
     target = manager.store.target
 
-    async def broken_target(rollout_id: str, child_ids: Any) -> list[str]:
+    async def broken_target(rollout_id: str, child_ids: Any, **events: Any) -> list[str]:
         raise StorageError("the disk is full")
 
     monkeypatch.setattr(manager.store, "target", broken_target)

@@ -5,20 +5,31 @@ and rollout targets, the eligible children per rollout, the stage counters, the 
 lost children, the registrations waiting to be written) and the writes every job of the
 manager goes through: a child's state (compare-and-set, counted in the rollout's
 :class:`_Tally`), targeting and withdrawing children, a barrier's record, a rollout's state.
+
+Each of these writes hands the store the events of the change it makes
+(:mod:`~release_coordinator.rollout.events`), written with it; the event log is read and
+followed here too (:meth:`_Bookkeeping.list_events`, :meth:`_Bookkeeping.subscribe`), and
+what the store appended is delivered to subscribers after every write, as the Coordinator's
+log is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import attrs
 
+from release_coordinator.coordinator.models import EventType
 from release_coordinator.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -26,6 +37,15 @@ from release_coordinator.errors import (
     InvalidTransitionError,
 )
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.events import (
+    RolloutEvent,
+    RolloutEventFilter,
+    RolloutEventKind,
+    child_events,
+    offered_event,
+    rollout_event,
+    withdrawn_event,
+)
 from release_coordinator.rollout.geo import Area, GeoIndex, MatchMode
 from release_coordinator.rollout.models import ChildRelease, Rollout, RolloutState
 from release_coordinator.rollout.reports import ACTIVE
@@ -33,7 +53,14 @@ from release_coordinator.rollout.strategy import StageType
 from release_coordinator.storage.memory_rollout import MemoryRolloutStore
 from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore
 
-__all__: list[str] = []
+__all__ = ["RolloutSubscriber", "transition_event"]
+
+log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's log
+
+#: A subscriber gets every rollout event of the log, in order; it may be sync or async.
+RolloutSubscriber = Callable[[RolloutEvent], Awaitable[None] | None]
+
+_USER = RolloutEventKind.USER_ACTION
 
 #: How often an action is judged again from a fresh state before it gives up (ConflictError).
 _ATTEMPTS = 8
@@ -183,12 +210,107 @@ class _Bookkeeping:
         #: How to learn a data release's state, for rollouts gated on one (``after_release``;
         #: see ``operations.ReleaseStates``): None until a host or a ReleaseGate sets it.
         self.release_states: Callable[[str], Awaitable[str]] | None = None
+        # The event log's subscribers, and what was delivered to them (see _events_written).
+        self._subscribers: list[tuple[RolloutSubscriber, RolloutEventFilter]] = []
+        self._events_seen = 0
+        self._flush_scheduled = False
+        self._flush_lock = asyncio.Lock()
+        self._flushes: set[asyncio.Task[None]] = set()
 
-    async def _operate(self, rollout_id: str, action: str, reason: str | None = None) -> Rollout:
+    # -- the event log ---------------------------------------------------------------------
+    async def list_events(
+        self,
+        *,
+        rollout_id: str | None = None,
+        child_id: str | None = None,
+        stage: str | None = None,
+        types: Collection[EventType] | None = None,
+        kinds: Collection[RolloutEventKind] | None = None,
+        after_id: int = 0,
+        since: datetime | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[RolloutEvent]:
+        """The rollout event log, oldest first, filtered (as ``Coordinator.events``)."""
+        flt = RolloutEventFilter(rollout_id, child_id, stage, types, kinds, after_id, since)
+        return await self.store.list_events(flt, limit=limit, offset=offset)
+
+    async def subscribe(
+        self, subscriber: RolloutSubscriber, *, filter: RolloutEventFilter | None = None
+    ) -> Callable[[], None]:
+        """Call ``subscriber`` with every rollout event appended from now on (that matches
+        ``filter``), in order; returns an unsubscribe function. A subscriber that raises is
+        logged and kept. Events come from the store, so with a shared store a subscriber also
+        sees what other managers log (delivered when this one next writes an event)."""
+        last = await self.store.last_event_id()
+        if not self._subscribers:
+            self._events_seen = last
+        given = filter or RolloutEventFilter()
+        entry = (subscriber, attrs.evolve(given, after_id=max(last, given.after_id)))
+        self._subscribers.append(entry)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(entry)
+
+        return unsubscribe
+
+    async def _append_events(self, events: Sequence[RolloutEvent]) -> None:
+        """Write events that come with no change of state, and deliver them."""
+        await self.store.append_events(events)
+        self._events_written()
+
+    def _events_written(self) -> None:
+        """The store appended events: deliver them to the subscribers (in a task of the
+        running loop, one at a time, each flush starting where the last one ended)."""
+        if not self._subscribers or self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no running loop: flushed on the next write
+            return
+        self._flush_scheduled = True
+        flush = loop.create_task(self._flush_events())
+        self._flushes.add(flush)  # asyncio keeps only weak references to tasks
+        flush.add_done_callback(self._flushes.discard)
+
+    async def _flush_events(self) -> None:
+        async with self._flush_lock:
+            self._flush_scheduled = False
+            if not self._subscribers:
+                return
+            events = await self.store.list_events(RolloutEventFilter(after_id=self._events_seen))
+            if events:
+                self._events_seen = events[-1].id
+            for event in events:
+                for subscriber, flt in list(self._subscribers):
+                    if not flt.matches(event):
+                        continue
+                    try:
+                        result = subscriber(event)
+                        if inspect.isawaitable(result):
+                            await result
+                    except Exception:
+                        log.exception("rollout event subscriber %r failed", subscriber)
+
+    # -- rollouts' states ------------------------------------------------------------------
+    async def _operate(
+        self,
+        rollout_id: str,
+        action: str,
+        reason: str | None = None,
+        *,
+        actor: str = "",
+        request: bool = False,
+    ) -> Rollout:
         """Apply an operator's action (or a policy's abort) as a compare-and-set on the stored
         state: when the state moved meanwhile (the rollout completed, another process paused
         it), judge the action again from the fresh state, so the action fails only when the
-        fresh state does not allow it. A repeated abort is answered with the aborted rollout."""
+        fresh state does not allow it. A repeated abort is answered with the aborted rollout.
+
+        Logged with the change: the transition (a policy's decision for an abort that is not
+        an operator's ``request``), after the operator's request when it is one (by
+        ``actor``); an action refused, or repeated, logs nothing."""
         sources, dest = _OPERATIONS[action]
         for _attempt in range(_ATTEMPTS):
             current = await self.store.get_rollout(rollout_id)
@@ -203,19 +325,25 @@ class _Bookkeeping:
                     hint=f"only a rollout that is {' or '.join(s.value for s in sources)} can be "
                     f"{_PAST[action]}",
                 )
+            events = _operation_events(rollout_id, action, dest, reason, actor, request)
             try:
-                return await self.store.set_rollout_state(
-                    rollout_id, {current.state}, dest, reason=reason
+                rollout = await self.store.set_rollout_state(
+                    rollout_id, {current.state}, dest, reason=reason, events=events
                 )
             except ConcurrentUpdateError:
                 continue  # moved meanwhile: judge again from what it is now
+            self._events_written()
+            return rollout
         raise ConflictError(f"rollout {rollout_id} keeps changing; try {action} again")
 
-    async def _abort(self, rollout_id: str, reason: str) -> Rollout:
-        """Abort the rollout (see ``RolloutManager.abort``): the operator does, and so do the
-        policies and the barrier time-outs. Aborting an aborted rollout changes nothing."""
+    async def _abort(
+        self, rollout_id: str, reason: str, *, actor: str = "", request: bool = False
+    ) -> Rollout:
+        """Abort the rollout (see ``RolloutManager.abort``): the operator does (``request``),
+        and so do the policies and the barrier time-outs (logged as their decisions). Aborting
+        an aborted rollout changes nothing."""
         before = await self.store.get_rollout(rollout_id)
-        rollout = await self._operate(rollout_id, "abort", reason)
+        rollout = await self._operate(rollout_id, "abort", reason, actor=actor, request=request)
         if before.state is RolloutState.ABORTED:
             return rollout
         self._forget(rollout)
@@ -270,8 +398,13 @@ class _Bookkeeping:
         self._barriers[(rollout_id, stage_name)] = barrier
         return barrier
 
-    async def _open(self, rollout_id: str, stage_name: str) -> _Barrier:
-        record = await self.store.mark_barrier(rollout_id, stage_name, open=True)
+    async def _open(self, rollout_id: str, stage_name: str, why: str = "") -> _Barrier:
+        """Open the barrier (it stays open), logging the decision (``why``) if this call
+        opened it."""
+        message = f"barrier of stage {stage_name!r} opened" + (f": {why}" if why else "")
+        event = rollout_event(RolloutEventKind.POLICY, message, rollout_id, stage=stage_name)
+        record = await self.store.mark_barrier(rollout_id, stage_name, open=True, events=[event])
+        self._events_written()
         return self._remember(rollout_id, stage_name, record)
 
     # -- counters ------------------------------------------------------------------------------
@@ -302,16 +435,30 @@ class _Bookkeeping:
         return self._tallies.get(rollout_id)
 
     async def _put(self, expected: ChildRelease, new: ChildRelease) -> None:
-        """Compare-and-set a child's state (ConcurrentUpdateError) and count the change."""
-        await self.store.put_child_release(expected, new)
+        """Compare-and-set a child's state (ConcurrentUpdateError) and count the change; its
+        events are written with it."""
+        await self.store.put_child_release(expected, new, events=child_events(expected, new))
+        self._events_written()
         tally = self._changed(new.rollout_id)
         if tally is not None:
             tally.add(expected, -1)
             tally.add(new, 1)
 
-    async def _target(self, rollout_id: str, child_ids: Iterable[str]) -> None:
-        added = await self.store.target(rollout_id, child_ids)
+    async def _target(
+        self, rollout_id: str, child_ids: Iterable[str], *, decision: str = ""
+    ) -> None:
+        """Offer the rollout to these children (those not offered it yet); ``decision``: the
+        policy's, logged with the offers when it offered some (a wave or group admitted)."""
+        events: tuple[RolloutEvent, ...] = ()
+        if decision:
+            child_ids = list(child_ids)
+            message = f"{decision}: {len(child_ids)} more children admitted"
+            events = (rollout_event(RolloutEventKind.POLICY, message, rollout_id),)
+        added = await self.store.target(
+            rollout_id, child_ids, event=offered_event(rollout_id), events=events
+        )
         if added:
+            self._events_written()
             now = self._clock()
             offered = self._offered_at.setdefault(rollout_id, {})
             for child_id in added:
@@ -323,7 +470,11 @@ class _Bookkeeping:
     async def _withdraw(self, rollout_id: str, child_ids: Iterable[str]) -> None:
         # Only Todo children are withdrawn, and a Todo child has every stage Pending (it never
         # fetched the release).
-        removed = await self.store.withdraw(rollout_id, child_ids)
+        removed = await self.store.withdraw(
+            rollout_id, child_ids, event=withdrawn_event(rollout_id)
+        )
+        if removed:
+            self._events_written()
         tally = self._changed(rollout_id)
         if tally is not None and removed:
             tally.add_todo(len(removed), -1)
@@ -337,3 +488,48 @@ _OPERATIONS: dict[str, tuple[frozenset[RolloutState], RolloutState]] = {
     "abort": (frozenset({_RS.DRAFT, _RS.ACTIVE, _RS.PAUSED}), _RS.ABORTED),
 }
 _PAST = {"start": "started", "pause": "paused", "resume": "resumed", "abort": "aborted"}
+
+
+def transition_event(
+    rollout_id: str, state: RolloutState, reason: str = "", *, actor: str = ""
+) -> RolloutEvent:
+    """The event of a rollout's state changing to ``state`` (``reason``: why), by no
+    operator's request (completed, started by its data release, ...)."""
+    why = f": {reason}" if reason else ""
+    return rollout_event(
+        RolloutEventKind.TRANSITION,
+        f"rollout {state.value}{why}",
+        rollout_id,
+        type=EventType.WARNING if state is RolloutState.ABORTED else EventType.INFO,
+        state=state.value,
+        actor=actor,
+    )
+
+
+def _operation_events(
+    rollout_id: str,
+    action: str,
+    dest: RolloutState,
+    reason: str | None,
+    actor: str,
+    request: bool,
+) -> list[RolloutEvent]:
+    """The events of a rollout's ``action``: the operator's request (``request``, by
+    ``actor``), then the transition, with ``reason`` (an abort that is not an operator's is
+    its policy's decision)."""
+    why = f": {reason}" if reason else ""
+    events = []
+    if request:
+        by = f" by {actor}" if actor else ""
+        events.append(rollout_event(_USER, f"{action} requested{by}{why}", rollout_id, actor=actor))
+    kind = (
+        RolloutEventKind.POLICY
+        if action == "abort" and not request
+        else RolloutEventKind.TRANSITION
+    )
+    type_ = EventType.WARNING if action == "abort" else EventType.INFO
+    message = f"rollout {_PAST[action]}{why}"
+    events.append(
+        rollout_event(kind, message, rollout_id, type=type_, state=dest.value, actor=actor)
+    )
+    return events

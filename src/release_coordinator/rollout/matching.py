@@ -127,7 +127,8 @@ class _Matching(_Bookkeeping):
         if decision.abort:
             await self._abort(rollout.id, decision.abort)
         elif decision.admit:
-            await self._target(rollout.id, decision.admit)
+            policy = f"{type(rollout.policy).__name__} policy"  # (logged: a wave or group)
+            await self._target(rollout.id, decision.admit, decision=policy)
 
     async def _register(self, child_id: str, area: Area, count: int, fingerprint: int) -> None:
         """Register a new child, or a child's new area. Registrations that arrive while others

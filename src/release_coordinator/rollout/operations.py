@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from release_coordinator.errors import ConflictError, InvalidTransitionError, ValidationError
+from release_coordinator.rollout.events import RolloutEventKind, rollout_event
 from release_coordinator.rollout.geo import Area, MatchMode
 from release_coordinator.rollout.models import Child, ReleaseBundle, Rollout, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental, Policy
@@ -45,6 +46,7 @@ class _Operations(_Ticks):
         start: bool = True,
         gated: bool = False,
         after_release: str = "",
+        actor: str = "",
     ) -> Rollout:
         """Deploy ``bundle`` to the children whose area reaches ``target``.
 
@@ -59,6 +61,8 @@ class _Operations(_Ticks):
         :attr:`release_states` (ValidationError without); NotFoundError (404) for an unknown
         release, ConflictError (409) for one that failed or was canceled already;
         ``start=False`` is refused with it (the release decides when the rollout starts).
+
+        ``actor`` names the operator who asks, for the event log (as for every action).
         """
         release_state = ""
         if after_release:
@@ -90,9 +94,18 @@ class _Operations(_Ticks):
             gated=gated,
             after_release=after_release,
         )
-        stored = await self.store.add_rollout(rollout, bundle)
+        by = f" by {actor}" if actor else ""
+        created = rollout_event(
+            RolloutEventKind.USER_ACTION,
+            f"rollout {rollout.name!r} created{by}",
+            rollout.id,
+            state=rollout.state.value,
+            actor=actor,
+        )
+        stored = await self.store.add_rollout(rollout, bundle, events=[created])
+        self._events_written()
         if start and (not after_release or release_state == "published"):
-            stored = await self.start(stored.id)
+            stored = await self._start(stored.id, actor=actor, request=False)
         return stored
 
     async def _release_state(self, release_id: str) -> str:
@@ -104,11 +117,14 @@ class _Operations(_Ticks):
             )
         return await self.release_states(release_id)
 
-    async def start(self, rollout_id: str) -> Rollout:
+    async def start(self, rollout_id: str, *, actor: str = "") -> Rollout:
         """Offer a draft rollout to every child its target reaches (and to later ones).
 
         A rollout gated on a data release (``after_release``) starts only once that release
         is published: before, InvalidTransitionError (409) saying what it waits for."""
+        return await self._start(rollout_id, actor=actor, request=True)
+
+    async def _start(self, rollout_id: str, *, actor: str, request: bool) -> Rollout:
         draft = await self.store.get_rollout(rollout_id)
         if draft.after_release and draft.state is RolloutState.DRAFT:
             state = await self._release_state(draft.after_release)
@@ -122,31 +138,33 @@ class _Operations(_Ticks):
                     f"(it is {state})",
                 )
         await self._sync(force=True)
-        rollout = await self._operate(rollout_id, "start")
+        rollout = await self._operate(rollout_id, "start", actor=actor, request=request)
         await self._tally(rollout.id)
         self._targets[rollout.match].add(rollout.id, rollout.target)
         await self._find_eligible(rollout)
         await self._admit(rollout)
         return rollout
 
-    async def pause(self, rollout_id: str) -> Rollout:
+    async def pause(self, rollout_id: str, *, actor: str = "") -> Rollout:
         """Stop offering the rollout and stop ending stages; children keep what they run."""
-        return await self._operate(rollout_id, "pause")
+        return await self._operate(rollout_id, "pause", actor=actor, request=True)
 
-    async def resume(self, rollout_id: str) -> Rollout:
+    async def resume(self, rollout_id: str, *, actor: str = "") -> Rollout:
         """Undo :meth:`pause`; barriers that became ready meanwhile open at the next report."""
         await self._sync(force=True)
-        rollout = await self._operate(rollout_id, "resume")
+        rollout = await self._operate(rollout_id, "resume", actor=actor, request=True)
         await self._admit(rollout)
         return rollout
 
-    async def abort(self, rollout_id: str, *, reason: str = "aborted by the operator") -> Rollout:
+    async def abort(
+        self, rollout_id: str, *, reason: str = "aborted by the operator", actor: str = ""
+    ) -> Rollout:
         """Stop the rollout: children that have not fetched it never will, and children running
         it are told to roll back (``end_stage`` answers ``{"end_stage": true, "action":
         "rollback"}``)."""
-        return await self._abort(rollout_id, reason)
+        return await self._abort(rollout_id, reason, actor=actor, request=True)
 
-    async def promote(self, rollout_id: str, stage_name: str) -> Rollout:
+    async def promote(self, rollout_id: str, stage_name: str, *, actor: str = "") -> Rollout:
         """End a ``WaitForSignal`` stage now, whatever its barrier's condition (an operator's
         judgement, as Argo Rollouts' promote): the barrier opens, every child waiting on the
         stage is told to end it, and every child that waits on it later too. Promoting an open
@@ -173,6 +191,19 @@ class _Operations(_Ticks):
                 subject=f"{rollout_id}/{stage_name}",
                 hint="only a WaitForSignal stage waits to be ended",
             )
+        by = f" by {actor}" if actor else ""
+        await self._append_events(
+            [
+                rollout_event(
+                    RolloutEventKind.USER_ACTION,
+                    f"promote of stage {stage_name!r} requested{by}",
+                    rollout_id,
+                    stage=stage_name,
+                    actor=actor,
+                )
+            ]
+        )
+        await self._open(rollout_id, stage_name, f"promoted{by}")
         await self.open_barrier(rollout_id, stage_name)
         log.info("rollout %s: stage %r promoted", rollout_id, stage_name)
         return rollout

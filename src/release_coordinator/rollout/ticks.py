@@ -24,7 +24,7 @@ import attrs
 
 from release_coordinator.errors import ConcurrentUpdateError, ConfigurationError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, release_step, stage_step
-from release_coordinator.rollout.bookkeeping import NEVER_SEEN
+from release_coordinator.rollout.bookkeeping import NEVER_SEEN, transition_event
 from release_coordinator.rollout.models import ChildRelease, Outcome, Rollout, RolloutState
 from release_coordinator.rollout.pacer import _paced, _Pacing
 from release_coordinator.rollout.policies import GlobalIncremental
@@ -304,7 +304,7 @@ class _Ticks(_Pacing):
         rollout = await self.store.get_rollout(rollout_id)
         if stage_name not in (await self._tally(rollout_id)).counts:
             raise NotFoundError("stage", stage_name)
-        await self._open(rollout_id, stage_name)
+        await self._open(rollout_id, stage_name, "opened from outside (a relay's parent)")
         await self._check_barrier(rollout, stage_name)
 
     async def _check_barrier(self, rollout: Rollout, stage_name: str) -> None:
@@ -327,7 +327,8 @@ class _Ticks(_Pacing):
                 self._tallies.pop(rollout.id, None)
                 counts = await self._counts(rollout, stage_name)
             if counts.ready:
-                barrier = await self._open(rollout.id, stage_name)
+                why = f"{counts.ready_count} of {counts.taking_part} children ready"
+                barrier = await self._open(rollout.id, stage_name, why)
             elif (
                 policy.barrier_timeout is not None
                 and barrier.first_waiting_at is not None
@@ -518,9 +519,14 @@ class _Ticks(_Pacing):
         reason = f"every child it reached finished it: {done} done, {failed} failed"
         try:
             await self.store.set_rollout_state(
-                rollout.id, {RolloutState.ACTIVE}, RolloutState.COMPLETED, reason=reason
+                rollout.id,
+                {RolloutState.ACTIVE},
+                RolloutState.COMPLETED,
+                reason=reason,
+                events=[transition_event(rollout.id, RolloutState.COMPLETED, reason)],
             )
         except ConcurrentUpdateError:
             return  # paused, aborted or completed meanwhile (by another process, say)
+        self._events_written()
         log.info("rollout %s completed: %s", rollout.id, reason)
         self._forget(rollout)

@@ -18,6 +18,7 @@ import attrs
 
 from release_coordinator.errors import ConcurrentUpdateError, ConflictError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.events import ALL_EVENTS, RolloutEvent, RolloutEventFilter
 from release_coordinator.rollout.models import (
     Child,
     ChildRelease,
@@ -29,12 +30,17 @@ from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore
 
 __all__ = ["MemoryRolloutStore"]
 
+#: An entry of the event log: an event, or a targeting's template with the child it is for
+#: (a fleet's offers cost a tuple each, not an event, until they are read).
+_Entry = RolloutEvent | tuple[RolloutEvent, str]
+
 
 class MemoryRolloutStore(RolloutStore):
     """A :class:`RolloutStore` in process memory, built for fleets.
 
     A targeted child that has not fetched the rollout costs one entry in its offer list (an
-    int); its Todo record is materialized only when it is first changed.
+    int); its Todo record is materialized only when it is first changed. Event ids are the
+    log's positions (1 first): gapless.
     """
 
     def __init__(self) -> None:
@@ -54,6 +60,7 @@ class MemoryRolloutStore(RolloutStore):
         self._child_change: dict[str, int] = {}  # child -> number of its last save
         self._tokens: dict[str, str] = {}  # child -> digest of its token
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, runs out at)
+        self._events: list[_Entry] = []
 
     @staticmethod
     def _sort_key(rollout: Rollout) -> int:
@@ -67,7 +74,9 @@ class MemoryRolloutStore(RolloutStore):
             raise NotFoundError("release", rollout_id) from None
 
     # -- rollouts ----------------------------------------------------------------------------
-    async def add_rollout(self, rollout: Rollout, bundle: ReleaseBundle) -> Rollout:
+    async def add_rollout(
+        self, rollout: Rollout, bundle: ReleaseBundle, *, events: Sequence[RolloutEvent] = ()
+    ) -> Rollout:
         with self._lock:
             if rollout.id in self._rollouts:
                 raise ConflictError(f"release {rollout.id!r} exists", id=rollout.id)
@@ -76,6 +85,7 @@ class MemoryRolloutStore(RolloutStore):
             self._bundles[stored.id] = bundle
             self._targeted[stored.id] = {}
             self._key_to_rollout[self._sort_key(stored)] = stored.id
+            self._events.extend(events)
             return stored
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
@@ -101,6 +111,7 @@ class MemoryRolloutStore(RolloutStore):
         to_state: RolloutState,
         *,
         reason: str | None = None,
+        events: Sequence[RolloutEvent] = (),
     ) -> Rollout:
         with self._lock:
             current = self._rollout(rollout_id)
@@ -110,6 +121,7 @@ class MemoryRolloutStore(RolloutStore):
                 current, state=to_state, reason=current.reason if reason is None else reason
             )
             self._rollouts[rollout_id] = updated
+            self._events.extend(events)
             return updated
 
     # -- children ----------------------------------------------------------------------------
@@ -157,7 +169,14 @@ class MemoryRolloutStore(RolloutStore):
         return {c: seen[c] for c in child_ids if c in seen}
 
     # -- targeting and offers ----------------------------------------------------------------
-    async def target(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
+    async def target(
+        self,
+        rollout_id: str,
+        child_ids: Iterable[str],
+        *,
+        event: RolloutEvent | None = None,
+        events: Sequence[RolloutEvent] = (),
+    ) -> list[str]:
         added: list[str] = []
         with self._lock:
             rollout = self._rollout(rollout_id)
@@ -169,9 +188,15 @@ class MemoryRolloutStore(RolloutStore):
                 targeted[child_id] = None
                 bisect.insort(self._offers[child_id], key)
                 added.append(child_id)
+            if added:
+                if event is not None:
+                    self._events.extend((event, child_id) for child_id in added)
+                self._events.extend(events)
         return added
 
-    async def withdraw(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
+    async def withdraw(
+        self, rollout_id: str, child_ids: Iterable[str], *, event: RolloutEvent | None = None
+    ) -> list[str]:
         removed: list[str] = []
         with self._lock:
             rollout = self._rollout(rollout_id)
@@ -188,6 +213,8 @@ class MemoryRolloutStore(RolloutStore):
                 offers = self._offers[child_id]
                 offers.pop(bisect.bisect_left(offers, key))
                 removed.append(child_id)
+            if event is not None:
+                self._events.extend((event, child_id) for child_id in removed)
         return removed
 
     async def targeted(self, rollout_id: str) -> list[str]:
@@ -230,7 +257,9 @@ class MemoryRolloutStore(RolloutStore):
             self._rollout(rollout_id)
             return [self._child_release(rollout_id, c) for c in self._targeted[rollout_id]]
 
-    async def put_child_release(self, expected: ChildRelease, new: ChildRelease) -> ChildRelease:
+    async def put_child_release(
+        self, expected: ChildRelease, new: ChildRelease, *, events: Sequence[RolloutEvent] = ()
+    ) -> ChildRelease:
         with self._lock:
             current = self._child_release(expected.rollout_id, expected.child_id)
             if current != expected:
@@ -241,6 +270,7 @@ class MemoryRolloutStore(RolloutStore):
                     current.status.wire_name,
                 )
             self._state[(new.rollout_id, new.child_id)] = new
+            self._events.extend(events)
             return new
 
     # -- counts, barriers ----------------------------------------------------------------------
@@ -289,6 +319,7 @@ class MemoryRolloutStore(RolloutStore):
         *,
         open: bool = False,
         waiting_since: float | None = None,
+        events: Sequence[RolloutEvent] = (),
     ) -> BarrierRecord:
         with self._lock:
             self._rollout(rollout_id)
@@ -298,7 +329,47 @@ class MemoryRolloutStore(RolloutStore):
                 old.waiting_since if old.waiting_since is not None else waiting_since,
             )
             self._barriers[(rollout_id, stage_name)] = new
+            if new.open and not old.open:
+                self._events.extend(events)
             return new
+
+    # -- the event log -------------------------------------------------------------------------
+    async def append_events(self, events: Sequence[RolloutEvent]) -> list[RolloutEvent]:
+        with self._lock:
+            first = len(self._events) + 1
+            self._events.extend(events)
+        return [attrs.evolve(e, id=first + i) for i, e in enumerate(events)]
+
+    async def last_event_id(self) -> int:
+        return len(self._events)
+
+    async def list_events(
+        self, filter: RolloutEventFilter = ALL_EVENTS, *, limit: int | None = None, offset: int = 0
+    ) -> list[RolloutEvent]:
+        if limit is not None and limit <= 0:
+            return []
+        with self._lock:
+            tail = self._events[max(0, filter.after_id) :]  # (ids are positions: skip to it)
+        first = max(0, filter.after_id) + 1
+        found: list[RolloutEvent] = []
+        skip = max(0, offset)
+        rid, cid = filter.rollout_id, filter.child_id
+        for i, entry in enumerate(tail):
+            template, child_id = entry if isinstance(entry, tuple) else (entry, entry.child_id)
+            if (rid is not None and template.rollout_id != rid) or (
+                cid is not None and child_id != cid
+            ):
+                continue  # (the common filters, before an event is built)
+            event = attrs.evolve(template, child_id=child_id, id=first + i)
+            if not filter.matches(event):
+                continue
+            if skip:
+                skip -= 1
+                continue
+            found.append(event)
+            if limit is not None and len(found) >= limit:
+                break
+        return found
 
     # -- child tokens ------------------------------------------------------------------------
     async def child_token(self, child_id: str) -> str | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from release_coordinator.errors import NotFoundError
+from release_coordinator.rollout.events import ALL_EVENTS, RolloutEvent, RolloutEventFilter
 
 if TYPE_CHECKING:  # the rollout half's records, without importing shapely at run time
     from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
@@ -64,9 +65,12 @@ class RolloutStore(abc.ABC):
 
     # -- rollouts ----------------------------------------------------------------------------
     @abc.abstractmethod
-    async def add_rollout(self, rollout: Rollout, bundle: ReleaseBundle) -> Rollout:
+    async def add_rollout(
+        self, rollout: Rollout, bundle: ReleaseBundle, *, events: Sequence[RolloutEvent] = ()
+    ) -> Rollout:
         """Store a new rollout with its bundle; ``seq`` is assigned (creation order).
-        ConflictError when the id exists."""
+        ConflictError when the id exists. ``events`` are appended with it (not when refused),
+        in the same transaction."""
 
     @abc.abstractmethod
     async def get_rollout(self, rollout_id: str) -> Rollout:
@@ -90,8 +94,10 @@ class RolloutStore(abc.ABC):
         to_state: RolloutState,
         *,
         reason: str | None = None,
+        events: Sequence[RolloutEvent] = (),
     ) -> Rollout:
-        """Compare-and-set the rollout's state; ConcurrentUpdateError, NotFoundError."""
+        """Compare-and-set the rollout's state; ConcurrentUpdateError, NotFoundError.
+        ``events`` are appended when (and only when) the state is set, together with it."""
 
     # -- children ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -134,14 +140,27 @@ class RolloutStore(abc.ABC):
 
     # -- targeting and offers ----------------------------------------------------------------
     @abc.abstractmethod
-    async def target(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
+    async def target(
+        self,
+        rollout_id: str,
+        child_ids: Iterable[str],
+        *,
+        event: RolloutEvent | None = None,
+        events: Sequence[RolloutEvent] = (),
+    ) -> list[str]:
         """Make the rollout wait for these children (``No`` -> ``Todo``); children already
-        targeted are left as they are. Returns the ids newly targeted."""
+        targeted are left as they are. Returns the ids newly targeted.
+
+        With the targeting, in its transaction: ``event`` once per child newly targeted (with
+        its ``child_id``), then ``events``, written only if some child was newly targeted."""
 
     @abc.abstractmethod
-    async def withdraw(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
+    async def withdraw(
+        self, rollout_id: str, child_ids: Iterable[str], *, event: RolloutEvent | None = None
+    ) -> list[str]:
         """Take back the rollout from children that have not fetched it (``Todo`` -> ``No``).
-        Returns the ids withdrawn."""
+        Returns the ids withdrawn; ``event`` is appended once per child withdrawn (with its
+        ``child_id``), with the withdrawal."""
 
     @abc.abstractmethod
     async def targeted(self, rollout_id: str) -> list[str]:
@@ -163,10 +182,13 @@ class RolloutStore(abc.ABC):
         """The state of every targeted child, in targeting order."""
 
     @abc.abstractmethod
-    async def put_child_release(self, expected: ChildRelease, new: ChildRelease) -> ChildRelease:
+    async def put_child_release(
+        self, expected: ChildRelease, new: ChildRelease, *, events: Sequence[RolloutEvent] = ()
+    ) -> ChildRelease:
         """Replace the child's state with ``new`` if it still equals ``expected``
         (ConcurrentUpdateError otherwise): the compare-and-set every status change goes
-        through, so racing reports never both win."""
+        through, so racing reports never both win. ``events`` are appended with a change that
+        wins, never with one that loses."""
 
     # -- counts, barriers, changes -----------------------------------------------------------
     @abc.abstractmethod
@@ -194,16 +216,36 @@ class RolloutStore(abc.ABC):
         *,
         open: bool = False,
         waiting_since: float | None = None,
+        events: Sequence[RolloutEvent] = (),
     ) -> BarrierRecord:
         """Record that the barrier opened (it stays open) and/or when the first child began to
         wait (the first time given is kept); returns the barrier as stored now. NotFoundError
-        for an unknown rollout."""
+        for an unknown rollout. ``events`` are appended when this call opened the barrier (it
+        was closed): of several calls opening it at once, one writes them."""
 
     @abc.abstractmethod
     async def children_since(self, change: int) -> tuple[list[Child], int]:
         """The children saved (registered, moved, changed) after change number ``change``, in
         the order of their last change, and the latest change number (0 for none): a manager
         sharing the store follows what other processes registered."""
+
+    # -- the event log -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append_events(self, events: Sequence[RolloutEvent]) -> list[RolloutEvent]:
+        """Append events that come with no change of state; returns them with their ids
+        (which grow with every append; nothing is ever changed later)."""
+
+    @abc.abstractmethod
+    async def last_event_id(self) -> int:
+        """The id of the newest event (0 when the log is empty)."""
+
+    @abc.abstractmethod
+    async def list_events(
+        self, filter: RolloutEventFilter = ALL_EVENTS, *, limit: int | None = None, offset: int = 0
+    ) -> list[RolloutEvent]:
+        """Events that match ``filter``, oldest first (by id); a page of ``limit`` from
+        ``offset``. An event is listed once its change is: following the log with
+        ``after_id`` never skips one."""
 
     # -- child tokens (the HTTP layer's per-child credentials; only a digest is kept) ---------
     @abc.abstractmethod

@@ -8,7 +8,7 @@ barriers are rows that only ever open.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from release_coordinator.errors import ConcurrentUpdateError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.events import RolloutEvent
 from release_coordinator.rollout.models import ChildRelease
 from release_coordinator.storage.rollout_base import BarrierRecord
 from release_coordinator.storage.sql.engine import _edge
@@ -24,7 +25,8 @@ from release_coordinator.storage.sql.rollout_codec import (
     _child_release,
     _state_values,
 )
-from release_coordinator.storage.sql.rollout_rows import _chunks, _RolloutRows
+from release_coordinator.storage.sql.rollout_events import _RolloutEventLog
+from release_coordinator.storage.sql.rollout_rows import _chunks
 from release_coordinator.storage.sql.schema import barriers, child_releases, children, rollouts
 
 
@@ -38,12 +40,19 @@ async def _child_release_row(
     return (await conn.execute(query)).first()
 
 
-class _ChildRows(_RolloutRows):
+class _ChildRows(_RolloutEventLog):
     """The per-child part of :class:`~release_coordinator.storage.sql.SQLRolloutStore`."""
 
     # -- targeting -----------------------------------------------------------------------------
     @_edge
-    async def target(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
+    async def target(
+        self,
+        rollout_id: str,
+        child_ids: Iterable[str],
+        *,
+        event: RolloutEvent | None = None,
+        events: Sequence[RolloutEvent] = (),
+    ) -> list[str]:
         wanted = list(dict.fromkeys(child_ids))
         added: list[str] = []
         numbered = False  # (the rollout's row was found by the numbering's UPDATE)
@@ -106,10 +115,14 @@ class _ChildRows(_RolloutRows):
                 added.extend(c for c in new if c in mine)
             if not numbered:
                 await self._rollout_row(conn, rollout_id)  # NotFoundError
+            if added:
+                await self._log(conn, events, each=event, children=added)
         return added
 
     @_edge
-    async def withdraw(self, rollout_id: str, child_ids: Iterable[str]) -> list[str]:
+    async def withdraw(
+        self, rollout_id: str, child_ids: Iterable[str], *, event: RolloutEvent | None = None
+    ) -> list[str]:
         wanted = list(dict.fromkeys(child_ids))
         removed: set[str] = set()
         async with self._write() as conn:
@@ -125,7 +138,9 @@ class _ChildRows(_RolloutRows):
                     .returning(child_releases.c.child_id)
                 )
                 removed.update(result.scalars())
-        return [c for c in wanted if c in removed]
+            gone = [c for c in wanted if c in removed]
+            await self._log(conn, each=event, children=gone)
+        return gone
 
     @_edge
     async def targeted(self, rollout_id: str) -> list[str]:
@@ -163,7 +178,9 @@ class _ChildRows(_RolloutRows):
         return [_child_release(rollout_id, row.child_id, row, names) for row in rows]
 
     @_edge
-    async def put_child_release(self, expected: ChildRelease, new: ChildRelease) -> ChildRelease:
+    async def put_child_release(
+        self, expected: ChildRelease, new: ChildRelease, *, events: Sequence[RolloutEvent] = ()
+    ) -> ChildRelease:
         stage_names = (await self._cached_fixed(expected.rollout_id)).bundle.strategy.stage_names
         old = _state_values(expected, stage_names)
         where = [
@@ -181,6 +198,7 @@ class _ChildRows(_RolloutRows):
                 sa.update(child_releases).where(*where).values(**_state_values(new, stage_names))
             )
             if done.rowcount == 1:
+                await self._log(conn, events)
                 return new
             names = await self._names(conn, expected.rollout_id)
             row = await _child_release_row(conn, expected.rollout_id, expected.child_id)
@@ -247,6 +265,31 @@ class _ChildRows(_RolloutRows):
                 return BarrierRecord()
         return BarrierRecord(bool(row.open), row.waiting_since)
 
+    async def _opens(self, conn: AsyncConnection, rollout_id: str, stage_name: str) -> bool:
+        """Open the barrier in ``conn``'s transaction: True if it was closed (or had no row),
+        False if it was open already. Of several transactions opening it at once, one gets
+        True: the row's update waits for the other's commit and then finds it open, and of
+        two inserts of a new row one wins."""
+        key = (barriers.c.rollout_id == rollout_id, barriers.c.stage == stage_name)
+        opened = await conn.execute(
+            sa.update(barriers).where(*key, barriers.c.open.is_(False)).values(open=True)
+        )
+        if opened.rowcount == 1:
+            return True
+        inserted = await conn.execute(
+            self._insert(barriers)
+            .values(rollout_id=rollout_id, stage=stage_name, open=True, waiting_since=None)
+            .on_conflict_do_nothing()
+            .returning(barriers.c.stage)
+        )
+        if inserted.first() is not None:
+            return True
+        # There is a row (open, or a racing insert's closed one, committed meanwhile).
+        again = await conn.execute(
+            sa.update(barriers).where(*key, barriers.c.open.is_(False)).values(open=True)
+        )
+        return again.rowcount == 1
+
     @_edge
     async def mark_barrier(
         self,
@@ -255,9 +298,12 @@ class _ChildRows(_RolloutRows):
         *,
         open: bool = False,
         waiting_since: float | None = None,
+        events: Sequence[RolloutEvent] = (),
     ) -> BarrierRecord:
         async with self._write() as conn:
             await self._rollout_row(conn, rollout_id)
+            if open and events and await self._opens(conn, rollout_id, stage_name):
+                await self._log(conn, events)
             insert = self._insert(barriers).values(
                 rollout_id=rollout_id, stage=stage_name, open=open, waiting_since=waiting_since
             )

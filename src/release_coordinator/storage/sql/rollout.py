@@ -46,6 +46,7 @@ from sqlalchemy.engine import URL
 
 from release_coordinator.coordinator.models import utcnow
 from release_coordinator.errors import ConcurrentUpdateError, ConflictError, NotFoundError
+from release_coordinator.rollout.events import RolloutEvent
 from release_coordinator.rollout.models import Child, ReleaseBundle, Rollout, RolloutState
 from release_coordinator.rollout.policies import policy_json
 from release_coordinator.storage.rollout_base import RolloutStore, last_of_each
@@ -76,8 +77,8 @@ class SQLRolloutStore(_PollPath, _ChildRows, _WorkLeases, RolloutStore):
     :class:`~release_coordinator.storage.sql.SQLStore` to share its engine.
 
     One part per job, over one :class:`~release_coordinator.storage.sql.database.SQLDatabase`:
-    the poll path (:mod:`.poll`), the children's per-rollout state (:mod:`.child_state`), and
-    here rollouts, children and their tokens.
+    the poll path (:mod:`.poll`), the children's per-rollout state (:mod:`.child_state`), the
+    event log (:mod:`.rollout_events`), and here rollouts, children and their tokens.
     """
 
     @classmethod
@@ -110,7 +111,9 @@ class SQLRolloutStore(_PollPath, _ChildRows, _WorkLeases, RolloutStore):
 
     # -- rollouts ------------------------------------------------------------------------------
     @_edge
-    async def add_rollout(self, rollout: Rollout, bundle: ReleaseBundle) -> Rollout:
+    async def add_rollout(
+        self, rollout: Rollout, bundle: ReleaseBundle, *, events: Sequence[RolloutEvent] = ()
+    ) -> Rollout:
         for _attempt in range(_SEQ_ATTEMPTS):
             try:
                 async with self._write(Lane.CONTROL) as conn:
@@ -141,6 +144,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, _WorkLeases, RolloutStore):
                             created_at=utcnow(),
                         )
                     )
+                    await self._log(conn, events)
                     self._fixed[stored.id] = _Fixed(stored.target, stored.policy, bundle)
                     return stored
             except sa_exc.IntegrityError as error:
@@ -178,6 +182,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, _WorkLeases, RolloutStore):
         to_state: RolloutState,
         *,
         reason: str | None = None,
+        events: Sequence[RolloutEvent] = (),
     ) -> Rollout:
         values: dict[str, Any] = {"state": to_state.value}
         if reason is not None:
@@ -196,6 +201,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, _WorkLeases, RolloutStore):
                 raise ConcurrentUpdateError(
                     "rollout", rollout_id, from_states, RolloutState(row.state)
                 )
+            await self._log(conn, events)
             return await self._rollout(conn, row)
 
     # -- children ------------------------------------------------------------------------------
