@@ -20,7 +20,14 @@ abort. After every step it checks, against the store:
 (g) a child times out (Failed, outcome ``timed_out``) only at a tick, never while it waits on
     a barrier, and only after the policy's ``child_timeout`` (random, or none) passed since it
     was last seen making progress;
-(h) a repeated abort is accepted and changes nothing.
+(h) a repeated abort is accepted and changes nothing;
+(i) with a pacing (random: none, maintenance windows, a ramp with a maximum per minute, a
+    scheduled start), nothing is offered (no child newly targeted) while the pacing is closed
+    (before the start, outside every window), and a ramp never offers more than its rate: in
+    any 60 seconds, at most ``start_per_minute * factor ** minutes`` since the start and never
+    more than ``max_per_minute``;
+(j) every poll answer carries a bounded next-poll hint, the short one when it offers the
+    release.
 
 Refused calls must raise one of the protocol's errors and change nothing.
 """
@@ -28,6 +35,7 @@ Refused calls must raise one of the protocol's errors and change nothing.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -53,6 +61,7 @@ from release_coordinator.fsm.rollout import (
 )
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import ChildRelease, Outcome, RolloutState
+from release_coordinator.rollout.pacing import Pacing, Ramp, Window
 from release_coordinator.rollout.policies import GlobalIncremental
 from strategies_geo import multipolygons, polygons
 
@@ -79,6 +88,18 @@ ROLLOUT_MOVES = {
     (RolloutState.ACTIVE, RolloutState.ABORTED),
     (RolloutState.PAUSED, RolloutState.ABORTED),
     (RolloutState.ACTIVE, RolloutState.COMPLETED),
+}
+
+# The clock starts at 1000 s after the epoch (Thursday 1 January 1970, 00:16:40 UTC): windows
+# every day 00:17:00-00:18:30 and 00:20:00-00:22:00; a start 45 s in.
+WINDOWS = (Window(17, 90.0), Window(20, 120.0))
+RAMP = Ramp(1, factor=2.0, success_threshold=0.5)
+MOST_PER_MINUTE = 3
+PACINGS = {
+    "none": Pacing(),
+    "windows": Pacing(windows=WINDOWS),
+    "ramp": Pacing(ramp=RAMP, max_per_minute=MOST_PER_MINUTE),
+    "start": Pacing(start_at=1045.0),
 }
 
 # A child record as the model sees it: None when the child is not targeted (status No).
@@ -168,6 +189,9 @@ class RolloutMachine(RuleBasedStateMachine):
         self.barrier_opened = False
         self.ticking = False
         self.child_timeout: float | None = None
+        self.pacing = Pacing()
+        self.started_at = 0.0
+        self.offers: list[float] = []  # when each child was newly targeted (re-offers too)
 
     def teardown(self) -> None:
         self.loop.close()
@@ -214,6 +238,7 @@ class RolloutMachine(RuleBasedStateMachine):
         quorum=st.sampled_from([0.5, 1.0]),
         barrier_timeout=st.sampled_from([None, None, 10.0, 45.0]),
         child_timeout=st.sampled_from([None, 20.0, 50.0, 3600.0]),
+        pacing=st.sampled_from(sorted(PACINGS)),
         data=st.data(),
     )
     def setup(
@@ -223,6 +248,7 @@ class RolloutMachine(RuleBasedStateMachine):
         quorum: float,
         barrier_timeout: float | None,
         child_timeout: float | None,
+        pacing: str,
         data: st.DataObject,
     ) -> None:
         for spec, is_inside in [(s, True) for s in inside] + [(s, False) for s in outside]:
@@ -238,24 +264,33 @@ class RolloutMachine(RuleBasedStateMachine):
             if early[i]:
                 self.run(self._poll(i))
         self.child_timeout = child_timeout
+        self.pacing = PACINGS[pacing]
         policy = GlobalIncremental(
-            quorum=quorum, barrier_timeout=barrier_timeout, child_timeout=child_timeout
+            quorum=quorum,
+            barrier_timeout=barrier_timeout,
+            child_timeout=child_timeout,
+            pacing=self.pacing,
         )
+        self.started_at = self.clock.now
         rollout = self.run(self.manager.create_rollout(BUNDLE, TARGET, policy=policy))
         assert rollout.state is RolloutState.ACTIVE
         self.prev_rollout, self.prev = self.snapshot()
+        for record in self.prev.values():
+            if record is not None:  # offered at the start
+                self.check_offer_allowed()
         self.ready = True
 
     # -- the child protocol (each call is followed by the invariants' check) ----------------
     def do_poll(self, i: int, count: int = 0) -> str:
         answer = self.run(self._poll(i, count))
+        self.check_hint(answer)
         state, records = self.snapshot()
         record = records[i]
         if not self.inside[i]:
             assert answer.new_release == "", "a child outside the target was offered the release"
             assert record is None
         else:
-            if state is RolloutState.ACTIVE:
+            if state is RolloutState.ACTIVE and not self.pacing.is_set:
                 # One inside always does: registered (now at the latest) means targeted.
                 assert record is not None, "a child inside the target was never targeted"
             offered = (
@@ -270,6 +305,14 @@ class RolloutMachine(RuleBasedStateMachine):
             assert (answer.target_area is not None) is bool(offered and count)
         self.check()
         return str(answer.new_release)
+
+    def check_hint(self, answer: Any) -> None:
+        """(j) A bounded hint; the short one with an offer."""
+        hints = self.manager.poll_hints
+        assert answer.next_poll is not None
+        assert 1 <= answer.next_poll <= hints.longest
+        if answer.new_release:
+            assert answer.next_poll == hints.busy
 
     def do_fetch(self, i: int) -> None:
         before = self.snapshot()
@@ -499,6 +542,21 @@ class RolloutMachine(RuleBasedStateMachine):
         if state is RolloutState.ACTIVE:  # (f) a tick completes a finished rollout
             assert not self.everyone_finished(records), f"a tick left it active: {records}"
 
+    @rule(edge=st.integers(0, 3), after=st.sampled_from([0.0, 1.0]))
+    def window_edge(self, edge: int, after: float) -> None:
+        """Time passes to the next opening or closing of a window (or just after it)."""
+        now = self.clock.now
+        edges = sorted(
+            {w.next_opening(now) for w in WINDOWS}
+            | {end for w in WINDOWS if (end := w.open_until(now)) is not None}
+        )
+        self.time_passes(edges[edge % len(edges)] - now + after)
+
+    @rule()
+    def minute_passes(self) -> None:
+        """A minute passes (a ramp's rate may grow; a start comes)."""
+        self.time_passes(60.0)
+
     @rule(action=st.sampled_from(["pause", "pause", "resume", "abort"]), really=st.integers(0, 3))
     def operate(self, action: str, really: int) -> None:
         if action == "abort" and really:  # an abort ends the story: keep it rarer
@@ -543,7 +601,25 @@ class RolloutMachine(RuleBasedStateMachine):
             assert self.everyone_finished(records), f"completed too early: {records}"
         self.check_outside_never_targeted()
         self.check_barrier(state, records)
+        for i, record in records.items():
+            if record is not None and self.prev.get(i) is None:
+                self.check_offer_allowed()  # (i) newly targeted now
         self.prev_rollout, self.prev = state, records
+
+    def check_offer_allowed(self) -> None:
+        """(i) A child was newly targeted now: the pacing is open, and the ramp's rate holds
+        over the last 60 seconds."""
+        now = self.clock.now
+        assert self.pacing.is_open(now), f"offered at {now} while the pacing is closed"
+        self.offers.append(now)
+        if self.pacing.ramp is not None:
+            minutes = math.floor((now - self.started_at) / 60.0)
+            rate = min(
+                float(MOST_PER_MINUTE),
+                self.pacing.ramp.start_per_minute * self.pacing.ramp.factor ** min(minutes, 60),
+            )
+            recent = sum(1 for t in self.offers if now - t < 60.0)
+            assert recent <= rate, f"{recent} offered in 60 s, over the rate of {rate}"
 
     def everyone_finished(self, records: Snapshot) -> bool:
         """(f) Every registered child inside the target has finished the release (and one
