@@ -43,6 +43,7 @@ from __future__ import annotations
 from typing import Any
 
 from release_coordinator._version import __version__
+from release_coordinator.server.graphql_openapi import GRAPHQL_PATH, GRAPHQL_TAG, graphql_paths
 from release_coordinator.server.openapi_coordinator import (
     _COORDINATOR_DESCRIPTION,
     _COORDINATOR_PARAMETERS,
@@ -118,11 +119,17 @@ def rollout_openapi(version: str = __version__) -> dict[str, Any]:
 
 
 def combined_openapi(
-    version: str = __version__, *, coordinator_prefix: str = "", rollout_prefix: str = ""
+    version: str = __version__,
+    *,
+    coordinator_prefix: str = "",
+    rollout_prefix: str = "",
+    graphql: bool = False,
 ) -> dict[str, Any]:
     """One document for a server that serves both apps, the coordinator's under
     ``coordinator_prefix`` and the rollout manager's under ``rollout_prefix`` (``""``: at the
     root). ``GET /openapi.json`` is listed once, at the root, for the combined document.
+    ``graphql`` adds ``/graphql`` (under ``coordinator_prefix``): the GraphQL app
+    (:mod:`~release_coordinator.server.graphql`), which ``serve`` mounts when it is installed.
 
     Raises ValueError when a prefix is not ``""`` or ``/name`` (no trailing slash), or when the
     two apps would serve the same path."""
@@ -154,6 +161,9 @@ def combined_openapi(
     for document in (coordinator, rollout):
         for tag in document["tags"]:
             tags.setdefault(tag["name"], tag)
+    if graphql:
+        paths.update(graphql_paths(coordinator_prefix + GRAPHQL_PATH))
+        tags[GRAPHQL_TAG["name"]] = dict(GRAPHQL_TAG)
     return {
         "openapi": OPENAPI_VERSION,
         "jsonSchemaDialect": _DIALECT,

@@ -4,7 +4,7 @@
 role       may
 =========  ==========================================================================
 reader     every ``GET`` (and ``HEAD``): list and read everything, the dashboard's
-           views, ``GET /metrics``
+           views, ``GET /metrics``; GraphQL queries (``POST /graphql`` too)
 releaser   what a reader may, and the release actions of :data:`RELEASER_ROUTES`:
            create, publish, cancel and run again a release; write its own release
            notes; upload (create), start, pause, resume, abort a rollout and promote a
@@ -38,6 +38,7 @@ from release_coordinator.errors import ConfigurationError
 from release_coordinator.server.common import Refusal
 
 __all__ = [
+    "READER_ROUTES",
     "READ_METHODS",
     "RELEASER_ROUTES",
     "OperatorToken",
@@ -108,12 +109,18 @@ RELEASER_ROUTES: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+#: The requests that only read although their method is not ``GET``: a reader may send them.
+#: ``POST /graphql`` (server.graphql) carries a query (its schema has no mutation).
+READER_ROUTES: frozenset[tuple[str, str]] = frozenset({("POST", "/graphql")})
+
+
 def required_role(method: str, route: str) -> Role:
-    """The role a request needs: ``GET``/``HEAD`` a reader, the writes of
-    :data:`RELEASER_ROUTES` a releaser, anything else an admin. ``route`` is the route's
-    template (``/releases/{release_id}/publish``), relative to the app."""
+    """The role a request needs: ``GET``/``HEAD`` (and the reads of :data:`READER_ROUTES`) a
+    reader, the writes of :data:`RELEASER_ROUTES` a releaser, anything else an admin.
+    ``route`` is the route's template (``/releases/{release_id}/publish``), relative to the
+    app."""
     method = method.upper()
-    if method in READ_METHODS:
+    if method in READ_METHODS or (method, route) in READER_ROUTES:
         return Role.READER
     if (method, route) in RELEASER_ROUTES:
         return Role.RELEASER

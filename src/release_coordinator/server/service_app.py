@@ -18,6 +18,7 @@ reverse order; :class:`~release_coordinator.server.access_log.AccessLog` in fron
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 from starlette.applications import Starlette
@@ -42,6 +43,7 @@ from release_coordinator.server.common import (
     method_routes,
 )
 from release_coordinator.server.coordinator_app import coordinator_app
+from release_coordinator.server.graphql_openapi import GRAPHQL_PATH
 from release_coordinator.server.metrics import ServiceMetrics
 from release_coordinator.server.openapi import OPENAPI_PATH, combined_openapi
 from release_coordinator.server.request_body import JsonObjectEndpoint
@@ -84,6 +86,17 @@ class FastRoutes:
         await self.app(scope, receive, send)
 
 
+def _graphql_wanted(graphql: bool | None) -> bool:
+    """Whether to mount ``/graphql``: ``None`` when strawberry-graphql is installed (the
+    ``graphql`` extra); ``True`` requires it."""
+    installed = importlib.util.find_spec("strawberry") is not None
+    if graphql and not installed:
+        raise ConfigurationError(
+            "graphql=True needs strawberry-graphql: pip install 'release-coordinator[graphql]'"
+        )
+    return installed if graphql is None else graphql
+
+
 def _paths(routes: Sequence[BaseRoute]) -> set[str]:
     return {route.path for route in routes if isinstance(route, Route)}
 
@@ -120,6 +133,7 @@ def service_app(
     name: str = "release-coordinator",
     metrics_public: bool = False,
     gate_interval: float = 5.0,
+    graphql: bool | None = None,
 ) -> Starlette:
     """One ASGI app serving ``coordinator``'s API and ``manager``'s (child protocol and
     operator API): the routes of :func:`coordinator_app` and :func:`rollout_app` side by side.
@@ -137,6 +151,11 @@ def service_app(
     :class:`~release_coordinator.gates.ReleaseGate` over both halves looks releases up for the
     manager and, with ``lifespan``, runs after the coordinator and the manager started,
     reconciling every ``gate_interval`` seconds and whenever a release ends.
+
+    ``graphql``: serve the read-only GraphQL API at ``/graphql``
+    (:func:`~release_coordinator.server.graphql.graphql_app`, the same operator tokens; any
+    role may query): by default when strawberry-graphql (the ``graphql`` extra) is installed,
+    ``False`` never, ``True`` always (a ConfigurationError without it).
     """
     if not isinstance(operator_tokens, Mapping | str | bytes):
         operator_tokens = list(operator_tokens)  # read twice, below
@@ -165,7 +184,8 @@ def service_app(
     parts = (coordinator_part, rollout_part)  # started in this order, stopped in reverse
     gate = ReleaseGate(coordinator, manager, interval=gate_interval)
     # Each part serves its own OpenAPI document at /openapi.json: here one document lists both.
-    document = combined_openapi(__version__)
+    with_graphql = _graphql_wanted(graphql)
+    document = combined_openapi(__version__, graphql=with_graphql)
 
     async def openapi(request: Request) -> Response:
         return json_response(200, document)
@@ -179,6 +199,19 @@ def service_app(
     )
     metrics = ServiceMetrics(coordinator, manager, operator_tokens, verifier, metrics_public)
     routes += ui_routes() + metrics.routes()  # /ui, /docs (server.ui); /metrics (server.metrics)
+    if with_graphql:
+        from release_coordinator.server.graphql import graphql_app  # the graphql extra
+
+        endpoint = graphql_app(
+            coordinator,
+            manager,
+            operator_tokens=operator_tokens,
+            verifier=verifier,
+            callback_tokens=callback_tokens,
+            allow_anonymous=allow_anonymous,
+            max_body=max_body,
+        )
+        routes.append(Route(GRAPHQL_PATH, endpoint))
 
     @contextlib.asynccontextmanager
     async def run(_app: Starlette) -> AsyncIterator[None]:
