@@ -224,6 +224,15 @@ def _parser() -> argparse.ArgumentParser:
         "children); a relay also polls its parent and reports upward at each "
         "(default: %(default)g)",
     )
+    serve.add_argument(
+        "--webhook-interval",
+        metavar="SECONDS",
+        type=float,
+        default=1.0,
+        help="seconds between two rounds of webhook deliveries (each round sends what is due; "
+        "0: this process sends none, another one over the same database does) "
+        "(default: %(default)g)",
+    )
     relay = serve.add_argument_group(
         "relay mode", "serve the rollout half as the child of another server (a tree of servers)"
     )
@@ -372,6 +381,7 @@ def _serve(args: argparse.Namespace) -> int:
             area=area,
             metrics_public=args.metrics_public,
             server=args.server,
+            webhook_interval=args.webhook_interval,
         )
     except ConfigurationError as error:
         print(f"error: {error.message}", file=sys.stderr)

@@ -21,6 +21,7 @@ adapter's edge and never leak::
     │   │   └── BadGatewayError        502/504 from a proxy in front of the peer
     │   └── PeerAnswerError         a real answer that is not a success (400, 404, 500, 503 ...)
     │       └── MalformedAnswerError   a 200 whose body breaks the protocol
+    ├── WebhookSignatureError       a webhook delivery whose signature does not verify
     └── StorageError                the store failed underneath (driver error, schema)
         └── SchemaError             the stored schema is missing or of another version
 
@@ -53,6 +54,7 @@ __all__ = [
     "TransientTransportError",
     "TransportError",
     "ValidationError",
+    "WebhookSignatureError",
 ]
 
 

@@ -349,9 +349,9 @@ def test_a_release_staged_published_run_again_and_canceled_from_the_page(
             # the old summary names release_id too: wait for the new page, the one whose
             # "Runs again" row links back to the release run again
             expect(p).not_to_have_url(re.compile(f"{re.escape(release_id)}$"), timeout=SEEN_WITHIN)
-            expect(p.locator("#release-summary").get_by_role("link", name=release_id)).to_be_visible(
-                timeout=SEEN_WITHIN
-            )
+            expect(
+                p.locator("#release-summary").get_by_role("link", name=release_id)
+            ).to_be_visible(timeout=SEEN_WITHIN)
             again_id = p.url.rsplit("/", 1)[-1]
             assert again_id != release_id
             assert api.get(f"/releases/{again_id}").json()["cloned_from"] == release_id

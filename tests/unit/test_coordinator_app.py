@@ -718,7 +718,13 @@ async def static_world() -> tuple[World, dict[str, str]]:
 async def snapshot(coordinator: Coordinator) -> tuple[Any, ...]:
     releases = await coordinator.list_releases()
     tasks = [t for r in releases for t in await coordinator.list_tasks(r.id)]
-    return (await coordinator.list_services(), releases, tasks, await coordinator.events())
+    return (
+        await coordinator.list_services(),
+        releases,
+        tasks,
+        await coordinator.events(),
+        await coordinator.list_webhooks(),
+    )
 
 
 LEAVES = (

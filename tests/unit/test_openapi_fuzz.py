@@ -192,12 +192,14 @@ def fuzz(api: str, path: str, method: str) -> Any:
             world.transport.add("memory://spare", spare)
             client, take = world.client, lambda: snapshot(world.coordinator)
             note = await world.coordinator.add_note(ids["rid"], "a note", study_id="SD_1")
+            webhook = await world.coordinator.add_webhook("http://127.0.0.1:9/hook")
             known = {
                 "service_id": [ids["sid"]],
                 "release_id": [ids["rid"], ids["done"]],
                 "task_id": [ids["tid"]],
                 "note_id": [note.id],
                 "study_id": ["SD_1"],
+                "webhook_id": [webhook.id],
             }
             tokens = [OPS, OPS, OPS, PORTAL, {}, {"Authorization": "Bearer nope"}]
         else:

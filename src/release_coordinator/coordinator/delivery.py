@@ -142,7 +142,7 @@ class WebhookDispatcher:
         self.clock = clock
         self._rng = rng or random.Random()
         self._own_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        self._client = client
         self._limit = asyncio.Semaphore(concurrency)
         self._seen: collections.deque[tuple[float, int]] = collections.deque()
         self._held: set[str] = set()
@@ -223,7 +223,7 @@ class WebhookDispatcher:
         error = ""
         began = time.perf_counter()
         try:
-            answer = await self._client.post(
+            answer = await self._http().post(
                 webhook.url, content=body, headers=headers, timeout=self.timeout
             )
             status = answer.status_code
@@ -251,8 +251,8 @@ class WebhookDispatcher:
         if not error:
             state = DeliveryState(cursor=last, last_delivery_at=now)
         else:
-            state = self._failed(webhook, last, error, status, now)
             log.warning("webhook %s: delivery %s failed: %s", webhook.id, message_id, error)
+            state = self._failed(webhook, last, error, status, now)
         saved = await self.store.save_delivery(webhook.id, self.owner, state, delivery)
         if saved is None:
             self._held.discard(webhook.id)
@@ -279,6 +279,11 @@ class WebhookDispatcher:
             last_delivery_at=webhook.last_delivery_at,
             disabled_reason=reason,
         )
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None or self._client.is_closed:
+            self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        return self._client
 
     # -- the loop ----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -322,8 +327,9 @@ class WebhookDispatcher:
     async def aclose(self) -> None:
         """:meth:`stop`, and close the client if it is the dispatcher's own."""
         await self.stop()
-        if self._own_client:
+        if self._own_client and self._client is not None:
             await self._client.aclose()
+            self._client = None
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[WebhookDispatcher]:

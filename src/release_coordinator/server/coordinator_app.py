@@ -44,6 +44,12 @@ DELETE  ``/notes/{id}``                         delete it                       
 GET     ``/studies``                            every study releases name, newest first 200
 GET     ``/studies/{id}``                       one: releases, latest, last published  200
 GET     ``/studies/{id}/notes``                 the notes on it, oldest first          200
+GET     ``/webhooks``                           webhook subscriptions (admins only)    200
+POST    ``/webhooks``                           subscribe ``{url, kinds, states...}``  201
+GET     ``/webhooks/{id}``                      one, with its delivery state           200
+PATCH   ``/webhooks/{id}``                      change it; ``enabled`` resumes it      200
+DELETE  ``/webhooks/{id}``                      unsubscribe                            204
+GET     ``/webhooks/{id}/deliveries``           its delivery log, newest first         200
 ======  ======================================  =====================================  ==========
 
 Listings answer ``{"items", "limit", "offset", "next_offset"}`` (``limit`` 1..1000, default
@@ -119,6 +125,7 @@ from release_coordinator.server.coordinator_routes import (
     ServiceEndpoints,
     TaskEndpoints,
 )
+from release_coordinator.server.coordinator_webhooks import WebhookEndpoints
 from release_coordinator.server.openapi import OPENAPI_PATH, coordinator_openapi
 from release_coordinator.server.token_auth import Principal, TokenAuth, Verifier
 
@@ -192,6 +199,7 @@ def coordinator_app(
         EventEndpoints,
         NoteEndpoints,
         StudyEndpoints,
+        WebhookEndpoints,
     ):
         table += endpoints(coordinator, access, max_body).table()
     routes = [(path, method, guarded(handler)) for path, method, handler in table]

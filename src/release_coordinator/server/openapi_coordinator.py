@@ -9,6 +9,7 @@ from typing import Any
 
 from release_coordinator.coordinator import api_bodies as bodies
 from release_coordinator.coordinator.models import EventKind, EventType
+from release_coordinator.coordinator.webhook_bodies import WEBHOOK_NAMES
 from release_coordinator.fsm.release import ReleaseState, TaskState
 from release_coordinator.schemas import schema_components
 from release_coordinator.server.openapi_parts import (
@@ -24,6 +25,12 @@ from release_coordinator.server.openapi_parts import (
     _time,
 )
 from release_coordinator.server.openapi_routes import Route, paths
+from release_coordinator.server.openapi_webhooks import (
+    WEBHOOK_PARAMETERS,
+    WEBHOOK_ROUTES,
+    WEBHOOK_SCHEMAS,
+    WEBHOOK_TAG,
+)
 
 __all__ = ["COORDINATOR_ROUTES"]
 
@@ -31,6 +38,7 @@ __all__ = ["COORDINATOR_ROUTES"]
 #: component both APIs share.
 _COORDINATOR_SCHEMAS: dict[str, Any] = {
     **schema_components(bodies.REQUESTS + bodies.ANSWERS, bodies.NAMES),
+    **WEBHOOK_SCHEMAS,
     "EmptyObject": _EMPTY_OBJECT,
 }
 
@@ -40,6 +48,7 @@ _COORDINATOR_PARAMETERS: dict[str, Any] = {
     "taskId": _path_id("task_id", "task"),
     "noteId": _path_id("note_id", "release note"),
     "studyId": _path_id("study_id", "study"),
+    **WEBHOOK_PARAMETERS,
 }
 
 _OPERATOR = (401, 403, 503)
@@ -412,12 +421,14 @@ _NOTES_AND_STUDIES: tuple[Route, ...] = (
     ),
 )
 
-COORDINATOR_ROUTES += _NOTES_AND_STUDIES
+COORDINATOR_ROUTES += _NOTES_AND_STUDIES + WEBHOOK_ROUTES
 
 
 def _coordinator_paths() -> dict[str, Any]:
     return paths(
-        COORDINATOR_ROUTES, bodies.NAMES, {OPENAPI_PATH: _openapi_operation("coordinator")}
+        COORDINATOR_ROUTES,
+        bodies.NAMES | WEBHOOK_NAMES,
+        {OPENAPI_PATH: _openapi_operation("coordinator")},
     )
 
 
@@ -429,6 +440,7 @@ _COORDINATOR_TAGS = [
     ("events", "The append-only event log."),
     ("notes", "Release notes in Markdown, on a release or on one of its studies."),
     ("studies", "Studies, read from the releases that name them."),
+    WEBHOOK_TAG,
     ("documentation", "This document."),
 ]
 

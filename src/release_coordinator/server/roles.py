@@ -10,8 +10,8 @@ releaser   what a reader may, and the release actions of :data:`RELEASER_ROUTES`
            notes; upload (create), start, pause, resume, abort a rollout and promote a
            stage
 admin      everything (the task-service registry, editing a release, task callbacks
-           sent with an operator token, revoking a child's token, and any route not
-           listed)
+           sent with an operator token, revoking a child's token, the webhooks — their
+           reads too —, and any route not listed)
 =========  ==========================================================================
 
 The rule (:func:`required_role`) looks at the method and the route's template only, so that a
@@ -38,6 +38,7 @@ from release_coordinator.errors import ConfigurationError
 from release_coordinator.server.common import Refusal
 
 __all__ = [
+    "ADMIN_ROUTE_PREFIXES",
     "READER_ROUTES",
     "READ_METHODS",
     "RELEASER_ROUTES",
@@ -114,12 +115,19 @@ RELEASER_ROUTES: frozenset[tuple[str, str]] = frozenset(
 READER_ROUTES: frozenset[tuple[str, str]] = frozenset({("POST", "/graphql")})
 
 
+#: The routes whose reads need an admin too: a webhook's URL may be a credential (a chat's
+#: incoming-webhook URL is).
+ADMIN_ROUTE_PREFIXES = ("/webhooks",)
+
+
 def required_role(method: str, route: str) -> Role:
     """The role a request needs: ``GET``/``HEAD`` (and the reads of :data:`READER_ROUTES`) a
     reader, the writes of :data:`RELEASER_ROUTES` a releaser, anything else an admin.
     ``route`` is the route's template (``/releases/{release_id}/publish``), relative to the
     app."""
     method = method.upper()
+    if any(route == p or route.startswith(p + "/") for p in ADMIN_ROUTE_PREFIXES):
+        return Role.ADMIN
     if method in READ_METHODS or (method, route) in READER_ROUTES:
         return Role.READER
     if (method, route) in RELEASER_ROUTES:

@@ -172,6 +172,7 @@ async def serve_async(
     metrics_public: bool = False,
     server: str | None = None,
     workers: int = 1,
+    webhook_interval: float = 1.0,
 ) -> int:
     """Serve both APIs on ``host:port`` until SIGTERM or SIGINT; the exit status (0 after a
     signal, 1 when the server could not start).
@@ -191,6 +192,8 @@ async def serve_async(
     (None: granian when it is installed, else uvicorn). ``workers`` > 1 serves from that many
     processes sharing the socket and a PostgreSQL database (see :mod:`~release_coordinator.
     server.workers`); ``log_format`` (``text`` or ``json``) is how they log.
+    ``webhook_interval`` is the seconds between two rounds of the webhook dispatcher each
+    process runs (0: none; another process of the database delivers the webhooks).
 
     Refused with ConfigurationError naming the option, before anything is opened: no operator
     token without ``allow_anonymous``, a setting that cannot work, relay options without
@@ -241,6 +244,7 @@ async def serve_async(
         area=area,
         metrics_public=metrics_public,
         server=servers.check(server),
+        webhook_interval=_webhook_interval(webhook_interval),
     )
     sock = listen_socket(host, port)
     try:
@@ -254,6 +258,12 @@ async def serve_async(
         return await supervise(settings, sock, worker_count, _worker_entry, grace=GRACEFUL_SHUTDOWN)
     finally:
         sock.close()
+
+
+def _webhook_interval(seconds: float) -> float:
+    if seconds == 0:
+        return 0.0
+    return seconds_option("--webhook-interval", seconds)
 
 
 async def _prepare_database(db: str) -> None:
@@ -311,6 +321,7 @@ async def serve_on(
                 tick_interval=s.tick_interval,
                 relay=relay,
                 metrics_public=s.metrics_public,
+                webhook_interval=s.webhook_interval or None,
             )
             # This process is ours: what lives as long as the server (stores, indexes, children)
             # is moved out of the collector's sight, and young collections run less often. A busy

@@ -130,3 +130,5 @@ class ServeSettings:
     area: Area | None
     metrics_public: bool
     server: str
+    #: Seconds between two rounds of this process's webhook dispatcher (0: none here).
+    webhook_interval: float = 1.0

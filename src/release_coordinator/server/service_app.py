@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from release_coordinator._version import __version__
+from release_coordinator.coordinator.delivery import WebhookDispatcher
 from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.errors import ConfigurationError
 from release_coordinator.gates import ReleaseGate
@@ -134,6 +135,7 @@ def service_app(
     metrics_public: bool = False,
     gate_interval: float = 5.0,
     graphql: bool | None = None,
+    webhook_interval: float | None = 1.0,
 ) -> Starlette:
     """One ASGI app serving ``coordinator``'s API and ``manager``'s (child protocol and
     operator API): the routes of :func:`coordinator_app` and :func:`rollout_app` side by side.
@@ -150,7 +152,10 @@ def service_app(
     Rollouts may wait for data releases (``after_release``): a
     :class:`~release_coordinator.gates.ReleaseGate` over both halves looks releases up for the
     manager and, with ``lifespan``, runs after the coordinator and the manager started,
-    reconciling every ``gate_interval`` seconds and whenever a release ends.
+    reconciling every ``gate_interval`` seconds and whenever a release ends. With
+    ``lifespan``, a :class:`~release_coordinator.coordinator.delivery.WebhookDispatcher` over
+    the coordinator's store delivers its webhooks, a round every ``webhook_interval`` seconds
+    (``None``: none here; another process of the same database sends them).
 
     ``graphql``: serve the read-only GraphQL API at ``/graphql``
     (:func:`~release_coordinator.server.graphql.graphql_app`, the same operator tokens; any
@@ -183,6 +188,11 @@ def service_app(
     )
     parts = (coordinator_part, rollout_part)  # started in this order, stopped in reverse
     gate = ReleaseGate(coordinator, manager, interval=gate_interval)
+    dispatcher = (
+        None
+        if webhook_interval is None
+        else WebhookDispatcher(coordinator.store, interval=webhook_interval)
+    )
     # Each part serves its own OpenAPI document at /openapi.json: here one document lists both.
     with_graphql = _graphql_wanted(graphql)
     document = combined_openapi(__version__, graphql=with_graphql)
@@ -222,6 +232,8 @@ def service_app(
                 await stack.enter_async_context(part.router.lifespan_context(part))
             if lifespan:
                 await stack.enter_async_context(gate.running())
+                if dispatcher is not None:
+                    await stack.enter_async_context(dispatcher.running())
             yield
 
     fast = {
