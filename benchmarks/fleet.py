@@ -26,8 +26,16 @@ one interval, so with exact timers the worst case is sum(minDuration) + (2 * S +
 
     python benchmarks/fleet.py [--leaves 10000] [--regions 10] [--stage-seconds 5]
                                [--poll-interval 1] [--seed 1] [--quiet] [--no-gc-freeze]
+                               [--judge [--slow-region r3] [--slow-factor 1.2]]
 
 Target (issue 10): wall time / ideal <= 1.2.
+
+With --judge (issue 12), one region's new version is --slow-factor times as slow as the old
+one (20% slower by default), which the stages' own conditions (median < 40 ms) let through;
+the top manager's policy carries a canary judgement by child (each relay: one region) with a
+latency threshold of 10% and an error-rate test at 99% confidence. The run prints the
+manager's verdicts per stage and region: that region is rolled back by the judgement, the
+others roll out (exit status 0 when every leaf ended so).
 """
 
 from __future__ import annotations
@@ -38,7 +46,14 @@ import gc
 import sys
 import time
 
+from release_coordinator.rollout.fleet_report import FleetResult
+from release_coordinator.rollout.judgement import Judgement
+from release_coordinator.rollout.policies import GlobalIncremental
 from release_coordinator.rollout.simulate import Fleet, FleetConfig
+
+#: The --judge policy's judgement: each child of the top manager (a region's relay) on its
+#: own; 10% slower medians fail; error rates at 99% confidence; 1000 calls of each version.
+JUDGEMENT = Judgement(scope="child", latency_threshold=0.1, confidence=0.99, min_calls=1000)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -51,6 +66,7 @@ async def run(args: argparse.Namespace) -> int:
         stage_seconds=args.stage_seconds,
         seed=args.seed,
         progress_every=args.progress_every,
+        **(judged(args) if args.judge else {}),
     )
     stages = 2
     relay_levels = config.levels - 2
@@ -88,7 +104,57 @@ async def run(args: argparse.Namespace) -> int:
         f"gc.freeze after building: {not args.no_gc_freeze}"
     )
     print(f"outcome as expected: {result.as_expected}; protocol errors: {result.errors}")
+    if args.judge:
+        print_verdicts(result, args)
     return 0 if result.as_expected else 1
+
+
+def judged(args: argparse.Namespace) -> dict[str, object]:
+    """The --judge fleet: one slow region, a judging top policy.
+
+    The healthy error rate stays 0: a leaf judges its own stage's ``errorRate <= 5%`` on its
+    few calls, so one unlucky error fails a leaf and its relay rolls its whole region back
+    (the absolute per-leaf condition the manager's judgement, over a region's calls, avoids).
+    """
+    return {
+        "slow": (args.slow_region,),
+        "slow_factor": args.slow_factor,
+        "policy": GlobalIncremental(judgement=JUDGEMENT),
+    }
+
+
+def print_verdicts(result: FleetResult, args: argparse.Namespace) -> None:
+    print()
+    print(
+        f"canary judgement at the top (by child, latency threshold "
+        f"{JUDGEMENT.latency_threshold:.0%}, confidence {JUDGEMENT.confidence:g}, min calls "
+        f"{JUDGEMENT.min_calls}); region {args.slow_region} new version "
+        f"{args.slow_factor:g}x as slow"
+    )
+    for row in result.report.stages:
+        judgement = row.judgement
+        if judgement is None:
+            print(f"  stage {row.name}: no summaries")
+            continue
+        verdict = judgement.verdict
+        print(
+            f"  stage {row.name}: children {dict(judgement.children)}; over all "
+            f"{verdict.verdict.value} ({verdict.reason})"
+        )
+        for child_id, reason in judgement.failing:
+            print(f"    {child_id}: fail: {reason}")
+    for region in result.regions:
+        print(
+            f"  region {region.name:>4}: rolled out {region.rolled_out:5d}, rolled back "
+            f"{region.rolled_back:5d}, never offered {region.never_offered:5d}"
+        )
+    slow = result.region(args.slow_region)
+    others = [r for r in result.regions if r.name != args.slow_region]
+    back = slow.rolled_out == 0 and slow.unfinished == 0
+    out = all(r.rolled_out == r.leaves for r in others)
+    print(
+        f"slow region {args.slow_region} rolled back: {back}; every other region rolled out: {out}"
+    )
 
 
 def main() -> None:
@@ -101,6 +167,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quiet", action="store_true", help="no progress lines or table")
     parser.add_argument("--no-gc-freeze", action="store_true", help="leave the tree to the GC")
+    parser.add_argument(
+        "--judge", action="store_true", help="one slow region; the top manager judges canaries"
+    )
+    parser.add_argument("--slow-region", default="r3", help="with --judge: the slow region")
+    parser.add_argument("--slow-factor", type=float, default=1.2, help="with --judge: its slowness")
     args = parser.parse_args()
     sys.exit(asyncio.run(run(args)))
 

@@ -48,8 +48,11 @@ class SimulatedLeaf:
 
     ``failing`` makes the new version misbehave on this node (errors at ``failing_error_rate``
     and slow answers); ``error_rate`` is the per-call error rate of a healthy version.
-    ``calls_per_step`` is the traffic served between two steps. The time spent in a stage (what
-    ``minDuration`` end conditions compare with) is measured on ``clock`` (seconds, e.g.
+    ``calls_per_step`` is the traffic served between two steps. ``slower`` (a factor, 0: off)
+    makes the new version that many times as slow as the old one (1.2: 20% slower), a
+    regression the stage's absolute conditions may let through and the manager's canary
+    judgement (:mod:`~release_coordinator.rollout.judgement`) catches. The time spent in a
+    stage (what ``minDuration`` end conditions compare with) is measured on ``clock`` (seconds, e.g.
     ``time.monotonic``) when one is given, so ``minDuration`` means wall-clock time; without a
     clock each step stands for ``step_seconds``.
     """
@@ -67,6 +70,7 @@ class SimulatedLeaf:
         error_rate: float = 0.001,
         failing_error_rate: float = 0.3,
         seed: int | None = None,
+        slower: float = 0.0,
     ) -> None:
         self.parent = parent
         self.area = area
@@ -77,6 +81,7 @@ class SimulatedLeaf:
         self.clock = clock
         self.error_rate = error_rate
         self.failing_error_rate = failing_error_rate
+        self.slower = slower
         self.rng = random.Random(seed)
         self.release_id = ""
         self.strategy: Strategy | None = None
@@ -152,6 +157,8 @@ class SimulatedLeaf:
         random = self.rng.random
         f1 = round(20 + random() * 5, 3)
         f2 = round((60 if self.failing else 18) + random() * 5, 3)
+        if self.slower and not self.failing:
+            f2 = round(f1 * self.slower, 3)
         (calls1, calls2), (errors1, errors2) = self.calls, self.errors
         return StageSummary(
             _PROXY_TIMES,

@@ -62,6 +62,7 @@ from release_coordinator.fsm.rollout import (
 )
 from release_coordinator.rollout.archive import FunctionArchive
 from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.judging import told_to_roll_back
 from release_coordinator.rollout.models import (
     ChildRelease,
     ChildStage,
@@ -438,7 +439,11 @@ class RolloutManager(_Operations):
         rollout = await self.store.get_rollout(release_id)
         state = await self.store.child_release(release_id, child_id)
         stage = state.stage(stage_name)
-        if rollout.state is RolloutState.ABORTED or state.outcome is Outcome.TIMED_OUT:
+        if (
+            rollout.state is RolloutState.ABORTED
+            or state.outcome is Outcome.TIMED_OUT
+            or told_to_roll_back(state, stage_name)  # by canary judgement
+        ):
             return EndStageAnswer(True, "rollback")  # aborted, or the manager gave up on it
         if stage.status is StageStatus.SUCCESS_WAITING and rollout.state is RolloutState.ACTIVE:
             barrier = await self._barrier(release_id, stage_name)

@@ -34,6 +34,7 @@ import attrs
 
 from release_coordinator.errors import ConfigurationError, GeoJSONError, Problem, ValidationError
 from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.judgement import Judgement, judgement_json, parse_judgement
 from release_coordinator.rollout.pacing import NO_PACING, Pacing, pacing_json, parse_pacing
 
 __all__ = [
@@ -77,6 +78,8 @@ class GlobalIncremental:
     quorum: float = attrs.field(default=1.0, validator=_fraction)
     barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
     child_timeout: float | None = attrs.field(default=_DEFAULT_LIMIT, validator=_timeout)
+    #: Canary judgement by the manager (None: none): see :mod:`.judgement`.
+    judgement: Judgement | None = None
     #: Rate and time controls (ramp, schedule, windows, deadline): see :mod:`.pacing`.
     pacing: Pacing = NO_PACING
 
@@ -92,6 +95,8 @@ class LocationSequential:
     quorum: float = attrs.field(default=1.0, validator=_fraction)
     barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
     child_timeout: float | None = attrs.field(default=_DEFAULT_LIMIT, validator=_timeout)
+    #: Canary judgement by the manager (None: none): see :mod:`.judgement`.
+    judgement: Judgement | None = None
     #: Rate and time controls (ramp, schedule, windows, deadline): see :mod:`.pacing`.
     pacing: Pacing = NO_PACING
 
@@ -121,6 +126,8 @@ class Waves:
     quorum: float = attrs.field(default=1.0, validator=_fraction)
     barrier_timeout: float | None = attrs.field(default=None, validator=_timeout)
     child_timeout: float | None = attrs.field(default=_DEFAULT_LIMIT, validator=_timeout)
+    #: Canary judgement by the manager (None: none): see :mod:`.judgement`.
+    judgement: Judgement | None = None
     #: Seconds to wait, once a wave met ``success_threshold``, before the next wave starts.
     soak_time: float = attrs.field(default=0.0, validator=_soak)
     #: Rate and time controls (ramp, schedule, windows, deadline): see :mod:`.pacing`.
@@ -151,6 +158,8 @@ def policy_json(policy: Policy) -> dict[str, Any]:
         "barrier_timeout": policy.barrier_timeout,
         "child_timeout": policy.child_timeout,
     }
+    if policy.judgement is not None:  # shown only when set, as pacing
+        common["judgement"] = judgement_json(policy.judgement)
     if policy.pacing.is_set:  # shown only when set: policies without one read as before
         common["pacing"] = pacing_json(policy.pacing)
     if isinstance(policy, GlobalIncremental):
@@ -170,8 +179,15 @@ def policy_json(policy: Policy) -> dict[str, Any]:
 
 
 _POLICY_FIELDS = {
-    "global_incremental": {"quorum", "barrier_timeout", "child_timeout", "pacing"},
-    "location_sequential": {"groups", "quorum", "barrier_timeout", "child_timeout", "pacing"},
+    "global_incremental": {"quorum", "barrier_timeout", "child_timeout", "judgement", "pacing"},
+    "location_sequential": {
+        "groups",
+        "quorum",
+        "barrier_timeout",
+        "child_timeout",
+        "judgement",
+        "pacing",
+    },
     "waves": {
         "sizes",
         "success_threshold",
@@ -182,6 +198,7 @@ _POLICY_FIELDS = {
         "barrier_timeout",
         "child_timeout",
         "pacing",
+        "judgement",
     },
 }
 
@@ -228,6 +245,11 @@ def parse_policy(value: object, path: str = "policy") -> Policy:
     if value.get("pacing") is not None:  # rate and time controls (rollout.pacing)
         try:
             options["pacing"] = parse_pacing(value["pacing"], f"{path}.pacing")
+        except ValidationError as error:
+            problems.extend(error.problems)
+    if value.get("judgement") is not None:  # canary judgement (rollout.judgement)
+        try:
+            options["judgement"] = parse_judgement(value["judgement"], f"{path}.judgement")
         except ValidationError as error:
             problems.extend(error.problems)
     if kind == "waves" and value.get("soak_time") is not None:

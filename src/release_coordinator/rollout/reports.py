@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.judgement import StageJudgement, stage_judgement
 from release_coordinator.rollout.models import ChildRelease, Outcome, Rollout
 from release_coordinator.rollout.results import StageSummary, aggregate
 
@@ -23,11 +24,14 @@ READY = frozenset({StageStatus.SUCCESS_WAITING, StageStatus.SHOULD_END})
 @attrs.frozen
 class StageReportRow:
     """One stage across the rollout's children: how many are in each status, and the
-    call-weighted aggregate of their summaries (the shape of a child's summary)."""
+    call-weighted aggregate of their summaries (the shape of a child's summary), and the
+    canary judgement over those summaries when the rollout's policy has a ``judgement``."""
 
     name: str
     counts: Mapping[str, int]
     aggregate: StageSummary | None
+    #: The canary judgement of the stage when the policy has one (see :mod:`.judgement`).
+    judgement: StageJudgement | None = None
 
 
 @attrs.frozen
@@ -84,12 +88,15 @@ def build_report(
     for name in stage_names:
         counts: dict[str, int] = {}
         summaries: list[StageSummary] = []
+        judged: list[tuple[str, StageSummary]] = []
         for child in children:
             stage = child.stages[name]
             counts[stage.status.wire_name] = counts.get(stage.status.wire_name, 0) + 1
             if isinstance(stage.summary, StageSummary):
                 summaries.append(stage.summary)
-        rows.append(StageReportRow(name, counts, aggregate(summaries)))
+                judged.append((child.child_id, stage.summary))
+        verdict = stage_judgement(rollout.policy.judgement, judged)
+        rows.append(StageReportRow(name, counts, aggregate(summaries), verdict))
     statuses: dict[str, int] = {}
     outcomes: dict[str, int] = {}
     for child in children:

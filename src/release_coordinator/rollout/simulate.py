@@ -141,7 +141,11 @@ class FleetConfig:
     Leaves inside a ``failing`` region (a region's name, or any area) serve a new version that
     fails its stage's conditions. A relay rolls its whole subtree back once a stage failed
     below it, so the leaves expected to roll back are those below a child of the top manager
-    that has a failing leaf; every other leaf is expected to roll out.
+    that has a failing leaf; every other leaf is expected to roll out. Leaves inside a ``slow``
+    region serve a new version ``slow_factor`` times as slow as the old one, which the stages'
+    conditions let through: under a top ``policy`` whose canary ``judgement`` judges latency
+    tighter than that factor, the top manager rolls their units back (scope ``child``), or
+    everyone (scope ``rollout``).
 
     The rollout plays ``strategy`` (YAML; the release id is its ``id``; by default
     :func:`two_stage_strategy` with ``stage_seconds``), over ``target`` (default: every
@@ -167,6 +171,8 @@ class FleetConfig:
     stage_seconds: float = 3.0
     strategy: str | None = None
     failing: tuple[str | Area, ...] = attrs.field(default=(), converter=_to_failing)
+    slow: tuple[str | Area, ...] = attrs.field(default=(), converter=_to_failing)
+    slow_factor: float = 1.2
     policy: Policy = attrs.field(factory=GlobalIncremental)
     relay_policy: Policy = attrs.field(factory=GlobalIncremental)
     target: Area | None = attrs.field(default=None, converter=_to_optional_area)
@@ -191,7 +197,14 @@ class FleetConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 problems.append(f"{name} must be an integer >= {low}, not {value!r}")
-        for name in ("poll_interval", "time_scale", "progress_every", "lost_after", "deadline"):
+        for name in (
+            "poll_interval",
+            "time_scale",
+            "progress_every",
+            "lost_after",
+            "deadline",
+            "slow_factor",
+        ):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int | float) and 0 < value < math.inf):
                 problems.append(f"{name} must be a positive number, not {value!r}")
@@ -207,7 +220,9 @@ class FleetConfig:
             problems.append("region names must be unique and not empty")
         if not problems:
             known = {region.name for region in self.region_list()}
-            unknown = [f for f in self.failing if isinstance(f, str) and f not in known]
+            unknown = [
+                f for f in (*self.failing, *self.slow) if isinstance(f, str) and f not in known
+            ]
             if unknown:
                 problems.append(
                     f"unknown failing region(s) {', '.join(map(repr, unknown))}; the regions "
@@ -264,6 +279,8 @@ class Fleet:
         self.rng = random.Random(config.seed)
         self._failing_names = {f for f in config.failing if isinstance(f, str)}
         self._failing_areas = [f for f in config.failing if isinstance(f, Area)]
+        self._slow_names = {f for f in config.slow if isinstance(f, str)}
+        self._slow_areas = [f for f in config.slow if isinstance(f, Area)]
         for region, count in zip(
             self.regions, split(config.leaves, len(self.regions)), strict=True
         ):
@@ -281,12 +298,25 @@ class Fleet:
         for leaf in self.leaves:
             if leaf.unit in failing_units:
                 leaf.expected = "rolled_back"
+        self._expect_judged()
         self.done = 0
         self.finished_at: float | None = None
         self.errors = 0
         self.crash: BaseException | None = None
         self._all_done = asyncio.Event()
         self._ran = False
+
+    def _expect_judged(self) -> None:
+        """Slow leaves roll back when the top manager's judgement sees their latency."""
+        judgement = self.config.policy.judgement
+        if judgement is None or judgement.latency_threshold is None:
+            return
+        if self.config.slow_factor <= 1 + judgement.latency_threshold:
+            return
+        slow_units = {leaf.unit for leaf in self.leaves if leaf.agent.slower}
+        for leaf in self.leaves:
+            if slow_units and (judgement.scope == "rollout" or leaf.unit in slow_units):
+                leaf.expected = "rolled_back"
 
     def _relays(
         self,
@@ -329,9 +359,12 @@ class Fleet:
         link = InProcessParent(parent)
         for j, (lon, lat, size) in enumerate(squares_in(area, count, self.rng)):
             leaf_id = f"{prefix}-{j + 1}"
+            cell = box(lon, lat, lon + size, lat + size)
             failing = region.name in self._failing_names or any(
-                bool(a.geometry.intersects(box(lon, lat, lon + size, lat + size)))
-                for a in self._failing_areas
+                bool(a.geometry.intersects(cell)) for a in self._failing_areas
+            )
+            slow = region.name in self._slow_names or any(
+                bool(a.geometry.intersects(cell)) for a in self._slow_areas
             )
             agent = SimulatedLeaf(
                 link,
@@ -342,6 +375,7 @@ class Fleet:
                 clock=self.clock,
                 error_rate=config.error_rate,
                 seed=self.rng.randrange(2**32),
+                slower=config.slow_factor if slow else 0.0,
             )
             leaf = FleetLeaf(agent, region.name, unit or leaf_id)
             self.leaves.append(leaf)

@@ -25,6 +25,7 @@ import attrs
 from release_coordinator.errors import ConcurrentUpdateError, ConfigurationError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, release_step, stage_step
 from release_coordinator.rollout.bookkeeping import NEVER_SEEN, transition_event
+from release_coordinator.rollout.judging import OPEN, judge_barrier
 from release_coordinator.rollout.models import ChildRelease, Outcome, Rollout, RolloutState
 from release_coordinator.rollout.pacer import _paced, _Pacing
 from release_coordinator.rollout.policies import GlobalIncremental
@@ -326,6 +327,11 @@ class _Ticks(_Pacing):
                 # Counters may be up to `refresh` old: judge again from the store.
                 self._tallies.pop(rollout.id, None)
                 counts = await self._counts(rollout, stage_name)
+            if counts.ready and policy.judgement is not None:  # canary judgement (.judging)
+                judged = await judge_barrier(self, rollout, stage_name, barrier.first_waiting_at)
+                if judged != OPEN:
+                    return  # held (inconclusive), or aborted
+                counts = await self._counts(rollout, stage_name)  # without those rolled back
             if counts.ready:
                 why = f"{counts.ready_count} of {counts.taking_part} children ready"
                 barrier = await self._open(rollout.id, stage_name, why)
