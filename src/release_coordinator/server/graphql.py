@@ -50,13 +50,16 @@ import strawberry
 from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.extensions import (
+    AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
+    ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
+    ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
 
@@ -155,23 +158,36 @@ class _Schema(strawberry.Schema):
         :class:`_ShapedErrors` (strawberry would log every error with a traceback)."""
 
 
-def _limits(max_depth: int, max_aliases: int, max_tokens: int) -> list[type[SchemaExtension]]:
-    """strawberry's limiters, as classes bound to the limits (a class per request: never an
-    instance shared by requests)."""
+#: How many distinct query texts the parse and validation caches keep (LRU).
+_CACHED_QUERIES = 256
+
+
+def _extensions(max_depth: int, max_aliases: int, max_tokens: int) -> list[type[SchemaExtension]]:
+    """strawberry's limiters and caches, as classes (an instance per request, never one shared
+    by requests). The limiters' validation rules are made once, so that a query text seen
+    before is neither parsed nor validated again (most of a small query's time)."""
+    rules = [
+        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+    ]
 
     class Tokens(MaxTokensLimiter):
         def __init__(self) -> None:
             super().__init__(max_token_count=max_tokens)
 
-    class Aliases(MaxAliasesLimiter):
+    class Limits(AddValidationRules):
         def __init__(self) -> None:
-            super().__init__(max_alias_count=max_aliases)
+            super().__init__(rules)
 
-    class Depth(QueryDepthLimiter):
+    class Parsed(ParserCache):
         def __init__(self) -> None:
-            super().__init__(max_depth=max_depth)
+            super().__init__(maxsize=_CACHED_QUERIES)
 
-    return [Tokens, Aliases, Depth]
+    class Validated(ValidationCache):
+        def __init__(self) -> None:
+            super().__init__(maxsize=_CACHED_QUERIES)
+
+    return [Tokens, Limits, Parsed, Validated]
 
 
 @functools.lru_cache(maxsize=8)
@@ -194,7 +210,7 @@ def graphql_schema(
     return _Schema(
         query=Query,
         config=StrawberryConfig(auto_camel_case=False),
-        extensions=[*_limits(max_depth, max_aliases, max_tokens), _ShapedErrors],
+        extensions=[*_extensions(max_depth, max_aliases, max_tokens), _ShapedErrors],
     )
 
 
@@ -393,7 +409,7 @@ def graphql_app(
     max_aliases: int = DEFAULT_MAX_ALIASES,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     max_items: int = DEFAULT_MAX_ITEMS,
-) -> _GraphQLEndpoint:
+) -> ASGIApp:
     """The GraphQL API over ``coordinator`` and ``manager`` (None: no rollouts) as an ASGI app
     to route at a path (``Route("/graphql", graphql_app(...))``; see the module docstring).
 

@@ -1,20 +1,14 @@
-"""What the GraphQL schema's resolvers share: the request's context, the checks of arguments, pages.
+"""What the GraphQL schema's resolvers share: the request's context, argument checks, pages.
 
-Each object type's fields are the REST API's (the same names, the same values: every record
-is made from the JSON reader the REST endpoint answers with, :mod:`~release_coordinator.
-server.coordinator_json` and :mod:`~release_coordinator.server.rollout_records`), plus the
-links between records, resolved only when a query selects them: a release's ``tasks``,
-``notes`` and ``events``, a task's ``release`` and ``task_service``, a study's ``releases``, a
-rollout's ``bundle``, ``status``, ``children`` and the data ``release`` it waits for.
+:class:`GraphQLContext` is one request's: the coordinator and the manager, who asks, and the
+per-request loaders through which a record that a query names many times is read once (the
+release of many tasks; the task-service registry, read once for every task's
+``task_service``; a rollout's report, behind its ``status`` and its ``children``). It also
+counts the items the request lists, up to ``max_items`` (:class:`TooManyItems` beyond).
 
-Within one request the records a query names many times are read once (a
-:class:`GraphQLContext` holds per-request loaders): every task's service comes from one read
-of the registry, a release or a rollout's report is read once however many fields name it.
-Every listing is a page (``items``, ``limit``, ``offset``, ``next_offset``) of at most
-``MAX_PAGE`` items, and a request may return at most ``max_items`` listed items in all.
-
-Needs the ``graphql`` extra (strawberry-graphql); :mod:`release_coordinator.server.graphql`
-builds the schema and serves it.
+The checks of arguments are the REST API's query parameters' (:func:`text`, :func:`choices`,
+:func:`check_page`), with the same messages; a listing is a :class:`Page` (``items``,
+``limit``, ``offset``, ``next_offset``). Needs the ``graphql`` extra (strawberry-graphql).
 """
 
 from __future__ import annotations
