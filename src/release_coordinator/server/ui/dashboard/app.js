@@ -493,7 +493,7 @@
           status.stages.map((st) => [st.name, ...STAGE_STATUSES.map((k) => String(st.counts[k] ?? 0))]),
           "No stage.",
         ));
-        draw(metrics, status.stages.map((st) => [st.name, st.aggregate]), () => metricsTable(status.stages));
+        draw(metrics, status.stages.map((st) => [st.name, st.aggregate, st.judgement]), () => metricsTable(status.stages));
         const childRows = rows.map((r) => ({ ...r, area: areas.get(r.child_id)?.area ?? null }));
         draw(map, [rollout.target, childRows.map((r) => [r.child_id, r.status, r.outcome, r.lost, r.area]), [...areas.keys()]],
           () => drawMap(rollout, childRows, areas));
@@ -531,14 +531,24 @@
     const rows = stageList.filter((st) => st.aggregate);
     return table(
       { text: "Call-weighted aggregates of the children's summaries: median (minimum–maximum)", hidden: false },
-      ["Stage", "Proxy time", "F1 time", "F2 time", "F1 errors", "F2 errors", "F1 calls", "F2 calls"],
+      ["Stage", "Proxy time", "F1 time", "F2 time", "F1 errors", "F2 errors", "F1 calls", "F2 calls", "Judgement"],
       rows.map((st) => {
         const a = st.aggregate;
         return [st.name, ms(a.ProxyTimes), ms(a.F1TimesSummary), ms(a.F2TimesSummary),
-          rate(a.F1ErrRate), rate(a.F2ErrRate), String(a.f1_calls), String(a.f2_calls)];
+          rate(a.F1ErrRate), rate(a.F2ErrRate), String(a.f1_calls), String(a.f2_calls), judgementText(st.judgement)];
       }),
       "No summary reported yet.",
     );
+  }
+
+  // The stage's canary judgement (the policy's judgement): its verdict and why; by child, the
+  // children's verdicts and the failing ones.
+  function judgementText(j) {
+    if (!j) return "–";
+    const text = `${j.verdict}: ${j.reason}`;
+    const counts = Object.entries(j.children).map(([k, n]) => `${n} ${k}`).join(", ");
+    const failing = j.failing.map((f) => `${f.child_id} (${f.reason})`).join("; ");
+    return [text, counts && `children: ${counts}`, failing && `failing: ${failing}`].filter(Boolean).join(" — ");
   }
 
   function fmt(n) {
