@@ -24,8 +24,8 @@ rollout's report (:class:`~release_coordinator.rollout.reports.StageReportRow`'s
 ``judgement``) shows the verdict over what the stage's children reported.
 
 A verdict is computed once per change of the rollout's child states (and kept until the next
-one), so a barrier asked about by every waiting child costs one look at the children per
-change, not one per question.
+one, or over a shared store until the stage counters are rebuilt), so a barrier asked about by
+every waiting child costs one look at the children per change, not one per question.
 """
 
 from __future__ import annotations
@@ -70,11 +70,13 @@ async def _verdicts(
 ) -> list[tuple[str, CanaryVerdict]]:
     """The verdicts on the children ready on the stage: one per child (``child``), or one
     over their aggregate (``rollout``, keyed ``""``). Cached per change of the rollout's
-    child states (over a shared store, other processes change them too: never cached)."""
+    child states and per rebuild of its counters (over a shared store, at most ``refresh``
+    seconds old, as the counters are; and before a barrier opens there, the counters are
+    rebuilt, so the verdict that opens it is judged afresh)."""
     key = (manager._changes.get(rollout.id, 0), manager._tally_at.get(rollout.id))
     cache = _cache(manager)
     cached = cache.get((rollout.id, stage_name))
-    if cached is not None and cached[0] == key and not manager.shared:
+    if cached is not None and cached[0] == key:
         return cached[1]
     ready: list[ChildRelease] = [
         state
