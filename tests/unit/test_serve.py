@@ -166,7 +166,8 @@ def test_the_two_halves_share_no_path() -> None:
 
     # the one path both serve: each app's OpenAPI document, one combined document here
     assert paths(coordinator) & paths(rollouts) == {"/openapi.json"}
-    assert paths(node.app) == paths(coordinator) | paths(rollouts) | {"/metrics"}  # server.metrics
+    served_too = {"/metrics", "/graphql"}  # server.metrics; server.graphql (the graphql extra)
+    assert paths(node.app) == paths(coordinator) | paths(rollouts) | served_too
     assert [r.path for r in node.app.routes if isinstance(r, Route)].count("/openapi.json") == 1
     assert {"/status", "/releases", "/poll", "/release", "/rollouts"} <= paths(node.app)
 

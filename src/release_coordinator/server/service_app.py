@@ -12,7 +12,9 @@ Their routes side by side (their paths do not clash, which is checked; the one p
 serve, ``GET /openapi.json``, answers :func:`~release_coordinator.server.openapi.
 combined_openapi`, one document for both), the startup of both and the shutdown of both, in
 reverse order; :class:`~release_coordinator.server.access_log.AccessLog` in front, and
-:class:`FastRoutes` sending the busiest child endpoint past Starlette's stack.
+:class:`FastRoutes` sending the busiest child endpoint past Starlette's stack. With
+strawberry-graphql installed (the ``graphql`` extra), the read-only GraphQL API at
+``/graphql`` too (:mod:`~release_coordinator.server.graphql`).
 """
 
 from __future__ import annotations
