@@ -88,6 +88,7 @@ from release_coordinator.rollout.models import (
     Rollout,
     RolloutState,
 )
+from release_coordinator.rollout.pacing import Pacing, PollHints, Ramp, Window
 from release_coordinator.rollout.policies import GlobalIncremental, LocationSequential, Waves
 from release_coordinator.rollout.relay import Relay
 from release_coordinator.rollout.reports import (
@@ -189,11 +190,14 @@ __all__ = [
     "MetricCondition",
     "NotFoundError",
     "Outcome",
+    "Pacing",
     "ParentLink",
     "PeerAnswerError",
     "PeerTimeoutError",
     "PeerUnreachableError",
     "PollAnswer",
+    "PollHints",
+    "Ramp",
     "Relay",
     "Release",
     "ReleaseBundle",
@@ -252,6 +256,7 @@ __all__ = [
     "WebhookRetry",
     "WebhookSignatureError",
     "WebhookStore",
+    "Window",
     "__version__",
     "aggregate",
     "dump_strategy",

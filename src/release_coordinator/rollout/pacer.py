@@ -122,8 +122,11 @@ class _Pacing(_Matching):
                 limit = pace.limits[rollout.id] = RateLimit(pacing, now)
             chosen = chosen[: limit.budget(now, success_share(states))]
             limit.spend(now, len(chosen))
-        if chosen:
-            await self._target(rollout.id, chosen)
+        if chosen:  # (the decision is logged with the offers, as _Matching._admit's)
+            paced = " (paced)" if pacing.is_set else ""
+            await self._target(
+                rollout.id, chosen, decision=f"{type(policy).__name__} policy{paced}"
+            )
 
     # -- the tick's part ---------------------------------------------------------------------
     async def _pace_tick(self, rollout: Rollout) -> bool:
