@@ -75,6 +75,7 @@ from release_coordinator.fsm.rollout import (
 )
 from release_coordinator.gates import ReleaseGate
 from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
+from release_coordinator.rollout.events import RolloutEvent, RolloutEventFilter, RolloutEventKind
 from release_coordinator.rollout.fleet_report import FleetResult
 from release_coordinator.rollout.geo import Area, GeoIndex
 from release_coordinator.rollout.kit import SimulatedLeaf
@@ -209,6 +210,9 @@ __all__ = [
     "ResultReport",
     "RetryPolicy",
     "Rollout",
+    "RolloutEvent",
+    "RolloutEventFilter",
+    "RolloutEventKind",
     "RolloutManager",
     "RolloutReport",
     "RolloutState",

@@ -815,6 +815,16 @@ async def test_the_rollout_manager_answers_what_its_document_says() -> None:
             json={"reason": "r" * 50},
         )
 
+        # operator API: the rollout event log
+        log = "/rollouts/{rollout_id}/events"
+        await c("GET", log, 200, path="/rollouts/42/events", headers=OPS, params={"kind": "policy"})
+        await c("GET", log, 422, path="/rollouts/42/events", headers=OPS, params={"type": "x"})
+        await c("GET", log, 400, path="/rollouts/42/events", headers=OPS, params={"since": "x"})
+        await c("GET", log, 404, path="/rollouts/7/events", headers=OPS)
+        await c("GET", "/rollout-events", 200, headers=OPS, params={"after_id": 1, "limit": 3})
+        await c("GET", "/rollout-events", 422, headers=OPS, params={"after_id": -1})
+        await c("GET", "/rollout-events", 400, headers=OPS, params={"after_id": "x"})
+
         every = {"rollout_id": "42", "child_id": cid, "stage_name": "canary-10"}
         await refuse_tokens(t, broken, checker.document, every, theirs)
     finally:

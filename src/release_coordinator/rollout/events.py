@@ -14,6 +14,7 @@ Kept free of the rollout half's geometry (no shapely): the storage layer imports
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
@@ -138,6 +139,18 @@ _STAGE_WORDS = {
 _TRANSITION = RolloutEventKind.TRANSITION
 
 
+@functools.lru_cache(maxsize=1024)
+def _stage_message(name: str, status: StageStatus) -> tuple[str, EventType]:
+    """What a stage turning ``status`` says, and how bad it is (one string for all events)."""
+    if status.is_final:
+        bad = status is not StageStatus.COMPLETED
+        return (
+            f"stage {name!r} ended {status.wire_name}",
+            EventType.WARNING if bad else EventType.INFO,
+        )
+    return f"stage {name!r} {_STAGE_WORDS.get(status, status.wire_name)}", EventType.INFO
+
+
 def child_events(
     expected: ChildRelease, new: ChildRelease, at: datetime | None = None
 ) -> list[RolloutEvent]:
@@ -152,12 +165,7 @@ def child_events(
         if old is not None and old.status is stage.status:
             continue
         status = stage.status
-        if status.is_final:
-            words = f"ended {status.wire_name}"
-            type_ = EventType.INFO if status is StageStatus.COMPLETED else EventType.WARNING
-        else:
-            words, type_ = _STAGE_WORDS.get(status, status.wire_name), EventType.INFO
-        message = f"stage {name!r} {words}"
+        message, type_ = _stage_message(name, status)
         found.append(
             RolloutEvent(type_, _TRANSITION, message, rid, cid, name, status.wire_name, "", at)
         )

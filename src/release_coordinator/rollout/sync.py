@@ -25,6 +25,8 @@ from typing import Any
 
 from release_coordinator.coordinator.sync import _BlockingFacade
 from release_coordinator.rollout.archive import FunctionArchive
+from release_coordinator.rollout.bookkeeping import RolloutSubscriber
+from release_coordinator.rollout.events import RolloutEvent, RolloutEventFilter
 from release_coordinator.rollout.geo import Area, MatchMode
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import Child, ReleaseBundle, Rollout, RolloutState
@@ -158,6 +160,17 @@ class SyncRolloutManager(_BlockingFacade):
 
     def stage_counts(self, rollout_id: str, stage_name: str) -> StageCounts:
         return self._call(self.manager.stage_counts, rollout_id, stage_name)
+
+    # -- the event log -------------------------------------------------------------------------
+    def list_events(self, **filters: Any) -> list[RolloutEvent]:
+        """The rollout event log (the filters of ``RolloutManager.list_events``)."""
+        return self._call(self.manager.list_events, **filters)
+
+    def subscribe(
+        self, subscriber: RolloutSubscriber, *, filter: RolloutEventFilter | None = None
+    ) -> Callable[[], None]:
+        """Subscribe to rollout events; ``subscriber`` is called in the manager's thread."""
+        return self._call(self.manager.subscribe, subscriber, filter=filter)
 
     # -- the child protocol ------------------------------------------------------------------
     def poll(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from release_coordinator.coordinator.models import EventType
 from release_coordinator.fsm.rollout import ReleaseStatus
 from release_coordinator.rollout.api_bodies import (
     AbortRequest,
@@ -28,14 +29,19 @@ from release_coordinator.rollout.bodies import (
     PollRequest,
     ResultAnswer,
 )
+from release_coordinator.rollout.event_bodies import RolloutEventPageBody
+from release_coordinator.rollout.events import RolloutEventKind
 from release_coordinator.rollout.models import RolloutState
 from release_coordinator.server.openapi_parts import (
+    _MAX_EVENT_ID,
     OPENAPI_PATH,
     _choices,
     _openapi_operation,
     _param,
     _path_id,
     _query,
+    _text,
+    _time,
 )
 from release_coordinator.server.openapi_rollout_schemas import (
     _ID,
@@ -52,6 +58,31 @@ _ONE = (_param("rolloutId"),)
 _PAGING = (_param("limit"), _param("offset"))
 _CHILD: list[dict[str, list[str]]] = [{}, {"childToken": []}]
 _CHILDREN = "child protocol"
+
+
+def _event_filters(*, of_rollout: bool) -> tuple[dict[str, Any], ...]:
+    """The rollout event log's query: its filters (the Coordinator's ``GET /events``'s) and
+    paging."""
+    text = _text()
+    return (
+        *(() if of_rollout else (_query("rollout_id", text, "Only events of this rollout."),)),
+        _query("child_id", text, "Only events of this child."),
+        _query("stage", text, "Only events of this stage."),
+        _choices("type", EventType, "events of types"),
+        _choices("kind", RolloutEventKind, "events of kinds"),
+        _query(
+            "after_id",
+            {"type": "integer", "minimum": 0, "maximum": _MAX_EVENT_ID},
+            "Only events with a greater id (to follow the log).",
+        ),
+        _query(
+            "since",
+            _time(),
+            "Only events at or after this ISO 8601 time (UTC without a zone;"
+            " 400 if it does not parse).",
+        ),
+        *_PAGING,
+    )
 
 
 def _action(name: str, summary: str, request: type = ActionRequest) -> Route:
@@ -225,6 +256,27 @@ ROLLOUT_ROUTES: tuple[Route, ...] = (
             _param("area"),
             *_PAGING,
         ),
+    ),
+    Route(
+        "GET",
+        "/rollouts/{rollout_id}/events",
+        "listRolloutEvents",
+        "The rollout's events, oldest first: its transitions, its children's, the operators'"
+        " actions and its policy's decisions",
+        "rollouts",
+        {200: ("A page of the rollout's events.", RolloutEventPageBody)},
+        (400, 404, 422, *_OPERATOR),
+        parameters=(*_ONE, *_event_filters(of_rollout=True)),
+    ),
+    Route(
+        "GET",
+        "/rollout-events",
+        "listAllRolloutEvents",
+        "The rollout event log, oldest first (every rollout's)",
+        "rollouts",
+        {200: ("A page of rollout events.", RolloutEventPageBody)},
+        (400, 422, *_OPERATOR),
+        parameters=_event_filters(of_rollout=False),
     ),
     Route(
         "GET",

@@ -21,6 +21,7 @@ from release_coordinator.rollout.bodies import (
     PollRequest,
     ResultAnswer,
 )
+from release_coordinator.rollout.event_bodies import EVENT_ANSWER_NAMES, RolloutEventPageBody
 from release_coordinator.rollout.policies import DEFAULT_CHILD_TIMEOUT, MAX_GROUPS, MAX_WAVES
 from release_coordinator.rollout.results import MAX_SUMMARIES
 from release_coordinator.schemas import MAX_INT32, schema_components
@@ -181,6 +182,7 @@ _STRUCT_NAMES = {
     "PollAnswerBody": "PollAnswer",
     "EndStageAnswerBody": "EndStageAnswer",
     **ANSWER_NAMES,
+    **EVENT_ANSWER_NAMES,
 }
 
 #: The child protocol's bodies, generated from their Structs.
@@ -190,7 +192,9 @@ _CHILD_BODIES = schema_components(
 )
 
 #: The operator API's bodies, generated from their Structs (answers named without ``Body``).
-_OPERATOR_BODIES = schema_components([*REQUEST_BODIES, *ANSWER_BODIES], names=_STRUCT_NAMES)
+_OPERATOR_BODIES = schema_components(
+    [*REQUEST_BODIES, *ANSWER_BODIES, RolloutEventPageBody], names=_STRUCT_NAMES
+)
 
 _ROLLOUT_SCHEMAS: dict[str, Any] = {
     "Position": _POSITION,

@@ -109,6 +109,7 @@ from release_coordinator.server.common import (
 )
 from release_coordinator.server.openapi import OPENAPI_PATH, rollout_openapi
 from release_coordinator.server.rollout_child import ChildProtocol
+from release_coordinator.server.rollout_events import RolloutEventApi
 from release_coordinator.server.rollout_operator import OperatorApi
 from release_coordinator.server.rollout_records import child_release_json, rollout_json
 from release_coordinator.server.token_auth import TokenAuth, Verifier
@@ -188,7 +189,13 @@ def rollout_app(
     async def openapi(request: Request) -> Response:
         return json_response(200, document)
 
-    routes = [*child.table(), *operator.table(), (OPENAPI_PATH, "GET", guarded(openapi))]
+    events = RolloutEventApi(manager, operator.operator)
+    routes = [
+        *child.table(),
+        *operator.table(),
+        *events.table(),
+        (OPENAPI_PATH, "GET", guarded(openapi)),
+    ]
 
     if relay is not None:
         loops = relay

@@ -59,6 +59,7 @@ from release_coordinator.server.request_body import (
     parse_multipart,
     read_body,
 )
+from release_coordinator.server.rollout_events import actor_of
 from release_coordinator.server.rollout_records import (
     area_query,
     bundle_json,
@@ -285,8 +286,12 @@ class OperatorApi:
         except (binascii.Error, ValueError, UnicodeEncodeError):
             raise ValidationError("invalid upload", [("archive", "is not valid base64")]) from None
 
+    def actor(self, who: Principal) -> str:
+        """``who``'s name in the event log ("" for the anonymous operator)."""
+        return actor_of(who, anonymous=not self.operators.configured)
+
     async def create_rollout(self, request: Request) -> Response:
-        await self.operator(request)
+        who = await self.operator(request)
         strategy, archive, fields = await self.read_upload(request)
         options = self.rollout_options(fields)
         text = self.strategy_text(strategy)
@@ -296,7 +301,9 @@ class OperatorApi:
             functools.partial(ReleaseBundle.from_parts, text, data, limits=self.limits)
         )
         target = options.pop("target")
-        rollout = await self.manager.create_rollout(bundle, target, **options)
+        rollout = await self.manager.create_rollout(
+            bundle, target, actor=self.actor(who), **options
+        )
         return json_response(201, {**rollout_json(rollout), "bundle": bundle_json(bundle)})
 
     async def list_rollouts(self, request: Request) -> Response:
@@ -327,7 +334,7 @@ class OperatorApi:
         decoder = _ABORT if action == "abort" else _ACTION
 
         async def act(request: Request) -> Response:
-            await self.operator(request)
+            actor = self.actor(await self.operator(request))
             raw = await read_body(request, self.max_body)
             body = decode_object(raw, decoder) if raw.strip() else {}  # empty: no field
             problems: list[Problem] = []
@@ -348,16 +355,16 @@ class OperatorApi:
             rollout_id = request.path_params["rollout_id"]
             if action == "promote":
                 stage_name = request.path_params["stage_name"]
-                rollout = await self.manager.promote(rollout_id, stage_name)
+                rollout = await self.manager.promote(rollout_id, stage_name, actor=actor)
             elif action == "start":
-                rollout = await self.manager.start(rollout_id)
+                rollout = await self.manager.start(rollout_id, actor=actor)
             elif action == "pause":
-                rollout = await self.manager.pause(rollout_id)
+                rollout = await self.manager.pause(rollout_id, actor=actor)
             elif action == "resume":
-                rollout = await self.manager.resume(rollout_id)
+                rollout = await self.manager.resume(rollout_id, actor=actor)
             else:
                 rollout = await self.manager.abort(
-                    rollout_id, reason=reason or "aborted by the operator"
+                    rollout_id, reason=reason or "aborted by the operator", actor=actor
                 )
             return json_response(200, rollout_json(rollout))
 

@@ -12,7 +12,9 @@ import bisect
 import itertools
 import threading
 import time
+from array import array
 from collections.abc import Collection, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 
 import attrs
 
@@ -30,9 +32,8 @@ from release_coordinator.storage.rollout_base import BarrierRecord, RolloutStore
 
 __all__ = ["MemoryRolloutStore"]
 
-#: An entry of the event log: an event, or a targeting's template with the child it is for
-#: (a fleet's offers cost a tuple each, not an event, until they are read).
-_Entry = RolloutEvent | tuple[RolloutEvent, str]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class MemoryRolloutStore(RolloutStore):
@@ -60,7 +61,14 @@ class MemoryRolloutStore(RolloutStore):
         self._child_change: dict[str, int] = {}  # child -> number of its last save
         self._tokens: dict[str, str] = {}  # child -> digest of its token
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, runs out at)
-        self._events: list[_Entry] = []
+        # The event log, by position (an event's id less 1), in three columns: an event, or
+        # the template of a targeting's (or withdrawal's) per-child events, kept once per
+        # rollout; that event's child (None: the event is whole); its time (microseconds
+        # since the epoch). A fleet's offers cost three slots each, not an event, until read.
+        self._events: list[RolloutEvent] = []
+        self._event_child: list[str | None] = []
+        self._event_at = array("q")
+        self._templates: dict[tuple[object, ...], RolloutEvent] = {}
 
     @staticmethod
     def _sort_key(rollout: Rollout) -> int:
@@ -85,7 +93,7 @@ class MemoryRolloutStore(RolloutStore):
             self._bundles[stored.id] = bundle
             self._targeted[stored.id] = {}
             self._key_to_rollout[self._sort_key(stored)] = stored.id
-            self._events.extend(events)
+            self._log(events)
             return stored
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
@@ -121,7 +129,7 @@ class MemoryRolloutStore(RolloutStore):
                 current, state=to_state, reason=current.reason if reason is None else reason
             )
             self._rollouts[rollout_id] = updated
-            self._events.extend(events)
+            self._log(events)
             return updated
 
     # -- children ----------------------------------------------------------------------------
@@ -190,8 +198,8 @@ class MemoryRolloutStore(RolloutStore):
                 added.append(child_id)
             if added:
                 if event is not None:
-                    self._events.extend((event, child_id) for child_id in added)
-                self._events.extend(events)
+                    self._each(event, added)
+                self._log(events)
         return added
 
     async def withdraw(
@@ -214,7 +222,7 @@ class MemoryRolloutStore(RolloutStore):
                 offers.pop(bisect.bisect_left(offers, key))
                 removed.append(child_id)
             if event is not None:
-                self._events.extend((event, child_id) for child_id in removed)
+                self._each(event, removed)
         return removed
 
     async def targeted(self, rollout_id: str) -> list[str]:
@@ -270,7 +278,7 @@ class MemoryRolloutStore(RolloutStore):
                     current.status.wire_name,
                 )
             self._state[(new.rollout_id, new.child_id)] = new
-            self._events.extend(events)
+            self._log(events)
             return new
 
     # -- counts, barriers ----------------------------------------------------------------------
@@ -330,14 +338,30 @@ class MemoryRolloutStore(RolloutStore):
             )
             self._barriers[(rollout_id, stage_name)] = new
             if new.open and not old.open:
-                self._events.extend(events)
+                self._log(events)
             return new
 
     # -- the event log -------------------------------------------------------------------------
+    def _log(self, events: Sequence[RolloutEvent]) -> None:
+        """Append whole events (the lock held)."""
+        self._events.extend(events)
+        self._event_child.extend(None for _ in events)
+        self._event_at.extend(0 for _ in events)
+
+    def _each(self, event: RolloutEvent, child_ids: list[str]) -> None:
+        """Log ``event`` once per child (the lock held)."""
+        key: tuple[object, ...] = (event.type, event.kind, event.message, event.rollout_id)
+        key += (event.stage, event.state, event.actor)
+        template = self._templates.setdefault(key, event)
+        at = (event.at - _EPOCH) // _MICROSECOND
+        self._events.extend(template for _ in child_ids)
+        self._event_child.extend(child_ids)
+        self._event_at.extend(at for _ in child_ids)
+
     async def append_events(self, events: Sequence[RolloutEvent]) -> list[RolloutEvent]:
         with self._lock:
             first = len(self._events) + 1
-            self._events.extend(events)
+            self._log(events)
         return [attrs.evolve(e, id=first + i) for i, e in enumerate(events)]
 
     async def last_event_id(self) -> int:
@@ -348,19 +372,25 @@ class MemoryRolloutStore(RolloutStore):
     ) -> list[RolloutEvent]:
         if limit is not None and limit <= 0:
             return []
+        start = max(0, filter.after_id)  # (ids are positions: skip to it)
         with self._lock:
-            tail = self._events[max(0, filter.after_id) :]  # (ids are positions: skip to it)
-        first = max(0, filter.after_id) + 1
+            tail = self._events[start:]
+            children = self._event_child[start:]
+            times = self._event_at[start:]
         found: list[RolloutEvent] = []
         skip = max(0, offset)
         rid, cid = filter.rollout_id, filter.child_id
         for i, entry in enumerate(tail):
-            template, child_id = entry if isinstance(entry, tuple) else (entry, entry.child_id)
-            if (rid is not None and template.rollout_id != rid) or (
-                cid is not None and child_id != cid
+            child_id = children[i]
+            if (rid is not None and entry.rollout_id != rid) or (
+                cid is not None and (entry.child_id if child_id is None else child_id) != cid
             ):
                 continue  # (the common filters, before an event is built)
-            event = attrs.evolve(template, child_id=child_id, id=first + i)
+            if child_id is None:
+                event = attrs.evolve(entry, id=start + 1 + i)
+            else:
+                at = _EPOCH + times[i] * _MICROSECOND
+                event = attrs.evolve(entry, child_id=child_id, at=at, id=start + 1 + i)
             if not filter.matches(event):
                 continue
             if skip:
