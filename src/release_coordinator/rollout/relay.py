@@ -21,12 +21,13 @@ same process (a whole tree runs in one event loop); the HTTP link comes with the
 
 **Running it.** ``async with relay.running():`` (or :meth:`Relay.start` and :meth:`Relay.stop`)
 does a round every ``interval`` seconds: sync with the parent, then tick the local manager.
-With ``follow_hints``, a round polls the parent only once the
-parent's last ``next_poll`` hint passed (while a release is being relayed, every round), so
-that the parent steers the load of its relays as of its leaves. The rounds are the manager's background loop (see :mod:`~release_coordinator.rollout.ticks`),
-not a second one beside it: a relay's manager is ticked by its relay, once per round, and
-``manager.is_running`` is true while the relay runs. So a relay's host runs the relay *instead
-of* ``manager.running()``; starting the relay while the manager ticks on its own is refused.
+With ``follow_hints``, a round polls the parent only once the parent's last ``next_poll`` hint
+passed (while a release is being relayed, every round), so that the parent steers the load of
+its relays as of its leaves. The rounds are the manager's background loop (see
+:mod:`~release_coordinator.rollout.ticks`), not a second one beside it: a relay's manager is
+ticked by its relay, once per round, and ``manager.is_running`` is true while the relay runs.
+So a relay's host runs the relay *instead of* ``manager.running()``; starting the relay while
+the manager ticks on its own is refused.
 """
 
 from __future__ import annotations
