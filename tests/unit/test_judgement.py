@@ -7,12 +7,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from release_coordinator.errors import ValidationError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.judgement import (
     CanaryVerdict,
     Judgement,
@@ -194,9 +196,9 @@ def test_a_stage_judgement_counts_each_childs_verdict() -> None:
     ]
     row = stage_judgement(judgement, pairs)
     assert row is not None
-    assert dict(row.children) == {"pass": 1, "fail": 1, "inconclusive": 1}
+    assert dict(row.units) == {"pass": 1, "fail": 1, "inconclusive": 1}
     assert [c for c, _ in row.failing] == ["b"]
-    assert row.to_json()["failing"][0]["child_id"] == "b"
+    assert row.to_json()["failing"][0]["unit"] == "b"
     assert stage_judgement(None, pairs) is None
     assert stage_judgement(judgement, []) is None
 
@@ -409,7 +411,7 @@ async def test_by_child_only_the_failing_child_rolls_back(
     report = await manager.report("42")
     row = report.stages[0]
     assert row.judgement is not None
-    assert dict(row.judgement.children) == {"pass": 2, "fail": 1}
+    assert dict(row.judgement.units) == {"pass": 2, "fail": 1}
     assert row.judgement.failing[0][0] == slow
     assert report.outcomes == {"rolled_back": 1}
 
@@ -472,7 +474,7 @@ async def test_the_top_manager_rolls_the_slower_region_back_and_the_other_out() 
     assert r2.rolled_back + r2.never_offered == 20
     canary = result.report.stages[0]
     assert canary.judgement is not None
-    assert dict(canary.judgement.children) == {"pass": 1, "fail": 1}
+    assert dict(canary.judgement.units) == {"pass": 1, "fail": 1}
     ((relay, reason),) = canary.judgement.failing
     assert relay.startswith("r2")
     assert "median" in reason
@@ -485,3 +487,39 @@ async def test_without_judgement_the_slower_region_rolls_out() -> None:
     result = await simulate(FleetConfig(grid=2, leaves=20, slow=("r2",), **FAST))
     assert result.as_expected
     assert [r.rolled_out for r in result.regions] == [10, 10]
+
+
+@pytest.mark.anyio
+async def test_by_group_a_failing_group_rolls_back_and_the_next_goes(
+    rollout_store: RolloutStore, clock: Clock
+) -> None:
+    west, east = square(0, 40, 10), square(10, 40, 10)
+    judgement = Judgement(scope="group", latency_threshold=0.1, min_calls=100)
+    manager = RolloutManager(rollout_store, lost_after=3600, clock=clock)
+    areas = {"w1": square(2, 45), "w2": square(5, 45), "e1": square(15, 45)}
+    for child, area in areas.items():
+        await manager.poll(child, area, 0)
+    policy = LocationSequential(groups=(Area.from_geojson(west), Area.from_geojson(east)))
+    policy = attrs.evolve(policy, judgement=judgement)
+    await manager.create_rollout(bundle(), EUROPE, policy=policy)
+    offered = {c: (await manager.poll(c, a, 0)).new_release for c, a in areas.items()}
+    assert offered == {"w1": "42", "w2": "42", "e1": ""}  # one group at a time
+    for child in ("w1", "w2"):
+        await manager.get_release(child, "42")
+        await manager.submit_result(waiting(child, (20.0, 23.0), **HEALTHY))
+    # group-1 is 15% slower: its two children roll back, and the next group is offered it.
+    for child in ("w1", "w2"):
+        assert (await manager.end_stage(child, "42", "canary-10")).action == "rollback"
+    assert (await manager.poll("e1", areas["e1"], 0)).new_release == "42"
+    await manager.get_release("e1", "42")
+    await manager.submit_result(waiting("e1", **HEALTHY))
+    answer = await manager.end_stage("e1", "42", "canary-10")
+    assert answer.end_stage
+    assert answer.action == ""
+    row = (await manager.report("42")).stages[0]
+    assert row.judgement is not None
+    assert row.judgement.scope == "group"
+    assert dict(row.judgement.units) == {"fail": 1, "pass": 1}
+    ((unit, reason),) = row.judgement.failing
+    assert unit == "group-1"
+    assert "median 23 ms new against 20 ms old" in reason

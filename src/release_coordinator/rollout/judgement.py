@@ -4,7 +4,7 @@ counts and summaries children report.
 A rollout's policy may carry a :class:`Judgement` (``"judgement"`` in the policy's JSON). The
 manager then judges every ``WaitForSignal`` stage before it opens the stage's barrier: it
 compares the two versions across the children ready on the stage (their call-weighted
-aggregate, or each child on its own: :attr:`Judgement.scope`) and reaches a
+aggregate, each child on its own, or each group: :attr:`Judgement.scope`) and reaches a
 :class:`CanaryVerdict`, ``pass``, ``fail`` or ``inconclusive``, that the manager acts on (see
 :mod:`~release_coordinator.rollout.judging`).
 
@@ -41,7 +41,7 @@ I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from statistics import NormalDist
 from typing import Any, Literal
@@ -49,20 +49,24 @@ from typing import Any, Literal
 import attrs
 
 from release_coordinator.errors import ConfigurationError, Problem, ValidationError
+from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.results import StageSummary, aggregate
 
 __all__ = [
     "MAX_NAMED",
     "MIN_CALLS_FLOOR",
+    "REST",
     "CanaryVerdict",
     "Judgement",
     "StageJudgement",
     "Verdict",
     "error_test",
+    "group_of",
     "judge",
     "judgement_json",
     "parse_judgement",
     "stage_judgement",
+    "units_of",
 ]
 
 #: The least ``min_calls`` a :class:`Judgement` accepts (the z-test needs calls to mean much).
@@ -70,9 +74,9 @@ MIN_CALLS_FLOOR = 10
 
 _NORMAL = NormalDist()
 
-Scope = Literal["rollout", "child"]
+Scope = Literal["rollout", "child", "group"]
 OnInconclusive = Literal["rollback", "proceed"]
-_SCOPES: tuple[Scope, ...] = ("rollout", "child")
+_SCOPES: tuple[Scope, ...] = ("rollout", "child", "group")
 _ON_INCONCLUSIVE: tuple[OnInconclusive, ...] = ("rollback", "proceed")
 
 
@@ -140,7 +144,10 @@ class Judgement:
     cannot be shown sound is rolled back) or ``proceed``. ``scope``: ``rollout`` judges the
     aggregate of every child ready on the stage, and a failure rolls the whole rollout back;
     ``child`` judges each child ready on the stage on its own summary (a relay's summary is
-    its subtree's: a region), and a failure rolls back that child only.
+    its subtree's: a region), and a failure rolls back that child only; ``group`` judges the
+    aggregate of each group of ready children (a LocationSequential policy's group areas,
+    see :func:`group_of`; with no groups, or another policy, all of them form one group), and
+    a failure rolls back that group's ready children only.
     """
 
     confidence: float = attrs.field(default=0.95, validator=_confidence)
@@ -325,52 +332,81 @@ def parse_judgement(value: object, path: str = "policy.judgement") -> Judgement 
 
 # -- a stage's judgement, as reports show it ------------------------------------------------
 
-#: The most failing children a :class:`StageJudgement` names.
+#: The most failing units (children or groups) a :class:`StageJudgement` names.
 MAX_NAMED = 20
+
+#: The group of the children in none of a LocationSequential policy's group areas.
+REST = "rest"
+
+
+def group_of(groups: Sequence[Area], area: Area) -> str:
+    """The name of the group (scope ``group``) of a child with ``area``, among a
+    LocationSequential policy's group ``groups``: ``group-<k>`` (from 1) for the first area it
+    intersects, :data:`REST` for none (and for every child, with no groups)."""
+    for k, group in enumerate(groups):
+        if group.intersects(area):
+            return f"group-{k + 1}"
+    return REST
 
 
 @attrs.frozen
 class StageJudgement:
     """A stage's judgement over what its children reported on it (a report's row).
 
-    ``verdict`` is over the call-weighted aggregate of every child's summary of the stage;
-    with the ``child`` scope, ``children`` counts the children by their own verdict and
-    ``failing`` names (up to :data:`MAX_NAMED`) those whose own verdict is ``fail``, with its
-    reason. What the manager did about it is in the children's states and the rollout's
-    ``reason`` (an abort by the judgement says ``canary judgement``).
+    ``verdict`` is over the call-weighted aggregate of every child's summary of the stage.
+    With the ``child`` and ``group`` scopes, ``units`` counts the units (children, or groups
+    of children) by their own verdict, and ``failing`` names (up to :data:`MAX_NAMED`) those
+    whose own verdict is ``fail``, with its reason. What the manager did about it is in the
+    children's states and the rollout's ``reason`` (an abort by the judgement says ``canary
+    judgement``).
     """
 
     scope: Scope
     verdict: CanaryVerdict
-    children: Mapping[str, int] = attrs.field(factory=dict)
+    units: Mapping[str, int] = attrs.field(factory=dict)
     failing: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "scope": self.scope,
             **self.verdict.to_json(),
-            "children": dict(self.children),
-            "failing": [{"child_id": c, "reason": r} for c, r in self.failing],
+            "units": dict(self.units),
+            "failing": [{"unit": unit, "reason": reason} for unit, reason in self.failing],
         }
 
 
+def units_of(
+    scope: Scope, summaries: Sequence[tuple[str, StageSummary]], group: Callable[[str], str]
+) -> dict[str, list[StageSummary]]:
+    """The summaries by the unit judged on its own: each child (``child``), each group
+    (``group``, named by ``group``), or one unit ``""`` (``rollout``)."""
+    units: dict[str, list[StageSummary]] = {}
+    for child_id, summary in summaries:
+        key = child_id if scope == "child" else group(child_id) if scope == "group" else ""
+        units.setdefault(key, []).append(summary)
+    return units
+
+
 def stage_judgement(
-    judgement: Judgement | None, summaries: Sequence[tuple[str, StageSummary]]
+    judgement: Judgement | None,
+    summaries: Sequence[tuple[str, StageSummary]],
+    group: Callable[[str], str] = lambda _child: REST,
 ) -> StageJudgement | None:
-    """The judgement of one stage over ``(child id, summary)`` pairs; None without a judgement
-    or without summaries."""
+    """The judgement of one stage over ``(child id, summary)`` pairs (``group`` names a
+    child's group, for the ``group`` scope); None without a judgement or without
+    summaries."""
     if judgement is None or not summaries:
         return None
     combined = aggregate([s for _, s in summaries])
     assert combined is not None
     verdict = judge(judgement, combined)
-    if judgement.scope != "child":
+    if judgement.scope == "rollout":
         return StageJudgement(judgement.scope, verdict)
     counts: dict[str, int] = {}
     failing: list[tuple[str, str]] = []
-    for child_id, summary in summaries:
-        own = judge(judgement, summary)
+    for unit, parts in units_of(judgement.scope, summaries, group).items():
+        own = judge(judgement, aggregate(parts) or combined)
         counts[own.verdict.value] = counts.get(own.verdict.value, 0) + 1
         if own.verdict is Verdict.FAIL and len(failing) < MAX_NAMED:
-            failing.append((child_id, own.reason))
+            failing.append((unit, own.reason))
     return StageJudgement(judgement.scope, verdict, counts, tuple(failing))

@@ -16,6 +16,12 @@ judgement's ``scope``:
   ``rollback`` (a relay rolls its subtree back). The others go on: the barrier opens once
   the quorum holds among the children still taking part. Inconclusive children hold the
   barrier until ``max_wait``, then ``on_inconclusive`` applies to each of them.
+- ``group``: the aggregate of each group of ready children (a ``LocationSequential``
+  policy's group areas: the first one a child's area intersects, ``rest`` for none; with no
+  groups, or another policy, one group of them all). A failing group's ready children are
+  rolled back as one child is with ``child``; the other groups go on, and under
+  ``LocationSequential`` the next group is offered the release once the failed one finished.
+  So a flat fleet is judged per region.
 
 Children that reach the stage after its barrier opened are told to end it at once, unjudged:
 the stage's verdict is in. A rollout whose barriers a parent opens (a relay's, ``gated``) is
@@ -31,18 +37,28 @@ every waiting child costs one look at the children per change, not one per quest
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import attrs
 
-from release_coordinator.errors import ConcurrentUpdateError
+from release_coordinator.errors import ConcurrentUpdateError, NotFoundError
 from release_coordinator.fsm.rollout import StageStatus, release_step, stage_step
-from release_coordinator.rollout.judgement import CanaryVerdict, Judgement, Verdict, judge
+from release_coordinator.rollout.judgement import (
+    REST,
+    CanaryVerdict,
+    Judgement,
+    Verdict,
+    group_of,
+    judge,
+    units_of,
+)
 from release_coordinator.rollout.matching import _Matching
 from release_coordinator.rollout.models import ChildRelease, Outcome, Rollout
+from release_coordinator.rollout.policies import LocationSequential
 from release_coordinator.rollout.reports import ACTIVE, READY
 from release_coordinator.rollout.results import StageSummary, TimesSummary, aggregate
 
-__all__ = ["ABORTED", "HOLD", "OPEN", "judge_barrier", "told_to_roll_back"]
+__all__ = ["ABORTED", "HOLD", "OPEN", "child_group", "judge_barrier", "told_to_roll_back"]
 
 log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's log
 
@@ -53,8 +69,12 @@ OPEN, HOLD, ABORTED = "open", "hold", "aborted"
 _NO_TIMES = TimesSummary(0.0, 0.0, 0.0)
 _NOTHING = StageSummary(_NO_TIMES, _NO_TIMES, _NO_TIMES, 0.0, 0.0)  # no calls: inconclusive
 
-#: Per (rollout, stage): the change it was judged at, and the verdicts (see ``_verdicts``).
-_Verdicts = dict[tuple[str, str], tuple[tuple[int, float | None], list[tuple[str, CanaryVerdict]]]]
+#: A unit judged on its own: its name ("" for the whole rollout, a child's id, a group's
+#: name), the ready children it holds, and its verdict.
+_Unit = tuple[str, tuple[str, ...], CanaryVerdict]
+
+#: Per (rollout, stage): the change it was judged at, and the units' verdicts.
+_Verdicts = dict[tuple[str, str], tuple[tuple[int, float | None], list[_Unit]]]
 
 
 def _cache(manager: _Matching) -> _Verdicts:
@@ -65,38 +85,60 @@ def _cache(manager: _Matching) -> _Verdicts:
     return cache
 
 
+def child_group(manager: _Matching, rollout: Rollout) -> Callable[[str], str]:
+    """A child's group (scope ``group``) in ``rollout``: by the policy's group areas (see
+    :func:`~release_coordinator.rollout.judgement.group_of`), from the child's area."""
+    policy = rollout.policy
+    groups = policy.groups if isinstance(policy, LocationSequential) else ()
+    if not groups:
+        return lambda _child: REST
+    eligible = manager._eligible.get(rollout.id, {})
+
+    def group(child_id: str) -> str:
+        area = eligible.get(child_id)
+        if area is None:
+            try:
+                area = manager._children.area(child_id)
+            except NotFoundError:
+                return REST
+        return group_of(groups, area)
+
+    return group
+
+
 async def _verdicts(
     manager: _Matching, rollout: Rollout, stage_name: str, judgement: Judgement
-) -> list[tuple[str, CanaryVerdict]]:
-    """The verdicts on the children ready on the stage: one per child (``child``), or one
-    over their aggregate (``rollout``, keyed ``""``). Cached per change of the rollout's
-    child states and per rebuild of its counters (over a shared store, at most ``refresh``
-    seconds old, as the counters are; and before a barrier opens there, the counters are
-    rebuilt, so the verdict that opens it is judged afresh)."""
+) -> list[_Unit]:
+    """The verdicts on the children ready on the stage, by unit (see :data:`_Unit`): each
+    child (``child``), each group (``group``), or their aggregate (``rollout``). Cached per
+    change of the rollout's child states and per rebuild of its counters (over a shared
+    store, at most ``refresh`` seconds old, as the counters are; and before a barrier opens
+    there, the counters are rebuilt, so the verdict that opens it is judged afresh)."""
     key = (manager._changes.get(rollout.id, 0), manager._tally_at.get(rollout.id))
     cache = _cache(manager)
     cached = cache.get((rollout.id, stage_name))
     if cached is not None and cached[0] == key:
         return cached[1]
-    ready: list[ChildRelease] = [
-        state
-        for state in await manager.store.child_releases(rollout.id)
-        if state.status in ACTIVE
-        and state.stages[stage_name].status in READY
-        and isinstance(state.stages[stage_name].summary, StageSummary)
-    ]
-    verdicts: list[tuple[str, CanaryVerdict]] = []
-    if judgement.scope == "child":
-        for state in ready:
-            summary = state.stages[stage_name].summary
-            assert isinstance(summary, StageSummary)
-            verdicts.append((state.child_id, judge(judgement, summary)))
-    else:
-        summaries = [s.stages[stage_name].summary for s in ready]
-        combined = aggregate([s for s in summaries if isinstance(s, StageSummary)])
-        verdicts.append(("", judge(judgement, combined or _NOTHING)))
-    cache[(rollout.id, stage_name)] = (key, verdicts)
-    return verdicts
+    ready: list[tuple[str, StageSummary]] = []
+    for state in await manager.store.child_releases(rollout.id):
+        summary = state.stages[stage_name].summary
+        if state.status in ACTIVE and state.stages[stage_name].status in READY:
+            ready.append(
+                (state.child_id, summary if isinstance(summary, StageSummary) else _NOTHING)
+            )
+    group = child_group(manager, rollout)
+    members: dict[str, list[str]] = {}
+    for child_id, _summary in ready:
+        unit = child_id if judgement.scope == "child" else group(child_id)
+        members.setdefault("" if judgement.scope == "rollout" else unit, []).append(child_id)
+    units: list[_Unit] = []
+    for name, parts in units_of(judgement.scope, ready, group).items():
+        verdict = judge(judgement, aggregate(parts) or _NOTHING)
+        units.append((name, tuple(members.get(name, ())), verdict))
+    if not units:
+        units.append(("", (), judge(judgement, _NOTHING)))  # nobody ready: inconclusive
+    cache[(rollout.id, stage_name)] = (key, units)
+    return units
 
 
 async def judge_barrier(
@@ -108,27 +150,37 @@ async def judge_barrier(
     judgement = rollout.policy.judgement
     if judgement is None:
         return OPEN
-    verdicts = await _verdicts(manager, rollout, stage_name, judgement)
+    units = await _verdicts(manager, rollout, stage_name, judgement)
     now = manager._clock()
     expired = waiting_since is None or now - waiting_since >= judgement.max_wait
     rollback_inconclusive = expired and judgement.on_inconclusive == "rollback"
     failed = [
-        (child_id, verdict)
-        for child_id, verdict in verdicts
-        if verdict.verdict is Verdict.FAIL
-        or (verdict.verdict is Verdict.INCONCLUSIVE and rollback_inconclusive)
+        unit
+        for unit in units
+        if unit[2].verdict is Verdict.FAIL
+        or (unit[2].verdict is Verdict.INCONCLUSIVE and rollback_inconclusive)
     ]
-    waiting = any(v.verdict is Verdict.INCONCLUSIVE for _, v in verdicts) and not expired
-    if judgement.scope != "child":
+    waiting = any(v.verdict is Verdict.INCONCLUSIVE for _, _, v in units) and not expired
+    if judgement.scope == "rollout":
         if failed:
-            reason = f"canary judgement, stage {stage_name!r}: {_what(failed[0][1], judgement)}"
+            reason = f"canary judgement, stage {stage_name!r}: {_what(failed[0][2], judgement)}"
             log.warning("rollout %s aborted by %s", rollout.id, reason)
             await manager._abort(rollout.id, reason)
             return ABORTED
         return HOLD if waiting else OPEN
     rejected = 0
-    for child_id, verdict in failed:
-        rejected += await _reject(manager, rollout, stage_name, child_id, verdict, judgement)
+    for name, children, verdict in failed:
+        for child_id in children:
+            rejected += await _reject(manager, rollout, stage_name, child_id, verdict, judgement)
+        if judgement.scope == "group":
+            log.warning(
+                "rollout %s: group %s (%d children) rolled back by canary judgement, stage %r: %s",
+                rollout.id,
+                name,
+                len(children),
+                stage_name,
+                _what(verdict, judgement),
+            )
     if rejected:
         await manager._admit(rollout)  # the next group or wave may go
     return HOLD if waiting else OPEN

@@ -10,6 +10,7 @@ from typing import Any
 from release_coordinator.errors import ConflictError, InvalidTransitionError, ValidationError
 from release_coordinator.rollout.events import RolloutEventKind, rollout_event
 from release_coordinator.rollout.geo import Area, MatchMode
+from release_coordinator.rollout.judging import child_group
 from release_coordinator.rollout.models import Child, ReleaseBundle, Rollout, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental, Policy
 from release_coordinator.rollout.reports import RolloutReport, build_report
@@ -238,4 +239,5 @@ class _Operations(_Ticks):
         seen = await self.store.last_seen(c.child_id for c in children)
         now = self._clock()
         lost = tuple(c.child_id for c in children if self._is_lost(seen, c.child_id, now))
-        return build_report(rollout, bundle.strategy.stage_names, children, lost)
+        group = child_group(self, rollout)  # canary judgement by group (rollout.judging)
+        return build_report(rollout, bundle.strategy.stage_names, children, lost, group)

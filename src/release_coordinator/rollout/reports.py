@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
-from release_coordinator.rollout.judgement import StageJudgement, stage_judgement
+from release_coordinator.rollout.judgement import REST, StageJudgement, stage_judgement
 from release_coordinator.rollout.models import ChildRelease, Outcome, Rollout
 from release_coordinator.rollout.results import StageSummary, aggregate
 
@@ -75,15 +75,21 @@ class StageCounts:
     completed: int
 
 
+def _one_group(_child: str) -> str:
+    return REST
+
+
 def build_report(
     rollout: Rollout,
     stage_names: Iterable[str],
     children: list[ChildRelease],
     lost: tuple[str, ...],
+    group: Callable[[str], str] | None = None,
 ) -> RolloutReport:
     """The report of ``rollout`` over ``children`` (``lost``: the ids of those that are lost):
-    per stage, how many are in each status and the aggregate of their summaries; overall, how
-    many are in each release status and have each outcome."""
+    per stage, how many are in each status, the aggregate of their summaries and its canary
+    judgement (``group``: a child's group, for a judgement by group); overall, how many are in
+    each release status and have each outcome."""
     rows = []
     for name in stage_names:
         counts: dict[str, int] = {}
@@ -95,7 +101,7 @@ def build_report(
             if isinstance(stage.summary, StageSummary):
                 summaries.append(stage.summary)
                 judged.append((child.child_id, stage.summary))
-        verdict = stage_judgement(rollout.policy.judgement, judged)
+        verdict = stage_judgement(rollout.policy.judgement, judged, group or _one_group)
         rows.append(StageReportRow(name, counts, aggregate(summaries), verdict))
     statuses: dict[str, int] = {}
     outcomes: dict[str, int] = {}
