@@ -30,6 +30,7 @@ from release_coordinator.errors import InvalidTransitionError, SchemaError
 from release_coordinator.fsm.rollout import StageStatus
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.models import Rollout, RolloutState
+from release_coordinator.rollout.pacing import Pacing
 from release_coordinator.rollout.policies import GlobalIncremental, Waves
 from release_coordinator.server.roles import OperatorToken, Role
 from release_coordinator.server.rollout_app import rollout_app
@@ -488,3 +489,28 @@ def test_the_blocking_facade_lists_and_follows_the_log() -> None:
     finally:
         manager.close()
     assert seen == events
+
+
+async def test_a_completion_at_the_pacings_deadline_is_logged() -> None:
+    clock = Clock()
+    manager = RolloutManager(MemoryRolloutStore(), lost_after=3600, clock=clock)
+    for i in range(3):
+        await manager.poll(f"c{i}", square(1 + i, 45), 0)
+    pacing = Pacing(max_per_minute=1, deadline=clock.now + 120, on_deadline="stop")
+    await manager.create_rollout(bundle(), EUROPE, policy=GlobalIncremental(pacing=pacing))
+    await manager.tick()
+    offers = await manager.list_events(kinds={TRANSITION})
+    [child] = [e.child_id for e in offers if e.state == "Todo"]
+    assert child is not None
+    await manager.get_release(child, "42")
+    await manager.submit_result(result(child, "canary-10", 2))
+    await manager.end_stage(child, "42", "canary-10")
+    await manager.submit_result(result(child, "canary-10", 4, "ab-50"))
+    await manager.submit_result(result(child, "ab-50", 4))
+    clock.now += 121
+    await manager.tick()
+    await manager.tick()
+    assert (await manager.get_rollout("42")).state is RolloutState.COMPLETED
+    last = (await manager.list_events())[-1]
+    assert (last.kind, last.state, last.child_id) == (TRANSITION, "completed", None)
+    assert last.message.startswith("rollout completed: deadline passed")

@@ -25,6 +25,7 @@ import attrs
 from release_coordinator.errors import ConcurrentUpdateError
 from release_coordinator.fsm.rollout import ReleaseStatus
 from release_coordinator.rollout.admission import admit, success_share
+from release_coordinator.rollout.bookkeeping import transition_event
 from release_coordinator.rollout.matching import _Matching
 from release_coordinator.rollout.models import ChildRelease, Rollout, RolloutState
 from release_coordinator.rollout.pacing import PollHints, RateLimit
@@ -189,12 +190,24 @@ class _Pacing(_Matching):
         )
         try:
             await self.store.set_rollout_state(
-                rollout.id, {RolloutState.ACTIVE}, RolloutState.COMPLETED, reason=reason
+                rollout.id,
+                {RolloutState.ACTIVE},
+                RolloutState.COMPLETED,
+                reason=reason,
+                events=[transition_event(rollout.id, RolloutState.COMPLETED, reason)],
             )
         except ConcurrentUpdateError:
             return
+        self._events_written()
         log.info("rollout %s completed: %s", rollout.id, reason)
         self._forget(current)
+
+    def _forget(self, rollout: Rollout) -> None:
+        super()._forget(rollout)
+        pace = self._pace
+        pace.limits.pop(rollout.id, None)
+        pace.held.pop(rollout.id, None)
+        pace.swept.discard(rollout.id)
 
     # -- the next-poll hint ------------------------------------------------------------------
     async def _put(self, expected: ChildRelease, new: ChildRelease, *args: Any, **kw: Any) -> None:
