@@ -34,7 +34,7 @@ import collections
 import datetime as dt
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -88,6 +88,10 @@ class Ramp:
             )
 
 
+def _day_set(days: Iterable[int]) -> frozenset[int]:
+    return frozenset(days)
+
+
 @attrs.frozen
 class Window:
     """A weekly maintenance window, UTC: it opens ``start`` minutes after midnight on each of
@@ -96,7 +100,7 @@ class Window:
 
     start: int
     duration: float
-    days: frozenset[int] = _EVERY_DAY
+    days: frozenset[int] = attrs.field(default=_EVERY_DAY, converter=_day_set)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.start, bool) or not isinstance(self.start, int):
@@ -130,6 +134,10 @@ class Window:
         return min(o for o in self._openings(at, 0, 8) if o > at)
 
 
+def _window_tuple(windows: Iterable[Window]) -> tuple[Window, ...]:
+    return tuple(windows)
+
+
 @attrs.frozen
 class Pacing:
     """A policy's rate and time controls (see the module documentation); the default paces
@@ -138,7 +146,7 @@ class Pacing:
     ramp: Ramp | None = None
     max_per_minute: int | None = None
     start_at: float | None = None
-    windows: tuple[Window, ...] = ()
+    windows: tuple[Window, ...] = attrs.field(default=(), converter=_window_tuple)
     deadline: float | None = None
     on_deadline: DeadlineAction = "stop"
 
