@@ -5,6 +5,7 @@ query over SQLite, and the OpenAPI document's ``/graphql``."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import logging
@@ -619,12 +620,38 @@ async def test_depth_aliases_tokens_and_items_are_limited(world: World) -> None:
     answer = await execute_graphql(
         world.coordinator,
         world.manager,
-        "{ a: releases { items { id } } b: releases { items { id } } }",
+        "{ a: releases(limit: 3) { items { id } } b: releases(limit: 3) { items { id } } }",
         max_items=4,
     )
-    assert answer["data"]["a"] is not None
+    assert len(answer["data"]["a"]["items"]) == 3
     assert answer["data"]["b"] is None
     assert answer["errors"][0]["extensions"]["code"] == "too_large"
+
+
+async def test_a_read_that_would_list_too_much_is_refused_before_it_is_made(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = []
+    events = world.coordinator.events
+
+    async def counted(**filters: Any) -> Any:
+        await asyncio.sleep(0)  # as a SQL store's read: the other releases' resolvers run
+        reads.append(filters["release_id"])
+        return await events(**filters)
+
+    monkeypatch.setattr(world.coordinator, "events", counted)
+    text = "{ releases(limit: 5) { items { name events(limit: 1000) { items { id } } } } }"
+    answer = await execute_graphql(world.coordinator, world.manager, text, max_items=2000)
+    listed = [r["events"] for r in answer["data"]["releases"]["items"]]
+    # the releases (3, reserved 5), one release's events (reserved 1000, read while the
+    # others ask); the next release's 1000 would pass 2000: refused without reading them,
+    # and so the third's
+    assert sum(page is not None for page in listed) == 1
+    assert len(reads) == 1
+    assert {e["extensions"]["code"] for e in answer["errors"]} == {"too_large"}
+    assert len(answer["errors"]) == 2
+    small = "{ releases(limit: 5) { items { name events(limit: 10) { items { id } } } } }"
+    assert "errors" not in await execute_graphql(world.coordinator, world.manager, small)
 
 
 @FUZZ

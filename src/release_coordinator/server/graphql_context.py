@@ -112,14 +112,21 @@ class GraphQLContext:
             raise ConfigurationError("this server has no RolloutManager: no rollouts to query")
         return self._manager
 
+    def reserve(self, limit: int) -> None:
+        """Before a store read of at most ``limit`` items: count them already, so that the
+        reads of a query that would list too much are refused before they are made (the
+        listing then counts what it lists instead: :func:`read_page`)."""
+        self.spend(limit)
+
     def spend(self, count: int) -> None:
-        """Count ``count`` listed items against the request's ``max_items``."""
-        self.items += count
-        if self.items > self.max_items:
+        """Count ``count`` listed items against the request's ``max_items`` (nothing is
+        counted when they would pass it: :class:`TooManyItems`)."""
+        if self.items + count > self.max_items:
             raise TooManyItems(
                 "the query lists too many items",
                 [("query", f"would list more than {self.max_items} items: ask for less")],
             )
+        self.items += count
 
     async def _release(self, release_id: str) -> Release | None:
         try:
@@ -232,7 +239,9 @@ def page(
 
 
 def read_page(info: Info, found: Sequence[T], limit: int, offset: int) -> Page[T]:
-    """A page of ``found``, read from the store with ``limit + 1`` at ``offset``."""
+    """A page of ``found``, read from the store with ``limit + 1`` at ``offset`` after
+    ``info.context.reserve(limit)``."""
+    info.context.items -= limit  # the reservation: what the page lists is counted instead
     items = list(found[:limit])
     return page(info, items, limit, offset, offset + len(items) if len(found) > limit else None)
 

@@ -103,6 +103,7 @@ class Query:
         tag = text("tag", tag)
         author = text("author", author)
         if tag is None and author is None:
+            info.context.reserve(limit)
             found = await coordinator.list_releases(
                 states=states, study=study, limit=limit + 1, offset=offset
             )
@@ -196,6 +197,7 @@ class Query:
         self, info: Info, limit: int = DEFAULT_PAGE, offset: int = 0
     ) -> Page[StudyNode] | None:
         check_page(limit, offset)
+        info.context.reserve(limit)
         found = await info.context.coordinator.list_studies(limit=limit + 1, offset=offset)
         items = [s for s in (study_node(f) for f in found) if s is not None]
         return read_page(info, items, limit, offset)

@@ -107,6 +107,7 @@ async def event_page(
         raise_invalid("after_id", "must be at least 0")
     types = choices("type", type, (t.value for t in EventType))
     kinds = choices("kind", kind, (k.value for k in EventKind))
+    info.context.reserve(limit)
     found = await info.context.coordinator.events(
         release_id=text("release_id", release_id),
         task_id=text("task_id", task_id),
@@ -261,6 +262,7 @@ class ReleaseNode:
         offset: int = 0,
     ) -> Page[NoteNode] | None:
         check_page(limit, offset)
+        info.context.reserve(limit)
         found = await info.context.coordinator.list_notes(
             release_id=self.record.id,
             study_id=text("study_id", study_id),
@@ -308,10 +310,11 @@ class StudyNode:
     ) -> Page[ReleaseNode] | None:
         check_page(limit, offset)
         wanted = self.release_ids[offset : offset + limit]
+        info.context.reserve(len(wanted))
         found = [await release_of(info, release_id) for release_id in wanted]
         items = [r for r in found if r is not None]
         more = len(self.release_ids) > offset + limit
-        info.context.spend(len(items))
+        info.context.items -= len(wanted) - len(items)
         return Page(
             items=items,
             limit=limit,
@@ -332,6 +335,7 @@ class StudyNode:
         self, info: Info, limit: int = DEFAULT_PAGE, offset: int = 0
     ) -> Page[NoteNode] | None:
         check_page(limit, offset)
+        info.context.reserve(limit)
         found = await info.context.coordinator.list_notes(
             study_id=self.record.id, limit=limit + 1, offset=offset
         )
