@@ -32,9 +32,11 @@ and ``extensions.details``. Nothing answers a 500 but a bug, and a bug in a reso
 **Limits.** A query may nest at most ``max_depth`` fields deep, use ``max_aliases`` aliases and
 ``max_tokens`` tokens, and list at most ``max_items`` items in all its pages together (a page
 read from the store counts its ``limit`` before the read: a query that would read too much is
-refused before it reads it); every listing is a page of at most 1000 items. No GraphiQL page is served (it would load its code
-from a CDN, which the dashboard's Content-Security-Policy forbids): point any GraphQL client at
-``/graphql`` with the ``Authorization`` header; the schema is introspectable.
+refused before it reads it); every listing is a page of at most 1000 items.
+
+No GraphiQL page is served (it would load its code from a CDN, which the dashboard's
+Content-Security-Policy forbids): point any GraphQL client at ``/graphql`` with the
+``Authorization`` header; the schema is introspectable.
 
 Needs the ``graphql`` extra (strawberry-graphql) and the ``server`` extra (Starlette);
 ``import release_coordinator`` imports neither.
