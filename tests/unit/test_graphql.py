@@ -11,7 +11,7 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -729,11 +729,24 @@ async def test_what_a_query_names_many_times_is_read_once(
 # -- SQLite, a host's app, the OpenAPI document, without the extra ----------------------------
 
 
-async def test_a_query_over_sqlite(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The URLs of a coordinator's and a manager's SQL stores: SQLite files, or PostgreSQL
+    (a schema of its own, both stores in it)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'rc.db'}", f"sqlite:///{tmp_path / 'rollouts.db'}"
+        return
+    from sql_support import postgres_schema
+
+    with postgres_schema(request.getfixturevalue("postgres_url")) as url:
+        yield url, url
+
+
+async def test_a_query_over_sql(database: tuple[str, str]) -> None:
     from release_coordinator.storage.sql import SQLRolloutStore, SQLStore
 
-    store = await SQLStore.connect(f"sqlite:///{tmp_path / 'rc.db'}")
-    rollouts = await SQLRolloutStore.connect(f"sqlite:///{tmp_path / 'rollouts.db'}")
+    store = await SQLStore.connect(database[0])
+    rollouts = await SQLRolloutStore.connect(database[1])
     coordinator = Coordinator(store, HttpTransport())
     await coordinator.close()
     try:
