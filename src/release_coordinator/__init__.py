@@ -78,6 +78,13 @@ from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
 from release_coordinator.rollout.events import RolloutEvent, RolloutEventFilter, RolloutEventKind
 from release_coordinator.rollout.fleet_report import FleetResult
 from release_coordinator.rollout.geo import Area, GeoIndex
+from release_coordinator.rollout.judgement import (
+    CanaryVerdict,
+    Judgement,
+    StageJudgement,
+    Verdict,
+    judge,
+)
 from release_coordinator.rollout.kit import SimulatedLeaf
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import (
@@ -149,6 +156,7 @@ __all__ = [
     "BarrierRecord",
     "BarrierState",
     "BundleError",
+    "CanaryVerdict",
     "Child",
     "ChildRelease",
     "ChildStage",
@@ -182,6 +190,7 @@ __all__ = [
     "InProcessParent",
     "InProcessService",
     "InvalidTransitionError",
+    "Judgement",
     "KitTask",
     "LocationSequential",
     "MalformedAnswerError",
@@ -224,6 +233,7 @@ __all__ = [
     "SimulatedLeaf",
     "Stage",
     "StageCounts",
+    "StageJudgement",
     "StageReport",
     "StageReportRow",
     "StageStatus",
@@ -253,6 +263,7 @@ __all__ = [
     "TransportError",
     "ValidationError",
     "Variant",
+    "Verdict",
     "Waves",
     "Webhook",
     "WebhookDelivery",
@@ -264,6 +275,7 @@ __all__ = [
     "__version__",
     "aggregate",
     "dump_strategy",
+    "judge",
     "new_webhook_secret",
     "parse_result",
     "parse_strategy",

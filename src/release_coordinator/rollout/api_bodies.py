@@ -43,6 +43,7 @@ __all__ = [
     "ChildPageBody",
     "ChildReleaseBody",
     "ChildReleasePageBody",
+    "FailingUnitBody",
     "RolloutBody",
     "RolloutFields",
     "RolloutMultipart",
@@ -50,6 +51,7 @@ __all__ = [
     "RolloutStatusBody",
     "RolloutUpload",
     "RolloutWithBundleBody",
+    "StageJudgementBody",
     "SummaryBody",
     "SummaryTimesBody",
 ]
@@ -285,13 +287,54 @@ class SummaryBody(_Record):
     f2_calls: Count
 
 
+class FailingUnitBody(_Record):
+    """A unit (a child, or a group of children) whose own canary verdict is ``fail``, and
+    why."""
+
+    unit: Annotated[str, msgspec.Meta(description="A child's id, or a group's name.")]
+    reason: str
+
+
+_VERDICTS = ["pass", "fail", "inconclusive"]
+
+
+class StageJudgementBody(_Record):
+    """A stage's canary judgement (the policy's ``judgement``): the new version (f2) against
+    the old one (f1) over the call-weighted aggregate of the summaries the stage's children
+    reported; with the ``child`` and ``group`` scopes, also each unit's own verdict."""
+
+    scope: Literal["rollout", "child", "group"]
+    verdict: Annotated[str, _one_of(_VERDICTS)]
+    reason: str
+    old_calls: Count
+    new_calls: Count
+    old_error_rate: float
+    new_error_rate: float
+    old_median: float
+    new_median: float
+    z: Annotated[float | None, msgspec.Meta(description="The pooled two-proportion z statistic.")]
+    p_value: Annotated[
+        float | None,
+        msgspec.Meta(description="One-sided: P(Z >= z), the new version failing more often."),
+    ]
+    latency_ratio: Annotated[
+        float | None, msgspec.Meta(description="The new median over the old one.")
+    ]
+    units: Annotated[
+        dict[str, Positive],
+        _counts(_VERDICTS, "Children (scope child) or groups (scope group) by their verdict."),
+    ]
+    failing: list[FailingUnitBody]
+
+
 class StageCountsBody(_Record):
     """One stage of a rollout's status: its children's counts per StageStatus, its
-    aggregate."""
+    aggregate, its canary judgement (null: the policy has none, or no summary yet)."""
 
     name: str
     counts: Annotated[dict[str, Positive], _counts(_STAGE_NAMES)]
     aggregate: SummaryBody | None
+    judgement: StageJudgementBody | None
 
 
 class RolloutStatusBody(_Record):
@@ -375,6 +418,8 @@ ANSWER_NAMES = {
         SummaryTimesBody,
         SummaryBody,
         StageCountsBody,
+        StageJudgementBody,
+        FailingUnitBody,
         ChildStageBody,
         ChildReleaseBody,
         ChildBody,

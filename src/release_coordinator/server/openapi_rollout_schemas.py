@@ -22,6 +22,7 @@ from release_coordinator.rollout.bodies import (
     ResultAnswer,
 )
 from release_coordinator.rollout.event_bodies import EVENT_ANSWER_NAMES, RolloutEventPageBody
+from release_coordinator.rollout.judgement import MIN_CALLS_FLOOR
 from release_coordinator.rollout.policies import DEFAULT_CHILD_TIMEOUT, MAX_GROUPS, MAX_WAVES
 from release_coordinator.rollout.results import MAX_SUMMARIES
 from release_coordinator.schemas import MAX_INT32, schema_components
@@ -132,9 +133,58 @@ def _policy(kind: str, fields: dict[str, Any], *, output: bool) -> dict[str, Any
         },
     }
     if output:
-        return _record(properties)
+        record = _record(properties)
+        # Shown only when set (a policy without one reads as before): not required.
+        record["properties"]["judgement"] = _ref("Judgement")
+        return record
+    properties["judgement"] = _or_null(_ref("JudgementInput"))
     required = [] if kind == "global_incremental" else ["type"]
     return _object(properties, required)
+
+
+def _judgement(*, output: bool) -> dict[str, Any]:
+    """A policy's canary judgement (:mod:`release_coordinator.rollout.judgement`)."""
+    properties: dict[str, Any] = {
+        "confidence": {
+            "type": "number",
+            "exclusiveMinimum": 0.5,
+            "exclusiveMaximum": 1,
+            "description": "Of the one-sided pooled two-proportion z-test of the error rates "
+            "(the new version worse): it fails when its p-value <= 1 - confidence. Left out: "
+            "0.95.",
+        },
+        "min_calls": {
+            "type": "integer",
+            "minimum": MIN_CALLS_FLOOR,
+            "maximum": MAX_INT32,
+            "description": "Calls each version needs, else the verdict is inconclusive. Left "
+            "out: 200.",
+        },
+        "latency_threshold": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "description": "Fails when the new median > old median * (1 + this); null: "
+            "latency not judged. Left out: 0.2.",
+        },
+        "max_wait": {
+            "type": "number",
+            "minimum": 0,
+            "description": "Seconds an inconclusive stage waits (from the first child waiting "
+            "on it) before on_inconclusive applies. Left out: 300.",
+        },
+        "on_inconclusive": {"type": "string", "enum": ["rollback", "proceed"]},
+        "scope": {
+            "type": "string",
+            "enum": ["rollout", "child", "group"],
+            "description": "rollout: the aggregate of the ready children, a failure aborts "
+            "the rollout; child: each child (a relay: its subtree) on its own, a failure "
+            "rolls that child back; group: the aggregate of each location_sequential group "
+            "of ready children, a failure rolls that group's ready children back.",
+        },
+    }
+    if output:
+        return _record(properties)
+    return _object(properties)
 
 
 def _policies(*, output: bool) -> dict[str, Any]:
@@ -269,6 +319,8 @@ _ROLLOUT_SCHEMAS: dict[str, Any] = {
     "PolicyInput": with_pacing(_policies(output=False), output=False),
     "Policy": with_pacing(_policies(output=True), output=True),
     **pacing_components(),
+    "JudgementInput": _judgement(output=False),
+    "Judgement": _judgement(output=True),
     **_OPERATOR_BODIES,
 }
 

@@ -65,6 +65,7 @@ from release_coordinator.server.rollout_records import (
     bundle_json,
     child_release_json,
     rollout_json,
+    stage_judgement_json,
     summary_json,
     text_problem,
 )
@@ -388,6 +389,7 @@ class OperatorApi:
                         "name": row.name,
                         "counts": dict(row.counts),
                         "aggregate": summary_json(row.aggregate),
+                        "judgement": stage_judgement_json(row.judgement),
                     }
                     for row in report.stages
                 ],

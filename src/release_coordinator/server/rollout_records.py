@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from release_coordinator.rollout.archive import ARCHIVE_FILENAME
 from release_coordinator.rollout.geo import Area
+from release_coordinator.rollout.judgement import StageJudgement
 from release_coordinator.rollout.models import ChildRelease, ReleaseBundle, Rollout
 from release_coordinator.rollout.policies import policy_json
 from release_coordinator.rollout.results import StageSummary
@@ -29,6 +30,7 @@ __all__ = [
     "bundle_json",
     "child_release_json",
     "rollout_json",
+    "stage_judgement_json",
     "summary_json",
     "text_problem",
 ]
@@ -83,6 +85,11 @@ def _finite(value: Any) -> Any:
 def summary_json(summary: object) -> dict[str, Any] | None:
     """A stage summary in the documented encoding's keys (None: no summary)."""
     return _finite(summary.to_documented()) if isinstance(summary, StageSummary) else None
+
+
+def stage_judgement_json(judgement: StageJudgement | None) -> dict[str, Any] | None:
+    """A stage's canary judgement as strict JSON (None: none)."""
+    return None if judgement is None else _finite(judgement.to_json())
 
 
 def child_release_json(state: ChildRelease, *, lost: bool = False) -> dict[str, Any]:
