@@ -13,6 +13,7 @@ The checks of arguments are the REST API's query parameters' (:func:`text`, :fun
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -39,6 +40,7 @@ __all__ = [
     "check_page",
     "choices",
     "full_page",
+    "made",
     "maybe",
     "page",
     "read_page",
@@ -252,16 +254,19 @@ def full_page(info: Info, found: Sequence[T], limit: int, offset: int) -> Page[T
     return page(info, items, limit, offset, next_offset)
 
 
-def _made(kind: Callable[..., T], fields: dict[str, Any], **more: Any) -> T:
-    return kind(**fields, **more)
+def made(kind: Callable[..., T], fields: dict[str, Any], **more: Any) -> T:
+    """A ``kind`` (a strawberry type) of the REST API's JSON ``fields``: those it declares (a
+    field the REST API gained since is left out until the type declares it too)."""
+    declared = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    return kind(**{k: v for k, v in fields.items() if k in declared}, **more)
 
 
 def records(kind: Callable[..., T], reader: Callable[[Any], dict[str, Any]], found: Any) -> list[T]:
     """``found`` records as ``kind``, from the REST reader's JSON (and the record itself)."""
-    return [_made(kind, reader(r), record=r) for r in found]
+    return [made(kind, reader(r), record=r) for r in found]
 
 
 def maybe(
     kind: Callable[..., T], reader: Callable[[Any], dict[str, Any]], found: Any | None
 ) -> T | None:
-    return None if found is None else _made(kind, reader(found), record=found)
+    return None if found is None else made(kind, reader(found), record=found)

@@ -43,6 +43,7 @@ from release_coordinator.server.graphql_context import (
     check_page,
     choices,
     full_page,
+    made,
     page,
     read_page,
     records,
@@ -120,7 +121,7 @@ class Query:
     @resolved("One release (an error `not_found` for an unknown id).")
     async def release(self, info: Info, id: strawberry.ID) -> ReleaseNode | None:
         found = await info.context.coordinator.get_release(_id("id", id))
-        return ReleaseNode(**release_json(found), record=found)
+        return made(ReleaseNode, release_json(found), record=found)
 
     @resolved("The tasks of a release (filtered by `state`).")
     async def tasks(
@@ -141,7 +142,7 @@ class Query:
     @resolved("One task.")
     async def task(self, info: Info, id: strawberry.ID) -> TaskNode | None:
         found = await info.context.coordinator.get_task(_id("id", id))
-        return TaskNode(**task_json(found), record=found)
+        return made(TaskNode, task_json(found), record=found)
 
     @resolved("The event log, oldest first, filtered as `GET /events` (`since`: an ISO 8601 time).")
     async def events(
@@ -190,7 +191,7 @@ class Query:
     @resolved("One release note.")
     async def note(self, info: Info, id: strawberry.ID) -> NoteNode | None:
         found = await info.context.coordinator.get_note(_id("id", id))
-        return NoteNode(**note_json(found), record=found)
+        return made(NoteNode, note_json(found), record=found)
 
     @resolved("Every study releases name, newest first.")
     async def studies(
@@ -220,13 +221,13 @@ class Query:
             states=None if states is None else {RolloutState(s) for s in states}
         )
         shown, next_offset = window(found, limit, offset)
-        items = [RolloutNode(**rollout_json(r), record=r) for r in shown]
+        items = [made(RolloutNode, rollout_json(r), record=r) for r in shown]
         return page(info, items, limit, offset, next_offset)
 
     @resolved("One rollout.")
     async def rollout(self, info: Info, id: strawberry.ID) -> RolloutNode | None:
         found = await info.context.manager.get_rollout(_id("id", id))
-        return RolloutNode(**rollout_json(found), record=found)
+        return made(RolloutNode, rollout_json(found), record=found)
 
     @resolved("The registered children, as `GET /children`.")
     async def children(

@@ -50,6 +50,7 @@ from release_coordinator.server.graphql_context import (
     check_page,
     choices,
     full_page,
+    made,
     maybe,
     page,
     read_page,
@@ -61,6 +62,7 @@ from release_coordinator.server.graphql_context import (
 from release_coordinator.server.rollout_records import (
     bundle_json,
     child_release_json,
+    stage_judgement_json,
     summary_json,
 )
 
@@ -154,8 +156,7 @@ class TaskServiceNode:
     @classmethod
     def of(cls, service: TaskService) -> TaskServiceNode:
         fields = service_json(service)
-        fields["health"] = HealthNode(**fields["health"])
-        return cls(**fields, record=service)
+        return made(cls, fields, health=made(HealthNode, fields.pop("health")), record=service)
 
 
 def services(found: list[TaskService]) -> list[TaskServiceNode]:
@@ -385,6 +386,9 @@ class StageCountsNode:
     aggregate: JSON | None = strawberry.field(
         description="The call-weighted aggregate of their summaries (documented keys)."
     )
+    judgement: JSON | None = strawberry.field(
+        description="The stage's canary judgement, when the rollout's policy has one."
+    )
 
 
 @strawberry.type(
@@ -431,9 +435,10 @@ class RolloutNode:
     async def bundle(self, info: Info) -> BundleNode | None:
         shown = bundle_json(await info.context.bundles.load(self.record.id))
         strategy = dict(shown["strategy"])
-        strategy["stages"] = [BundleStageNode(**s) for s in strategy["stages"]]
+        strategy["stages"] = [made(BundleStageNode, s) for s in strategy["stages"]]
         return BundleNode(
-            strategy=BundleStrategyNode(**strategy), archive=BundleArchiveNode(**shown["archive"])
+            strategy=made(BundleStrategyNode, strategy),
+            archive=made(BundleArchiveNode, shown["archive"]),
         )
 
     @resolved("Its status: counts per status, outcome and stage.")
@@ -449,6 +454,7 @@ class RolloutNode:
                     name=row.name,
                     counts=JSON(dict(row.counts)),
                     aggregate=JSON(summary_json(row.aggregate)),
+                    judgement=JSON(stage_judgement_json(row.judgement)),
                 )
                 for row in report.stages
             ],
@@ -468,7 +474,9 @@ class RolloutNode:
         lost = set(report.lost)
         rows = [c for c in report.children if wanted is None or c.status is wanted]
         shown, next_offset = window(rows, limit, offset)
-        items = [ChildReleaseNode(**child_release_json(c, lost=c.child_id in lost)) for c in shown]
+        items = [
+            made(ChildReleaseNode, child_release_json(c, lost=c.child_id in lost)) for c in shown
+        ]
         return page(info, items, limit, offset, next_offset)
 
     @resolved("The data release it waits for (`after_release`), if any.")
