@@ -344,9 +344,10 @@ class MemoryRolloutStore(RolloutStore):
     # -- the event log -------------------------------------------------------------------------
     def _log(self, events: Sequence[RolloutEvent]) -> None:
         """Append whole events (the lock held)."""
-        self._events.extend(events)
-        self._event_child.extend(None for _ in events)
-        self._event_at.extend(0 for _ in events)
+        if events:
+            self._events.extend(events)
+            self._event_child.extend([None] * len(events))
+            self._event_at.frombytes(bytes(8 * len(events)))  # (zeros: the events keep times)
 
     def _each(self, event: RolloutEvent, child_ids: list[str]) -> None:
         """Log ``event`` once per child (the lock held)."""
@@ -354,9 +355,9 @@ class MemoryRolloutStore(RolloutStore):
         key += (event.stage, event.state, event.actor)
         template = self._templates.setdefault(key, event)
         at = (event.at - _EPOCH) // _MICROSECOND
-        self._events.extend(template for _ in child_ids)
+        self._events.extend([template] * len(child_ids))
         self._event_child.extend(child_ids)
-        self._event_at.extend(at for _ in child_ids)
+        self._event_at.extend(array("q", (at,)) * len(child_ids))
 
     async def append_events(self, events: Sequence[RolloutEvent]) -> list[RolloutEvent]:
         with self._lock:
