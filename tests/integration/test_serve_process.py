@@ -181,7 +181,7 @@ def test_serve_end_to_end_over_sqlite_with_sigterm_and_restart(
             f"{base}/poll", json=again, headers={"Authorization": f"Bearer {child_token}"}
         )
         assert answer.status_code == 200
-        assert answer.json() == {"id": child_id, "new_release": ""}
+        assert answer.json() == {"id": child_id, "new_release": "", "next_poll": 30}
         assert client.get(f"{base}/rollouts", headers=ops).json()["items"] == []
         answers = client.answers
     assert first.terminate() == 0
@@ -214,7 +214,8 @@ def test_serve_end_to_end_over_sqlite_with_sigterm_and_restart(
         answer = client.post(
             f"{base}/poll", json=again, headers={"Authorization": f"Bearer {child_token}"}
         )
-        assert answer.json() == {"id": child_id, "new_release": ""}  # (no new token)
+        # (no new token)
+        assert answer.json() == {"id": child_id, "new_release": "", "next_poll": 30}
         answers = client.answers
     assert second.terminate() == 0
     assert len(access_lines(second.stderr())) == answers

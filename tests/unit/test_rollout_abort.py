@@ -45,7 +45,12 @@ async def test_a_child_running_an_aborted_release_learns_it_at_its_next_poll(
     await manager.abort("42", reason="bad canary")
     answer = await manager.poll(running, INSIDE, 0)
     assert (answer.new_release, answer.aborted) == ("", ("42",))
-    assert answer.to_json() == {"id": running, "new_release": "", "aborted": ["42"]}
+    assert answer.to_json() == {
+        "id": running,
+        "new_release": "",
+        "aborted": ["42"],
+        "next_poll": 5,  # (the hint: it still runs a release)
+    }
     assert (await manager.poll(todo, square(7, 47), 0)).aborted == ()  # it never ran it
     # A child in the A/B stage that reports "rolled out" after the abort: told to roll back,
     # recorded as the abort's (the complaint of issue #12), and no longer told at its polls.

@@ -144,14 +144,15 @@ async def test_poll_registers_and_offers_as_the_original(node: Node) -> None:
     first = await node.client.post("/poll", json=SAMPLE_POLL)
     assert first.status_code == 200
     assert first.headers["content-type"] == "application/json"
-    assert first.json() == {"id": SAMPLE_POLL["id"], "new_release": ""}
+    # (+ the next-poll hint, an extra old agents ignore: idle, 30 s by default)
+    assert first.json() == {"id": SAMPLE_POLL["id"], "new_release": "", "next_poll": 30}
     leaf = await node.client.post("/poll", json={"geographic_area": INSIDE})  # no id: new child
     leaf_id = leaf.json()["id"]
     assert leaf_id
-    assert leaf.json() == {"id": leaf_id, "new_release": ""}
+    assert leaf.json() == {"id": leaf_id, "new_release": "", "next_poll": 30}
     await node.manager.create_rollout(_BUNDLE, EUROPE)
     again = await node.client.post("/poll", json={"id": leaf_id, "geographic_area": INSIDE})
-    assert again.json() == {"id": leaf_id, "new_release": "42"}
+    assert again.json() == {"id": leaf_id, "new_release": "42", "next_poll": 5}  # offered: soon
     relay = await node.client.post("/poll", json=SAMPLE_POLL)
     assert relay.json()["new_release"] == "42"
     assert relay.json()["target_area"]["type"] == "Polygon"  # the extra for relays
@@ -596,7 +597,7 @@ async def test_child_tokens_are_issued_at_registration_and_required_after() -> N
         await n.manager.create_rollout(_BUNDLE, EUROPE)
         first = (await n.poll()).json()
         child, token = first["id"], first["token"]
-        assert set(first) == {"id", "new_release", "token"}
+        assert set(first) == {"id", "new_release", "token", "next_poll"}
         kept = await store.child_token(child)
         assert kept is not None
         assert kept != token
@@ -1001,4 +1002,4 @@ async def test_poll_answers_with_the_headers_of_any_json_answer(node: Node) -> N
     status, headers, body = await asgi_post(node.app, "/poll", chunks, [])
     assert status == 200
     assert headers == {"content-length": str(len(body)), "content-type": "application/json"}
-    assert json.loads(body) == {"id": SAMPLE_POLL["id"], "new_release": ""}
+    assert json.loads(body) == {"id": SAMPLE_POLL["id"], "new_release": "", "next_poll": 30}

@@ -131,7 +131,7 @@ async def test_both_halves_are_reachable_through_one_app(served: Served) -> None
     )
     assert poll.status_code == 200
     child_id = poll.json()["id"]
-    assert poll.json() == {"id": child_id, "new_release": ""}
+    assert poll.json() == {"id": child_id, "new_release": "", "next_poll": 30}
     assert (await client.get("/rollouts")).status_code == 401
     assert (await client.get("/rollouts", headers=OPS)).json()["items"] == []
     children = (await client.get("/children", headers=OPS)).json()["items"]
@@ -253,7 +253,7 @@ async def test_poll_skips_the_router_and_keeps_its_answers() -> None:
     ) as client:
         answer = await client.post("/edge/poll", json=polled)
         assert answer.status_code == 200, answer.text
-        assert answer.json() == {"id": "edge-1", "new_release": ""}
+        assert answer.json() == {"id": "edge-1", "new_release": "", "next_poll": 30}
         assert (await client.post("/poll", json=polled)).status_code == 404
         wrong = await client.get("/edge/poll")
         assert wrong.status_code == 405
