@@ -302,8 +302,7 @@ class _ChildRows(_RolloutEventLog):
     ) -> BarrierRecord:
         async with self._write() as conn:
             await self._rollout_row(conn, rollout_id)
-            if open and events and await self._opens(conn, rollout_id, stage_name):
-                await self._log(conn, events)
+            opened = bool(open and events) and await self._opens(conn, rollout_id, stage_name)
             insert = self._insert(barriers).values(
                 rollout_id=rollout_id, stage=stage_name, open=open, waiting_since=waiting_since
             )
@@ -320,4 +319,6 @@ class _ChildRows(_RolloutEventLog):
                     ).returning(barriers.c.open, barriers.c.waiting_since)
                 )
             ).one()
+            if opened:  # (last: the log's lock is held to the commit)
+                await self._log(conn, events)
         return BarrierRecord(bool(row.open), row.waiting_since)
