@@ -225,11 +225,14 @@ async def _reject(
     return 1
 
 
-def told_to_roll_back(state: ChildRelease, stage_name: str) -> bool:
-    """Whether ``/end_stage`` tells the child to roll back because the manager rolled it
-    back by judgement (its release Failed, rolled back, the stage Failure)."""
+def told_to_roll_back(rollout: Rollout, state: ChildRelease, stage_name: str) -> bool:
+    """Whether ``/end_stage`` tells the child to roll back because the manager may have
+    rolled it back by judgement: the rollout's policy judges, and the child's release is
+    rolled back with the stage ``Failure`` (a child that failed the stage itself is told what
+    it did; without a judgement the answer is what it always was)."""
     return (
-        state.outcome is Outcome.ROLLED_BACK
+        rollout.policy.judgement is not None
+        and state.outcome is Outcome.ROLLED_BACK
         and state.stages[stage_name].status is StageStatus.FAILURE
     )
 

@@ -442,7 +442,7 @@ class RolloutManager(_Operations):
         if (
             rollout.state is RolloutState.ABORTED
             or state.outcome is Outcome.TIMED_OUT
-            or told_to_roll_back(state, stage_name)  # by canary judgement
+            or told_to_roll_back(rollout, state, stage_name)  # by canary judgement
         ):
             return EndStageAnswer(True, "rollback")  # aborted, or the manager gave up on it
         if stage.status is StageStatus.SUCCESS_WAITING and rollout.state is RolloutState.ACTIVE:
