@@ -709,3 +709,31 @@ async def test_any_task_body_is_answered_and_a_refusal_changes_nothing(
             assert _snapshot(kit) == before
     finally:
         await kit.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_password_in_a_service_url_stays_out_of_errors_and_events() -> None:
+    """An unreachable task service whose URL carries a password: the transport's errors and
+    the events the coordinator logs of them show it as ``***``."""
+    from release_coordinator import Coordinator, CoordinatorConfig, MemoryStore, RetryPolicy
+
+    transport = HttpTransport()
+    config = CoordinatorConfig(poll_interval=0.01, retry=RetryPolicy(attempts=1))
+    coordinator = Coordinator(MemoryStore(), transport, config=config)
+    try:
+        service = await coordinator.register_service(
+            "svc", "http://svc:s3cret-pass@127.0.0.1:9/x", check=False
+        )
+        with pytest.raises(TransportError) as failed:
+            await transport.status(service)
+        assert "s3cret-pass" not in str(failed.value)
+        assert "svc:***@127.0.0.1:9/x" in failed.value.peer
+        async with coordinator.running():
+            release = await coordinator.create_release("r1")
+            await coordinator.wait(release.id, timeout=10)
+        text = " ".join(e.message for e in await coordinator.events())
+        assert "cannot reach http://svc:***@127.0.0.1:9/x" in text
+        assert "s3cret-pass" not in text
+    finally:
+        await coordinator.close()
+        await transport.aclose()

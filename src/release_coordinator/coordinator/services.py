@@ -24,6 +24,7 @@ from release_coordinator.coordinator.models import (
 )
 from release_coordinator.coordinator.wire import ServiceStatus
 from release_coordinator.errors import TransportError, ValidationError
+from release_coordinator.transports._httpx import url_shown
 from release_coordinator.transports.base import TaskServiceTransport
 
 __all__ = ["ServicesMixin"]
@@ -38,18 +39,6 @@ def _healthy(status: ServiceStatus) -> ServiceHealth:
         reported_version=status.version,
         message=status.message,
     )
-
-
-def url_shown(url: str) -> str:
-    """``url`` with the password of its user part (if any) shown as ``***``: what the API and
-    the event log show of a task service's URL (every operator, a reader too, reads them)."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:  # (stored URLs were checked: not expected)
-        return url
-    if not parsed.password:
-        return url
-    return str(parsed.copy_with(username=parsed.username, password="***"))
 
 
 class ServicesMixin(EventsMixin):

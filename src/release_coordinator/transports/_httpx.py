@@ -20,7 +20,7 @@ from release_coordinator.errors import (
     TransportError,
 )
 
-__all__ = ["exchange"]
+__all__ = ["exchange", "url_shown"]
 
 
 async def exchange(
@@ -80,3 +80,16 @@ async def exchange(
             body=raw[:500].decode("utf-8", errors="replace"),
         )
     return raw
+
+
+def url_shown(url: str) -> str:
+    """``url`` with the password of its user part (if any) shown as ``***``: what the API, the
+    event log and the errors of the transports show of a peer's URL (every operator, a reader
+    too, reads them)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:  # (stored URLs were checked: not expected)
+        return url
+    if not parsed.password:
+        return url
+    return str(parsed.copy_with(username=parsed.username, password="***"))

@@ -49,7 +49,7 @@ from release_coordinator.errors import (
 )
 from release_coordinator.rollout.archive import ArchiveLimits
 from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
-from release_coordinator.transports._httpx import exchange
+from release_coordinator.transports._httpx import exchange, url_shown
 from release_coordinator.transports.base import ParentLink, TaskServiceTransport
 
 __all__ = ["USER_AGENT", "HttpParent", "HttpTransport"]
@@ -118,7 +118,7 @@ class HttpTransport(TaskServiceTransport):
             if not _is_header_safe(token):
                 raise TransportError(
                     f"the token for task service {service.name!r} is not printable ASCII",
-                    peer=service.url,
+                    peer=url_shown(service.url),
                 )
             headers["Authorization"] = f"Bearer {token}"
         return headers
@@ -127,22 +127,24 @@ class HttpTransport(TaskServiceTransport):
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, TypeError, ValueError) as error:
-            return f"{url!r} is not a URL: {error}"
+            return f"{url_shown(url)!r} is not a URL: {error}"
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            return f"{url!r} is not an http(s) base URL"
+            return f"{url_shown(url)!r} is not an http(s) base URL"
         return None
 
     def _url(self, service: TaskService, path: str) -> str:
         problem = self.check_url(service.url)
         if problem is not None:  # an answer of sorts: retrying cannot help
-            raise TransportError(f"task service {service.name!r}: {problem}", peer=service.url)
+            raise TransportError(
+                f"task service {service.name!r}: {problem}", peer=url_shown(service.url)
+            )
         return service.url.rstrip("/") + path
 
     async def _request(
         self, method: str, service: TaskService, path: str, body: Any, what: str
     ) -> Any:
         url = self._url(service, path)
-        peer = service.url
+        peer = url_shown(service.url)  # (in messages and events: never its password)
         headers = self._headers(service)
         # Encoded here, ASCII-escaped: any str (even a lone surrogate) makes valid JSON text.
         content = None if body is None else json.dumps(body, ensure_ascii=True).encode()
@@ -185,8 +187,8 @@ class HttpTransport(TaskServiceTransport):
             return decode(answer)
         except ValidationError as error:
             raise MalformedAnswerError(
-                f"{service.url} answered {what} with a malformed body: {error.message}",
-                peer=service.url,
+                f"{url_shown(service.url)} answered {what} with a malformed body: {error.message}",
+                peer=url_shown(service.url),
                 status_code=200,
                 body=json.dumps(answer)[:500] if show_body else "",
             ) from None
