@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 
 import attrs
-import httpx
 
 from release_coordinator.coordinator.config import CoordinatorConfig
 from release_coordinator.coordinator.events import EventsMixin, log, new_event

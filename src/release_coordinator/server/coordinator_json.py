@@ -17,7 +17,7 @@ from release_coordinator.coordinator.models import (
     Task,
     TaskService,
 )
-from release_coordinator.coordinator.services import url_shown
+from release_coordinator.transports._httpx import url_shown
 
 __all__ = ["event_json", "note_json", "release_json", "service_json", "study_json", "task_json"]
 

@@ -25,13 +25,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from release_coordinator.coordinator.services import url_shown
 from release_coordinator.coordinator.webhook_bodies import WebhookCreate, WebhookUpdate
 from release_coordinator.coordinator.webhook_records import Webhook, WebhookDelivery
 from release_coordinator.coordinator.webhooks import webhook_problems
 from release_coordinator.server.common import json_response, page_of, paging
 from release_coordinator.server.coordinator_requests import BodyReader, Fields, choices
 from release_coordinator.server.coordinator_routes import Table, _Endpoints
+from release_coordinator.transports._httpx import url_shown
 
 __all__ = ["WebhookEndpoints", "delivery_json", "webhook_json"]
 
