@@ -4,6 +4,7 @@ the policy's ``judgement`` as JSON, and the manager acting on verdicts at a stag
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -34,7 +35,7 @@ from release_coordinator.rollout.policies import (
     parse_policy,
     policy_json,
 )
-from release_coordinator.rollout.results import StageSummary, TimesSummary
+from release_coordinator.rollout.results import StageSummary, TimesSummary, aggregate
 from release_coordinator.rollout.simulate import FleetConfig, simulate
 from release_coordinator.storage.rollout_base import RolloutStore
 
@@ -523,3 +524,62 @@ async def test_by_group_a_failing_group_rolls_back_and_the_next_goes(
     ((unit, reason),) = row.judgement.failing
     assert unit == "group-1"
     assert "median 23 ms new against 20 ms old" in reason
+
+
+# -- the manager's decision is the verdict's, whatever the numbers ---------------------------
+
+child_numbers = st.tuples(
+    st.integers(0, 3000),  # old calls
+    st.floats(0, 0.05),  # old error rate
+    st.integers(0, 1000),  # new calls
+    st.floats(0, 0.1),  # new error rate
+    st.floats(10, 30),  # new median (the old one is 20)
+)
+
+
+def reported(numbers: tuple[int, float, int, float, float]) -> dict[str, Any]:
+    n1, r1, n2, r2, _median = numbers
+    return {"f1_calls": n1, "f1_err_rate": r1, "f2_calls": n2, "f2_err_rate": r2}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(child_numbers, min_size=1, max_size=3), st.sampled_from(["rollout", "child"]))
+def test_the_manager_acts_as_the_verdict_says(
+    numbers: list[tuple[int, float, int, float, float]], scope: str
+) -> None:
+    from release_coordinator.storage.memory_rollout import MemoryRolloutStore
+
+    judgement = parse_judgement({"scope": scope, "min_calls": 100, "max_wait": 1e9})
+    assert judgement is not None
+
+    async def run() -> None:
+        manager, ids = await judged_rollout(MemoryRolloutStore(), Clock(), judgement, len(numbers))
+        for child, n in zip(ids, numbers, strict=True):
+            await manager.submit_result(waiting(child, (20.0, n[4]), **reported(n)))
+        states = {c: await manager.store.child_release("42", c) for c in ids}
+        summaries = [states[c].stages["canary-10"].summary for c in ids]
+        assert all(isinstance(s, StageSummary) for s in summaries)
+        rollout = await manager.get_rollout("42")
+        answers = [await manager.end_stage(c, "42", "canary-10") for c in ids]
+        if scope == "rollout":
+            combined = aggregate([s for s in summaries if isinstance(s, StageSummary)])
+            assert combined is not None
+            verdict = judge(judgement, combined).verdict
+            assert (rollout.state is RolloutState.ABORTED) == (verdict is Verdict.FAIL)
+            opened = all(a.end_stage and a.action == "" for a in answers)
+            assert opened == (verdict is Verdict.PASS)
+            return
+        own = {
+            c: judge(judgement, s).verdict
+            for c, s in zip(ids, summaries, strict=True)
+            if isinstance(s, StageSummary)
+        }
+        for child, answer in zip(ids, answers, strict=True):
+            rolled_back = states[child].status is ReleaseStatus.FAILED
+            assert rolled_back == (own[child] is Verdict.FAIL)
+            assert (answer.action == "rollback") == rolled_back
+        held = any(v is Verdict.INCONCLUSIVE for v in own.values())
+        live = [a for c, a in zip(ids, answers, strict=True) if own[c] is not Verdict.FAIL]
+        assert all(a.end_stage != held for a in live)
+
+    asyncio.run(run())
