@@ -37,6 +37,10 @@ log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's 
 
 DEADLINE_PASSED = "deadline passed"
 
+#: Up to how many live (active or paused) rollouts a poll looks at for its next-poll hint:
+#: with more, the idle hint (a poll's work stays bounded).
+HINT_SCAN = 64
+
 
 @attrs.define
 class _PaceState:
@@ -233,21 +237,23 @@ class _Pacing(_Matching):
     def _poll_hint(self, child_id: str, offer: str) -> int:
         """Seconds until the child should poll again (``next_poll``): ``busy`` if it is
         offered a release or runs one, else ``idle``, or longer (up to ``longest``) when every
-        rollout reaching it waits for its window or scheduled start: until it opens."""
+        rollout reaching it waits for its window or scheduled start: until it opens (judged
+        while the manager has at most :data:`HINT_SCAN` live rollouts)."""
         hints = self.poll_hints
         pace = self._pace
         if offer or child_id in pace.busy:
             return math.ceil(hints.busy)
         held = pace.held
-        if held:
-            soonest = -math.inf
-            for rollout_id, eligible in self._eligible.items():
+        live = self._eligible
+        if held and len(live) <= HINT_SCAN:  # (bounded work per poll; else the idle hint)
+            reached, soonest = False, math.inf
+            for rollout_id, eligible in live.items():
                 if child_id in eligible:
                     opens = held.get(rollout_id)
                     if opens is None:
                         return math.ceil(hints.idle)  # an open rollout reaches it
-                    soonest = opens if soonest == -math.inf else min(soonest, opens)
-            if soonest > -math.inf:
+                    reached, soonest = True, min(soonest, opens)
+            if reached:  # every rollout reaching it waits (inf: for ever, its deadline passed)
                 wait = min(soonest - self._wall(), hints.longest)
                 return math.ceil(max(wait, hints.idle))
         return math.ceil(hints.idle)
