@@ -4,8 +4,11 @@ filters and ``after_id``, delivered to subscribers, and shown by the operator AP
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
+import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,9 @@ from release_coordinator import (
     SyncRolloutManager,
 )
 from release_coordinator.cli import main
+from release_coordinator.client.commands import add_client_commands
+from release_coordinator.client.http import Client
+from release_coordinator.client.render import Output
 from release_coordinator.errors import InvalidTransitionError, SchemaError
 from release_coordinator.fsm.rollout import StageStatus
 from release_coordinator.rollout.geo import Area
@@ -514,3 +520,31 @@ async def test_a_completion_at_the_pacings_deadline_is_logged() -> None:
     last = (await manager.list_events())[-1]
     assert (last.kind, last.state, last.child_id) == (TRANSITION, "completed", None)
     assert last.message.startswith("rollout completed: deadline passed")
+
+
+async def test_the_client_and_the_cli_read_the_log() -> None:
+    manager = RolloutManager(lost_after=30, clock=Clock())
+    app = rollout_app(manager, operator_tokens={"ops": "op-token"})
+    await manager.create_rollout(bundle(), EUROPE, actor="ops")
+    await manager.poll("c1", INSIDE, 0)
+    transport = httpx.ASGITransport(app=app)
+    async with Client("http://edge.test", token="op-token", transport=transport) as client:
+        page = await client.list_rollout_events("42", kind=["transition"])
+        assert [i["state"] for i in page["items"]] == ["active", "Todo"]
+        whole = await client.list_rollout_events(child_id="c1")
+        assert [i["child_id"] for i in whole["items"]] == ["c1"]
+        after = await client.list_rollout_events("42", after_id=page["items"][0]["id"], limit=1)
+        assert (after["items"][0]["state"], after["next_offset"]) == ("Todo", None)
+        parser = argparse.ArgumentParser()
+        add_client_commands(parser.add_subparsers())
+        args = parser.parse_args(["rollouts", "events", "42", "--child", "c1", "--json"])
+        stream = io.StringIO()
+        assert await args.handler(client, args, Output(json_mode=True, stream=stream)) == 0
+        assert [i["message"] for i in json.loads(stream.getvalue())["items"]] == [
+            "offered the release"
+        ]
+        args = parser.parse_args(["rollouts", "events", "42", "--kind", "user_action"])
+        stream = io.StringIO()
+        out = Output(json_mode=False, use_rich=False, stream=stream)
+        assert await args.handler(client, args, out) == 0
+        assert "rollout 'checkout-gradual' created by ops" in stream.getvalue()

@@ -446,6 +446,36 @@ class Client:
         path = f"/rollouts/{_segment(rollout_id)}/children"
         return await self._object("GET", path, params=params)
 
+    async def list_rollout_events(
+        self,
+        rollout_id: str | None = None,
+        *,
+        child_id: str | None = None,
+        stage: str | None = None,
+        type: str | Iterable[str] | None = None,
+        kind: str | Iterable[str] | None = None,
+        after_id: int | None = None,
+        since: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> JSON:
+        """A page of the rollout event log, oldest first: one rollout's (``rollout_id``), or
+        every rollout's."""
+        params = _fields(
+            child_id=child_id,
+            stage=stage,
+            type=_many(type),
+            kind=_many(kind),
+            after_id=after_id,
+            since=since,
+            limit=limit,
+            offset=offset,
+        )
+        if rollout_id is None:
+            return await self._object("GET", "/rollout-events", params=params)
+        path = f"/rollouts/{_segment(rollout_id)}/events"
+        return await self._object("GET", path, params=params)
+
     async def list_children(self, *, limit: int | None = None, offset: int | None = None) -> JSON:
         """A page of the registered children."""
         return await self._object("GET", "/children", params=_fields(limit=limit, offset=offset))

@@ -185,6 +185,29 @@ async def rollouts_children(client: Client, args: argparse.Namespace, out: Outpu
     return EXIT_OK
 
 
+def _event_row(e: dict[str, Any]) -> list[object]:
+    where = " ".join(x for x in (e.get("child_id"), e.get("stage")) if x)
+    return [e["id"], e["at"], e["kind"], where, e.get("state") or "", e["message"]]
+
+
+EVENT_COLUMNS = ["ID", "AT", "KIND", "CHILD STAGE", "STATE", "MESSAGE"]
+
+
+async def rollouts_events(client: Client, args: argparse.Namespace, out: Output) -> int:
+    page = await client.list_rollout_events(
+        args.id,
+        child_id=args.child,
+        stage=args.stage,
+        kind=args.kind or None,
+        type=args.type or None,
+        after_id=args.after,
+        limit=args.limit,
+        offset=args.offset,
+    )
+    out.page(page, EVENT_COLUMNS, _event_row)
+    return EXIT_OK
+
+
 def _line(status: dict[str, Any]) -> str:
     rollout = status["rollout"]
     counts = ", ".join(f"{k} {v}" for k, v in status.get("statuses", {}).items()) or "no children"
@@ -296,6 +319,14 @@ def add_rollouts(commands: Any, common: argparse.ArgumentParser, epilog: str) ->
     children.add_argument("--status", help="only children in this status (No, Todo, Doing ...)")
     children.add_argument("--bbox", help="only children in minLon,minLat,maxLon,maxLat")
     add_paging(children)
+    events = action("events", rollouts_events, "a rollout's event log, oldest first")
+    events.add_argument("id", help="the rollout's id")
+    events.add_argument("--child", help="only events of this child")
+    events.add_argument("--stage", help="only events of this stage")
+    events.add_argument("--kind", action="append", help="transition, user_action or policy")
+    events.add_argument("--type", action="append", help="info, warning or error (repeatable)")
+    events.add_argument("--after", metavar="EVENT_ID", type=int, help="only later events")
+    add_paging(events)
     watch = action(
         "watch",
         rollouts_watch,
