@@ -583,3 +583,65 @@ def test_the_manager_acts_as_the_verdict_says(
         assert all(a.end_stage != held for a in live)
 
     asyncio.run(run())
+
+
+@pytest.mark.anyio
+async def test_a_later_group_is_judged_although_the_barrier_is_open(
+    rollout_store: RolloutStore, clock: Clock
+) -> None:
+    # group-1 passes and opens the barrier; group-2's children, waiting later, are held until
+    # the quorum of group-2 is ready, then judged together: slower, they roll back.
+    west, east = square(0, 40, 10), square(10, 40, 10)
+    judgement = Judgement(scope="group", latency_threshold=0.1, min_calls=100)
+    manager = RolloutManager(rollout_store, lost_after=3600, clock=clock)
+    areas = {"w1": square(2, 45), "e1": square(12, 45), "e2": square(15, 45)}
+    for child, area in areas.items():
+        await manager.poll(child, area, 0)
+    policy = LocationSequential(
+        groups=(Area.from_geojson(west), Area.from_geojson(east)), judgement=judgement
+    )
+    await manager.create_rollout(bundle(), EUROPE, policy=policy)
+    assert (await manager.poll("w1", areas["w1"], 0)).new_release == "42"
+    await manager.get_release("w1", "42")
+    await manager.submit_result(waiting("w1", **HEALTHY))
+    assert (await manager.end_stage("w1", "42", "canary-10")).end_stage  # group-1 passed
+    body = waiting("w1", **HEALTHY)
+    body["stage_summaries"][0].update(status=4, stage_name="canary-10")
+    body["next_stage"] = "rollout"
+    await manager.submit_result(body)  # w1 done: group-2 is offered the release
+    for child in ("e1", "e2"):
+        assert (await manager.poll(child, areas[child], 0)).new_release == "42"
+        await manager.get_release(child, "42")
+    await manager.submit_result(waiting("e1", (20.0, 23.0), **HEALTHY))
+    answer = await manager.end_stage("e1", "42", "canary-10")
+    assert (answer.end_stage, answer.action) == (False, "")  # held: e2 is not ready yet
+    await manager.submit_result(waiting("e2", (20.0, 23.0), **HEALTHY))
+    for child in ("e1", "e2"):
+        assert (await manager.end_stage(child, "42", "canary-10")).action == "rollback"
+        state = await manager.store.child_release("42", child)
+        assert state.outcome is Outcome.ROLLED_BACK
+    assert (await manager.store.child_release("42", "w1")).outcome is Outcome.ROLLED_OUT
+
+
+@pytest.mark.anyio
+async def test_a_child_waiting_after_the_barrier_opened_is_judged_on_its_own(
+    rollout_store: RolloutStore, clock: Clock
+) -> None:
+    judgement = Judgement(scope="child", latency_threshold=0.1, min_calls=100, max_wait=30)
+    manager = RolloutManager(rollout_store, lost_after=3600, clock=clock)
+    policy = GlobalIncremental(quorum=0.5, judgement=judgement)
+    await manager.create_rollout(bundle(), EUROPE, policy=policy)
+    a, b, slow, few = await fetched(
+        manager, square(2, 45), square(5, 45), square(8, 45), square(11, 45)
+    )
+    for child in (a, b):
+        await manager.submit_result(waiting(child, **HEALTHY))
+    assert (await manager.end_stage(a, "42", "canary-10")).end_stage  # 2 of 4: open
+    await manager.submit_result(waiting(slow, (20.0, 24.0), **HEALTHY))
+    assert (await manager.end_stage(slow, "42", "canary-10")).action == "rollback"
+    await manager.submit_result(waiting(few, **FEW))
+    assert not (await manager.end_stage(few, "42", "canary-10")).end_stage  # inconclusive
+    clock.now += 30
+    await manager.tick()  # max_wait passed: rolled back (on_inconclusive)
+    assert (await manager.end_stage(few, "42", "canary-10")).action == "rollback"
+    assert (await manager.report("42")).outcomes == {"rolled_back": 2}

@@ -23,8 +23,13 @@ judgement's ``scope``:
   ``LocationSequential`` the next group is offered the release once the failed one finished.
   So a flat fleet is judged per region.
 
-Children that reach the stage after its barrier opened are told to end it at once, unjudged:
-the stage's verdict is in. A rollout whose barriers a parent opens (a relay's, ``gated``) is
+A child that waits on the stage after its barrier opened (a late child, or any child of a
+``LocationSequential`` group after the first: the barrier stays open) is judged before it is
+told to end the stage (:func:`judge_late`): with ``rollout``, not at all (the stage's verdict
+is in); with ``child``, on its own summary; with ``group``, with its group, once the policy's
+quorum of the group's children taking part is ready (or ``max_wait`` after the group's first
+waiting child). Until its unit's verdict is in, ``/end_stage`` answers ``end_stage: false``;
+a unit's verdict, once in, holds for its children that wait later. A rollout whose barriers a parent opens (a relay's, ``gated``) is
 not judged here: its parent judges the relay's aggregate. Each decision is logged; the
 rollout's report (:class:`~release_coordinator.rollout.reports.StageReportRow`'s
 ``judgement``) shows the verdict over what the stage's children reported.
@@ -58,23 +63,49 @@ from release_coordinator.rollout.policies import LocationSequential
 from release_coordinator.rollout.reports import ACTIVE, READY
 from release_coordinator.rollout.results import StageSummary, TimesSummary, aggregate
 
-__all__ = ["ABORTED", "HOLD", "OPEN", "child_group", "judge_barrier", "told_to_roll_back"]
+__all__ = [
+    "ABORTED",
+    "HELD",
+    "HOLD",
+    "OPEN",
+    "ROLLED_BACK",
+    "SIGNAL",
+    "child_group",
+    "judge_barrier",
+    "judge_late",
+    "told_to_roll_back",
+]
 
 log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's log
 
 #: What :func:`judge_barrier` decided: open the barrier, hold it, or the rollout
 #: was aborted (nothing more to do).
 OPEN, HOLD, ABORTED = "open", "hold", "aborted"
+#: What :func:`judge_late` decided for a child waiting on an open barrier: tell it to end
+#: the stage, hold it (its unit's verdict is not in), or it was rolled back.
+SIGNAL, HELD, ROLLED_BACK = "signal", "held", "rolled_back"
 
 _NO_TIMES = TimesSummary(0.0, 0.0, 0.0)
 _NOTHING = StageSummary(_NO_TIMES, _NO_TIMES, _NO_TIMES, 0.0, 0.0)  # no calls: inconclusive
 
-#: A unit judged on its own: its name ("" for the whole rollout, a child's id, a group's
-#: name), the ready children it holds, and its verdict.
-_Unit = tuple[str, tuple[str, ...], CanaryVerdict]
+
+@attrs.frozen
+class _Unit:
+    """A unit judged on its own: its name ("" for the whole rollout, a child's id, a group's
+    name), the ready children it holds, its verdict, since when its first ready child waits,
+    and how many of its children take part in the stage (active, the stage not final)."""
+
+    name: str
+    members: tuple[str, ...]
+    verdict: CanaryVerdict
+    since: float
+    taking_part: int
+
 
 #: Per (rollout, stage): the change it was judged at, and the units' verdicts.
 _Verdicts = dict[tuple[str, str], tuple[tuple[int, float | None], list[_Unit]]]
+#: Per (rollout, stage): the units whose verdict is in (pass or fail), for later children.
+_Decided = dict[tuple[str, str], dict[str, Verdict]]
 
 
 def _cache(manager: _Matching) -> _Verdicts:
@@ -83,6 +114,14 @@ def _cache(manager: _Matching) -> _Verdicts:
         cache = {}
         manager._judged = cache  # type: ignore[attr-defined]
     return cache
+
+
+def _decided(manager: _Matching, rollout_id: str, stage_name: str) -> dict[str, Verdict]:
+    decided: _Decided | None = getattr(manager, "_judged_units", None)
+    if decided is None:
+        decided = {}
+        manager._judged_units = decided  # type: ignore[attr-defined]
+    return decided.setdefault((rollout_id, stage_name), {})
 
 
 def child_group(manager: _Matching, rollout: Rollout) -> Callable[[str], str]:
@@ -106,10 +145,16 @@ def child_group(manager: _Matching, rollout: Rollout) -> Callable[[str], str]:
     return group
 
 
+def _unit_of(judgement: Judgement, group: Callable[[str], str], child_id: str) -> str:
+    if judgement.scope == "child":
+        return child_id
+    return group(child_id) if judgement.scope == "group" else ""
+
+
 async def _verdicts(
     manager: _Matching, rollout: Rollout, stage_name: str, judgement: Judgement
 ) -> list[_Unit]:
-    """The verdicts on the children ready on the stage, by unit (see :data:`_Unit`): each
+    """The verdicts on the children ready on the stage, by unit (see :class:`_Unit`): each
     child (``child``), each group (``group``), or their aggregate (``rollout``). Cached per
     change of the rollout's child states and per rebuild of its counters (over a shared
     store, at most ``refresh`` seconds old, as the counters are; and before a barrier opens
@@ -119,26 +164,49 @@ async def _verdicts(
     cached = cache.get((rollout.id, stage_name))
     if cached is not None and cached[0] == key:
         return cached[1]
-    ready: list[tuple[str, StageSummary]] = []
-    for state in await manager.store.child_releases(rollout.id):
-        summary = state.stages[stage_name].summary
-        if state.status in ACTIVE and state.stages[stage_name].status in READY:
-            ready.append(
-                (state.child_id, summary if isinstance(summary, StageSummary) else _NOTHING)
-            )
     group = child_group(manager, rollout)
+    ready: list[tuple[str, StageSummary]] = []
     members: dict[str, list[str]] = {}
-    for child_id, _summary in ready:
-        unit = child_id if judgement.scope == "child" else group(child_id)
-        members.setdefault("" if judgement.scope == "rollout" else unit, []).append(child_id)
-    units: list[_Unit] = []
-    for name, parts in units_of(judgement.scope, ready, group).items():
-        verdict = judge(judgement, aggregate(parts) or _NOTHING)
-        units.append((name, tuple(members.get(name, ())), verdict))
-    if not units:
-        units.append(("", (), judge(judgement, _NOTHING)))  # nobody ready: inconclusive
+    since: dict[str, float] = {}
+    taking_part: dict[str, int] = {}
+    for state in await manager.store.child_releases(rollout.id):
+        stage = state.stages[stage_name]
+        if state.status not in ACTIVE or stage.status.is_final:
+            continue
+        unit = _unit_of(judgement, group, state.child_id)
+        taking_part[unit] = taking_part.get(unit, 0) + 1
+        if stage.status in READY:
+            summary = stage.summary if isinstance(stage.summary, StageSummary) else _NOTHING
+            ready.append((state.child_id, summary))
+            members.setdefault(unit, []).append(state.child_id)
+            since[unit] = min(since.get(unit, stage.changed_at), stage.changed_at)
+    units = [
+        _Unit(
+            name,
+            tuple(members[name]),
+            judge(judgement, aggregate(parts) or _NOTHING),
+            since[name],
+            taking_part[name],
+        )
+        for name, parts in units_of(judgement.scope, ready, group).items()
+    ]
+    if not units:  # nobody ready: inconclusive
+        units.append(_Unit("", (), judge(judgement, _NOTHING), manager._clock(), 0))
     cache[(rollout.id, stage_name)] = (key, units)
     return units
+
+
+def _settled(unit: _Unit, judgement: Judgement, now: float, waiting_since: float | None) -> Verdict:
+    """What the manager does with a unit: ``pass`` (go on), ``fail`` (roll back), or
+    ``inconclusive`` (hold), ``max_wait`` after ``waiting_since`` (the unit's, by default)
+    turning an inconclusive verdict into ``on_inconclusive``."""
+    verdict = unit.verdict.verdict
+    if verdict is not Verdict.INCONCLUSIVE:
+        return verdict
+    since = unit.since if waiting_since is None else waiting_since
+    if now - since < judgement.max_wait:
+        return Verdict.INCONCLUSIVE
+    return Verdict.FAIL if judgement.on_inconclusive == "rollback" else Verdict.PASS
 
 
 async def judge_barrier(
@@ -146,44 +214,101 @@ async def judge_barrier(
 ) -> str:
     """Judge a ready barrier of ``manager``'s rollout (see the module documentation):
     :data:`OPEN`, :data:`HOLD` or :data:`ABORTED`. ``waiting_since``: when the first child
-    began to wait on the stage (``max_wait`` counts from then)."""
+    began to wait on the stage (``max_wait`` counts from then for the ``rollout`` scope, from
+    each unit's first waiting child for the others)."""
     judgement = rollout.policy.judgement
     if judgement is None:
         return OPEN
     units = await _verdicts(manager, rollout, stage_name, judgement)
     now = manager._clock()
-    expired = waiting_since is None or now - waiting_since >= judgement.max_wait
-    rollback_inconclusive = expired and judgement.on_inconclusive == "rollback"
-    failed = [
-        unit
-        for unit in units
-        if unit[2].verdict is Verdict.FAIL
-        or (unit[2].verdict is Verdict.INCONCLUSIVE and rollback_inconclusive)
-    ]
-    waiting = any(v.verdict is Verdict.INCONCLUSIVE for _, _, v in units) and not expired
     if judgement.scope == "rollout":
-        if failed:
-            reason = f"canary judgement, stage {stage_name!r}: {_what(failed[0][2], judgement)}"
+        since = manager._clock() - judgement.max_wait if waiting_since is None else waiting_since
+        settled = _settled(units[0], judgement, now, since)
+        if settled is Verdict.FAIL:
+            reason = f"canary judgement, stage {stage_name!r}: {_what(units[0].verdict, judgement)}"
             log.warning("rollout %s aborted by %s", rollout.id, reason)
             await manager._abort(rollout.id, reason)
             return ABORTED
-        return HOLD if waiting else OPEN
-    rejected = 0
-    for name, children, verdict in failed:
-        for child_id in children:
-            rejected += await _reject(manager, rollout, stage_name, child_id, verdict, judgement)
-        if judgement.scope == "group":
-            log.warning(
-                "rollout %s: group %s (%d children) rolled back by canary judgement, stage %r: %s",
-                rollout.id,
-                name,
-                len(children),
-                stage_name,
-                _what(verdict, judgement),
-            )
+        return HOLD if settled is Verdict.INCONCLUSIVE else OPEN
+    decided = _decided(manager, rollout.id, stage_name)
+    held = rejected = 0
+    for unit in units:
+        settled = _settled(unit, judgement, now, None)
+        if settled is Verdict.INCONCLUSIVE:
+            held += 1
+            continue
+        decided[unit.name] = settled
+        if settled is Verdict.FAIL:
+            rejected += await _reject_unit(manager, rollout, stage_name, unit, judgement)
     if rejected:
         await manager._admit(rollout)  # the next group or wave may go
-    return HOLD if waiting else OPEN
+    return HOLD if held else OPEN
+
+
+async def judge_late(
+    manager: _Matching, rollout: Rollout, state: ChildRelease, stage_name: str
+) -> str:
+    """Judge a child waiting on an open barrier before it is told to end the stage (scopes
+    ``child`` and ``group``; for ``rollout`` the stage's verdict is in): :data:`SIGNAL`,
+    :data:`HELD` (its unit's verdict is not in: ``/end_stage`` answers ``end_stage: false``)
+    or :data:`ROLLED_BACK`. A unit's verdict, once in, holds for its children that wait
+    later. A group is judged once the policy's quorum of its children taking part is ready,
+    or ``max_wait`` after its first child began to wait."""
+    judgement = rollout.policy.judgement
+    if judgement is None or judgement.scope == "rollout":
+        return SIGNAL
+    group = child_group(manager, rollout)
+    name = _unit_of(judgement, group, state.child_id)
+    decided = _decided(manager, rollout.id, stage_name)
+    now = manager._clock()
+    verdict = decided.get(name)
+    unit: _Unit | None = None
+    if verdict is None:
+        if judgement.scope == "child":
+            stage = state.stages[stage_name]
+            summary = stage.summary if isinstance(stage.summary, StageSummary) else _NOTHING
+            own = judge(judgement, summary)
+            unit = _Unit(name, (state.child_id,), own, stage.changed_at, 1)
+        else:
+            units = await _verdicts(manager, rollout, stage_name, judgement)
+            unit = next((u for u in units if u.name == name), None)
+            if unit is None:
+                return HELD  # not ready after all (moved meanwhile)
+            quorum = len(unit.members) >= rollout.policy.quorum * unit.taking_part
+            if not quorum and now - unit.since < judgement.max_wait:
+                return HELD
+        settled = _settled(unit, judgement, now, None)
+        if settled is Verdict.INCONCLUSIVE:
+            return HELD
+        decided[name] = verdict = settled
+    if verdict is Verdict.PASS:
+        return SIGNAL
+    if unit is None:  # the unit failed before: this child goes back with it
+        stage = state.stages[stage_name]
+        summary = stage.summary if isinstance(stage.summary, StageSummary) else _NOTHING
+        unit = _Unit(name, (state.child_id,), judge(judgement, summary), stage.changed_at, 1)
+    await _reject_unit(manager, rollout, stage_name, unit, judgement)
+    await manager._admit(rollout)
+    return ROLLED_BACK
+
+
+async def _reject_unit(
+    manager: _Matching, rollout: Rollout, stage_name: str, unit: _Unit, judgement: Judgement
+) -> int:
+    """Roll a unit's ready children back on its verdict; how many were."""
+    rejected = 0
+    for child_id in unit.members:
+        rejected += await _reject(manager, rollout, stage_name, child_id, unit.verdict, judgement)
+    if judgement.scope == "group" and rejected:
+        log.warning(
+            "rollout %s: group %s (%d children) rolled back by canary judgement, stage %r: %s",
+            rollout.id,
+            unit.name,
+            rejected,
+            stage_name,
+            _what(unit.verdict, judgement),
+        )
+    return rejected
 
 
 async def _reject(

@@ -62,7 +62,7 @@ from release_coordinator.fsm.rollout import (
 )
 from release_coordinator.rollout.archive import FunctionArchive
 from release_coordinator.rollout.geo import Area
-from release_coordinator.rollout.judging import told_to_roll_back
+from release_coordinator.rollout.judging import ROLLED_BACK, SIGNAL, judge_late, told_to_roll_back
 from release_coordinator.rollout.models import (
     ChildRelease,
     ChildStage,
@@ -451,6 +451,11 @@ class RolloutManager(_Operations):
                 await self._check_barrier(rollout, stage_name)  # may open it
                 barrier = await self._barrier(release_id, stage_name)
             if not barrier.open:
+                return EndStageAnswer(False)
+            late = await judge_late(self, rollout, state, stage_name)  # canary judgement
+            if late == ROLLED_BACK:
+                return EndStageAnswer(True, "rollback")
+            if late != SIGNAL:  # its region's verdict is not in yet
                 return EndStageAnswer(False)
             # Open: this child is told now, whoever else is still being told (one write).
             await self._signal(state, stage_name)

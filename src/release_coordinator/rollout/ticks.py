@@ -25,7 +25,7 @@ import attrs
 from release_coordinator.errors import ConcurrentUpdateError, ConfigurationError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, release_step, stage_step
 from release_coordinator.rollout.bookkeeping import NEVER_SEEN, transition_event
-from release_coordinator.rollout.judging import OPEN, judge_barrier
+from release_coordinator.rollout.judging import OPEN, SIGNAL, judge_barrier, judge_late
 from release_coordinator.rollout.models import ChildRelease, Outcome, Rollout, RolloutState
 from release_coordinator.rollout.pacer import _paced, _Pacing
 from release_coordinator.rollout.policies import GlobalIncremental
@@ -358,9 +358,9 @@ class _Ticks(_Pacing):
                 # are told when they next ask (/end_stage writes its own child), or by the next
                 # calls, so no request writes hundreds of child states.
                 for child_id in list(waiting)[:SIGNAL_BATCH]:
-                    await self._signal(
-                        await self.store.child_release(rollout.id, child_id), stage_name
-                    )
+                    child = await self.store.child_release(rollout.id, child_id)
+                    if await judge_late(self, rollout, child, stage_name) == SIGNAL:  # .judging
+                        await self._signal(child, stage_name)
             finally:
                 self._signalling.discard(key)
 
