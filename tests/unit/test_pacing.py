@@ -175,6 +175,9 @@ BAD_PACINGS: list[tuple[Any, set[str]]] = [
     ({"ramp": 5}, {"policy.pacing.ramp"}),
     ({"ramp": {"start_per_minute": 50}, "max_per_minute": 10}, {"policy.pacing"}),
     ({"start_at": "soon"}, {"policy.pacing.start_at"}),
+    ({"start_at": -5}, {"policy.pacing.start_at"}),  # before the epoch
+    ({"deadline": 1e12}, {"policy.pacing.deadline"}),  # after the year 9999
+    ({"deadline": "9999-12-31T23:59:59-01:00"}, {"policy.pacing.deadline"}),
     ({"deadline": "2026-12-07T00:00:00Z", "start_at": "2026-12-08T00:00:00Z"}, {"policy.pacing"}),
     ({"on_deadline": "explode"}, {"policy.pacing.on_deadline"}),
     ({"windows": {"start": "02:00"}}, {"policy.pacing.windows"}),
@@ -223,6 +226,8 @@ def test_a_bad_soak_time_or_record_is_refused() -> None:
         lambda: Window(0, 0.0),
         lambda: Window(0, 60.0, frozenset({7})),
         lambda: Pacing(max_per_minute=0),
+        lambda: Pacing(start_at=-1.0),
+        lambda: Pacing(deadline=math.nan),
         lambda: PollHints(busy=10, idle=5),
     ):
         with pytest.raises(ConfigurationError):

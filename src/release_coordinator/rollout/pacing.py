@@ -56,6 +56,8 @@ __all__ = [
 
 #: The most maintenance windows of a policy.
 MAX_WINDOWS = 100
+#: The latest time a schedule may name (9999-12-31T23:59:59Z); the earliest is the epoch.
+MAX_TIME = 253402300799.0
 WEEK = 7 * 86400.0
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _EVERY_DAY = frozenset(range(7))
@@ -160,8 +162,11 @@ class Pacing:
                 )
         for name in ("start_at", "deadline"):
             value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ConfigurationError(f"{name} must be a finite time, not {value!r}")
+            if value is not None and not 0 <= value <= MAX_TIME:
+                raise ConfigurationError(
+                    f"{name} must be seconds since the epoch up to {MAX_TIME:.0f} "
+                    f"(9999-12-31T23:59:59Z), not {value!r}"
+                )
         if (
             self.start_at is not None
             and self.deadline is not None
@@ -284,12 +289,13 @@ def format_time(at: float) -> str:
 
 def parse_time(value: object) -> float | None:
     """RFC 3339 / ISO 8601 date and time (an offset, or ``Z``; none means UTC), or a number
-    of seconds since the epoch; None if it is neither."""
+    of seconds since the epoch; None if it is neither, or before the epoch, or after the year
+    9999."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         number = float(value)
-        return number if math.isfinite(number) and abs(number) < 1e11 else None
+        return number if 0 <= number <= MAX_TIME else None
     if not isinstance(value, str) or not 10 <= len(value) <= 40:
         return None
     try:
@@ -298,7 +304,11 @@ def parse_time(value: object) -> float | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.timestamp()
+    try:
+        at = parsed.timestamp()
+    except (OverflowError, ValueError):  # (an offset past the year 9999)
+        return None
+    return at if 0 <= at <= MAX_TIME else None
 
 
 def pacing_json(pacing: Pacing) -> dict[str, Any]:
@@ -427,7 +437,11 @@ def parse_pacing(value: object, path: str = "policy.pacing") -> Pacing:
         if value.get(key) is not None:
             at = parse_time(value[key])
             if at is None:
-                refuse(key, "must be a date and time (RFC 3339, e.g. 2026-12-03T02:00:00Z) or null")
+                refuse(
+                    key,
+                    "must be a date and time (RFC 3339, e.g. 2026-12-03T02:00:00Z, from 1970 to "
+                    "9999) or null",
+                )
             else:
                 options[key] = at
     windows = value.get("windows")

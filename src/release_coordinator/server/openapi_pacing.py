@@ -7,7 +7,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from release_coordinator.rollout.pacing import DAY_NAMES, DEADLINE_ACTIONS, MAX_WINDOWS, WEEK
+from release_coordinator.rollout.pacing import (
+    DAY_NAMES,
+    DEADLINE_ACTIONS,
+    MAX_TIME,
+    MAX_WINDOWS,
+    WEEK,
+)
 from release_coordinator.schemas import MAX_INT32
 from release_coordinator.server.openapi_parts import _object, _or_null, _record, _ref
 
@@ -22,7 +28,7 @@ def _moment(what: str, *, output: bool) -> dict[str, Any]:
     if output:
         return {"type": ["string", "null"], "format": "date-time", "description": what}
     return {
-        "anyOf": [text, {"type": "number", "minimum": -1e11, "maximum": 1e11}, {"type": "null"}],
+        "anyOf": [text, {"type": "number", "minimum": 0, "maximum": MAX_TIME}, {"type": "null"}],
         "description": f"{what} RFC 3339 (an offset or Z; none: UTC), or seconds since the "
         "epoch; null: none.",
     }
