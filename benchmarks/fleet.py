@@ -138,7 +138,7 @@ def print_verdicts(result: FleetResult, args: argparse.Namespace) -> None:
             continue
         verdict = judgement.verdict
         print(
-            f"  stage {row.name}: children {dict(judgement.units)}; over all "
+            f"  stage {row.name}: by unit {dict(judgement.units)}; over all "
             f"{verdict.verdict.value} ({verdict.reason})"
         )
         for child_id, reason in judgement.failing:
