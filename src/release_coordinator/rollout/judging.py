@@ -29,8 +29,9 @@ told to end the stage (:func:`judge_late`): with ``rollout``, not at all (the st
 is in); with ``child``, on its own summary; with ``group``, with its group, once the policy's
 quorum of the group's children taking part is ready (or ``max_wait`` after the group's first
 waiting child). Until its unit's verdict is in, ``/end_stage`` answers ``end_stage: false``;
-a unit's verdict, once in, holds for its children that wait later. A rollout whose barriers a parent opens (a relay's, ``gated``) is
-not judged here: its parent judges the relay's aggregate. Each decision is logged; the
+a unit's verdict, once in, holds for its children that wait later. A rollout whose barriers
+a parent opens (a relay's, ``gated``) is not judged here: its parent judges the relay's
+aggregate. Each decision is logged; the
 rollout's report (:class:`~release_coordinator.rollout.reports.StageReportRow`'s
 ``judgement``) shows the verdict over what the stage's children reported.
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -108,11 +110,23 @@ _Verdicts = dict[tuple[str, str], tuple[tuple[int, float | None], list[_Unit]]]
 _Decided = dict[tuple[str, str], dict[str, Verdict]]
 
 
+#: Past this many (rollout, stage) entries, the caches drop those of finished rollouts.
+_KEEP = 64
+
+
+def _pruned(manager: _Matching, cache: dict[tuple[str, str], Any]) -> None:
+    """Drop the entries of rollouts no longer active or paused (the manager forgets those)."""
+    if len(cache) > _KEEP:
+        for key in [k for k in cache if k[0] not in manager._eligible]:
+            del cache[key]
+
+
 def _cache(manager: _Matching) -> _Verdicts:
     cache: _Verdicts | None = getattr(manager, "_judged", None)
     if cache is None:
         cache = {}
         manager._judged = cache  # type: ignore[attr-defined]
+    _pruned(manager, cache)
     return cache
 
 
@@ -121,6 +135,7 @@ def _decided(manager: _Matching, rollout_id: str, stage_name: str) -> dict[str, 
     if decided is None:
         decided = {}
         manager._judged_units = decided  # type: ignore[attr-defined]
+    _pruned(manager, decided)
     return decided.setdefault((rollout_id, stage_name), {})
 
 
