@@ -441,6 +441,33 @@ async def test_a_maximum_per_minute_without_a_ramp(manager: RolloutManager, cloc
     assert len(await offered(manager)) == 9
 
 
+async def test_a_paced_rollout_offers_newcomers_when_everyone_was_offered(
+    manager: RolloutManager, clock: Clock
+) -> None:
+    await register(manager)
+    policy = GlobalIncremental(quorum=0.01, pacing=Pacing(max_per_minute=100))
+    await manager.create_rollout(bundle(), EUROPE, policy=policy)
+    await manager.tick()
+    assert await offered(manager) == set(CHILDREN)
+    await finish(manager, "c0", "42")
+    await manager.poll("c0", square(-60, 10), 0)  # finished, then moved out of the target
+    await manager.poll("new", square(9, 49), 0)  # as many eligible as before, one new
+    await manager.tick()
+    assert "new" in await offered(manager)
+    reads = 0
+    original = manager.store.child_releases
+
+    async def counted(rollout_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await original(rollout_id)
+
+    manager.store.child_releases = counted  # type: ignore[method-assign]
+    await manager.tick()
+    await manager.tick()
+    assert reads <= 1  # everyone eligible is offered it: the ticks need not read them all
+
+
 async def test_a_wave_soaks_before_the_next_one(manager: RolloutManager, clock: Clock) -> None:
     await register(manager)
     policy = Waves(sizes=(0.25, 1.0), success_threshold=1.0, soak_time=600.0, quorum=0.01)

@@ -56,6 +56,8 @@ def test_a_rate_never_offers_more_than_it_allows_in_any_60_seconds(
         if share is not None and share < threshold:
             grew_while_failing |= limit.rate > before
         limit.spend(now, granted)
+        if limit.exhausted(now):  # (nobody more now, whatever the children do)
+            assert limit.budget(now, 1.0) == 0
         offers.append((now, granted))
         minutes = math.floor((now - 1000.0) / 60.0)
         bound = min(most or math.inf, start * factor ** min(minutes, 60))

@@ -51,6 +51,9 @@ class _PaceState:
     held: dict[str, float] = attrs.Factory(dict)
     #: Per child: how many releases it runs (Doing), as this manager saw them change.
     busy: dict[str, int] = attrs.Factory(dict)
+    #: Per GlobalIncremental rollout offered to every eligible child: (children_version,
+    #: how many were eligible) then.
+    complete: dict[str, tuple[int, int]] = attrs.Factory(dict)
     #: Rollouts whose not-yet-fetched offers were withdrawn (a window closed, a deadline with
     #: ``cancel`` passed), until they may offer again.
     swept: set[str] = attrs.Factory(set)
@@ -102,13 +105,21 @@ class _Pacing(_Matching):
         if pacing.limits_rate and self.shared and not (self._ticking or self.holds_lease):
             return  # the lease holder offers it, one process at a time: one rate for the fleet
         eligible = self._eligible.get(rollout.id, {})
-        if isinstance(policy, GlobalIncremental) and (
-            (await self._tally(rollout.id)).children()[0] >= len(eligible)
-        ):
-            return  # everyone eligible was offered it already
+        # Reading every child's state is skipped when it cannot change the decision: a
+        # GlobalIncremental rollout offered to every eligible child already (known until a
+        # child registers or moves, or offers are withdrawn), a rate spent for now.
+        whole = isinstance(policy, GlobalIncremental)
+        key = (self.children_version, len(eligible))
+        if newcomers:
+            pace.complete.pop(rollout.id, None)
+        elif whole and pace.complete.get(rollout.id) == key:
+            return
+        now = self._clock()
+        limit = pace.limits.get(rollout.id)
+        if limit is not None and limit.pacing == pacing and limit.exhausted(now):
+            return
         states = {c.child_id: c for c in await self.store.child_releases(rollout.id)}
         seen = await self.store.last_seen(states)
-        now = self._clock()
         decision = admit(
             policy,
             sorted(eligible) if self.shared else list(eligible),
@@ -122,11 +133,12 @@ class _Pacing(_Matching):
             return
         chosen = decision.admit
         if chosen and pacing.limits_rate:
-            limit = pace.limits.get(rollout.id)
             if limit is None or limit.pacing != pacing:
                 limit = pace.limits[rollout.id] = RateLimit(pacing, now)
             chosen = chosen[: limit.budget(now, success_share(states))]
             limit.spend(now, len(chosen))
+        if whole and len(chosen) == len(decision.admit):
+            pace.complete[rollout.id] = key  # every eligible child is offered it now
         if chosen:  # (the decision is logged with the offers, as _Matching._admit's)
             paced = " (paced)" if pacing.is_set else ""
             await self._target(
@@ -160,6 +172,7 @@ class _Pacing(_Matching):
         if rollout.id in pace.swept:
             return
         pace.swept.add(rollout.id)
+        pace.complete.pop(rollout.id, None)
         todo = [
             s.child_id
             for s in await self.store.child_releases(rollout.id)
@@ -210,6 +223,7 @@ class _Pacing(_Matching):
         super()._forget(rollout)
         pace = self._pace
         pace.limits.pop(rollout.id, None)
+        pace.complete.pop(rollout.id, None)
         pace.held.pop(rollout.id, None)
         pace.swept.discard(rollout.id)
 
@@ -227,6 +241,7 @@ class _Pacing(_Matching):
 
     async def load(self) -> None:
         await super().load()
+        self._pace.complete.clear()
         busy = self._pace.busy
         busy.clear()
         for rollout_id in self._eligible:

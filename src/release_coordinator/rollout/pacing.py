@@ -244,6 +244,15 @@ class RateLimit:
             self.offers.popleft()
         return max(0, int(min(self.rate, self.cap)) - sum(n for _, n in self.offers))
 
+    def exhausted(self, now: float) -> bool:
+        """Whether nobody may be offered at ``now`` whatever the children did (no budget left,
+        and a ramp's rate is not due to grow)."""
+        if self.pacing.ramp is not None and now - self.grown_at >= 60.0:
+            return False
+        while self.offers and now - self.offers[0][0] >= 60.0:
+            self.offers.popleft()
+        return sum(n for _, n in self.offers) >= int(min(self.rate, self.cap))
+
     def spend(self, now: float, count: int) -> None:
         if count:
             self.offers.append((now, count))
