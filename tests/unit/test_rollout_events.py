@@ -548,3 +548,32 @@ async def test_the_client_and_the_cli_read_the_log() -> None:
         out = Output(json_mode=False, use_rich=False, stream=stream)
         assert await args.handler(client, args, out) == 0
         assert "rollout 'checkout-gradual' created by ops" in stream.getvalue()
+
+
+async def test_time_outs_and_withdrawals_are_logged(manager: RolloutManager, clock: Clock) -> None:
+    await manager.create_rollout(bundle(), EUROPE, policy=GlobalIncremental(child_timeout=60))
+    await manager.poll("slow", INSIDE, 0)
+    await manager.poll("late", square(6, 45), 0)  # offered it, never fetches it
+    await manager.get_release("slow", "42")
+    clock.now += 61
+    await manager.tick()
+    timed_out = "timed out (no progress within the policy's child_timeout)"
+    slow = await all_events(manager, child_id="slow")
+    assert [(e.stage, e.state, e.type, e.message) for e in slow[-2:]] == [
+        ("canary-10", "Error", EventType.WARNING, f"{CANARY} ended Error"),
+        (None, "Failed", EventType.WARNING, timed_out),
+    ]
+    late = await all_events(manager, child_id="late")
+    assert [(e.state, e.message) for e in late] == [
+        ("Todo", "offered the release"),
+        ("Failed", timed_out),
+    ]
+    assert (await all_events(manager))[-1].state == "completed"
+    # An abort takes the release back from the children that never fetched it.
+    await manager.create_rollout(bundle("43"), EUROPE)
+    await manager.abort("43", reason="enough")
+    withdrawn = await all_events(manager, rollout_id="43", child_id="late")
+    assert [(e.state, e.message) for e in withdrawn] == [
+        ("Todo", "offered the release"),
+        ("No", "withdrawn: the release is no longer offered to it"),
+    ]
