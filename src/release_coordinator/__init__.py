@@ -15,10 +15,13 @@ from release_coordinator.coordinator.engine import Coordinator
 from release_coordinator.coordinator.events import Subscriber
 from release_coordinator.coordinator.kit import KitTask, TaskServiceKit
 from release_coordinator.coordinator.models import (
+    Approval,
+    CheckResult,
     Event,
     EventKind,
     EventType,
     HealthStatus,
+    PublishGates,
     Release,
     ReleaseNote,
     ServiceHealth,
@@ -150,6 +153,7 @@ __all__ = [
     "RELEASE_MACHINE",
     "STAGE_MACHINE",
     "TASK_MACHINE",
+    "Approval",
     "ArchiveLimits",
     "Area",
     "BadGatewayError",
@@ -157,6 +161,7 @@ __all__ = [
     "BarrierState",
     "BundleError",
     "CanaryVerdict",
+    "CheckResult",
     "Child",
     "ChildRelease",
     "ChildStage",
@@ -207,6 +212,7 @@ __all__ = [
     "PeerUnreachableError",
     "PollAnswer",
     "PollHints",
+    "PublishGates",
     "Ramp",
     "Relay",
     "Release",

@@ -160,7 +160,16 @@ async def post(
 def selection(record: dict[str, Any]) -> str:
     """A selection of every field of a REST record (its objects' fields too; JSON scalars as
     they are)."""
-    scalars_of_json = {"target", "policy", "area", "stages", "statuses", "outcomes", "counts"}
+    scalars_of_json = {
+        "target",
+        "policy",
+        "area",
+        "stages",
+        "statuses",
+        "outcomes",
+        "counts",
+        "gates",
+    }
     parts = []
     for key, value in record.items():
         if isinstance(value, dict) and key not in scalars_of_json:

@@ -51,6 +51,7 @@ from release_coordinator.server.rollout_app import rollout_app
 
 from .test_coordinator_app import _SETUP, OPS, PORTAL, SEARCH, World, static_world
 from .test_notes_and_studies import exercise_notes_and_studies
+from .test_publish_gates import exercise_gates
 from .test_rollout_app import Node, as_json, multipart, strategy
 from .test_rollout_manager import EUROPE, INSIDE, OUTSIDE, result, square
 from .test_webhooks import exercise_webhooks
@@ -578,6 +579,7 @@ async def test_the_coordinator_answers_what_its_document_says() -> None:
         # release notes and studies (the running release names SD_1)
         more = await exercise_notes_and_studies(c, small, rid, "SD_1")
         more |= await exercise_webhooks(c, small)
+        await exercise_gates(c, small)
 
         every = {"service_id": sid, "release_id": rid, "task_id": tid, **more}
         await refuse_tokens(c, broken, checker.document, every, PORTAL)

@@ -23,6 +23,7 @@ import msgspec
 from release_coordinator.coordinator.bodies import Progress, ReportedState
 from release_coordinator.coordinator.models import EventKind, EventType, HealthStatus
 from release_coordinator.coordinator.notes import MAX_NOTE
+from release_coordinator.coordinator.publish_gates import MAX_APPROVALS, MAX_CHECKS
 from release_coordinator.fsm.release import ReleaseState, TaskState
 from release_coordinator.schemas import (
     MAX_PAGE,
@@ -183,8 +184,46 @@ class ReleaseCreate(RequestBody):
     ) = None
     is_major: bool | None = None
     auto_publish: bool | None = None
+    required_approvals: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=MAX_APPROVALS,
+                description="Approvals by distinct admins it needs before it may leave staged"
+                " (POST /releases/{id}/approve).",
+            ),
+        ]
+        | None
+    ) = None
+    checks: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]],
+            msgspec.Meta(
+                max_length=MAX_CHECKS,
+                description="Webhook ids asked, once it is staged, whether it may be published"
+                " (each must answer pass; 422 for an unknown one).",
+            ),
+        ]
+        | None
+    ) = None
+    publish_at: (
+        Annotated[
+            Stamp,
+            msgspec.Meta(
+                description="Published then (by itself, once its other gates are open), not"
+                " before. A time with its zone (422 otherwise)."
+            ),
+        ]
+        | None
+    ) = None
 
-    documented_defaults: ClassVar[dict[str, object]] = {"is_major": False, "auto_publish": False}
+    documented_defaults: ClassVar[dict[str, object]] = {
+        "is_major": False,
+        "auto_publish": False,
+        "required_approvals": 0,
+        "checks": [],
+    }
 
 
 class ReleaseUpdate(RequestBody):
@@ -302,6 +341,32 @@ class TaskServiceAnswer(_Answer):
     updated_at: Stamp
 
 
+class ApprovalAnswer(_Answer):
+    """One admin's approval."""
+
+    by: str
+    at: Stamp
+
+
+class CheckResultAnswer(_Answer):
+    """What a check answered: `pass`, `fail`, or `error` (it could not be asked)."""
+
+    webhook_id: str
+    result: Annotated[str, msgspec.Meta(pattern="^(pass|fail|error)$")]
+    message: str
+    at: Stamp
+
+
+class GatesAnswer(_Answer):
+    """A release's gates before publish and how far they are."""
+
+    required_approvals: int
+    checks: list[str]
+    publish_at: Stamp | None
+    approvals: list[ApprovalAnswer]
+    results: list[CheckResultAnswer]
+
+
 class ReleaseAnswer(_Answer):
     """A release."""
 
@@ -320,6 +385,11 @@ class ReleaseAnswer(_Answer):
     created_at: Stamp
     updated_at: Stamp
     state_changed_at: Stamp
+    gates: GatesAnswer
+    publish_gate: Annotated[
+        str | None,
+        msgspec.Meta(description="Why it may not be published now (null: nothing holds it)."),
+    ]
 
 
 class TaskAnswer(_Answer):

@@ -28,6 +28,7 @@ from release_coordinator.coordinator.models import (
     utcnow,
 )
 from release_coordinator.coordinator.plans import task_change
+from release_coordinator.coordinator.publish_gates import PublishGatesMixin, publish_gate
 from release_coordinator.coordinator.wire import TaskAction
 from release_coordinator.errors import ConcurrentUpdateError
 from release_coordinator.fsm.release import RELEASE_MACHINE, ReleaseState, TaskState
@@ -67,7 +68,7 @@ _PHASES = {
 }
 
 
-class DriverMixin(FanOutMixin):
+class DriverMixin(FanOutMixin, PublishGatesMixin):
     """Claiming releases, the per-release driver loop, its steps and its time limits."""
 
     owner: str
@@ -224,6 +225,8 @@ class DriverMixin(FanOutMixin):
             polled = _in_state(tasks, phase.polled)
             return await self._fan_out(release, polled, TaskAction.GET_STATUS)
         if state is RS.STAGED:
+            if release.gates.configured:
+                return await self._staged_behind_gates(release, now)
             if release.auto_publish:
                 await self._transition(release, "publish", detail=" (automatic)")
                 return 0
@@ -235,6 +238,16 @@ class DriverMixin(FanOutMixin):
             await self._transition(release, "fail" if release.failure else "finish_cancel")
             return 0
         raise AssertionError(f"no step for release state {state}")  # pragma: no cover
+
+    async def _staged_behind_gates(self, release: Release, now: datetime) -> float:
+        """A staged release with gates before publish: ask its checks, then publish it by
+        itself once every gate is open (with ``auto_publish`` or a ``publish_at``)."""
+        release = await self._ask_checks(release, now)
+        itself = release.auto_publish or release.gates.publish_at is not None
+        if itself and publish_gate(release, utcnow()) is None:
+            await self._transition(release, "publish", detail=" (automatic: gates open)")
+            return 0
+        return self._gate_pause(release, utcnow(), self.config.lease_seconds)
 
     async def _enforce_time_limits(
         self, release: Release, tasks: list[Task], now: datetime

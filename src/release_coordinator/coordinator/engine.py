@@ -43,9 +43,11 @@ from release_coordinator.coordinator.models import (
     Release,
     Task,
     new_id,
+    utcnow,
 )
 from release_coordinator.coordinator.notes import NotesMixin
 from release_coordinator.coordinator.plans import change_for_report, refused_report
+from release_coordinator.coordinator.publish_gates import PublishGatesMixin, publish_gate
 from release_coordinator.coordinator.services import ServicesMixin
 from release_coordinator.coordinator.webhooks import WebhooksMixin
 from release_coordinator.errors import (
@@ -89,7 +91,7 @@ def _text_problems(field: str, values: tuple[object, ...]) -> list[tuple[str, st
     return problems
 
 
-class Coordinator(ServicesMixin, DriverMixin, NotesMixin, WebhooksMixin):
+class Coordinator(ServicesMixin, DriverMixin, NotesMixin, WebhooksMixin, PublishGatesMixin):
     """Drives data releases across task services. Async; see :class:`SyncCoordinator` for a
     blocking facade.
 
@@ -203,17 +205,24 @@ class Coordinator(ServicesMixin, DriverMixin, NotesMixin, WebhooksMixin):
         is_major: bool = False,
         auto_publish: bool = False,
         cloned_from: str = "",
+        required_approvals: int = 0,
+        checks: Iterable[str] = (),
+        publish_at: datetime | None = None,
     ) -> Release:
         """Create a release over every enabled task service and start driving it.
 
         It is staged on all of them and then waits in ``staged`` for :meth:`publish`, unless
-        ``auto_publish`` asks to publish as soon as everything is staged.
+        ``auto_publish`` asks to publish as soon as everything is staged. Its gates before
+        publish (:mod:`~release_coordinator.coordinator.publish_gates`): it needs
+        ``required_approvals`` approvals (:meth:`approve`) and a ``pass`` of each of
+        ``checks`` (webhook ids), and is published at ``publish_at`` (by itself), not before.
         """
         studies, tags = tuple(studies), tuple(tags)
         problems = [("name", "must not be empty")] if not name.strip() else []
         problems += _text_problems("studies", studies) + _text_problems("tags", tags)
         if problems:
             raise ValidationError("invalid release", problems)
+        gates = await self._gates_asked(required_approvals, checks, publish_at)
         services = await self.store.list_services(enabled=True)
         draft = Release(
             id=new_id("RE"),
@@ -226,6 +235,7 @@ class Coordinator(ServicesMixin, DriverMixin, NotesMixin, WebhooksMixin):
             is_major=is_major,
             auto_publish=auto_publish,
             cloned_from=cloned_from,
+            gates=gates,
         )
         release, _ = await self.store.create_release(
             draft,
@@ -258,6 +268,13 @@ class Coordinator(ServicesMixin, DriverMixin, NotesMixin, WebhooksMixin):
                     "publish",
                     subject=release_id,
                     hint="only a staged release can be published",
+                )
+            closed = publish_gate(release, utcnow())
+            if closed is not None:
+                raise ConflictError(
+                    f"release {release_id} cannot be published yet: {closed}",
+                    id=release_id,
+                    gate=closed,
                 )
 
         return await self._user_transition(
@@ -318,7 +335,8 @@ class Coordinator(ServicesMixin, DriverMixin, NotesMixin, WebhooksMixin):
         )
 
     async def run_again(self, release_id: str) -> Release:
-        """A new release like a finished one (same name, scope, tags...), over today's services."""
+        """A new release like a finished one (same name, scope, tags, approvals and checks
+        required: not its scheduled time, which has passed), over today's services."""
         old = await self.store.get_release(release_id)
         if not old.is_final:
             raise ConflictError(
@@ -336,7 +354,12 @@ class Coordinator(ServicesMixin, DriverMixin, NotesMixin, WebhooksMixin):
             is_major=old.is_major,
             auto_publish=old.auto_publish,
             cloned_from=old.id,
+            required_approvals=old.gates.required_approvals,
+            checks=[c for c in old.gates.checks if c in await self._webhook_ids()],
         )
+
+    async def _webhook_ids(self) -> set[str]:
+        return {w.id for w in await self.store.list_webhooks()}
 
     async def update_release(
         self,

@@ -16,10 +16,14 @@ import attrs
 from release_coordinator.fsm.release import ReleaseState, TaskState
 
 __all__ = [
+    "NO_GATES",
+    "Approval",
+    "CheckResult",
     "Event",
     "EventKind",
     "EventType",
     "HealthStatus",
+    "PublishGates",
     "Release",
     "ReleaseNote",
     "ServiceHealth",
@@ -95,6 +99,50 @@ class TaskService:
 
 
 @attrs.frozen
+class Approval:
+    """One operator's approval of a release."""
+
+    by: str
+    at: datetime = attrs.field(factory=utcnow)
+
+
+@attrs.frozen
+class CheckResult:
+    """What a check answered for a release: ``pass``, ``fail`` (with its message), or
+    ``error`` (it could not be asked: the message says why)."""
+
+    webhook_id: str
+    result: str
+    message: str = ""
+    at: datetime = attrs.field(factory=utcnow)
+
+
+@attrs.frozen
+class PublishGates:
+    """A release's gates before publish (see the module) and how far they are."""
+
+    required_approvals: int = 0
+    checks: tuple[str, ...] = ()
+    publish_at: datetime | None = None
+    approvals: tuple[Approval, ...] = ()
+    results: tuple[CheckResult, ...] = ()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.required_approvals or self.checks or self.publish_at)
+
+    def result_of(self, webhook_id: str) -> CheckResult | None:
+        return next((r for r in self.results if r.webhook_id == webhook_id), None)
+
+    def fresh(self) -> PublishGates:
+        """The same gates, with no approval or result yet (a release run again)."""
+        return attrs.evolve(self, approvals=(), results=())
+
+
+NO_GATES = PublishGates()
+
+
+@attrs.frozen
 class Release:
     """One data release, driven through every enabled task service together.
 
@@ -118,6 +166,8 @@ class Release:
     updated_at: datetime = attrs.field(factory=utcnow)
     #: When the release entered its current state: the clock of the whole-release time limit.
     state_changed_at: datetime = attrs.field(factory=utcnow)
+    #: What it waits for in ``staged`` besides its tasks (coordinator.publish_gates).
+    gates: PublishGates = NO_GATES
 
     @property
     def is_final(self) -> bool:

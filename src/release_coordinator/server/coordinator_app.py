@@ -29,6 +29,8 @@ PATCH   ``/releases/{id}``                      ``{name, description, tags}``   
 POST    ``/releases/{id}/publish``              publish a staged release               200
 POST    ``/releases/{id}/cancel``               ``{reason}``                           200
 POST    ``/releases/{id}/run-again``            a new release like a finished one      201
+POST    ``/releases/{id}/approve``              an admin's approval before publish     200
+POST    ``/releases/{id}/checks``               ask its checks before publish again    200
 GET     ``/releases/{id}/tasks``                its tasks (``state``, paging)          200
 GET     ``/releases/{rid}/tasks/{id}``          one task of the release                200
 PATCH   ``/releases/{rid}/tasks/{id}``          task-service callback                  200
@@ -108,6 +110,7 @@ from release_coordinator.server.common import (
     json_response,
     method_routes,
 )
+from release_coordinator.server.coordinator_gates import GateEndpoints
 from release_coordinator.server.coordinator_json import (
     event_json,
     release_json,
@@ -200,6 +203,7 @@ def coordinator_app(
         NoteEndpoints,
         StudyEndpoints,
         WebhookEndpoints,
+        GateEndpoints,
     ):
         table += endpoints(coordinator, access, max_body).table()
     routes = [(path, method, guarded(handler)) for path, method, handler in table]

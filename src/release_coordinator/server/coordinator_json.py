@@ -16,7 +16,9 @@ from release_coordinator.coordinator.models import (
     Study,
     Task,
     TaskService,
+    utcnow,
 )
+from release_coordinator.coordinator.publish_gates import gates_json, publish_gate
 from release_coordinator.transports._httpx import url_shown
 
 __all__ = ["event_json", "note_json", "release_json", "service_json", "study_json", "task_json"]
@@ -69,6 +71,8 @@ def release_json(release: Release) -> dict[str, Any]:
         "created_at": _iso(release.created_at),
         "updated_at": _iso(release.updated_at),
         "state_changed_at": _iso(release.state_changed_at),
+        "gates": gates_json(release.gates),
+        "publish_gate": None if release.is_final else publish_gate(release, utcnow()),
     }
 
 

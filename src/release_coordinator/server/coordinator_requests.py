@@ -31,6 +31,7 @@ from release_coordinator.coordinator.api_bodies import (
     TaskServiceCreate,
     TaskServiceUpdate,
 )
+from release_coordinator.coordinator.publish_gates import MAX_APPROVALS
 from release_coordinator.errors import Problem, ValidationError
 from release_coordinator.schemas import MAX_TEXT, BodyDecoder
 from release_coordinator.server.common import Refusal
@@ -137,6 +138,29 @@ class Fields:
             return None
         return value
 
+    def count(self, key: str, *, most: int) -> int | None:
+        value = self.body.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+            self.problems.append((key, f"must be an integer within 0..{most}"))
+            return None
+        return value
+
+    def time(self, key: str) -> datetime | None:
+        """An ISO 8601 time with its zone."""
+        value = self.body.get(key)
+        if value is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            self.problems.append((key, "must be an ISO 8601 time with its zone"))
+            return None
+        return moment
+
     def texts(self, key: str) -> list[str] | None:
         value = self.body.get(key)
         if value is None:
@@ -216,9 +240,23 @@ def _release_create(body: Mapping[str, Any]) -> ReleaseCreate:
     author = fields.text("author")
     is_major = fields.flag("is_major")
     auto_publish = fields.flag("auto_publish")
+    approvals = fields.count("required_approvals", most=MAX_APPROVALS)
+    checks = fields.texts("checks")
+    publish_at = fields.time("publish_at")
     fields.check()
     assert name is not None
-    return ReleaseCreate(name, description, studies, tags, author, is_major, auto_publish)
+    return ReleaseCreate(
+        name,
+        description,
+        studies,
+        tags,
+        author,
+        is_major,
+        auto_publish,
+        required_approvals=approvals,
+        checks=checks,
+        publish_at=publish_at,
+    )
 
 
 def _release_update(body: Mapping[str, Any]) -> ReleaseUpdate:

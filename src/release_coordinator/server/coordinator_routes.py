@@ -232,6 +232,9 @@ class ReleaseEndpoints(_Endpoints):
             author=author,
             is_major=bool(body.is_major),
             auto_publish=bool(body.auto_publish),
+            required_approvals=body.required_approvals or 0,
+            checks=body.checks or (),
+            publish_at=body.publish_at,
         )
         return json_response(201, release_json(release))
 

@@ -237,6 +237,13 @@ class ReleaseNode:
     created_at: str
     updated_at: str
     state_changed_at: str
+    gates: JSON = strawberry.field(
+        description="Its gates before publish: required approvals, checks, scheduled time,"
+        " the approvals and the checks' answers (as `GET /releases/{id}` shows them)."
+    )
+    publish_gate: str | None = strawberry.field(
+        description="Why it may not be published now (null: nothing holds it)."
+    )
     record: strawberry.Private[Release]
 
     @resolved("Its tasks (filtered by `state`), as `GET /releases/{id}/tasks`.")

@@ -89,6 +89,7 @@ def _release_action(
     summary: str,
     status: int = 200,
     request: type | str = "EmptyObject",
+    description: str | None = None,
 ) -> Route:
     return Route(
         "POST",
@@ -101,6 +102,7 @@ def _release_action(
         request=request,
         request_required=False,
         parameters=_RELEASE,
+        description=description,
     )
 
 
@@ -255,6 +257,19 @@ COORDINATOR_ROUTES: tuple[Route, ...] = (
         "cancel", "cancel", "Cancel a release that is not final", request=bodies.CancelRequest
     ),
     _release_action("run-again", "runAgain", "A new release like a finished one", 201),
+    _release_action(
+        "approve",
+        "approve",
+        "Approve a release before publish (once per operator, by the token's name)",
+        description="409 for a release that needs no approval, or is final; 403 for a token"
+        " without a name.",
+    ),
+    _release_action(
+        "checks",
+        "recheck",
+        "Ask a release's checks before publish again (a failed one, say)",
+        description="409 for a release without checks, or a final one.",
+    ),
     Route(
         "GET",
         f"{_ONE_RELEASE}/tasks",

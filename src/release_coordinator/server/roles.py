@@ -95,6 +95,7 @@ RELEASER_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("POST", "/releases/{release_id}/publish"),
         ("POST", "/releases/{release_id}/cancel"),
         ("POST", "/releases/{release_id}/run-again"),  # a new release: as POST /releases
+        ("POST", "/releases/{release_id}/checks"),  # ask its checks again (approve: admins)
         # release notes: a releaser's own (coordinator_notes checks the author)
         ("POST", "/releases/{release_id}/notes"),
         ("PATCH", "/notes/{note_id}"),

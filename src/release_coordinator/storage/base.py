@@ -32,6 +32,7 @@ from release_coordinator.coordinator.models import (
     Event,
     EventKind,
     EventType,
+    PublishGates,
     Release,
     ReleaseNote,
     ServiceHealth,
@@ -344,6 +345,18 @@ class CoordinatorStore(WebhookStore):
 
         With ``expect_states`` it is a compare-and-set on the state like a transition.
         """
+
+    @abc.abstractmethod
+    async def set_gates(
+        self,
+        release_id: str,
+        gates: PublishGates,
+        event: Event,
+        *,
+        expect_states: Collection[ReleaseState] | None = None,
+    ) -> Release:
+        """Replace the release's gates before publish (approvals and check results with them)
+        and append ``event``; a compare-and-set on the state with ``expect_states``."""
 
     # -- tasks -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -15,6 +15,7 @@ import attrs
 
 from release_coordinator.coordinator.models import (
     Event,
+    PublishGates,
     Release,
     ReleaseNote,
     ServiceHealth,
@@ -286,6 +287,25 @@ class MemoryStore(MemoryWebhooks, CoordinatorStore):
                 tags=current.tags if tags is None else tuple(tags),
                 updated_at=utcnow(),
             )
+            self._releases[release_id] = updated
+            self._append(event)
+            return updated
+
+    async def set_gates(
+        self,
+        release_id: str,
+        gates: PublishGates,
+        event: Event,
+        *,
+        expect_states: Collection[ReleaseState] | None = None,
+    ) -> Release:
+        with self._lock:
+            current = self._release(release_id)
+            if expect_states is not None and current.state not in expect_states:
+                raise ConcurrentUpdateError(
+                    "release", release_id, expect_states, current.state.value
+                )
+            updated = attrs.evolve(current, gates=gates, updated_at=utcnow())
             self._releases[release_id] = updated
             self._append(event)
             return updated

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from release_coordinator.coordinator.models import Event, Release, Task, utcnow
+from release_coordinator.coordinator.models import Event, PublishGates, Release, Task, utcnow
+from release_coordinator.coordinator.publish_gates import gates_from_json, gates_json
 from release_coordinator.errors import (
     ConcurrentUpdateError,
     ConflictError,
@@ -55,6 +56,7 @@ def _release(row: sa.Row[Any]) -> Release:
         created_at=row.created_at,
         updated_at=row.updated_at,
         state_changed_at=row.state_changed_at,
+        gates=gates_from_json(row.gates),
     )
 
 
@@ -163,6 +165,7 @@ class _Releases(_EventLog):
                     created_at=stored.created_at,
                     updated_at=stored.updated_at,
                     state_changed_at=stored.state_changed_at,
+                    gates=gates_json(stored.gates) if stored.gates.configured else None,
                 )
             )
             created = new_tasks(stored.id, service_ids)
@@ -272,6 +275,26 @@ class _Releases(_EventLog):
             if row is None:
                 raise await _lost_release(conn, release_id, from_states)
             await self._insert_events(conn, events)
+            return _release(row)
+
+    @_edge
+    async def set_gates(
+        self,
+        release_id: str,
+        gates: PublishGates,
+        event: Event,
+        *,
+        expect_states: Collection[ReleaseState] | None = None,
+    ) -> Release:
+        query = sa.update(releases).where(releases.c.id == release_id)
+        if expect_states is not None:
+            query = query.where(_in_states(expect_states))
+        values = {"gates": gates_json(gates) if gates.configured else None, "updated_at": utcnow()}
+        async with self._write() as conn:
+            row = await self._one(conn, query.values(**values).returning(*_RELEASE_COLUMNS))
+            if row is None:
+                raise await _lost_release(conn, release_id, expect_states or ())
+            await self._insert_events(conn, [event])
             return _release(row)
 
     @_edge

@@ -4,7 +4,7 @@
 bring an older one to it (``release-coordinator db upgrade``, :func:`~release_coordinator.
 storage.sql.upgrade`). The Coordinator's tables (services, releases, tasks, events) came with
 version 1, the RolloutManager's with versions 2 and 3, the release notes with version 5, the
-webhooks with version 7.
+webhooks with version 7, the gates before publish with version 9.
 """
 
 from __future__ import annotations
@@ -109,6 +109,8 @@ releases = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("state_changed_at", UTCDateTime, nullable=False),
+    # its gates before publish as JSON (schema version 9; NULL: none)
+    sa.Column("gates", sa.JSON, nullable=True),
     sa.Column("lease_owner", _ID, nullable=True),
     sa.Column("lease_expires_at", _LEASE_TIME, nullable=True),
     sa.UniqueConstraint("major", "minor", "patch", name="uq_rc_releases_version"),
@@ -369,19 +371,23 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+def _add_column(conn: Connection, table: sa.Table, column: sa.Column[Any]) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` (nullable) unless the table has it already."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    if column.name not in present:
+        preparer = conn.dialect.identifier_preparer
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.format_table(table)} "
+            f"ADD COLUMN {preparer.format_column(column)} {kind}"
+        )
+
+
 def _to_v1(conn: Connection) -> None:
     """Version 0 is the layout without release leases (no ``lease_owner``/``lease_expires_at``
     on ``rc_releases``). No released version wrote it: it is the shape every later step takes."""
-    inspector = sa.inspect(conn)
-    present = {c["name"] for c in inspector.get_columns("rc_releases")}
-    preparer = conn.dialect.identifier_preparer
     for column in (releases.c.lease_owner, releases.c.lease_expires_at):
-        if column.name not in present:
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(
-                f"ALTER TABLE {preparer.format_table(releases)} "
-                f"ADD COLUMN {preparer.format_column(column)} {kind}"
-            )
+        _add_column(conn, releases, column)
     # Any table a version-0 database lacks (of version 1: later steps add their own).
     for table in (schema_version_table, services, releases, tasks, events):
         table.create(conn, checkfirst=True)
@@ -413,15 +419,7 @@ def _to_v5(conn: Connection) -> None:
 def _to_v6(conn: Connection) -> None:
     """Rollouts gated on data releases: ``rc_rollouts.after_release`` (NULL for the rollouts
     that exist already: they wait for nothing)."""
-    present = {c["name"] for c in sa.inspect(conn).get_columns("rc_rollouts")}
-    column = rollouts.c.after_release
-    if column.name not in present:
-        preparer = conn.dialect.identifier_preparer
-        kind = column.type.compile(dialect=conn.dialect)
-        conn.exec_driver_sql(
-            f"ALTER TABLE {preparer.format_table(rollouts)} "
-            f"ADD COLUMN {preparer.format_column(column)} {kind}"
-        )
+    _add_column(conn, rollouts, rollouts.c.after_release)
 
 
 def _to_v7(conn: Connection) -> None:
@@ -435,6 +433,12 @@ def _to_v8(conn: Connection) -> None:
     rollout_events.create(conn, checkfirst=True)
 
 
+def _to_v9(conn: Connection) -> None:
+    """Gates before publish: ``rc_releases.gates`` (NULL for the releases that exist already:
+    they wait for nothing but their tasks)."""
+    _add_column(conn, releases, releases.c.gates)
+
+
 #: Every step, in order; the last one's version is the schema this library writes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "leases on releases", _to_v1),
@@ -445,5 +449,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "rollouts gated on data releases", _to_v6),
     Migration(7, "webhooks and their delivery log", _to_v7),
     Migration(8, "the rollout event log", _to_v8),
+    Migration(9, "gates before publish", _to_v9),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
