@@ -51,11 +51,17 @@ def common_options() -> argparse.ArgumentParser:
 def add_client_commands(commands: Any) -> None:
     """Add ``services``, ``releases``, ``notes``, ``studies`` and ``rollouts`` to ``commands``
     (the subparsers of the ``release-coordinator`` parser)."""
-    from release_coordinator.client import coordinator_commands, notes_commands, rollout_commands
+    from release_coordinator.client import (
+        coordinator_commands,
+        notes_commands,
+        rollout_commands,
+        webhook_commands,
+    )
 
     common = common_options()
     coordinator_commands.add_services(commands, common, EXIT_CODES)
     coordinator_commands.add_releases(commands, common, EXIT_CODES)
+    webhook_commands.add_webhooks(commands, common, EXIT_CODES)
     notes_commands.add_notes(commands, common, EXIT_CODES)
     notes_commands.add_studies(commands, common, EXIT_CODES)
     rollout_commands.add_rollouts(commands, common, EXIT_CODES)

@@ -186,6 +186,8 @@ def release_view(found: dict[str, Any], names: dict[str, str], *, full: bool) ->
             view.field(name, release.get(name))
     if release.get("failure"):
         view.field("failure", release["failure"])
+    if release.get("publish_gate"):
+        view.field("waits", release["publish_gate"])
     rows = [
         [
             names.get(t["task_service_id"], t["task_service_id"]),
@@ -229,6 +231,9 @@ async def releases_create(client: Client, args: argparse.Namespace, out: Output)
         author=args.author,
         is_major=args.major,
         auto_publish=args.auto_publish,
+        required_approvals=args.approvals,
+        checks=args.check,
+        publish_at=args.publish_at,
     )
     if args.watch:
         args.id = release["id"]
@@ -246,6 +251,29 @@ async def releases_cancel(client: Client, args: argparse.Namespace, out: Output)
 
 async def releases_run_again(client: Client, args: argparse.Namespace, out: Output) -> int:
     return _said_release(out, await client.run_again(args.id))
+
+
+async def releases_approve(client: Client, args: argparse.Namespace, out: Output) -> int:
+    return _said_release(out, await client.approve_release(args.id))
+
+
+async def releases_checks(client: Client, args: argparse.Namespace, out: Output) -> int:
+    return _said_release(out, await client.rerun_checks(args.id))
+
+
+def add_gate_options(create: argparse.ArgumentParser) -> None:
+    """``releases create``'s options of the gates before publish."""
+    create.add_argument(
+        "--approvals", type=int, metavar="N", help="approvals by distinct admins it needs"
+    )
+    create.add_argument(
+        "--check", action="append", metavar="WEBHOOK_ID", help="a check it must pass (repeatable)"
+    )
+    create.add_argument(
+        "--publish-at",
+        metavar="TIME",
+        help="publish it then (ISO 8601 with its zone, e.g. 2026-12-07T09:00:00+00:00)",
+    )
 
 
 def _event_row(e: dict[str, Any]) -> list[object]:
@@ -353,10 +381,13 @@ def add_releases(commands: Any, common: argparse.ArgumentParser, epilog: str) ->
     )
     create.add_argument("--until-staged", action="store_true", help="with --watch: see watch")
     add_watching(create)
+    add_gate_options(create)
     for name, handler, text in (
         ("publish", releases_publish, "publish a staged release (refused otherwise)"),
         ("cancel", releases_cancel, "cancel a release that is not final"),
         ("run-again", releases_run_again, "a new release like a finished one"),
+        ("approve", releases_approve, "approve a release before publish (an admin's)"),
+        ("checks", releases_checks, "ask a release's checks before publish again"),
     ):
         parser = _action(actions, name, handler, text, common)
         parser.add_argument("id", help="the release's id")

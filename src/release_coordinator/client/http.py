@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,6 +20,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from release_coordinator.client.errors import error_from_answer, malformed
+from release_coordinator.client.webhooks import WebhookCalls
 from release_coordinator.errors import (
     ConfigurationError,
     MalformedAnswerError,
@@ -52,7 +54,7 @@ def _many(values: str | Iterable[str] | None) -> list[str] | None:
     return [values] if isinstance(values, str) else list(values)
 
 
-class Client:
+class Client(WebhookCalls):
     """An operator's client of both APIs (the Coordinator's and the RolloutManager's) that
     ``release-coordinator serve`` serves at ``url``.
 
@@ -212,8 +214,12 @@ class Client:
         author: str | None = None,
         is_major: bool = False,
         auto_publish: bool = False,
+        required_approvals: int | None = None,
+        checks: Iterable[str] | None = None,
+        publish_at: datetime | str | None = None,
     ) -> JSON:
-        """A release over every enabled task service (the author: the token's name)."""
+        """A release over every enabled task service (the author: the token's name), with
+        its gates before publish when given (``publish_at``: a time with its zone)."""
         body = _fields(
             name=name,
             description=description,
@@ -222,6 +228,9 @@ class Client:
             author=author,
             is_major=is_major,
             auto_publish=auto_publish,
+            required_approvals=required_approvals,
+            checks=None if checks is None else list(checks),
+            publish_at=publish_at.isoformat() if isinstance(publish_at, datetime) else publish_at,
         )
         return await self._object("POST", "/releases", json=body)
 
