@@ -380,6 +380,21 @@ def test_a_release_staged_published_run_again_and_canceled_from_the_page(
             expect(p.get_by_role("button", name="Publish")).to_have_count(0, timeout=SEEN_WITHIN)
             expect(p.get_by_role("button", name="Run again")).to_be_visible(timeout=SEEN_WITHIN)
 
+            # a release that needs an approval: the page says what it waits for, and the
+            # operator (an admin, alice) approves it: it publishes by itself
+            gated = api.post(
+                "/releases", json={"name": "2027-02", "required_approvals": 1, "auto_publish": True}
+            ).json()["id"]
+            p.goto(f"{base}/ui/#/releases/{gated}")
+            summary = p.locator("#release-summary")
+            expect(summary).to_contain_text("0 of 1", timeout=SEEN_WITHIN)
+            expect(summary).to_contain_text("it needs 1 more approval(s)")
+            p.get_by_role("button", name="Approve").click()
+            expect(summary).to_contain_text("1 of 1: alice", timeout=SEEN_WITHIN)
+            expect(p.get_by_role("button", name="Approve")).to_have_count(0)
+            expect(summary).to_contain_text("published", timeout=SEEN_WITHIN)
+            assert api.get(f"/releases/{gated}").json()["state"] == "published"
+
             # an unknown release: the API's 404, said on the page
             p.goto(f"{base}/ui/#/releases/RE_NOSUCHTHING")
             expect(p.get_by_role("alert")).to_contain_text("Not found: ")

@@ -327,13 +327,28 @@
           ["State since", time(release.state_changed_at)],
           ["Studies", release.studies.length ? `${release.studies.length}: ${release.studies.slice(0, 8).join(", ")}${release.studies.length > 8 ? ", …" : ""}` : ""],
           ["Tags", release.tags.join(", ")],
-          ["Publishes", release.auto_publish ? "by itself once staged" : "when an operator publishes it"],
+          ["Publishes", release.gates.publish_at
+            ? h("span", {}, "by itself at ", time(release.gates.publish_at))
+            : release.auto_publish ? "by itself once staged" : "when an operator publishes it"],
+          ["Approvals", release.gates.required_approvals
+            ? `${release.gates.approvals.length} of ${release.gates.required_approvals}${release.gates.approvals.length ? ": " + release.gates.approvals.map((a) => a.by).join(", ") : ""}`
+            : ""],
+          ["Checks", release.gates.checks.map((c) => {
+            const r = release.gates.results.find((x) => x.webhook_id === c);
+            return `${c}: ${r ? r.result + (r.message ? ` (${r.message})` : "") : "not asked yet"}`;
+          }).join("; ")],
+          ["Waits", release.publish_gate ? h("span", { class: "gate" }, release.publish_gate) : ""],
           ["Major", release.is_major ? "yes" : ""],
           ["Description", release.description],
           ["Failure", release.failure ? h("span", { class: "failure" }, release.failure) : ""],
           ["Runs again", release.cloned_from ? link(`#/releases/${q(release.cloned_from)}`, release.cloned_from) : ""],
         ]));
-        draw(actions, release.state, () => [
+        draw(actions, [release.state, release.gates.approvals.length], () => [
+          !FINAL.has(release.state) && release.gates.required_approvals > release.gates.approvals.length ? actionButton({
+            label: "Approve",
+            path: `releases/${q(id)}/approve`,
+            done: (r) => `Release ${r.name} approved (${r.gates.approvals.length} of ${r.gates.required_approvals})`,
+          }) : null,
           release.state === "staged" ? actionButton({
             label: "Publish",
             path: `releases/${q(id)}/publish`,
