@@ -18,7 +18,7 @@ from release_coordinator.rollout.policies import (
     Waves,
 )
 
-__all__ = ["Admission", "admit", "success_share"]
+__all__ = ["Admission", "admit", "sequential_groups", "success_share", "wave_ends"]
 
 
 @attrs.frozen
@@ -68,23 +68,36 @@ def _sequential(
     lost: Callable[[str], bool],
     area_of: Callable[[str], Area],
 ) -> Admission:
-    if policy.groups:
-        groups: list[list[str]] = [[] for _ in range(len(policy.groups) + 1)]
-        for child in eligible:
-            area = area_of(child)
-            index = next(
-                (i for i, g in enumerate(policy.groups) if g.intersects(area)), len(policy.groups)
-            )
-            groups[index].append(child)
-    else:
-        groups = [[child] for child in eligible]
-    for group in groups:
+    for group in sequential_groups(policy, eligible, area_of):
         if not group:
             continue
         if all(_done(child, states, lost) for child in group):
             continue
         return Admission(tuple(c for c in group if c not in states))
     return Admission()
+
+
+def sequential_groups(
+    policy: LocationSequential, eligible: Sequence[str], area_of: Callable[[str], Area]
+) -> list[list[str]]:
+    """The groups of a LocationSequential policy, in order: per area of ``groups`` (a child in
+    the first its area intersects), then the children in none; each child alone without
+    ``groups``."""
+    if not policy.groups:
+        return [[child] for child in eligible]
+    groups: list[list[str]] = [[] for _ in range(len(policy.groups) + 1)]
+    for child in eligible:
+        area = area_of(child)
+        index = next(
+            (i for i, g in enumerate(policy.groups) if g.intersects(area)), len(policy.groups)
+        )
+        groups[index].append(child)
+    return groups
+
+
+def wave_ends(policy: Waves, eligible: int) -> list[int]:
+    """How many of ``eligible`` children each wave of a Waves policy reaches (growing)."""
+    return [max(1, math.ceil(share * eligible)) for share in policy.sizes]
 
 
 def finished_at(state: ChildRelease) -> float:
@@ -139,6 +152,6 @@ def _waves(
             return Admission(until=until)
     # The next wave: the first whose size passes what was admitted so far; the last wave is
     # everyone, children that became eligible late included.
-    sizes = [max(1, math.ceil(share * len(eligible))) for share in policy.sizes]
+    sizes = wave_ends(policy, len(eligible))
     wanted = next((size for size in sizes if size > admitted), len(eligible))
     return Admission(tuple(c for c in eligible[:wanted] if c not in states))

@@ -60,6 +60,7 @@ from release_coordinator.fsm.rollout import (
     release_step,
     stage_step,
 )
+from release_coordinator.rollout.approving import _Approving
 from release_coordinator.rollout.archive import FunctionArchive
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.judging import ROLLED_BACK, SIGNAL, judge_late, told_to_roll_back
@@ -71,7 +72,6 @@ from release_coordinator.rollout.models import (
     Rollout,
     RolloutState,
 )
-from release_coordinator.rollout.operations import _Operations
 from release_coordinator.rollout.results import ResultReport, StageReport, parse_result
 from release_coordinator.rollout.strategy import StageType
 from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
@@ -93,7 +93,7 @@ def _area_fingerprint(area: object) -> int:
         return 0  # not JSON: parsing will say what is wrong
 
 
-class RolloutManager(_Operations):
+class RolloutManager(_Approving):
     """Serves the edge-rollout protocol to children and runs rollouts over them.
 
     ``lost_after`` (seconds): a child that has not polled for that long is *lost* and no longer

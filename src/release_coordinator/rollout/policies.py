@@ -82,6 +82,8 @@ class GlobalIncremental:
     judgement: Judgement | None = None
     #: Rate and time controls (ramp, schedule, windows, deadline): see :mod:`.pacing`.
     pacing: Pacing = NO_PACING
+    #: Stages an operator approves before any child starts them: see :mod:`.approvals`.
+    approvals: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -99,6 +101,8 @@ class LocationSequential:
     judgement: Judgement | None = None
     #: Rate and time controls (ramp, schedule, windows, deadline): see :mod:`.pacing`.
     pacing: Pacing = NO_PACING
+    #: Stages an operator approves before any child starts them: see :mod:`.approvals`.
+    approvals: tuple[str, ...] = ()
 
 
 def _sizes(
@@ -132,6 +136,8 @@ class Waves:
     soak_time: float = attrs.field(default=0.0, validator=_soak)
     #: Rate and time controls (ramp, schedule, windows, deadline): see :mod:`.pacing`.
     pacing: Pacing = NO_PACING
+    #: Stages an operator approves before any child starts them: see :mod:`.approvals`.
+    approvals: tuple[str, ...] = ()
 
 
 Policy = GlobalIncremental | LocationSequential | Waves
@@ -142,6 +148,8 @@ Policy = GlobalIncremental | LocationSequential | Waves
 #: The most areas of a LocationSequential policy, and waves of a Waves policy.
 MAX_GROUPS = 1000
 MAX_WAVES = 100
+#: The most stages a policy's ``approvals`` name.
+MAX_APPROVALS = 100
 
 
 def _number(value: object) -> float | None:
@@ -162,6 +170,8 @@ def policy_json(policy: Policy) -> dict[str, Any]:
         common["judgement"] = judgement_json(policy.judgement)
     if policy.pacing.is_set:  # shown only when set: policies without one read as before
         common["pacing"] = pacing_json(policy.pacing)
+    if policy.approvals:  # shown only when set (rollout.approvals)
+        common["approvals"] = list(policy.approvals)
     if isinstance(policy, GlobalIncremental):
         return {"type": "global_incremental", **common}
     if isinstance(policy, LocationSequential):
@@ -179,7 +189,14 @@ def policy_json(policy: Policy) -> dict[str, Any]:
 
 
 _POLICY_FIELDS = {
-    "global_incremental": {"quorum", "barrier_timeout", "child_timeout", "judgement", "pacing"},
+    "global_incremental": {
+        "quorum",
+        "barrier_timeout",
+        "child_timeout",
+        "judgement",
+        "pacing",
+        "approvals",
+    },
     "location_sequential": {
         "groups",
         "quorum",
@@ -187,6 +204,7 @@ _POLICY_FIELDS = {
         "child_timeout",
         "judgement",
         "pacing",
+        "approvals",
     },
     "waves": {
         "sizes",
@@ -199,6 +217,7 @@ _POLICY_FIELDS = {
         "child_timeout",
         "pacing",
         "judgement",
+        "approvals",
     },
 }
 
@@ -252,6 +271,16 @@ def parse_policy(value: object, path: str = "policy") -> Policy:
             options["judgement"] = parse_judgement(value["judgement"], f"{path}.judgement")
         except ValidationError as error:
             problems.extend(error.problems)
+    if value.get("approvals") is not None:  # stages approved before they open (.approvals)
+        approvals = value["approvals"]
+        if (
+            not isinstance(approvals, list)
+            or len(approvals) > MAX_APPROVALS
+            or not all(isinstance(a, str) and a for a in approvals)
+        ):
+            refuse("approvals", f"must be a list of at most {MAX_APPROVALS} stage names")
+        else:
+            options["approvals"] = tuple(dict.fromkeys(approvals))
     if kind == "waves" and value.get("soak_time") is not None:
         soak = _number(value["soak_time"])
         if soak is None or soak < 0:

@@ -24,10 +24,11 @@ import attrs
 
 from release_coordinator.errors import ConcurrentUpdateError, ConfigurationError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus, release_step, stage_step
+from release_coordinator.rollout.approvals import _Approvals
 from release_coordinator.rollout.bookkeeping import NEVER_SEEN, transition_event
 from release_coordinator.rollout.judging import OPEN, SIGNAL, judge_barrier, judge_late
 from release_coordinator.rollout.models import ChildRelease, Outcome, Rollout, RolloutState
-from release_coordinator.rollout.pacer import _paced, _Pacing
+from release_coordinator.rollout.pacer import _paced
 from release_coordinator.rollout.policies import GlobalIncremental
 from release_coordinator.rollout.reports import ACTIVE, READY, BarrierState, StageCounts
 from release_coordinator.rollout.strategy import StageType
@@ -95,7 +96,7 @@ class _Loop:
             await self.task
 
 
-class _Ticks(_Pacing):
+class _Ticks(_Approvals):
     """Barriers, stage counts, lost children and completion, and the background loop that
     ticks them (see the module documentation)."""
 
@@ -332,6 +333,8 @@ class _Ticks(_Pacing):
                 if judged != OPEN:
                     return  # held (inconclusive), or aborted
                 counts = await self._counts(rollout, stage_name)  # without those rolled back
+            if counts.ready and await self._held_after(rollout, stage_name):
+                return  # the next stage waits for an operator's approval (.approvals)
             if counts.ready:
                 why = f"{counts.ready_count} of {counts.taking_part} children ready"
                 barrier = await self._open(rollout.id, stage_name, why)
