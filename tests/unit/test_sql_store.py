@@ -689,3 +689,35 @@ async def test_version_5_gains_the_rollouts_data_release(db_url: str) -> None:
         assert (await rollouts.get_rollout("new")).after_release == "RE_1"
     finally:
         await rollouts.close()
+
+
+async def test_version_8_gains_the_gates_before_publish(db_url: str) -> None:
+    """A release of a version-8 database upgrades to one without gates (NULL: it waits for
+    its tasks only), and a new one keeps its gates, times with their zone."""
+    from datetime import UTC, datetime
+
+    from release_coordinator import Approval, PublishGates, Release
+
+    store = await SQLStore.connect(db_url)
+    await store.create_release(Release("RE_old", "old", "0.0.0"), [], ev("created"))
+    await store.close()
+    await execute(
+        db_url,
+        "ALTER TABLE rc_releases DROP COLUMN gates",
+        "UPDATE rc_schema_version SET version = 8",
+    )
+    with pytest.raises(SchemaError, match="schema version 8"):
+        await SQLStore.connect(db_url)
+    assert await upgrade(db_url) == (8, SCHEMA_VERSION)
+    store = await SQLStore.connect(db_url, create=False)
+    try:
+        assert (await store.get_release("RE_old")).gates == PublishGates()
+        at = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+        gates = PublishGates(2, ("WH_1",), at, (Approval("alice", at),))
+        new, _ = await store.create_release(
+            Release("RE_new", "new", "0.0.0", gates=gates), [], ev("created")
+        )
+        assert (await store.get_release("RE_new")).gates == gates
+        assert new.gates == gates
+    finally:
+        await store.close()
