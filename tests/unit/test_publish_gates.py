@@ -326,3 +326,24 @@ async def exercise_gates(c: Any, small: Any) -> dict[str, str]:
         await c("POST", template, 422, path=here, json={"x": 1}, accepted=False)
         await small("POST", template, 413, path=here, json={"x": "y" * 20})
     return {"release_id": rid}
+
+
+def test_the_blocking_facade_approves_and_subscribes() -> None:
+    from release_coordinator import SyncCoordinator
+
+    transport = MemoryTransport()
+    transport.add("memory://portal", TaskServiceKit("portal"))
+    with SyncCoordinator(transport=transport) as sync:
+        sync.register_service("portal", "memory://portal")
+        hook = sync.add_webhook("http://127.0.0.1:9/hook", states=["published"])
+        assert [w.id for w in sync.list_webhooks()] == [hook.id]
+        assert sync.update_webhook(hook.id, enabled=False).enabled is False
+        assert sync.list_webhook_deliveries(hook.id) == []
+        release = sync.create_release("r1", required_approvals=1, auto_publish=True)
+        sync.wait(release.id, ["staged"], timeout=10)
+        assert sync.approve(release.id, by="alice").gates.approvals[0].by == "alice"
+        assert sync.wait(release.id, timeout=10).state is ReleaseState.PUBLISHED
+        with pytest.raises(ConflictError):
+            sync.rerun_checks(release.id)
+        sync.remove_webhook(hook.id)
+        assert sync.list_webhooks() == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, ParamSpec, Self, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -33,6 +34,7 @@ from release_coordinator.coordinator.models import (
     Task,
     TaskService,
 )
+from release_coordinator.coordinator.webhook_records import Webhook, WebhookDelivery
 from release_coordinator.fsm.release import ReleaseState
 from release_coordinator.storage.base import CoordinatorStore, EventFilter
 from release_coordinator.transports.base import TaskServiceTransport
@@ -170,6 +172,9 @@ class SyncCoordinator(_BlockingFacade):
         author: str = "",
         is_major: bool = False,
         auto_publish: bool = False,
+        required_approvals: int = 0,
+        checks: Iterable[str] = (),
+        publish_at: datetime | None = None,
     ) -> Release:
         return self._call(
             self.coordinator.create_release,
@@ -180,6 +185,39 @@ class SyncCoordinator(_BlockingFacade):
             author=author,
             is_major=is_major,
             auto_publish=auto_publish,
+            required_approvals=required_approvals,
+            checks=tuple(checks),
+            publish_at=publish_at,
+        )
+
+    def approve(self, release_id: str, *, by: str) -> Release:
+        return self._call(self.coordinator.approve, release_id, by=by)
+
+    def rerun_checks(self, release_id: str, *, by: str = "") -> Release:
+        return self._call(self.coordinator.rerun_checks, release_id, by=by)
+
+    # -- webhooks ------------------------------------------------------------------------------
+    def add_webhook(self, url: str, **settings: Any) -> Webhook:
+        """Subscribe ``url`` (the settings of ``Coordinator.add_webhook``)."""
+        return self._call(self.coordinator.add_webhook, url, **settings)
+
+    def get_webhook(self, webhook_id: str) -> Webhook:
+        return self._call(self.coordinator.get_webhook, webhook_id)
+
+    def list_webhooks(self, *, enabled: bool | None = None) -> list[Webhook]:
+        return self._call(self.coordinator.list_webhooks, enabled=enabled)
+
+    def update_webhook(self, webhook_id: str, **changes: Any) -> Webhook:
+        return self._call(self.coordinator.update_webhook, webhook_id, **changes)
+
+    def remove_webhook(self, webhook_id: str) -> None:
+        self._call(self.coordinator.remove_webhook, webhook_id)
+
+    def list_webhook_deliveries(
+        self, webhook_id: str, *, limit: int | None = None, offset: int = 0
+    ) -> list[WebhookDelivery]:
+        return self._call(
+            self.coordinator.list_webhook_deliveries, webhook_id, limit=limit, offset=offset
         )
 
     def publish(self, release_id: str) -> Release:
