@@ -817,6 +817,44 @@ async def test_the_rollout_manager_answers_what_its_document_says() -> None:
             json={"reason": "r" * 50},
         )
 
+        # operator API: stage approvals and the what-if of a draft
+        gate = {"approvals": ["canary-10"]}
+        await c("POST", "/rollouts", 201, headers=OPS, json=as_json("47", start=False, policy=gate))
+        approve = "/rollouts/{rollout_id}/stages/{stage_name}/approve"
+        approved = await c(
+            "POST", approve, 200, path="/rollouts/47/stages/canary-10/approve", headers=OPS
+        )
+        assert approved.json()["approvals"] == [{"stage": "canary-10", "approved": True}]
+        await c("POST", approve, 409, path="/rollouts/42/stages/canary-10/approve", headers=OPS)
+        await c("POST", approve, 404, path="/rollouts/47/stages/nope/approve", headers=OPS)
+        await c("POST", approve, 404, path="/rollouts/7/stages/canary-10/approve", headers=OPS)
+        for status, body in ((422, {"json": {"x": 1}}), (400, {"content": b"[]"})):
+            await c(
+                "POST",
+                approve,
+                status,
+                path="/rollouts/47/stages/canary-10/approve",
+                headers=OPS,
+                **body,
+            )
+        await small(
+            "POST",
+            approve,
+            413,
+            path="/rollouts/47/stages/canary-10/approve",
+            headers=OPS,
+            json={"reason": "r" * 50},
+        )
+        what_if = "/rollouts/{rollout_id}/what-if"
+        seen = await c("GET", what_if, 200, path="/rollouts/47/what-if", headers=OPS)
+        assert seen.json()["eligible"] >= 1
+        await c("GET", what_if, 409, path="/rollouts/42/what-if", headers=OPS)
+        await c("GET", what_if, 404, path="/rollouts/7/what-if", headers=OPS)
+        await c(
+            "GET", what_if, 400, path="/rollouts/47/what-if", headers=OPS, params={"limit": "x"}
+        )
+        await c("GET", what_if, 422, path="/rollouts/47/what-if", headers=OPS, params={"limit": 0})
+
         # operator API: the rollout event log
         log = "/rollouts/{rollout_id}/events"
         await c("GET", log, 200, path="/rollouts/42/events", headers=OPS, params={"kind": "policy"})

@@ -21,6 +21,7 @@ from release_coordinator.rollout.api_bodies import (
     RolloutUpload,
     RolloutWithBundleBody,
 )
+from release_coordinator.rollout.approval_bodies import ApprovalAnswerBody, WhatIfBody
 from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ARCHIVE_MEDIA_TYPE
 from release_coordinator.rollout.bodies import (
     EndStageAnswerBody,
@@ -32,6 +33,8 @@ from release_coordinator.rollout.bodies import (
 from release_coordinator.rollout.event_bodies import RolloutEventPageBody
 from release_coordinator.rollout.events import RolloutEventKind
 from release_coordinator.rollout.models import RolloutState
+from release_coordinator.rollout.what_if import WHAT_IF_LIMIT
+from release_coordinator.schemas import MAX_PAGE
 from release_coordinator.server.openapi_parts import (
     _MAX_EVENT_ID,
     OPENAPI_PATH,
@@ -223,6 +226,37 @@ ROLLOUT_ROUTES: tuple[Route, ...] = (
         request=ActionRequest,
         request_required=False,
         parameters=(*_ONE, _path_id("stage_name", "stage")),
+    ),
+    Route(
+        "POST",
+        "/rollouts/{rollout_id}/stages/{stage_name}/approve",
+        "approveStage",
+        "Approve a stage the rollout's policy names in approvals: children may start it from "
+        "now on (an admin's action; logged with the operator; approving again changes nothing)",
+        "rollouts",
+        {200: ("The rollout, and where each of its approvals stands.", ApprovalAnswerBody)},
+        (*_BODY, 404, 409, *_OPERATOR),
+        request=ActionRequest,
+        request_required=False,
+        parameters=(*_ONE, _path_id("stage_name", "stage")),
+    ),
+    Route(
+        "GET",
+        "/rollouts/{rollout_id}/what-if",
+        "getRolloutWhatIf",
+        "Which registered children the draft rollout would reach if it started now, per area "
+        "and per wave of its policy, relays counted apart (409 for a rollout that is no draft)",
+        "rollouts",
+        {200: ("What the draft would reach.", WhatIfBody)},
+        (400, 404, 409, 422, *_OPERATOR),
+        parameters=(
+            *_ONE,
+            _query(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": WHAT_IF_LIMIT},
+                "The most ids listed per group (400 if not an integer, 422 outside the range).",
+            ),
+        ),
     ),
     Route(
         "GET",

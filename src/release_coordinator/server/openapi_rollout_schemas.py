@@ -14,6 +14,11 @@ from release_coordinator.rollout.api_bodies import (
     ANSWER_NAMES,
     REQUEST_BODIES,
 )
+from release_coordinator.rollout.approval_bodies import (
+    APPROVAL_ANSWER_NAMES,
+    ApprovalAnswerBody,
+    WhatIfBody,
+)
 from release_coordinator.rollout.bodies import (
     EndStageAnswerBody,
     EndStageRequest,
@@ -23,7 +28,12 @@ from release_coordinator.rollout.bodies import (
 )
 from release_coordinator.rollout.event_bodies import EVENT_ANSWER_NAMES, RolloutEventPageBody
 from release_coordinator.rollout.judgement import MIN_CALLS_FLOOR
-from release_coordinator.rollout.policies import DEFAULT_CHILD_TIMEOUT, MAX_GROUPS, MAX_WAVES
+from release_coordinator.rollout.policies import (
+    DEFAULT_CHILD_TIMEOUT,
+    MAX_APPROVALS,
+    MAX_GROUPS,
+    MAX_WAVES,
+)
 from release_coordinator.rollout.results import MAX_SUMMARIES
 from release_coordinator.schemas import MAX_INT32, schema_components
 from release_coordinator.server.openapi_pacing import pacing_components, with_pacing
@@ -132,12 +142,21 @@ def _policy(kind: str, fields: dict[str, Any], *, output: bool) -> dict[str, Any
             "(Failed, outcome timed_out).",
         },
     }
+    approvals = {  # (rollout.approvals)
+        "type": "array",
+        "maxItems": MAX_APPROVALS,
+        "items": {"type": "string", "minLength": 1},
+        "description": "Stages no child starts before an operator approves them: the first "
+        "stage, or stages every stage leading to on success is a WaitForSignal stage.",
+    }
     if output:
         record = _record(properties)
         # Shown only when set (a policy without one reads as before): not required.
         record["properties"]["judgement"] = _ref("Judgement")
+        record["properties"]["approvals"] = approvals
         return record
     properties["judgement"] = _or_null(_ref("JudgementInput"))
+    properties["approvals"] = _or_null(approvals)
     required = [] if kind == "global_incremental" else ["type"]
     return _object(properties, required)
 
@@ -233,6 +252,7 @@ _STRUCT_NAMES = {
     "EndStageAnswerBody": "EndStageAnswer",
     **ANSWER_NAMES,
     **EVENT_ANSWER_NAMES,
+    **APPROVAL_ANSWER_NAMES,
 }
 
 #: The child protocol's bodies, generated from their Structs.
@@ -243,7 +263,8 @@ _CHILD_BODIES = schema_components(
 
 #: The operator API's bodies, generated from their Structs (answers named without ``Body``).
 _OPERATOR_BODIES = schema_components(
-    [*REQUEST_BODIES, *ANSWER_BODIES, RolloutEventPageBody], names=_STRUCT_NAMES
+    [*REQUEST_BODIES, *ANSWER_BODIES, RolloutEventPageBody, ApprovalAnswerBody, WhatIfBody],
+    names=_STRUCT_NAMES,
 )
 
 _ROLLOUT_SCHEMAS: dict[str, Any] = {

@@ -59,6 +59,7 @@ from release_coordinator.server.request_body import (
     parse_multipart,
     read_body,
 )
+from release_coordinator.server.rollout_approvals import approval_routes
 from release_coordinator.server.rollout_events import actor_of
 from release_coordinator.server.rollout_records import (
     area_query,
@@ -459,6 +460,7 @@ class OperatorApi:
                     for action in ("start", "pause", "resume", "abort")
                 ),
                 (f"{one}/stages/{{stage_name}}/promote", "POST", self.rollout_action("promote")),
+                *approval_routes(self),  # approve a stage, what-if (.rollout_approvals)
                 (f"{one}/status", "GET", self.rollout_status),
                 (f"{one}/children", "GET", self.rollout_children),
                 ("/children", "GET", self.list_children),
