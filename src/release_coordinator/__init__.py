@@ -81,6 +81,7 @@ from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
 from release_coordinator.rollout.events import RolloutEvent, RolloutEventFilter, RolloutEventKind
 from release_coordinator.rollout.fleet_report import FleetResult
 from release_coordinator.rollout.geo import Area, GeoIndex
+from release_coordinator.rollout.interventions import RetryResult
 from release_coordinator.rollout.judgement import (
     CanaryVerdict,
     Judgement,
@@ -224,6 +225,7 @@ __all__ = [
     "ReleaseStatus",
     "ResultReport",
     "RetryPolicy",
+    "RetryResult",
     "Rollout",
     "RolloutEvent",
     "RolloutEventFilter",

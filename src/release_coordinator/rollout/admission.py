@@ -18,7 +18,14 @@ from release_coordinator.rollout.policies import (
     Waves,
 )
 
-__all__ = ["Admission", "admit", "sequential_groups", "success_share", "wave_ends"]
+__all__ = [
+    "Admission",
+    "admit",
+    "failure_condition",
+    "sequential_groups",
+    "success_share",
+    "wave_ends",
+]
 
 
 @attrs.frozen
@@ -34,6 +41,12 @@ class Admission:
 
 _FINISHED = frozenset({ReleaseStatus.DONE, ReleaseStatus.FAILED})
 ROLLED_OUT = "rolled_out"  # Outcome.ROLLED_OUT (a StrEnum): compared by value
+EXCLUDED = "excluded"  # Outcome.EXCLUDED: an excluded child counts for no threshold
+
+
+def _counted(states: Mapping[str, ChildRelease]) -> list[ChildRelease]:
+    """The children a policy's thresholds count: every admitted one but the excluded."""
+    return [s for s in states.values() if s.outcome != EXCLUDED]
 
 
 def admit(
@@ -108,11 +121,29 @@ def finished_at(state: ChildRelease) -> float:
 def success_share(states: Mapping[str, ChildRelease]) -> float | None:
     """Of the finished children, the share that rolled out (None: none finished yet)."""
     finished = rolled_out = 0
-    for state in states.values():
+    for state in _counted(states):
         if state.status in _FINISHED:
             finished += 1
             rolled_out += state.status is ReleaseStatus.DONE and state.outcome == ROLLED_OUT
     return rolled_out / finished if finished else None
+
+
+def failure_condition(policy: Waves, states: Mapping[str, ChildRelease]) -> str:
+    """Why the policy's error condition holds (more than ``failure_threshold`` of the finished
+    children failed, after at least ``min_finished`` finished), or "" when it does not.
+    Excluded children are not counted."""
+    finished = [s for s in _counted(states) if s.status in _FINISHED]
+    failed = sum(1 for s in finished if s.status is ReleaseStatus.FAILED)
+    if (
+        finished
+        and len(finished) >= policy.min_finished
+        and (failed / len(finished) > policy.failure_threshold)
+    ):
+        return (
+            f"{failed} of {len(finished)} finished children failed "
+            f"(more than {policy.failure_threshold:.0%})"
+        )
+    return ""
 
 
 def _waves(
@@ -121,34 +152,28 @@ def _waves(
     states: Mapping[str, ChildRelease],
     now: float | None = None,
 ) -> Admission:
-    finished = [s for s in states.values() if s.status in _FINISHED]
-    failed = sum(1 for s in finished if s.status is ReleaseStatus.FAILED)
-    if (
-        finished
-        and len(finished) >= policy.min_finished
-        and (failed / len(finished) > policy.failure_threshold)
-    ):
-        return Admission(
-            abort=f"{failed} of {len(finished)} finished children failed "
-            f"(more than {policy.failure_threshold:.0%})"
-        )
+    failing = failure_condition(policy, states)
+    if failing:  # the policy's error_action applies (abort, or pause)
+        return Admission(abort=failing)
+    counted = _counted(states)  # (excluded children count for no threshold)
+    finished = [s for s in counted if s.status in _FINISHED]
     admitted = len(states)
     succeeded = sum(
         1 for s in finished if s.status is ReleaseStatus.DONE and s.outcome == ROLLED_OUT
     )
-    if admitted and succeeded < policy.success_threshold * admitted:
+    if counted and succeeded < policy.success_threshold * len(counted):
         return Admission()  # the current wave is still proving itself
-    if admitted and policy.soak_time and now is not None:
+    if counted and policy.soak_time and now is not None:
         # Soaking: the threshold was met by the `need`-th success; the next wave waits
         # soak_time after it (from the stored finish times: the same after a restart).
-        need = max(1, math.ceil(policy.success_threshold * admitted))
+        need = max(1, math.ceil(policy.success_threshold * len(counted)))
         times = sorted(
             finished_at(s)
             for s in finished
             if s.status is ReleaseStatus.DONE and s.outcome == ROLLED_OUT
         )
-        until = times[need - 1] + policy.soak_time
-        if now < until:
+        until = times[need - 1] + policy.soak_time if len(times) >= need else None
+        if until is not None and now < until:
             return Admission(until=until)
     # The next wave: the first whose size passes what was admitted so far; the last wave is
     # everyone, children that became eligible late included.

@@ -351,6 +351,17 @@ class _Bookkeeping:
         await self._note_aborted(rollout_id)
         return rollout
 
+    async def _policy_failed(self, rollout: Rollout, reason: str) -> None:
+        """The policy's error condition holds (``reason``): its ``error_action`` applies,
+        ``abort`` (see :meth:`_abort`) or ``pause`` (logged as the policy's decision; the
+        operator retries or excludes the failed children, then resumes, or aborts)."""
+        if getattr(rollout.policy, "error_action", "abort") != "pause":
+            await self._abort(rollout.id, reason)
+            return
+        with contextlib.suppress(InvalidTransitionError):  # paused or ended meanwhile
+            await self._operate(rollout.id, "pause", reason)
+            log.warning("rollout %s paused by its policy: %s", rollout.id, reason)
+
     async def _note_aborted(self, rollout_id: str) -> None:
         """Remember which children run the aborted rollout, for their next poll."""
         for state in await self.store.child_releases(rollout_id):
@@ -434,10 +445,13 @@ class _Bookkeeping:
         self._changes[rollout_id] = self._changes.get(rollout_id, 0) + 1
         return self._tallies.get(rollout_id)
 
-    async def _put(self, expected: ChildRelease, new: ChildRelease) -> None:
+    async def _put(
+        self, expected: ChildRelease, new: ChildRelease, *, before: Sequence[RolloutEvent] = ()
+    ) -> None:
         """Compare-and-set a child's state (ConcurrentUpdateError) and count the change; its
-        events are written with it."""
-        await self.store.put_child_release(expected, new, events=child_events(expected, new))
+        events are written with it (after ``before``: an operator's request, say)."""
+        events = [*before, *child_events(expected, new)]
+        await self.store.put_child_release(expected, new, events=events)
         self._events_written()
         tally = self._changed(new.rollout_id)
         if tally is not None:
@@ -522,12 +536,9 @@ def _operation_events(
     if request:
         by = f" by {actor}" if actor else ""
         events.append(rollout_event(_USER, f"{action} requested{by}{why}", rollout_id, actor=actor))
-    kind = (
-        RolloutEventKind.POLICY
-        if action == "abort" and not request
-        else RolloutEventKind.TRANSITION
-    )
-    type_ = EventType.WARNING if action == "abort" else EventType.INFO
+    by_policy = action in ("abort", "pause") and not request  # (an error action: a decision)
+    kind = RolloutEventKind.POLICY if by_policy else RolloutEventKind.TRANSITION
+    type_ = EventType.WARNING if action == "abort" or by_policy else EventType.INFO
     message = f"rollout {_PAST[action]}{why}"
     events.append(
         rollout_event(kind, message, rollout_id, type=type_, state=dest.value, actor=actor)

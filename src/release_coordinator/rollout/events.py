@@ -128,6 +128,7 @@ _OUTCOME_WORDS = {
     "rolled_back": "rolled back",
     "timed_out": "timed out (no progress within the policy's child_timeout)",
     "aborted": "stopped by the rollout's abort",
+    "excluded": "excluded from the rollout by the operator",
     "": "failed",
 }
 _STAGE_WORDS = {

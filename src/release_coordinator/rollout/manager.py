@@ -263,6 +263,9 @@ class RolloutManager(_Approving):
         rollout = await self.store.get_rollout(report.release_id)
         bundle = await self.store.get_bundle(rollout.id)
         before = await self.store.child_release(rollout.id, report.child_id)
+        if before.outcome is Outcome.EXCLUDED:  # the operator excluded it: roll back
+            self._reported_on(before.child_id, before.rollout_id)
+            return "rollback"
         state = before
         last = len(report.reports) - 1
         for i, stage_report in enumerate(report.reports):  # refuses what it always refused
@@ -441,7 +444,7 @@ class RolloutManager(_Approving):
         stage = state.stage(stage_name)
         if (
             rollout.state is RolloutState.ABORTED
-            or state.outcome is Outcome.TIMED_OUT
+            or state.outcome in (Outcome.TIMED_OUT, Outcome.EXCLUDED)
             or told_to_roll_back(rollout, state, stage_name)  # by canary judgement
         ):
             return EndStageAnswer(True, "rollback")  # aborted, or the manager gave up on it

@@ -124,8 +124,8 @@ class _Matching(_Bookkeeping):
             lost=lambda child: self._is_lost(seen, child, now),
             area_of=eligible.__getitem__,
         )
-        if decision.abort:
-            await self._abort(rollout.id, decision.abort)
+        if decision.abort:  # (the policy's error_action: abort, or pause)
+            await self._policy_failed(rollout, decision.abort)
         elif decision.admit:
             policy = f"{type(rollout.policy).__name__} policy"  # (logged: a wave or group)
             await self._target(rollout.id, decision.admit, decision=policy)

@@ -97,6 +97,9 @@ class Outcome(StrEnum):
     #: The rollout was aborted while the child ran it, and the child's next report did not
     #: say it rolled back (it is told to; what it runs is its own word against the abort).
     ABORTED = "aborted"
+    #: The operator excluded the child from the rollout (``RolloutManager.exclude``): it is
+    #: never offered it again (nor retried); a child that ran it is told to roll back.
+    EXCLUDED = "excluded"
 
 
 @attrs.frozen

@@ -10,12 +10,12 @@ from typing import Any
 from release_coordinator.errors import ConflictError, InvalidTransitionError, ValidationError
 from release_coordinator.rollout.events import RolloutEventKind, rollout_event
 from release_coordinator.rollout.geo import Area, MatchMode
+from release_coordinator.rollout.interventions import _Interventions
 from release_coordinator.rollout.judging import child_group
 from release_coordinator.rollout.models import Child, ReleaseBundle, Rollout, RolloutState
 from release_coordinator.rollout.policies import GlobalIncremental, Policy
 from release_coordinator.rollout.reports import RolloutReport, build_report
 from release_coordinator.rollout.strategy import StageType
-from release_coordinator.rollout.ticks import _Ticks
 
 __all__ = ["ReleaseStates"]
 
@@ -31,7 +31,7 @@ RELEASE_ENDED_BADLY = frozenset({"failed", "canceled"})
 log = logging.getLogger("release_coordinator.rollout.manager")  # the manager's log
 
 
-class _Operations(_Ticks):
+class _Operations(_Interventions):
     """The operator's side of a rollout manager (see the module documentation)."""
 
     # -- operator ----------------------------------------------------------------------------
@@ -151,7 +151,10 @@ class _Operations(_Ticks):
         return await self._operate(rollout_id, "pause", actor=actor, request=True)
 
     async def resume(self, rollout_id: str, *, actor: str = "") -> Rollout:
-        """Undo :meth:`pause`; barriers that became ready meanwhile open at the next report."""
+        """Undo :meth:`pause`; barriers that became ready meanwhile open at the next report.
+        A rollout its policy paused (``error_action="pause"``) resumes only once its error
+        condition no longer holds (InvalidTransitionError, 409, until then)."""
+        await self._check_resume(rollout_id)  # (rollout.interventions)
         await self._sync(force=True)
         rollout = await self._operate(rollout_id, "resume", actor=actor, request=True)
         await self._admit(rollout)

@@ -128,8 +128,8 @@ class _Pacing(_Matching):
             area_of=eligible.__getitem__,
             now=now,
         )
-        if decision.abort:
-            await self._abort(rollout.id, decision.abort)
+        if decision.abort:  # (the policy's error_action: abort, or pause)
+            await self._policy_failed(rollout, decision.abort)
             return
         chosen = decision.admit
         if chosen and pacing.limits_rate:

@@ -18,8 +18,8 @@ child that went away or hung.
 - :class:`LocationSequential` admits one group (an area, or a single child) at a time, the next
   once every child of the previous one has finished the whole release (or is lost).
 - :class:`Waves` admits growing shares of the children, advancing once a wave's successes
-  reach a threshold, and aborts when the failure share passes a threshold after a minimum number
-  of children finished.
+  reach a threshold, and aborts (or pauses: ``error_action``) when the failure share passes a
+  threshold after a minimum number of children finished.
 
 What a policy decides at a moment is :func:`release_coordinator.rollout.admission.admit`'s.
 """
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -39,8 +39,10 @@ from release_coordinator.rollout.pacing import NO_PACING, Pacing, pacing_json, p
 
 __all__ = [
     "DEFAULT_CHILD_TIMEOUT",
+    "ERROR_ACTIONS",
     "MAX_GROUPS",
     "MAX_WAVES",
+    "ErrorAction",
     "GlobalIncremental",
     "LocationSequential",
     "Policy",
@@ -105,6 +107,17 @@ class LocationSequential:
     approvals: tuple[str, ...] = ()
 
 
+#: What a Waves policy's error condition does: ``abort`` (every child rolls back) or ``pause``
+#: (the operator decides: retry or exclude the failed children, then resume; or abort).
+ErrorAction = Literal["abort", "pause"]
+ERROR_ACTIONS: tuple[ErrorAction, ...] = ("abort", "pause")
+
+
+def _error_action(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ERROR_ACTIONS:
+        raise ConfigurationError(f"{attribute.name} must be abort or pause, not {value!r}")
+
+
 def _sizes(
     _: object, attribute: attrs.Attribute[tuple[float, ...]], value: tuple[float, ...]
 ) -> None:
@@ -120,7 +133,8 @@ class Waves:
     eligibility order; the last wave is everyone). The next wave starts once
     ``success_threshold`` of the children admitted so far finished and rolled out; the rollout
     aborts once more than ``failure_threshold`` of the finished children failed, after at least
-    ``min_finished`` finished. With ``soak_time``, the next wave waits that many seconds more
+    ``min_finished`` finished (pauses instead with ``error_action="pause"``; excluded children
+    count for neither threshold). With ``soak_time``, the next wave waits that many seconds more
     after the current one met the threshold (measured from the finish that met it)."""
 
     sizes: tuple[float, ...] = attrs.field(default=(0.01, 0.1, 0.5, 1.0), validator=_sizes)
@@ -138,6 +152,9 @@ class Waves:
     pacing: Pacing = NO_PACING
     #: Stages an operator approves before any child starts them: see :mod:`.approvals`.
     approvals: tuple[str, ...] = ()
+    #: What the error condition (``failure_threshold`` passed) does: ``abort`` the rollout,
+    #: or ``pause`` it for the operator (see :data:`ERROR_ACTIONS`).
+    error_action: ErrorAction = attrs.field(default="abort", validator=_error_action)
 
 
 Policy = GlobalIncremental | LocationSequential | Waves
@@ -184,6 +201,7 @@ def policy_json(policy: Policy) -> dict[str, Any]:
         "failure_threshold": policy.failure_threshold,
         "min_finished": policy.min_finished,
         **({"soak_time": policy.soak_time} if policy.soak_time else {}),
+        **({"error_action": policy.error_action} if policy.error_action != "abort" else {}),
         **common,
     }
 
@@ -212,6 +230,7 @@ _POLICY_FIELDS = {
         "failure_threshold",
         "min_finished",
         "soak_time",
+        "error_action",
         "quorum",
         "barrier_timeout",
         "child_timeout",
@@ -281,6 +300,11 @@ def parse_policy(value: object, path: str = "policy") -> Policy:
             refuse("approvals", f"must be a list of at most {MAX_APPROVALS} stage names")
         else:
             options["approvals"] = tuple(dict.fromkeys(approvals))
+    if kind == "waves" and value.get("error_action") is not None:  # abort (default) or pause
+        if value["error_action"] not in ERROR_ACTIONS:
+            refuse("error_action", "must be abort or pause")
+        else:
+            options["error_action"] = value["error_action"]
     if kind == "waves" and value.get("soak_time") is not None:
         soak = _number(value["soak_time"])
         if soak is None or soak < 0:

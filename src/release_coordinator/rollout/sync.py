@@ -20,7 +20,7 @@ it with the manager's loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from release_coordinator.coordinator.sync import _BlockingFacade
@@ -28,8 +28,15 @@ from release_coordinator.rollout.archive import FunctionArchive
 from release_coordinator.rollout.bookkeeping import RolloutSubscriber
 from release_coordinator.rollout.events import RolloutEvent, RolloutEventFilter
 from release_coordinator.rollout.geo import Area, MatchMode
+from release_coordinator.rollout.interventions import RetryResult
 from release_coordinator.rollout.manager import RolloutManager
-from release_coordinator.rollout.models import Child, ReleaseBundle, Rollout, RolloutState
+from release_coordinator.rollout.models import (
+    Child,
+    ChildRelease,
+    ReleaseBundle,
+    Rollout,
+    RolloutState,
+)
 from release_coordinator.rollout.policies import Policy
 from release_coordinator.rollout.reports import BarrierState, RolloutReport, StageCounts
 from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
@@ -136,6 +143,16 @@ class SyncRolloutManager(_BlockingFacade):
 
     def promote(self, rollout_id: str, stage_name: str) -> Rollout:
         return self._call(self.manager.promote, rollout_id, stage_name)
+
+    def exclude(
+        self, rollout_id: str, child_id: str, *, reason: str = "", actor: str = ""
+    ) -> ChildRelease:
+        return self._call(self.manager.exclude, rollout_id, child_id, reason=reason, actor=actor)
+
+    def retry(
+        self, rollout_id: str, children: Iterable[str] | None = None, *, actor: str = ""
+    ) -> RetryResult:
+        return self._call(self.manager.retry, rollout_id, children, actor=actor)
 
     def open_barrier(self, rollout_id: str, stage_name: str) -> None:
         self._call(self.manager.open_barrier, rollout_id, stage_name)
