@@ -27,6 +27,7 @@ import pytest
 from release_coordinator.coordinator.models import EventType
 from release_coordinator.errors import ConcurrentUpdateError, ConflictError, NotFoundError
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
+from release_coordinator.rollout.approvals import approval_key
 from release_coordinator.rollout.events import RolloutEvent, RolloutEventFilter, RolloutEventKind
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.models import (
@@ -274,6 +275,7 @@ async def test_set_rollout_state_is_a_compare_and_set(rollout_store: RolloutStor
 
 POLICIES: list[Policy] = [
     GlobalIncremental(),
+    GlobalIncremental(approvals=("canary-10", "ab-50")),
     GlobalIncremental(quorum=0.75, barrier_timeout=12.5),
     LocationSequential(),
     LocationSequential(
@@ -1053,6 +1055,34 @@ async def test_barriers(rollout_store: RolloutStore) -> None:
     async with reopened(rollout_store) as store:
         assert await store.barrier("R1", "canary-10") == BarrierRecord(True, 5.5)
         assert await store.barrier("R2", "canary-10") == BarrierRecord(True, 9.0)
+
+
+async def test_an_approval_is_a_barrier_record_of_its_own(rollout_store: RolloutStore) -> None:
+    """A stage's approval (rollout.approvals) is kept as a barrier under a key no stage takes:
+    stored apart from the stage's barrier, logged once however often it is given, kept."""
+    await add(rollout_store, "R1")
+    key = approval_key(two_stage_bundle("R1").strategy, "ab-50")
+    assert key != "ab-50"
+    approved = RolloutEvent(
+        EventType.INFO,
+        RolloutEventKind.USER_ACTION,
+        "stage 'ab-50' approved by alice",
+        "R1",
+        stage="ab-50",
+        actor="alice",
+    )
+    assert await rollout_store.barrier("R1", key) == BarrierRecord()
+    first = await rollout_store.mark_barrier("R1", key, open=True, events=[approved])
+    assert first == BarrierRecord(True, None)
+    again = attrs.evolve(approved, actor="bob")
+    assert await rollout_store.mark_barrier("R1", key, open=True, events=[again]) == first
+    logged = await rollout_store.list_events()
+    assert [(e.message, e.actor, e.stage) for e in logged] == [
+        ("stage 'ab-50' approved by alice", "alice", "ab-50")
+    ]
+    assert await rollout_store.barrier("R1", "ab-50") == BarrierRecord()  # the stage's own
+    async with reopened(rollout_store) as store:
+        assert await store.barrier("R1", key) == BarrierRecord(True, None)
 
 
 async def test_racing_mark_barrier_keeps_the_first_time(rollout_store: RolloutStore) -> None:

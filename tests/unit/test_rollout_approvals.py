@@ -86,6 +86,12 @@ async def test_the_barrier_before_a_stage_waits_for_its_approval(manager: Rollou
     assert not (await manager.barrier("42", "canary-10")).open
     with pytest.raises(InvalidTransitionError, match="needs an operator's approval"):
         await manager.promote("42", "canary-10")
+    failing = result(one, "canary-10", 5, "ab-50")  # fails, naming the waiting stage next
+    with pytest.raises(InvalidTransitionError, match="waits for an operator's approval"):
+        await manager.submit_result(failing)
+    assert (await manager.store.child_release("42", one)).stages[
+        "ab-50"
+    ].status.wire_name == "Pending"
     with pytest.raises(InvalidTransitionError, match="does not ask"):
         await manager.approve("42", "canary-10", actor="alice")
     with pytest.raises(NotFoundError):

@@ -27,7 +27,11 @@ abort. After every step it checks, against the store:
     any 60 seconds, at most ``start_per_minute * factor ** minutes`` since the start and never
     more than ``max_per_minute``;
 (j) every poll answer carries a bounded next-poll hint, the short one when it offers the
-    release.
+    release;
+(k) with approvals (random: none, the first stage, the second, both), no child enters a stage
+    that needs approval before an operator approved it (approve is a rule: any stage, accepted
+    only for one the policy names and a rollout that is not over; again, it changes nothing),
+    and the rollout is offered to nobody before its first stage is approved.
 
 Refused calls must raise one of the protocol's errors and change nothing.
 """
@@ -192,6 +196,8 @@ class RolloutMachine(RuleBasedStateMachine):
         self.pacing = Pacing()
         self.started_at = 0.0
         self.offers: list[float] = []  # when each child was newly targeted (re-offers too)
+        self.approvals: tuple[str, ...] = ()  # the stages the policy needs approved
+        self.approved: set[str] = set()  # those an operator approved
 
     def teardown(self) -> None:
         self.loop.close()
@@ -239,6 +245,9 @@ class RolloutMachine(RuleBasedStateMachine):
         barrier_timeout=st.sampled_from([None, None, 10.0, 45.0]),
         child_timeout=st.sampled_from([None, 20.0, 50.0, 3600.0]),
         pacing=st.sampled_from(sorted(PACINGS)),
+        approvals=st.sampled_from(
+            [(), ("ab-50",), ("ab-50",), ("canary-10",), ("canary-10", "ab-50")]
+        ),
         data=st.data(),
     )
     def setup(
@@ -249,6 +258,7 @@ class RolloutMachine(RuleBasedStateMachine):
         barrier_timeout: float | None,
         child_timeout: float | None,
         pacing: str,
+        approvals: tuple[str, ...],
         data: st.DataObject,
     ) -> None:
         for spec, is_inside in [(s, True) for s in inside] + [(s, False) for s in outside]:
@@ -270,7 +280,9 @@ class RolloutMachine(RuleBasedStateMachine):
             barrier_timeout=barrier_timeout,
             child_timeout=child_timeout,
             pacing=self.pacing,
+            approvals=approvals,
         )
+        self.approvals = approvals
         self.started_at = self.clock.now
         rollout = self.run(self.manager.create_rollout(BUNDLE, TARGET, policy=policy))
         assert rollout.state is RolloutState.ACTIVE
@@ -290,7 +302,7 @@ class RolloutMachine(RuleBasedStateMachine):
             assert answer.new_release == "", "a child outside the target was offered the release"
             assert record is None
         else:
-            if state is RolloutState.ACTIVE and not self.pacing.is_set:
+            if state is RolloutState.ACTIVE and not self.pacing.is_set and self.first_open():
                 # One inside always does: registered (now at the latest) means targeted.
                 assert record is not None, "a child inside the target was never targeted"
             offered = (
@@ -587,6 +599,33 @@ class RolloutMachine(RuleBasedStateMachine):
                     for name in STAGES:
                         self.do_end_stage(i, name)
 
+    @rule(stage=st.sampled_from([*STAGES, "junk"]))
+    def approve(self, stage: str) -> None:
+        """(k) The operator approves a stage: accepted for one the policy names, unless the
+        rollout is over; approving again changes nothing."""
+        before = self.snapshot()
+        state = before[0]
+        try:
+            self.run(self.manager.approve(RELEASE, stage, actor="op"))
+        except REFUSALS:
+            assert stage not in self.approvals or state in (
+                RolloutState.COMPLETED,
+                RolloutState.ABORTED,
+            ), f"approve of {stage} refused on a {state.value} rollout"
+            self.refused_changes_nothing(before, "approve")
+            self.check()
+            return
+        assert stage in self.approvals, f"approved {stage}, which needs no approval"
+        assert state not in (RolloutState.COMPLETED, RolloutState.ABORTED)
+        again = stage in self.approved
+        self.approved.add(stage)
+        if again:
+            self.refused_changes_nothing(before, "a repeated approve")
+        self.check()
+
+    def first_open(self) -> bool:
+        return STAGES[0] not in self.approvals or STAGES[0] in self.approved
+
     # -- invariants ------------------------------------------------------------------------------
     @invariant()
     def check_after_every_step(self) -> None:
@@ -601,10 +640,23 @@ class RolloutMachine(RuleBasedStateMachine):
             assert self.everyone_finished(records), f"completed too early: {records}"
         self.check_outside_never_targeted()
         self.check_barrier(state, records)
+        self.check_approvals(records)
         for i, record in records.items():
             if record is not None and self.prev.get(i) is None:
                 self.check_offer_allowed()  # (i) newly targeted now
         self.prev_rollout, self.prev = state, records
+
+    def check_approvals(self, records: Snapshot) -> None:
+        """(k) No child entered a stage waiting for approval; nobody is offered the rollout
+        before its first stage is approved."""
+        for i, record in records.items():
+            if record is None:
+                continue
+            assert self.first_open(), f"child {i} was offered it before {STAGES[0]} was approved"
+            for name in self.approvals:
+                if name not in self.approved:
+                    status = record.stages[name].status
+                    assert status is SS.PENDING, f"child {i} entered {name} ({status.wire_name})"
 
     def check_offer_allowed(self) -> None:
         """(i) A child was newly targeted now: the pacing is open, and the ramp's rate holds

@@ -22,8 +22,9 @@ it survives restarts; it is logged in the rollout event log with the operator as
 
 from __future__ import annotations
 
-from release_coordinator.errors import Problem, ValidationError
-from release_coordinator.rollout.models import Rollout
+from release_coordinator.errors import InvalidTransitionError, Problem, ValidationError
+from release_coordinator.fsm.rollout import StageStatus
+from release_coordinator.rollout.models import ChildRelease, Rollout
 from release_coordinator.rollout.pacer import _Pacing
 from release_coordinator.rollout.policies import Policy
 from release_coordinator.rollout.strategy import StageType, Strategy
@@ -104,6 +105,28 @@ class _Approvals(_Pacing):
         if nxt in rollout.policy.approvals and not await self._approved(rollout.id, strategy, nxt):
             return nxt
         return ""
+
+    async def _refuse_unapproved(
+        self, rollout: Rollout, strategy: Strategy, before: ChildRelease, after: ChildRelease
+    ) -> None:
+        """InvalidTransitionError (409, nothing changed) when a child's report would begin a
+        stage that waits for approval (a child naming it as its next stage, say)."""
+        if rollout.gated or not rollout.policy.approvals:
+            return
+        for name in rollout.policy.approvals:
+            old, new = before.stages.get(name), after.stages.get(name)
+            if old is None or new is None or old.status is not StageStatus.PENDING:
+                continue
+            if new.status is not StageStatus.PENDING and not await self._approved(
+                rollout.id, strategy, name
+            ):
+                raise InvalidTransitionError(
+                    "stage",
+                    old.status.wire_name,
+                    "begin",
+                    subject=f"{before.child_id}/{rollout.id}/{name}",
+                    hint="the stage waits for an operator's approval",
+                )
 
     async def _admit(self, rollout: Rollout, newcomers: list[str] | None = None) -> None:
         if rollout.policy.approvals and not rollout.gated:

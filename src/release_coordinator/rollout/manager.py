@@ -272,6 +272,7 @@ class RolloutManager(_Approving):
             state = self._apply_stage(rollout, bundle, state, stage_report, last=i == last)
         if rollout.state is RolloutState.ABORTED:
             return await self._apply_after_abort(before, report)
+        await self._refuse_unapproved(rollout, bundle.strategy, before, state)  # (.approvals)
         if state != before:
             await self._put(before, attrs.evolve(state, acknowledged=True))
             for name, stage in state.stages.items():
