@@ -855,6 +855,63 @@ async def test_the_rollout_manager_answers_what_its_document_says() -> None:
         )
         await c("GET", what_if, 422, path="/rollouts/47/what-if", headers=OPS, params={"limit": 0})
 
+        # operator API: interventions (exclude a child, retry)
+        exclude = "/rollouts/{rollout_id}/children/{child_id}/exclude"
+        out = await c(
+            "POST",
+            exclude,
+            200,
+            path=f"/rollouts/42/children/{child}/exclude",
+            headers=OPS,
+            json={"reason": "flaky"},
+        )
+        assert out.json()["outcome"] == "excluded"
+        await c("POST", exclude, 409, path=f"/rollouts/44/children/{child}/exclude", headers=OPS)
+        await c("POST", exclude, 404, path="/rollouts/42/children/ghost/exclude", headers=OPS)
+        for status, body in ((422, {"json": {"x": 1}}), (400, {"content": b"[]"})):
+            await c(
+                "POST",
+                exclude,
+                status,
+                path=f"/rollouts/42/children/{child}/exclude",
+                headers=OPS,
+                **body,
+            )
+        await small(
+            "POST",
+            exclude,
+            413,
+            path=f"/rollouts/42/children/{child}/exclude",
+            headers=OPS,
+            json={"reason": "r" * 50},
+        )
+        loser = (await c("POST", "/poll", 200, json=poll)).json()["id"]
+        await c("GET", "/release", 200, params={"childID": loser, "releaseID": "42"})
+        await c("POST", "/result", 200, json=result(loser, "canary-10", 5, "rollback"))
+        retry = "/rollouts/{rollout_id}/retry"
+        again = await c("POST", retry, 200, path="/rollouts/42/retry", headers=OPS)
+        assert again.json()["retried"] == [loser]
+        await c("POST", retry, 409, path="/rollouts/42/retry", headers=OPS)  # none failed now
+        await c("POST", retry, 404, path="/rollouts/7/retry", headers=OPS)
+        await c(
+            "POST",
+            retry,
+            422,
+            path="/rollouts/42/retry",
+            headers=OPS,
+            json={"children": [""]},
+            accepted=False,
+        )
+        await c("POST", retry, 400, path="/rollouts/42/retry", headers=OPS, content=b"[]")
+        await small(
+            "POST",
+            retry,
+            413,
+            path="/rollouts/42/retry",
+            headers=OPS,
+            json={"children": ["x" * 50]},
+        )
+
         # operator API: the rollout event log
         log = "/rollouts/{rollout_id}/events"
         await c("GET", log, 200, path="/rollouts/42/events", headers=OPS, params={"kind": "policy"})

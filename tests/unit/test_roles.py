@@ -71,7 +71,7 @@ BY_ROLE = {
 #: What a releaser may write, written out here (not read from the library's table), as the
 #: issue states it: create, publish, cancel (and run again: a new release) a release, write its
 #: own notes on it; create,
-#: start, pause, resume, abort a rollout and promote its stage.
+#: start, pause, resume, abort, retry a rollout, promote its stage and exclude a child.
 RELEASER_WRITES = {
     ("POST", "/releases"),
     ("POST", "/releases/{release_id}/publish"),
@@ -87,6 +87,8 @@ RELEASER_WRITES = {
     ("POST", "/rollouts/{rollout_id}/resume"),
     ("POST", "/rollouts/{rollout_id}/abort"),
     ("POST", "/rollouts/{rollout_id}/stages/{stage_name}/promote"),
+    ("POST", "/rollouts/{rollout_id}/children/{child_id}/exclude"),
+    ("POST", "/rollouts/{rollout_id}/retry"),
 }
 
 

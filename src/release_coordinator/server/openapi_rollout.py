@@ -35,6 +35,7 @@ from release_coordinator.rollout.events import RolloutEventKind
 from release_coordinator.rollout.models import RolloutState
 from release_coordinator.rollout.what_if import WHAT_IF_LIMIT
 from release_coordinator.schemas import MAX_PAGE
+from release_coordinator.server.openapi_interventions import INTERVENTION_ROUTES
 from release_coordinator.server.openapi_parts import (
     _MAX_EVENT_ID,
     OPENAPI_PATH,
@@ -227,6 +228,7 @@ ROLLOUT_ROUTES: tuple[Route, ...] = (
         request_required=False,
         parameters=(*_ONE, _path_id("stage_name", "stage")),
     ),
+    *INTERVENTION_ROUTES,  # exclude a child, retry (.openapi_interventions)
     Route(
         "POST",
         "/rollouts/{rollout_id}/stages/{stage_name}/approve",

@@ -27,6 +27,10 @@ from release_coordinator.rollout.bodies import (
     ResultAnswer,
 )
 from release_coordinator.rollout.event_bodies import EVENT_ANSWER_NAMES, RolloutEventPageBody
+from release_coordinator.rollout.intervention_bodies import (
+    INTERVENTION_ANSWER_NAMES,
+    INTERVENTION_BODIES,
+)
 from release_coordinator.rollout.judgement import MIN_CALLS_FLOOR
 from release_coordinator.rollout.policies import (
     DEFAULT_CHILD_TIMEOUT,
@@ -36,6 +40,7 @@ from release_coordinator.rollout.policies import (
 )
 from release_coordinator.rollout.results import MAX_SUMMARIES
 from release_coordinator.schemas import MAX_INT32, schema_components
+from release_coordinator.server.openapi_interventions import with_error_action
 from release_coordinator.server.openapi_pacing import pacing_components, with_pacing
 from release_coordinator.server.openapi_parts import (
     _NUMBER,
@@ -253,6 +258,7 @@ _STRUCT_NAMES = {
     **ANSWER_NAMES,
     **EVENT_ANSWER_NAMES,
     **APPROVAL_ANSWER_NAMES,
+    **INTERVENTION_ANSWER_NAMES,
 }
 
 #: The child protocol's bodies, generated from their Structs.
@@ -263,7 +269,14 @@ _CHILD_BODIES = schema_components(
 
 #: The operator API's bodies, generated from their Structs (answers named without ``Body``).
 _OPERATOR_BODIES = schema_components(
-    [*REQUEST_BODIES, *ANSWER_BODIES, RolloutEventPageBody, ApprovalAnswerBody, WhatIfBody],
+    [
+        *REQUEST_BODIES,
+        *ANSWER_BODIES,
+        RolloutEventPageBody,
+        ApprovalAnswerBody,
+        WhatIfBody,
+        *INTERVENTION_BODIES,
+    ],
     names=_STRUCT_NAMES,
 )
 
@@ -337,8 +350,10 @@ _ROLLOUT_SCHEMAS: dict[str, Any] = {
         description="A child's stage summaries, in either encoding of the protocol.",
     ),
     **_CHILD_BODIES,
-    "PolicyInput": with_pacing(_policies(output=False), output=False),
-    "Policy": with_pacing(_policies(output=True), output=True),
+    "PolicyInput": with_error_action(
+        with_pacing(_policies(output=False), output=False), output=False
+    ),
+    "Policy": with_error_action(with_pacing(_policies(output=True), output=True), output=True),
     **pacing_components(),
     "JudgementInput": _judgement(output=False),
     "Judgement": _judgement(output=True),

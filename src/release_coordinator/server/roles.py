@@ -7,8 +7,8 @@ reader     every ``GET`` (and ``HEAD``): list and read everything, the dashboard
            views, ``GET /metrics``; GraphQL queries (``POST /graphql`` too)
 releaser   what a reader may, and the release actions of :data:`RELEASER_ROUTES`:
            create, publish, cancel and run again a release; write its own release
-           notes; upload (create), start, pause, resume, abort a rollout and promote a
-           stage
+           notes; upload (create), start, pause, resume, abort, retry a rollout, promote a
+           stage and exclude a child from a rollout
 admin      everything (the task-service registry, editing a release, task callbacks
            sent with an operator token, revoking a child's token, the webhooks — their
            reads too —, and any route not listed)
@@ -107,6 +107,8 @@ RELEASER_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("POST", "/rollouts/{rollout_id}/resume"),
         ("POST", "/rollouts/{rollout_id}/abort"),
         ("POST", "/rollouts/{rollout_id}/stages/{stage_name}/promote"),
+        ("POST", "/rollouts/{rollout_id}/children/{child_id}/exclude"),
+        ("POST", "/rollouts/{rollout_id}/retry"),
     }
 )
 

@@ -61,6 +61,7 @@ from release_coordinator.server.request_body import (
 )
 from release_coordinator.server.rollout_approvals import approval_routes
 from release_coordinator.server.rollout_events import actor_of
+from release_coordinator.server.rollout_interventions import intervention_routes
 from release_coordinator.server.rollout_records import (
     area_query,
     bundle_json,
@@ -461,6 +462,7 @@ class OperatorApi:
                 ),
                 (f"{one}/stages/{{stage_name}}/promote", "POST", self.rollout_action("promote")),
                 *approval_routes(self),  # approve a stage, what-if (.rollout_approvals)
+                *intervention_routes(self),  # exclude a child, retry (.rollout_interventions)
                 (f"{one}/status", "GET", self.rollout_status),
                 (f"{one}/children", "GET", self.rollout_children),
                 ("/children", "GET", self.list_children),
