@@ -31,7 +31,14 @@ abort. After every step it checks, against the store:
 (k) with approvals (random: none, the first stage, the second, both), no child enters a stage
     that needs approval before an operator approved it (approve is a rule: any stage, accepted
     only for one the policy names and a rollout that is not over; again, it changes nothing),
-    and the rollout is offered to nobody before its first stage is approved.
+    and the rollout is offered to nobody before its first stage is approved;
+(l) the operator's interventions: an excluded child stays Failed with the outcome ``excluded``
+    and is never offered the release again (nor retried), a running one is told to roll back
+    at ``/end_stage`` and ``/result`` (its report changes nothing); a retry puts exactly the
+    failed, not excluded children (or the one named) back to Todo, and a completed rollout
+    back to active; exclusion and retry are refused (changing nothing) exactly when the
+    rollout's or the child's state does not allow them;
+(m) a child of an aborted rollout never ends rolled out after the abort.
 
 Refused calls must raise one of the protocol's errors and change nothing.
 """
@@ -93,6 +100,8 @@ ROLLOUT_MOVES = {
     (RolloutState.PAUSED, RolloutState.ABORTED),
     (RolloutState.ACTIVE, RolloutState.COMPLETED),
 }
+#: What a retry adds: a completed rollout runs again.
+RETRY_MOVES = {(RolloutState.COMPLETED, RolloutState.ACTIVE)}
 
 # The clock starts at 1000 s after the epoch (Thursday 1 January 1970, 00:16:40 UTC): windows
 # every day 00:17:00-00:18:30 and 00:20:00-00:22:00; a start 45 s in.
@@ -196,6 +205,9 @@ class RolloutMachine(RuleBasedStateMachine):
         self.pacing = Pacing()
         self.started_at = 0.0
         self.offers: list[float] = []  # when each child was newly targeted (re-offers too)
+        self.excluded: set[int] = set()  # (l) the children the operator excluded
+        self.operated: set[int] = set()  # the children the current intervention may move
+        self.retrying = False  # the current step is a retry (Failed -> Todo allowed)
         self.approvals: tuple[str, ...] = ()  # the stages the policy needs approved
         self.approved: set[str] = set()  # those an operator approved
 
@@ -298,6 +310,8 @@ class RolloutMachine(RuleBasedStateMachine):
         self.check_hint(answer)
         state, records = self.snapshot()
         record = records[i]
+        if i in self.excluded:  # (l)
+            assert answer.new_release == "", f"excluded child {i} was offered the release again"
         if not self.inside[i]:
             assert answer.new_release == "", "a child outside the target was offered the release"
             assert record is None
@@ -364,9 +378,14 @@ class RolloutMachine(RuleBasedStateMachine):
         next_stage = resolve(next_stage, before[1][i], itself=stage)
         body = result(child_id, stage, status, next_stage, f2_err_rate=err_rate)
         try:
-            self.run(self.manager.submit_result(body))
+            answer = self.run(self.manager.submit_result(body))
         except REFUSALS:
             self.refused_changes_nothing(before, "result")
+            self.check()
+            return
+        if record is not None and record.outcome is Outcome.EXCLUDED:  # (l) told to roll back
+            assert answer == "rollback"
+            self.refused_changes_nothing(before, "a report of an excluded child")
             self.check()
             return
         assert child_id == self.ids[i], "a result from an unknown child was taken"
@@ -458,8 +477,12 @@ class RolloutMachine(RuleBasedStateMachine):
             return
         assert record is not None
         assert stage in STAGES
-        if state is RolloutState.ABORTED or record.outcome is Outcome.TIMED_OUT:
-            # aborted, or the manager gave up on the child: it rolls back
+        if state is RolloutState.ABORTED or record.outcome in (
+            Outcome.TIMED_OUT,
+            Outcome.EXCLUDED,
+        ):
+            # aborted, or the manager gave up on the child, or the operator excluded it: it
+            # rolls back
             assert answer.to_json() == {"end_stage": True, "action": "rollback"}
         else:
             assert answer.action == ""
@@ -623,6 +646,86 @@ class RolloutMachine(RuleBasedStateMachine):
             self.refused_changes_nothing(before, "a repeated approve")
         self.check()
 
+    @rule(index=st.integers(0, 7), known=st.integers(0, 5))
+    def exclude(self, index: int, known: int) -> None:
+        """(l) The operator excludes a child (now and then one that does not exist)."""
+        i = self.child(index)
+        child_id = self.ids[i] if known else "nobody"
+        before = self.snapshot()
+        state, records = before
+        record = records[i] if known else None
+        self.operated = {i} if known else set()
+        try:
+            try:
+                after = self.run(self.manager.exclude(RELEASE, child_id, actor="op"))
+            except REFUSALS:
+                reachable = record is not None or self.inside[i]
+                assert (
+                    not known
+                    or not self.registered[i]
+                    or state is RolloutState.ABORTED
+                    or not reachable
+                    or (
+                        record is not None
+                        and record.status is RS.DONE
+                        and record.outcome is not Outcome.EXCLUDED
+                    )
+                ), f"exclude of child {i} ({record}) refused on a {state.value} rollout"
+                self.operated = set()
+                self.refused_changes_nothing(before, "exclude")
+                self.check()
+                return
+            assert known, "an unknown child was excluded"
+            assert self.registered[i], "an unregistered child was excluded"
+            assert state is not RolloutState.ABORTED, "a child of an aborted rollout excluded"
+            assert record is not None or self.inside[i], "a child outside the target excluded"
+            assert (after.status, after.outcome) == (RS.FAILED, Outcome.EXCLUDED)
+            if record is not None and record.outcome is Outcome.EXCLUDED:
+                self.refused_changes_nothing(before, "a repeated exclude")
+            self.excluded.add(i)
+            self.check()
+        finally:
+            self.operated = set()
+        if record is not None and record.status is RS.DOING:  # (l) told to roll back
+            for name in STAGES:
+                self.do_end_stage(i, name)
+
+    @rule(index=st.integers(0, 7), every=st.booleans(), any_child=st.integers(0, 3))
+    def retry(self, index: int, every: bool, any_child: int) -> None:
+        """(l) The operator retries every failed child, or one (mostly a failed one)."""
+        before = self.snapshot()
+        state, records = before
+        failed = {
+            j
+            for j, r in records.items()
+            if r is not None and r.status is RS.FAILED and r.outcome is not Outcome.EXCLUDED
+        }
+        i = sorted(failed)[index % len(failed)] if failed and any_child else self.child(index)
+        wanted = failed if every else {i}
+        live = state in (RolloutState.ACTIVE, RolloutState.PAUSED, RolloutState.COMPLETED)
+        self.operated, self.retrying = wanted & failed, True
+        try:
+            try:
+                names = None if every else [self.ids[i]]
+                done = self.run(self.manager.retry(RELEASE, names, actor="op"))
+            except REFUSALS:
+                assert not (live and wanted and wanted <= failed), (
+                    f"retry of {sorted(wanted)} refused on a {state.value} rollout ({records})"
+                )
+                self.operated, self.retrying = set(), False
+                self.refused_changes_nothing(before, "retry")
+                self.check()
+                return
+            assert live, f"retry accepted on a {state.value} rollout"
+            assert wanted, "retry accepted with nothing to retry"
+            assert wanted <= failed, f"retry of {sorted(wanted)} accepted: {records}"
+            assert set(done.retried) == {self.ids[j] for j in wanted}
+            if state is RolloutState.COMPLETED:
+                assert done.rollout.state is RolloutState.ACTIVE
+            self.check()
+        finally:
+            self.operated, self.retrying = set(), False
+
     def first_open(self) -> bool:
         return STAGES[0] not in self.approvals or STAGES[0] in self.approved
 
@@ -642,15 +745,33 @@ class RolloutMachine(RuleBasedStateMachine):
         self.check_barrier(state, records)
         self.check_approvals(records)
         for i, record in records.items():
-            if record is not None and self.prev.get(i) is None:
+            if record is not None and self.prev.get(i) is None and i not in self.operated:
                 self.check_offer_allowed()  # (i) newly targeted now
+        self.check_interventions(records)
         self.prev_rollout, self.prev = state, records
+
+    def check_interventions(self, records: Snapshot) -> None:
+        """(l) excluded children stay excluded, never offered again; (m) nothing rolls out
+        after an abort."""
+        for i in self.excluded:
+            record = records[i]
+            assert record is not None
+            assert (record.status, record.outcome) == (RS.FAILED, Outcome.EXCLUDED), record
+            offer = self.run(self.manager.store.first_offer(self.ids[i]))
+            assert offer != RELEASE, f"excluded child {i} is offered the release again"
+        if self.prev_rollout is RolloutState.ABORTED:
+            for i, record in records.items():
+                old = self.prev.get(i)
+                rolled_out = record is not None and record.outcome is Outcome.ROLLED_OUT
+                assert not rolled_out or (old is not None and old.outcome is Outcome.ROLLED_OUT), (
+                    f"child {i} rolled out after the abort"
+                )
 
     def check_approvals(self, records: Snapshot) -> None:
         """(k) No child entered a stage waiting for approval; nobody is offered the rollout
         before its first stage is approved."""
         for i, record in records.items():
-            if record is None:
+            if record is None or record.outcome is Outcome.EXCLUDED:  # (excluded: not offered)
                 continue
             assert self.first_open(), f"child {i} was offered it before {STAGES[0]} was approved"
             for name in self.approvals:
@@ -704,11 +825,25 @@ class RolloutMachine(RuleBasedStateMachine):
 
     def check_transitions(self, state: RolloutState, records: Snapshot) -> None:
         """(a) and (d): statuses move only along the machines' transitions; finals stay."""
-        assert (self.prev_rollout, state) in ROLLOUT_MOVES or self.prev_rollout is state, (
+        moves = ROLLOUT_MOVES | (RETRY_MOVES if self.retrying else set())
+        assert (self.prev_rollout, state) in moves or self.prev_rollout is state, (
             f"rollout went {self.prev_rollout.value} -> {state.value}"
         )
         for i, record in records.items():
             old = self.prev.get(i)
+            if i in self.operated and self.retrying:  # (l) a retry: Failed -> Todo, Pending
+                assert record is not None
+                assert old is not None
+                assert old.status is RS.FAILED
+                assert old.outcome is not Outcome.EXCLUDED
+                assert record.status is RS.TODO, record
+                assert all(s.status is SS.PENDING for s in record.stages.values())
+                continue
+            if i in self.operated and (old is None or old.status is RS.NO):
+                # (l) excluded before it was offered: No -> Todo -> Failed, in one call
+                assert record is not None
+                assert (record.status, record.outcome) == (RS.FAILED, Outcome.EXCLUDED)
+                continue
             old_r, new_r = release_name(old), release_name(record)
             if old_r != new_r:
                 assert not CHILD_RELEASE_MACHINE.is_final(old_r), (
