@@ -1433,3 +1433,43 @@ def test_the_contract_covers_every_method() -> None:
         if f".{name}(" not in source
     ]
     assert missing == []
+
+
+# -- the operator's interventions (exclude, retry) --------------------------------------------
+async def test_an_excluded_child_stays_excluded_and_a_failed_one_put_back_to_todo_is_offered(
+    rollout_store: RolloutStore,
+) -> None:
+    """What ``RolloutManager.exclude`` and ``retry`` write: the outcome ``excluded`` round-trips
+    (never offered again), and a Failed child put back to Todo, every stage Pending, is
+    counted and offered as a fresh one (its record as a Todo one's, stored canonically)."""
+    await add(rollout_store, "R1")
+    await children(rollout_store, "a", "b")
+    await rollout_store.target("R1", ["a", "b"])
+    a = await fetch(rollout_store, "R1", "a")
+    began = with_stages(a, {"canary-10": ChildStage(StageStatus.IN_PROGRESS, None, 2.5, 2.5)})
+    await put(rollout_store, a, began)
+    excluded = with_stages(
+        began,
+        {"canary-10": ChildStage(StageStatus.ERROR, None, 3.0, 2.5)},
+        status=ReleaseStatus.FAILED,
+        outcome=Outcome.EXCLUDED,
+    )
+    await put(rollout_store, began, excluded)
+    assert await rollout_store.child_release("R1", "a") == excluded
+    assert await rollout_store.first_offer("a") == ""
+    b = await fetch(rollout_store, "R1", "b")
+    failed = attrs.evolve(b, status=ReleaseStatus.FAILED, outcome=Outcome.TIMED_OUT)
+    await put(rollout_store, b, failed)
+    assert await rollout_store.first_offer("b") == ""
+    fresh = ChildRelease.todo("R1", "b", TWO_STAGES)
+    await put(rollout_store, failed, fresh)
+    assert await rollout_store.child_release("R1", "b") == fresh
+    assert await rollout_store.first_offer("b") == "R1"
+    counts = await rollout_store.status_counts("R1")
+    assert counts == {
+        (ReleaseStatus.FAILED, (StageStatus.ERROR, PENDING)): 1,
+        (ReleaseStatus.TODO, (PENDING, PENDING)): 1,
+    }
+    with pytest.raises(ConcurrentUpdateError):  # the compare-and-set holds for the retry too
+        await rollout_store.put_child_release(failed, fresh)
+    assert await rollout_store.withdraw("R1", ["b"]) == ["b"]  # a Todo child, as any
