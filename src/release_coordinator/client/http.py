@@ -435,6 +435,21 @@ class Client(WebhookCalls):
         """End a WaitForSignal stage now, whatever its barrier's condition."""
         return await self._action(rollout_id, f"stages/{_segment(stage)}/promote")
 
+    async def exclude_child(
+        self, rollout_id: str, child_id: str, *, reason: str | None = None
+    ) -> JSON:
+        """Exclude a child from the rollout (never offered it again; it rolls back if it runs
+        it): the child's state in the rollout."""
+        path = f"children/{_segment(child_id)}/exclude"
+        return await self._action(rollout_id, path, _fields(reason=reason) or None)
+
+    async def retry_rollout(
+        self, rollout_id: str, *, children: str | Iterable[str] | None = None
+    ) -> JSON:
+        """Offer the rollout again to the children whose release failed (or the ones named):
+        ``{"rollout": ..., "retried": [child ids]}``."""
+        return await self._action(rollout_id, "retry", _fields(children=_many(children)) or None)
+
     async def rollout_status(self, rollout_id: str, *, bbox: str | None = None) -> JSON:
         """Counts per status, outcome and stage, aggregates, lost children (``bbox``:
         ``minLon,minLat,maxLon,maxLat``, only the children in it)."""

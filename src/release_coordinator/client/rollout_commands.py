@@ -17,6 +17,7 @@ import yaml
 from release_coordinator.client.coordinator_commands import FORMATTER, add_paging, add_watching
 from release_coordinator.client.exits import EXIT_OK, EXIT_REFUSED
 from release_coordinator.client.http import Client
+from release_coordinator.client.intervention_commands import add_interventions
 from release_coordinator.client.render import Output, View
 from release_coordinator.errors import ConfigurationError
 
@@ -335,3 +336,4 @@ def add_rollouts(commands: Any, common: argparse.ArgumentParser, epilog: str) ->
     )
     watch.add_argument("id", help="the rollout's id")
     add_watching(watch)
+    add_interventions(action)  # exclude, retry (.intervention_commands)
