@@ -77,6 +77,7 @@ from release_coordinator.fsm.rollout import (
     StageStatus,
 )
 from release_coordinator.gates import ReleaseGate
+from release_coordinator.rollout.approving import StageApproval
 from release_coordinator.rollout.archive import ArchiveLimits, FunctionArchive
 from release_coordinator.rollout.events import RolloutEvent, RolloutEventFilter, RolloutEventKind
 from release_coordinator.rollout.fleet_report import FleetResult
@@ -133,6 +134,7 @@ from release_coordinator.rollout.strategy import (
     parse_strategy,
 )
 from release_coordinator.rollout.sync import SyncRolloutManager
+from release_coordinator.rollout.what_if import WhatIf, WhatIfGroup
 from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
 from release_coordinator.storage.base import CoordinatorStore, EventFilter, StepEvent, TaskChange
 from release_coordinator.storage.memory import MemoryStore
@@ -240,6 +242,7 @@ __all__ = [
     "ServiceStatus",
     "SimulatedLeaf",
     "Stage",
+    "StageApproval",
     "StageCounts",
     "StageJudgement",
     "StageReport",
@@ -279,6 +282,8 @@ __all__ = [
     "WebhookRetry",
     "WebhookSignatureError",
     "WebhookStore",
+    "WhatIf",
+    "WhatIfGroup",
     "Window",
     "__version__",
     "aggregate",

@@ -18,6 +18,7 @@ from release_coordinator.rollout.policies import (
     parse_policy,
     policy_json,
 )
+from release_coordinator.rollout.sync import SyncRolloutManager
 from release_coordinator.rollout.what_if import WhatIf
 from release_coordinator.storage.rollout_base import RolloutStore
 
@@ -172,3 +173,12 @@ async def test_what_if_lists_the_children_a_draft_would_reach(manager: RolloutMa
     with pytest.raises(NotFoundError):
         await manager.what_if("nope")
     assert (await manager.get_rollout("43")).state is RolloutState.DRAFT
+
+
+def test_the_blocking_facade_approves_and_previews() -> None:
+    with SyncRolloutManager() as manager:
+        manager.poll("c1", INSIDE, 0)
+        manager.create_rollout(bundle(), EUROPE, policy=approving("canary-10"), start=False)
+        assert manager.what_if("42").eligible == 1
+        manager.approve("42", "canary-10", actor="alice")
+        assert manager.approvals("42") == (StageApproval("canary-10", True),)

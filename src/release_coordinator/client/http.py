@@ -435,6 +435,17 @@ class Client(WebhookCalls):
         """End a WaitForSignal stage now, whatever its barrier's condition."""
         return await self._action(rollout_id, f"stages/{_segment(stage)}/promote")
 
+    async def approve_stage(self, rollout_id: str, stage: str) -> JSON:
+        """Approve a stage the rollout's policy names in ``approvals`` (an admin's action):
+        ``{"rollout": ..., "approvals": [{"stage", "approved"}]}``."""
+        return await self._action(rollout_id, f"stages/{_segment(stage)}/approve")
+
+    async def rollout_what_if(self, rollout_id: str, *, limit: int | None = None) -> JSON:
+        """Which registered children a draft rollout would reach now, per area and per wave
+        (``limit``: the most ids listed per group)."""
+        path = f"/rollouts/{_segment(rollout_id)}/what-if"
+        return await self._object("GET", path, params=_fields(limit=limit))
+
     async def exclude_child(
         self, rollout_id: str, child_id: str, *, reason: str | None = None
     ) -> JSON:

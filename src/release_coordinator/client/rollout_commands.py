@@ -129,6 +129,12 @@ async def _act(client: Client, args: argparse.Namespace, out: Output) -> int:
         rollout = await client.abort_rollout(args.id, reason=args.reason)
     elif action == "promote":
         rollout = await client.promote_stage(args.id, args.stage)
+    elif action == "approve":
+        answer = await client.approve_stage(args.id, args.stage)
+        if out.json_mode:
+            out.json(answer)
+            return EXIT_OK
+        rollout = answer["rollout"]
     else:
         rollout = await getattr(client, f"{action}_rollout")(args.id)
     return _said(out, rollout)
@@ -150,6 +156,34 @@ def status_view(status: dict[str, Any]) -> View:
         for s in status.get("stages", [])
     ]
     return view.table("stages", ["STAGE", "CHILDREN PER STAGE STATUS"], stages)
+
+
+def what_if_view(seen: dict[str, Any]) -> View:
+    """A draft's reach: counts, per area and per wave, the stages waiting for approval."""
+    rollout = seen["rollout"]
+    view = View(f"rollout {rollout['id']}: {rollout['name']} would reach, now")
+    view.field("eligible", seen["eligible"])
+    view.field("relays", seen["relays"])
+    view.field("lost", seen["lost"])
+    columns = ["NAME", "CHILDREN", "RELAYS", "FIRST IDS"]
+    for title in ("areas", "waves"):
+        rows = [
+            [g["name"], g["count"], g["relay_count"], ", ".join(g["children"][:5])]
+            for g in seen.get(title, [])
+        ]
+        view.table(title, columns, rows)
+    waiting = [a["stage"] for a in seen.get("approvals", []) if not a["approved"]]
+    view.field("waiting for approval", ", ".join(waiting) or "-")
+    return view.field("note", seen.get("note", ""))
+
+
+async def rollouts_what_if(client: Client, args: argparse.Namespace, out: Output) -> int:
+    seen = await client.rollout_what_if(args.id, limit=args.limit)
+    if out.json_mode:
+        out.json(seen)
+    else:
+        out.show(what_if_view(seen))
+    return EXIT_OK
 
 
 def rollout_ended_well(status: dict[str, Any]) -> bool:
@@ -312,6 +346,16 @@ def add_rollouts(commands: Any, common: argparse.ArgumentParser, epilog: str) ->
     )
     promote.add_argument("id", help="the rollout's id")
     promote.add_argument("stage", help="the stage's name")
+    approve = action(
+        "approve", _act, "approve a stage the rollout's policy names in approvals (an admin's)"
+    )
+    approve.add_argument("id", help="the rollout's id")
+    approve.add_argument("stage", help="the stage's name")
+    what_if = action(
+        "what-if", rollouts_what_if, "which registered children a draft would reach now"
+    )
+    what_if.add_argument("id", help="the draft rollout's id")
+    what_if.add_argument("--limit", type=int, help="the most ids listed per group")
     status = action("status", rollouts_status, "counts per status, outcome and stage")
     status.add_argument("id", help="the rollout's id")
     status.add_argument("--bbox", help="only children in minLon,minLat,maxLon,maxLat")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from release_coordinator.coordinator.sync import _BlockingFacade
+from release_coordinator.rollout.approving import StageApproval
 from release_coordinator.rollout.archive import FunctionArchive
 from release_coordinator.rollout.bookkeeping import RolloutSubscriber
 from release_coordinator.rollout.events import RolloutEvent, RolloutEventFilter
@@ -39,6 +40,7 @@ from release_coordinator.rollout.models import (
 )
 from release_coordinator.rollout.policies import Policy
 from release_coordinator.rollout.reports import BarrierState, RolloutReport, StageCounts
+from release_coordinator.rollout.what_if import WHAT_IF_LIMIT, WhatIf
 from release_coordinator.rollout.wire import EndStageAnswer, PollAnswer
 from release_coordinator.storage.rollout_base import RolloutStore
 
@@ -143,6 +145,15 @@ class SyncRolloutManager(_BlockingFacade):
 
     def promote(self, rollout_id: str, stage_name: str) -> Rollout:
         return self._call(self.manager.promote, rollout_id, stage_name)
+
+    def approve(self, rollout_id: str, stage_name: str, *, actor: str = "") -> Rollout:
+        return self._call(self.manager.approve, rollout_id, stage_name, actor=actor)
+
+    def approvals(self, rollout_id: str) -> tuple[StageApproval, ...]:
+        return self._call(self.manager.approvals, rollout_id)
+
+    def what_if(self, rollout_id: str, *, limit: int = WHAT_IF_LIMIT) -> WhatIf:
+        return self._call(self.manager.what_if, rollout_id, limit=limit)
 
     def exclude(
         self, rollout_id: str, child_id: str, *, reason: str = "", actor: str = ""
