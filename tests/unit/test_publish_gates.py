@@ -41,6 +41,7 @@ class Checker:
 
     def __init__(self) -> None:
         self.answers: list[str | int] = []
+        self.by_webhook: dict[str, list[str | int]] = {}  # first, if it has one for the check
         self.asked: list[dict[str, Any]] = []
         self.secrets: dict[str, str] = {}
         self.app = Starlette(routes=[Route("/check", self.check, methods=["POST"])])
@@ -50,7 +51,8 @@ class Checker:
         webhook_id = request.headers["webhook-id"].split("-")[0]
         verify_webhook(self.secrets[webhook_id], request.headers, body)
         self.asked.append(json.loads(body))
-        answer = self.answers.pop(0) if self.answers else "pass"
+        own = self.by_webhook.get(webhook_id)
+        answer = own.pop(0) if own else self.answers.pop(0) if self.answers else "pass"
         if isinstance(answer, int):
             return Response(status_code=answer)
         return JSONResponse({"result": answer, "message": f"said {answer}"})
@@ -136,7 +138,7 @@ async def test_checks_pass_fail_error_and_are_asked_again(store: CoordinatorStor
     first = await coordinator.add_webhook("http://checks.test/check")
     second = await coordinator.add_webhook("http://checks.test/check")
     checker.secrets = {first.id: first.secret, second.id: second.secret}
-    checker.answers = ["pass", "fail"]
+    checker.by_webhook = {first.id: ["pass"], second.id: ["fail"]}
     async with coordinator.running():
         release = await coordinator.create_release(
             "r1", checks=[first.id, second.id], auto_publish=True, studies=["SD_1"]
@@ -158,7 +160,7 @@ async def test_checks_pass_fail_error_and_are_asked_again(store: CoordinatorStor
         assert checker.asked[0]["check"] == "publish"
 
         # the failing check is fixed: ask again, both pass, it publishes by itself
-        checker.answers = ["pass", "pass"]
+        checker.by_webhook = {first.id: ["pass"], second.id: ["pass"]}
         await coordinator.rerun_checks(release.id, by="alice")
         done = await coordinator.wait(release.id, timeout=10)
     assert done.state is ReleaseState.PUBLISHED
@@ -347,3 +349,46 @@ def test_the_blocking_facade_approves_and_subscribes() -> None:
             sync.rerun_checks(release.id)
         sync.remove_webhook(hook.id)
         assert sync.list_webhooks() == []
+
+
+async def test_concurrent_approvals_are_all_kept(store: CoordinatorStore) -> None:
+    coordinator = await coordinator_over(store)
+    release = await coordinator.create_release("r1", required_approvals=5)
+    await asyncio.gather(*(coordinator.approve(release.id, by=f"admin{i}") for i in range(5)))
+    kept = (await coordinator.get_release(release.id)).gates.approvals
+    assert sorted(a.by for a in kept) == [f"admin{i}" for i in range(5)]
+    await coordinator.close()
+
+
+async def test_an_answer_to_an_ask_before_a_rerun_is_dropped(store: CoordinatorStore) -> None:
+    """A check asked, then asked again while its first answer is on its way: the first
+    answer (a pass) opens nothing; only the second ask's answer counts."""
+    checker = Checker()
+    first_ask = asyncio.Event()
+    let_go = asyncio.Event()
+
+    async def slow(request: Request) -> Response:
+        if not checker.asked:
+            first_ask.set()
+            await let_go.wait()
+        return await Checker.check(checker, request)
+
+    checker.app = Starlette(routes=[Route("/check", slow, methods=["POST"])])
+    coordinator = await coordinator_over(store, checker)
+    hook = await coordinator.add_webhook("http://checks.test/check")
+    checker.secrets = {hook.id: hook.secret}
+    checker.answers = ["pass", "fail"]
+    async with coordinator.running():
+        release = await coordinator.create_release("r1", checks=[hook.id], auto_publish=True)
+        await asyncio.wait_for(first_ask.wait(), 10)
+        await coordinator.rerun_checks(release.id, by="alice")
+        let_go.set()
+        for _ in range(200):
+            held = await coordinator.get_release(release.id)
+            if held.gates.results:
+                break
+            await asyncio.sleep(0.02)
+    assert held.state is ReleaseState.STAGED
+    assert [r.result for r in held.gates.results] == ["fail"]  # the second ask's
+    assert held.gates.checks_round == 1
+    await coordinator.close()

@@ -525,3 +525,123 @@ async def test_deliveries_over_every_store(any_store: CoordinatorStore) -> None:
     finally:
         await dispatcher.aclose()
         await coordinator.close()
+
+
+# -- what a review found: each once a bug -------------------------------------------------------
+
+
+async def test_a_filter_changed_while_a_batch_is_pending_goes_on(
+    world: tuple[Coordinator, MemoryTransport],
+) -> None:
+    coordinator, _ = world
+    webhook = await coordinator.add_webhook("http://127.0.0.1/hook", kinds=["user_action"])
+    receiver = Receiver(webhook.secret)
+    receiver.script = [500]
+    clock = Clock()
+    dispatcher = WebhookDispatcher(coordinator.store, client=receiver.client(), clock=clock)
+    await coordinator.create_release("r1")  # a user action: tried, failed, pending
+    assert await dispatcher.deliver_once() == 1
+    assert (await coordinator.get_webhook(webhook.id)).pending_until
+    changed = await coordinator.update_webhook(webhook.id, kinds=["transition"])
+    assert changed.pending_until == 0  # a new message
+    await run_release(coordinator, "r2")
+    clock.advance(400)  # past the failure's backoff
+    await drain(dispatcher, clock)
+    state = await coordinator.get_webhook(webhook.id)
+    transitions = await coordinator.events(kinds=[EventKind.TRANSITION])
+    assert transitions
+    assert receiver.event_ids == [e.id for e in transitions]
+    assert state.cursor == (await coordinator.events())[-1].id
+
+
+async def test_a_send_that_raises_anything_is_a_failure_and_spares_the_others(
+    world: tuple[Coordinator, MemoryTransport],
+) -> None:
+    coordinator, _ = world
+    good = await coordinator.add_webhook("http://good.test/hook")
+    bad = await coordinator.add_webhook("http://bad.test/hook")
+    receiver = Receiver(good.secret)
+
+    class Exploding(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.ASGITransport(app=receiver.app)
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.host == "bad.test":
+                raise OverflowError("port must be 0-65535")
+            return await self.inner.handle_async_request(request)
+
+    clock = Clock()
+    client = httpx.AsyncClient(transport=Exploding())
+    dispatcher = WebhookDispatcher(coordinator.store, client=client, clock=clock)
+    await coordinator.create_release("r1")
+    await drain(dispatcher, clock, rounds=5)
+    assert receiver.event_ids == [e.id for e in await coordinator.events()]  # once each
+    failed = await coordinator.get_webhook(bad.id)
+    assert failed.failures >= 1
+    assert failed.last_error == "OverflowError: port must be 0-65535"
+    assert not (await coordinator.list_webhook_deliveries(bad.id))[0].ok
+    await client.aclose()
+
+
+async def test_every_webhook_is_served_however_many(
+    world: tuple[Coordinator, MemoryTransport],
+) -> None:
+    coordinator, _ = world
+    hooks = [await coordinator.add_webhook(f"http://h{i}.test/hook") for i in range(130)]
+    secrets = {w.id: w.secret for w in hooks}
+    got: dict[str, int] = {}
+
+    class Counting(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            webhook_id = request.headers["webhook-id"].split("-")[0]
+            verify_webhook(secrets[webhook_id], request.headers, await request.aread())
+            got[webhook_id] = got.get(webhook_id, 0) + 1
+            return httpx.Response(204)
+
+    client = httpx.AsyncClient(transport=Counting())
+    dispatcher = WebhookDispatcher(coordinator.store, client=client)
+    await coordinator.create_release("r1")
+    await dispatcher.deliver_once()
+    assert set(got) == set(secrets)
+    await client.aclose()
+
+
+async def test_disabling_stops_a_delivery_under_way(
+    world: tuple[Coordinator, MemoryTransport],
+) -> None:
+    coordinator, _ = world
+    webhook = await coordinator.add_webhook("http://127.0.0.1/hook", max_batch=1)
+    receiver = Receiver(webhook.secret)
+    sent: list[str] = []
+
+    class Disabling(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            sent.append(request.headers["webhook-id"])
+            await coordinator.update_webhook(webhook.id, enabled=False)  # an admin, meanwhile
+            return httpx.Response(200)
+
+    client = httpx.AsyncClient(transport=Disabling())
+    dispatcher = WebhookDispatcher(coordinator.store, client=client)
+    for name in ("r1", "r2"):
+        await coordinator.create_release(name)
+    assert await dispatcher.deliver_once() == 1
+    assert len(sent) == 1
+    assert receiver.received == []
+    await client.aclose()
+
+
+async def test_urls_that_do_not_work_are_refused_not_a_500() -> None:
+    coordinator = Coordinator(MemoryStore())
+    app = coordinator_app(coordinator, tokens=["t"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://rc.test"
+    ) as http:
+        for url in ("http://xn--a.com/", "http://127.0.0.1:99999/", "http://[::1/"):
+            answer = await http.post(
+                "/webhooks", json={"url": url}, headers={"Authorization": "Bearer t"}
+            )
+            assert answer.status_code == 422, (url, answer.text)
+            assert answer.json()["error"]["details"]["problems"][0]["path"] == "url"
+    assert await coordinator.list_webhooks() == []
+    await coordinator.close()

@@ -365,6 +365,9 @@ class GatesAnswer(_Answer):
     publish_at: Stamp | None
     approvals: list[ApprovalAnswer]
     results: list[CheckResultAnswer]
+    checks_round: Annotated[
+        int, msgspec.Meta(ge=0, description="How many times its checks were asked again.")
+    ]
 
 
 class ReleaseAnswer(_Answer):

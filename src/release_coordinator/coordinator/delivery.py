@@ -47,6 +47,7 @@ from release_coordinator.coordinator.webhook_records import (
     Webhook,
     WebhookDelivery,
 )
+from release_coordinator.coordinator.webhooks import printable_excerpt as _printable
 from release_coordinator.coordinator.webhooks import sign_webhook
 from release_coordinator.errors import ConfigurationError
 from release_coordinator.storage.base import CoordinatorStore, EventFilter
@@ -56,6 +57,8 @@ __all__ = ["WebhookDispatcher", "WebhookRetry"]
 log = logging.getLogger(__name__)
 
 _ERROR_EXCERPT = 200
+#: The most webhooks one round claims (all of them, in practice).
+_CLAIM_LIMIT = 100_000
 
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -82,12 +85,8 @@ class WebhookRetry:
 
     def delay(self, failures: int, rng: random.Random) -> float:
         """Seconds before the next attempt after ``failures`` failures in a row."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(failures - 1, 60))
         return float(ceiling * (1 - self.jitter * rng.random()))
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else " " for c in text)[:_ERROR_EXCERPT].strip()
 
 
 def _failure(exc: httpx.HTTPError, timeout: float) -> str:
@@ -134,9 +133,10 @@ class WebhookDispatcher:
         self.timeout = timeout
         self.retry = retry or WebhookRetry()
         self.lease_seconds = lease_seconds or max(30.0, 3 * timeout)
-        if self.lease_seconds <= timeout:
+        if self.lease_seconds <= 2 * timeout:
             raise ConfigurationError(
-                f"lease_seconds ({self.lease_seconds:g}) must exceed timeout ({timeout:g})"
+                f"lease_seconds ({self.lease_seconds:g}) must exceed twice timeout "
+                f"({timeout:g}): a send may start just before half the lease"
             )
         self.settle = settle
         self.clock = clock
@@ -146,6 +146,7 @@ class WebhookDispatcher:
         self._limit = asyncio.Semaphore(concurrency)
         self._seen: collections.deque[tuple[float, int]] = collections.deque()
         self._held: set[str] = set()
+        self._serving: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -168,32 +169,60 @@ class WebhookDispatcher:
     async def deliver_once(self) -> int:
         """One round (see the module): answers the number of delivery attempts made."""
         horizon = await self._horizon()
-        due = await self.store.claim_webhooks(self.owner, self.lease_seconds, now=self.clock())
+        due = await self.store.claim_webhooks(
+            self.owner, self.lease_seconds, now=self.clock(), limit=_CLAIM_LIMIT
+        )
         self._held.update(w.id for w in due)
-        counts = await asyncio.gather(*(self._serve(w, horizon) for w in due))
-        return sum(counts)
+        # (a webhook this process is sending already, from a round before, is left to it)
+        fresh = [w for w in due if w.id not in self._serving]
+        counts = await asyncio.gather(
+            *(self._serve(w, horizon) for w in fresh), return_exceptions=True
+        )
+        for webhook, count in zip(fresh, counts, strict=True):
+            if isinstance(count, BaseException):
+                log.error("webhook %s: its round failed", webhook.id, exc_info=count)
+        return sum(c for c in counts if isinstance(c, int))
 
     async def _serve(self, webhook: Webhook, horizon: int) -> int:
         """Send the webhook's batches until it is caught up, fails, or has had its share of
         the round (half its lease)."""
         started = time.monotonic()
         attempts = 0
-        async with self._limit:
-            current: Webhook | None = webhook
-            while current is not None and time.monotonic() - started < self.lease_seconds / 2:
-                events = await self._batch(current, horizon)
-                if not events:
-                    if not current.pending_until and horizon > current.cursor:
-                        state = DeliveryState(
-                            cursor=horizon, last_delivery_at=current.last_delivery_at
-                        )
-                        await self.store.save_delivery(current.id, self.owner, state)
-                    break
-                attempts += 1
-                current = await self._send(current, events)
-                if current is None or current.failures or len(events) < current.max_batch:
-                    break
+        self._serving.add(webhook.id)
+        try:
+            async with self._limit:
+                current: Webhook | None = webhook
+                while current is not None and time.monotonic() - started < self.lease_seconds / 2:
+                    events = await self._batch(current, horizon)
+                    if not events:
+                        await self._pass_over(current, horizon)
+                        break
+                    attempts += 1
+                    current = await self._send(current, events)
+                    if (
+                        current is None
+                        or not current.enabled  # disabled meanwhile: stop here
+                        or current.failures
+                        or len(events) < current.max_batch
+                    ):
+                        break
+        finally:
+            self._serving.discard(webhook.id)
         return attempts
+
+    async def _pass_over(self, webhook: Webhook, horizon: int) -> None:
+        """Nothing to send: move the cursor past what the webhook does not want (up to the
+        horizon; past a pending batch none of whose events it wants any more: its filter
+        changed)."""
+        if webhook.pending_until:
+            cursor = max(webhook.cursor, webhook.pending_until)
+        elif horizon > webhook.cursor:
+            cursor = horizon
+        else:
+            return
+        # (a pending message none of whose events is wanted is gone, with its failures)
+        state = DeliveryState(cursor=cursor, last_delivery_at=webhook.last_delivery_at)
+        await self.store.save_delivery(webhook.id, self.owner, state)
 
     async def _batch(self, webhook: Webhook, horizon: int) -> list[Event]:
         """The next batch: the one being retried, or the wanted events after the cursor up
@@ -223,16 +252,18 @@ class WebhookDispatcher:
         error = ""
         began = time.perf_counter()
         try:
-            answer = await self._http().post(
-                webhook.url, content=body, headers=headers, timeout=self.timeout
-            )
-            status = answer.status_code
+            async with asyncio.timeout(self.timeout):  # the whole exchange, its answer too
+                status, text = await self._post(webhook.url, body, headers)
             if not 200 <= status < 300:
-                excerpt = _printable(answer.text)
+                excerpt = _printable(text)
                 note = " (redirects are not followed)" if 300 <= status < 400 else ""
                 error = f"HTTP {status}{note}" + (f": {excerpt}" if excerpt else "")
+        except TimeoutError:
+            status, error = None, f"no answer within {self.timeout:g} s"
         except httpx.HTTPError as exc:
-            error = _failure(exc, self.timeout)
+            status, error = None, _failure(exc, self.timeout)
+        except Exception as exc:  # what a bad URL can make the stack raise: a failure too
+            status, error = None, f"{type(exc).__name__}: {_printable(str(exc))}"
         elapsed = (time.perf_counter() - began) * 1000
         now = self.clock()
         delivery = WebhookDelivery(
@@ -257,6 +288,19 @@ class WebhookDispatcher:
         if saved is None:
             self._held.discard(webhook.id)
         return saved
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+        """POST ``body``; the answer's status and the start of its text (the rest is not
+        read: a receiver's answer cannot fill this process's memory)."""
+        async with self._http().stream(
+            "POST", url, content=body, headers=headers, timeout=self.timeout
+        ) as answer:
+            start = b""
+            async for chunk in answer.aiter_raw():
+                start += chunk
+                if len(start) >= _ERROR_EXCERPT * 4:
+                    break
+            return answer.status_code, start.decode("utf-8", errors="replace")
 
     def _failed(
         self, webhook: Webhook, last: int, error: str, status: int | None, now: datetime
@@ -312,8 +356,8 @@ class WebhookDispatcher:
             )
 
     async def stop(self) -> None:
-        """Stop the rounds (a delivery in flight is cancelled: it is tried again, under the
-        same id), give up this dispatcher's leases, and close its own client."""
+        """Stop the rounds (a delivery in flight is cancelled: its events are sent again, by
+        the next dispatcher to take the webhook), and give up this dispatcher's leases."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -126,6 +126,8 @@ class PublishGates:
     publish_at: datetime | None = None
     approvals: tuple[Approval, ...] = ()
     results: tuple[CheckResult, ...] = ()
+    #: How many times the checks were asked again (an answer to an earlier round is dropped).
+    checks_round: int = 0
 
     @property
     def configured(self) -> bool:

@@ -20,6 +20,7 @@ it), and one without waits for an operator's publish as before.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -34,13 +35,15 @@ from release_coordinator.coordinator.models import (
     NO_GATES,
     Approval,
     CheckResult,
+    Event,
     EventKind,
     EventType,
     PublishGates,
     Release,
+    new_id,
     utcnow,
 )
-from release_coordinator.coordinator.webhooks import sign_webhook
+from release_coordinator.coordinator.webhooks import printable_excerpt, sign_webhook
 from release_coordinator.errors import (
     ConflictError,
     NotFoundError,
@@ -112,6 +115,7 @@ def gates_json(gates: PublishGates) -> dict[str, Any]:
             {"webhook_id": r.webhook_id, "result": r.result, "message": r.message, "at": _iso(r.at)}
             for r in gates.results
         ],
+        "checks_round": gates.checks_round,
     }
 
 
@@ -128,6 +132,7 @@ def gates_from_json(value: Any) -> PublishGates:
             CheckResult(r["webhook_id"], r["result"], r["message"], _time(r["at"]) or utcnow())
             for r in value["results"]
         ),
+        checks_round=int(value.get("checks_round", 0)),
     )
 
 
@@ -160,14 +165,14 @@ def _answer_of(response: httpx.Response) -> tuple[str, str]:
         return "error", f"it answered HTTP {response.status_code}"
     try:
         body = json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "error", "its answer is not JSON"
     result = body.get("result") if isinstance(body, dict) else None
     if result not in ("pass", "fail"):
         return "error", 'its answer has no "result" of "pass" or "fail"'
     message = body.get("message", "")
     text = message if isinstance(message, str) else ""
-    return result, "".join(c if c.isprintable() else " " for c in text)[:_MESSAGE]
+    return result, printable_excerpt(text, _MESSAGE)
 
 
 class PublishGatesMixin(EventsMixin):
@@ -196,92 +201,89 @@ class PublishGatesMixin(EventsMixin):
         return PublishGates(required_approvals, names, publish_at)
 
     async def approve(self, release_id: str, *, by: str) -> Release:
-        """``by`` approves the release (once: approving again changes nothing). Refused with
-        ConflictError for a release that needs no approval or is final; ValidationError for
-        an empty ``by``."""
+        """``by`` approves the release (once: approving again changes nothing), at any time
+        before it is final. Refused with ConflictError for a release that needs no approval
+        or is final; ValidationError for an empty ``by``."""
         if not by.strip() or len(by) > 200 or not by.isprintable():
             raise ValidationError("invalid approval", [("by", "must name who approves")])
-        release = await self.store.get_release(release_id)
-        gates = release.gates
-        if release.is_final:
-            raise ConflictError(
-                f"release {release_id} is {release.state.value}: too late to approve",
-                id=release_id,
-            )
-        if not gates.required_approvals:
-            raise ConflictError(f"release {release_id} needs no approval", id=release_id)
-        if any(a.by == by for a in gates.approvals):
-            return release
-        approved = attrs.evolve(gates, approvals=(*gates.approvals, Approval(by)))
-        count = f"{len(approved.approvals)} of {gates.required_approvals}"
-        stored = await self.store.set_gates(
-            release_id,
-            approved,
-            new_event(
-                EventKind.USER_ACTION,
-                f"release {release.name!r} approved by {by} ({count})",
-                release_id=release_id,
-            ),
-            expect_states=[release.state],
-        )
+
+        def approved(release: Release) -> tuple[PublishGates, list[Event]] | None:
+            gates = release.gates
+            if release.is_final:
+                raise ConflictError(
+                    f"release {release_id} is {release.state.value}: too late to approve",
+                    id=release_id,
+                )
+            if not gates.required_approvals:
+                raise ConflictError(f"release {release_id} needs no approval", id=release_id)
+            if any(a.by == by for a in gates.approvals):
+                return None
+            more = attrs.evolve(gates, approvals=(*gates.approvals, Approval(by)))
+            count = f"{len(more.approvals)} of {gates.required_approvals}"
+            said = f"release {release.name!r} approved by {by} ({count})"
+            return more, [new_event(EventKind.USER_ACTION, said, release_id=release_id)]
+
+        stored = await self.store.update_gates(release_id, approved)
         self._events_written()
         self._poke(release_id)
         return stored
 
     async def rerun_checks(self, release_id: str, *, by: str = "") -> Release:
-        """Forget the checks' answers: the staged release asks them again now. ConflictError
-        for a release without checks, or a final one."""
-        release = await self.store.get_release(release_id)
-        if not release.gates.checks or release.is_final:
-            why = "has no checks" if not release.gates.checks else f"is {release.state.value}"
-            raise ConflictError(f"release {release_id} {why}", id=release_id)
-        stored = await self.store.set_gates(
-            release_id,
-            attrs.evolve(release.gates, results=()),
-            new_event(
-                EventKind.USER_ACTION,
-                f"release {release.name!r}: its checks are asked again"
-                + (f" (by {by})" if by else ""),
-                release_id=release_id,
-            ),
-            expect_states=[release.state],
-        )
+        """Forget the checks' answers: the staged release asks them all again now (an answer
+        to an ask made before comes too late and is dropped). ConflictError for a release
+        without checks, or a final one."""
+
+        def again(release: Release) -> tuple[PublishGates, list[Event]]:
+            if not release.gates.checks or release.is_final:
+                why = "has no checks" if not release.gates.checks else f"is {release.state.value}"
+                raise ConflictError(f"release {release_id} {why}", id=release_id)
+            gates = release.gates
+            fresh = attrs.evolve(gates, results=(), checks_round=gates.checks_round + 1)
+            said = f"release {release.name!r}: its checks are asked again" + (
+                f" (by {by})" if by else ""
+            )
+            return fresh, [new_event(EventKind.USER_ACTION, said, release_id=release_id)]
+
+        stored = await self.store.update_gates(release_id, again)
         self._events_written()
         self._poke(release_id)
         return stored
 
     async def _ask_checks(self, release: Release, now: datetime) -> Release:
-        """Ask the staged release's checks that have no answer (or a stale error), and store
-        their answers; the release as it is then."""
+        """Ask the staged release's checks that have no answer (or a stale error), all at
+        once, and store their answers into its gates as they are then (unless the checks were
+        asked again meanwhile: those answers are dropped); the release as it is then."""
         gates = release.gates
-        due = []
-        for webhook_id in gates.checks:
-            result = gates.result_of(webhook_id)
-            stale = now - timedelta(seconds=CHECK_RETRY)
-            if result is None or (result.result == "error" and result.at <= stale):
-                due.append(webhook_id)
+        stale = now - timedelta(seconds=CHECK_RETRY)
+        due = [
+            webhook_id
+            for webhook_id in gates.checks
+            if (result := gates.result_of(webhook_id)) is None
+            or (result.result == "error" and result.at <= stale)
+        ]
         if not due:
             return release
-        answers = [await self._ask(release, webhook_id) for webhook_id in due]
-        kept = [r for r in gates.results if r.webhook_id not in due]
-        events = [
-            new_event(
-                EventKind.HEALTH if a.result == "error" else EventKind.TRANSITION,
-                f"check {a.webhook_id} of release {release.name!r}: {a.result}"
-                + (f" ({a.message})" if a.message else ""),
-                type=EventType.INFO if a.result == "pass" else EventType.WARNING,
-                release_id=release.id,
-            )
-            for a in answers
-        ]
-        stored = await self.store.set_gates(
-            release.id,
-            attrs.evolve(gates, results=(*kept, *answers)),
-            events[0],
-            expect_states=[ReleaseState.STAGED],
-        )
-        if events[1:]:
-            await self.store.append_events(events[1:])
+        answers = await asyncio.gather(*(self._ask(release, webhook_id) for webhook_id in due))
+        asked_round = gates.checks_round
+
+        def answered(current: Release) -> tuple[PublishGates, list[Event]] | None:
+            fresh = current.gates
+            if current.state is not ReleaseState.STAGED or fresh.checks_round != asked_round:
+                return None  # canceled, published or asked again meanwhile: too late
+            kept = [r for r in fresh.results if r.webhook_id not in due]
+            events = [
+                new_event(
+                    EventKind.HEALTH if a.result == "error" else EventKind.TRANSITION,
+                    f"check {a.webhook_id} of release {current.name!r}: {a.result}"
+                    + (f" ({a.message})" if a.message else ""),
+                    type=EventType.INFO if a.result == "pass" else EventType.WARNING,
+                    release_id=current.id,
+                )
+                for a in answers
+            ]
+            return attrs.evolve(fresh, results=(*kept, *answers)), events
+
+        stored = await self.store.update_gates(release.id, answered)
         self._events_written()
         return stored
 
@@ -304,21 +306,26 @@ class PublishGatesMixin(EventsMixin):
                 },
             }
         ).encode()
-        message_id = f"{webhook_id}-check-{release.id}"
+        message_id = f"{webhook_id}-check-{release.id}-{new_id('CK')}"  # (a new one each ask)
         headers = {
             "content-type": "application/json",
             "user-agent": f"release-coordinator/{__version__}",
             **sign_webhook(webhook.secret, message_id, body),
         }
         try:
-            if self.checks_http is not None:
-                response = await self.checks_http.post(webhook.url, content=body, headers=headers)
-            else:
-                async with httpx.AsyncClient(
-                    timeout=_CHECK_TIMEOUT, follow_redirects=False
-                ) as http:
-                    response = await http.post(webhook.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            async with asyncio.timeout(_CHECK_TIMEOUT):  # the whole ask, its answer read too
+                if self.checks_http is not None:
+                    response = await self.checks_http.post(
+                        webhook.url, content=body, headers=headers
+                    )
+                else:
+                    async with httpx.AsyncClient(
+                        timeout=_CHECK_TIMEOUT, follow_redirects=False
+                    ) as http:
+                        response = await http.post(webhook.url, content=body, headers=headers)
+        except TimeoutError:
+            return CheckResult(webhook_id, "error", f"no answer within {_CHECK_TIMEOUT:g} s")
+        except Exception as exc:  # httpx's, and what a bad URL makes the stack raise
             return CheckResult(webhook_id, "error", f"no answer ({type(exc).__name__})")
         result, message = _answer_of(response)
         return CheckResult(webhook_id, result, message)

@@ -45,6 +45,7 @@ from release_coordinator.schemas import MAX_TEXT
 __all__ = [
     "WebhooksMixin",
     "new_webhook_secret",
+    "printable_excerpt",
     "sign_webhook",
     "verify_webhook",
     "webhook_problems",
@@ -118,6 +119,12 @@ def verify_webhook(
 
 
 # -- checks --------------------------------------------------------------------------------------
+def printable_excerpt(text: str, most: int = 200) -> str:
+    """The start of ``text`` (a peer's answer, an error) fit for a log line: at most ``most``
+    characters, anything unprintable as a space."""
+    return "".join(c if c.isprintable() else " " for c in text[:most]).strip()
+
+
 def _url_problems(url: object) -> list[Problem]:
     if not isinstance(url, str) or not url:
         return [("url", "must be an http(s) URL")]
@@ -125,10 +132,14 @@ def _url_problems(url: object) -> list[Problem]:
         return [("url", "is longer than 2048 characters")]
     try:
         parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        return [("url", f"is no URL ({exc})")]
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+        host = parsed.host  # (decoding an IDNA host may raise ValueError)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError) as exc:
+        return [("url", f"is no URL ({printable_excerpt(str(exc))})")]
+    if parsed.scheme not in ("http", "https") or not host:
         return [("url", "must be an http(s) URL with a host")]
+    if port is not None and not 1 <= port <= 65535:
+        return [("url", f"has port {port}, not within 1..65535")]
     if parsed.fragment:
         return [("url", "must not have a fragment")]
     return []
@@ -141,6 +152,8 @@ def _names(field: str, values: object, allowed: Sequence[str] | None) -> list[Pr
     for i, value in enumerate(values):
         if not isinstance(value, str) or not value or len(value) > 64:
             problems.append((f"{field}[{i}]", "must be a short string"))
+        elif not value.isprintable():
+            problems.append((f"{field}[{i}]", "must be printable text"))
         elif allowed is not None and value not in allowed:
             problems.append((f"{field}[{i}]", f"must be one of {', '.join(allowed)}"))
     if len(set(map(str, values))) != len(values):
@@ -157,8 +170,13 @@ def webhook_problems(settings: Mapping[str, Any]) -> list[Problem]:
     if "secret" in settings:
         secret = settings["secret"]
         try:
-            if not isinstance(secret, str) or len(_key(secret)) < 16:
-                problems.append(("secret", "must be 'whsec_' and base64 of 16 bytes or more"))
+            if (
+                not isinstance(secret, str)
+                or not secret.startswith(_SECRET_PREFIX)
+                or len(secret) > 200
+                or len(_key(secret)) < 16
+            ):
+                problems.append(("secret", "must be 'whsec_' and base64 of 16 to 144 bytes"))
         except ValueError as exc:
             problems.append(("secret", str(exc)))
     if "kinds" in settings:
@@ -166,7 +184,10 @@ def webhook_problems(settings: Mapping[str, Any]) -> list[Problem]:
     if "types" in settings:
         problems += _names("types", settings["types"], [t.value for t in EventType])
     if "states" in settings:
-        problems += _names("states", settings["states"], None)
+        states = settings["states"]
+        problems += _names("states", states, None)
+        if isinstance(states, list | tuple) and len(states) > 64:
+            problems.append(("states", "names more than 64 states"))
     if "description" in settings:
         text = settings["description"]
         if not isinstance(text, str) or len(text) > MAX_TEXT:
@@ -247,6 +268,8 @@ class WebhooksMixin(EventsMixin):
             raise ValidationError("invalid webhook change", problems)
         current = await self.store.get_webhook(webhook_id)
         typed = _typed(changes)
+        if set(changes) & {"kinds", "types", "states", "max_batch"}:
+            typed["pending_until"] = 0  # a batch being retried is made anew, a new message
         if typed.get("enabled") and not current.enabled:
             typed.update(failures=0, next_attempt_at=None, disabled_reason="", last_error="")
         return await self.store.update_webhook(webhook_id, **typed)

@@ -22,7 +22,7 @@ Rules every adapter keeps:
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -157,6 +157,10 @@ class EventFilter:
 _ALL = EventFilter()
 
 T = TypeVar("T")
+
+#: How ``update_gates`` changes a release's gates: from the release as stored, the new gates
+#: and their events, or None.
+GatesChange = Callable[[Release], tuple[PublishGates, list[Event]] | None]
 
 
 def new_tasks(release_id: str, service_ids: Sequence[str]) -> list[Task]:
@@ -347,16 +351,11 @@ class CoordinatorStore(WebhookStore):
         """
 
     @abc.abstractmethod
-    async def set_gates(
-        self,
-        release_id: str,
-        gates: PublishGates,
-        event: Event,
-        *,
-        expect_states: Collection[ReleaseState] | None = None,
-    ) -> Release:
-        """Replace the release's gates before publish (approvals and check results with them)
-        and append ``event``; a compare-and-set on the state with ``expect_states``."""
+    async def update_gates(self, release_id: str, change: GatesChange) -> Release:
+        """Change the release's gates before publish atomically: ``change`` is called with
+        the release as stored (under the store's lock or in the write's transaction) and
+        answers the new gates with the events to append, or None for no change (nothing is
+        written); what it raises is raised. NotFoundError for an unknown release."""
 
     # -- tasks -------------------------------------------------------------------------------
     @abc.abstractmethod

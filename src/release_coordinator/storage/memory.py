@@ -15,7 +15,6 @@ import attrs
 
 from release_coordinator.coordinator.models import (
     Event,
-    PublishGates,
     Release,
     ReleaseNote,
     ServiceHealth,
@@ -29,6 +28,7 @@ from release_coordinator.storage.base import (
     _ALL,
     CoordinatorStore,
     EventFilter,
+    GatesChange,
     StepEvent,
     TaskChange,
     new_tasks,
@@ -291,23 +291,17 @@ class MemoryStore(MemoryWebhooks, CoordinatorStore):
             self._append(event)
             return updated
 
-    async def set_gates(
-        self,
-        release_id: str,
-        gates: PublishGates,
-        event: Event,
-        *,
-        expect_states: Collection[ReleaseState] | None = None,
-    ) -> Release:
+    async def update_gates(self, release_id: str, change: GatesChange) -> Release:
         with self._lock:
             current = self._release(release_id)
-            if expect_states is not None and current.state not in expect_states:
-                raise ConcurrentUpdateError(
-                    "release", release_id, expect_states, current.state.value
-                )
+            changed = change(current)
+            if changed is None:
+                return current
+            gates, events = changed
             updated = attrs.evolve(current, gates=gates, updated_at=utcnow())
             self._releases[release_id] = updated
-            self._append(event)
+            for event in events:
+                self._append(event)
             return updated
 
     # -- tasks -------------------------------------------------------------------------------

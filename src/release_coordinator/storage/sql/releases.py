@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from release_coordinator.coordinator.models import Event, PublishGates, Release, Task, utcnow
+from release_coordinator.coordinator.models import Event, Release, Task, utcnow
 from release_coordinator.coordinator.publish_gates import gates_from_json, gates_json
 from release_coordinator.errors import (
     ConcurrentUpdateError,
@@ -26,7 +26,7 @@ from release_coordinator.errors import (
     StorageError,
 )
 from release_coordinator.fsm.release import ReleaseState
-from release_coordinator.storage.base import new_tasks
+from release_coordinator.storage.base import GatesChange, new_tasks
 from release_coordinator.storage.sql.engine import _edge, _violates
 from release_coordinator.storage.sql.events import _EventLog, _page
 from release_coordinator.storage.sql.schema import _RELEASE_COLUMNS, releases, services, tasks
@@ -278,23 +278,33 @@ class _Releases(_EventLog):
             return _release(row)
 
     @_edge
-    async def set_gates(
-        self,
-        release_id: str,
-        gates: PublishGates,
-        event: Event,
-        *,
-        expect_states: Collection[ReleaseState] | None = None,
-    ) -> Release:
-        query = sa.update(releases).where(releases.c.id == release_id)
-        if expect_states is not None:
-            query = query.where(_in_states(expect_states))
-        values = {"gates": gates_json(gates) if gates.configured else None, "updated_at": utcnow()}
+    async def update_gates(self, release_id: str, change: GatesChange) -> Release:
         async with self._write() as conn:
-            row = await self._one(conn, query.values(**values).returning(*_RELEASE_COLUMNS))
+            # (locked to the end of the transaction: two changes of one release's gates never
+            # both start from the same read; SQLite's writes take one at a time anyway)
+            row = await self._one(
+                conn,
+                sa.select(*_RELEASE_COLUMNS)
+                .where(releases.c.id == release_id)
+                .with_for_update(),
+            )
             if row is None:
-                raise await _lost_release(conn, release_id, expect_states or ())
-            await self._insert_events(conn, [event])
+                raise NotFoundError("release", release_id)
+            current = _release(row)
+            changed = change(current)
+            if changed is None:
+                return current
+            gates, events = changed
+            values = {"gates": gates_json(gates), "updated_at": utcnow()}
+            row = await self._one(
+                conn,
+                sa.update(releases)
+                .where(releases.c.id == release_id)
+                .values(**values)
+                .returning(*_RELEASE_COLUMNS),
+            )
+            assert row is not None
+            await self._insert_events(conn, events)
             return _release(row)
 
     @_edge

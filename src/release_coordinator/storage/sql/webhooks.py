@@ -128,6 +128,14 @@ class _Webhooks(SQLDatabase):
     @_edge
     async def remove_webhook(self, webhook_id: str) -> None:
         async with self._write() as conn:
+            # The row first, locked: a dispatcher's save_delivery (which updates it, then logs
+            # an attempt) either went before or finds the webhook gone, and logs nothing.
+            locked = await self._one(
+                conn,
+                sa.select(webhooks.c.id).where(webhooks.c.id == webhook_id).with_for_update(),
+            )
+            if locked is None:
+                raise NotFoundError("webhook", webhook_id)
             await conn.execute(
                 sa.delete(webhook_deliveries).where(webhook_deliveries.c.webhook_id == webhook_id)
             )
