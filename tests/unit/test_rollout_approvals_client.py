@@ -21,6 +21,7 @@ from release_coordinator.cli import _parser
 from release_coordinator.client import AccessDeniedError
 from release_coordinator.client.render import Output
 from release_coordinator.client.rollout_commands import _act, rollouts_what_if
+from release_coordinator.errors import ValidationError
 from release_coordinator.server.roles import OperatorToken
 from release_coordinator.server.rollout_app import rollout_app
 from release_coordinator.storage.memory_rollout import MemoryRolloutStore
@@ -52,6 +53,10 @@ async def test_approve_and_what_if_over_http() -> None:
     await manager.poll("relay", EUROPE, 3)
     policy = {"type": "waves", "sizes": [0.5, 1.0], "approvals": ["canary-10"]}
     async with client(manager, "admin-token") as admin, client(manager, "reader-token") as reader:
+        with pytest.raises(ValidationError, match="approvals"):  # a 422: no such stage
+            await admin.create_rollout(
+                strategy("r-1"), archive(), EUROPE, policy={"approvals": ["nope"]}
+            )
         draft = await admin.create_rollout(
             strategy("r-1"), archive(), EUROPE, policy=policy, start=False
         )

@@ -14,10 +14,12 @@ Argo Rollouts, but per stage:
   barrier of the stage before opens (by its own condition) only once it is.
 
 A stage leading to one that waits for approval cannot be promoted either (409: approve the
-next stage first). A rollout gated by a relay's parent ignores approvals: its parent decides
-when its stages end. An approval is kept in the store as a barrier record of its own (under a
-key no stage name takes: :func:`approval_key`), so every manager sharing the store sees it and
-it survives restarts; it is logged in the rollout event log with the operator as actor.
+next stage first), and a child's report that would begin a waiting stage (naming it as the
+next stage) is refused (409, nothing changed). A rollout gated by a relay's parent ignores
+approvals: its parent decides when its stages end. An approval is kept in the store as a
+barrier record of its own (under a key no stage name takes: :func:`approval_key`), so every
+manager sharing the store sees it and it survives restarts; it is logged in the rollout event
+log with the operator as actor.
 """
 
 from __future__ import annotations

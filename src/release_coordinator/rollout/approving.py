@@ -47,8 +47,10 @@ class _Approving(_Operations):
         **options: Any,
     ) -> Rollout:
         """See :meth:`_Operations.create_rollout`; the policy's ``approvals`` must name stages
-        of the bundle's strategy that can wait (ValidationError, 422, otherwise)."""
-        check_approvals(policy or GlobalIncremental(), bundle.strategy)
+        of the bundle's strategy that can wait (ValidationError, 422, otherwise); a rollout
+        gated by a relay's parent ignores them (its parent decides), unchecked."""
+        if not options.get("gated"):
+            check_approvals(policy or GlobalIncremental(), bundle.strategy)
         return await super().create_rollout(bundle, target, policy=policy, **options)
 
     async def promote(self, rollout_id: str, stage_name: str, *, actor: str = "") -> Rollout:
