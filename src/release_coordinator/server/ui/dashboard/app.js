@@ -494,6 +494,14 @@
           rollout.state === "draft" ? actionButton({ label: "Start", path: `rollouts/${q(id)}/start`, done }) : null,
           rollout.state === "active" ? actionButton({ label: "Pause", path: `rollouts/${q(id)}/pause`, done }) : null,
           rollout.state === "paused" ? actionButton({ label: "Resume", path: `rollouts/${q(id)}/resume`, done }) : null,
+          // Children that failed or timed out get another go (a completed rollout runs again).
+          ["active", "paused", "completed"].includes(rollout.state) && (status.statuses.Failed ?? 0) > 0
+            ? actionButton({
+              label: "Retry failed",
+              path: `rollouts/${q(id)}/retry`,
+              confirm: `Confirm: offer ${name} again to its children that failed or timed out`,
+              done: (r) => `${name}: offered again to ${r.retried.length} children`,
+            }) : null,
           ["draft", "active", "paused"].includes(rollout.state) ? actionButton({
             label: "Abort",
             path: `rollouts/${q(id)}/abort`,
@@ -512,15 +520,24 @@
         const childRows = rows.map((r) => ({ ...r, area: areas.get(r.child_id)?.area ?? null }));
         draw(map, [rollout.target, childRows.map((r) => [r.child_id, r.status, r.outcome, r.lost, r.area]), [...areas.keys()]],
           () => drawMap(rollout, childRows, areas));
-        draw(children, rows, () => table(
+        // A child can be excluded unless it finished (Done) or is excluded, or the rollout aborted.
+        const excludable = (r) => rollout.state !== "aborted" && r.status !== "Done" && r.outcome !== "excluded";
+        draw(children, [rows, rollout.state], () => table(
           { text: "Children of the rollout (the map's text alternative)", hidden: false },
-          ["Child", "Status", "Outcome", "Lost", "Stages"],
+          ["Child", "Status", "Outcome", "Lost", "Stages", "Action"],
           rows.map((r) => [
             h("code", {}, r.child_id),
             badge(r.status, statusLabel(r.status)),
             r.outcome.replaceAll("_", " "),
             r.lost ? "lost" : "",
             Object.entries(r.stages).map(([n, st]) => `${n}: ${st.status}`).join(", "),
+            excludable(r) ? actionButton({
+              label: `Exclude ${r.child_id}`,
+              path: `rollouts/${q(id)}/children/${q(r.child_id)}/exclude`,
+              confirm: `Confirm: exclude ${r.child_id} from ${name} (it is never offered it again)`,
+              reason: true,
+              done: (c) => `Child ${c.child_id} excluded from ${name}`,
+            }) : "",
           ]),
           "No child takes part in this rollout yet.",
         ));
