@@ -392,3 +392,37 @@ async def test_an_answer_to_an_ask_before_a_rerun_is_dropped(store: CoordinatorS
     assert [r.result for r in held.gates.results] == ["fail"]  # the second ask's
     assert held.gates.checks_round == 1
     await coordinator.close()
+
+
+async def test_a_publish_racing_a_rerun_of_the_checks_never_goes_by_old_answers(
+    store: CoordinatorStore,
+) -> None:
+    checker = Checker()
+    coordinator = await coordinator_over(store, checker)
+    hook = await coordinator.add_webhook("http://checks.test/check")
+    checker.secrets = {hook.id: hook.secret}
+    checker.answers = ["pass"] * 20
+    for i in range(5):
+        async with coordinator.running():
+            release = await coordinator.create_release(f"r{i}", checks=[hook.id])
+            await coordinator.wait(release.id, ["staged"], timeout=10)
+            for _ in range(200):
+                if (await coordinator.get_release(release.id)).gates.results:
+                    break
+                await asyncio.sleep(0.01)
+            published, rerun = await asyncio.gather(
+                coordinator.publish(release.id),
+                coordinator.rerun_checks(release.id),
+                return_exceptions=True,
+            )
+            after = await coordinator.get_release(release.id)
+            if isinstance(published, BaseException):  # the rerun went first: publish waits
+                assert isinstance(published, ConflictError), published
+                assert after.gates.checks_round == 1
+            else:  # the publish went first: the rerun is too late
+                assert isinstance(rerun, ConflictError), rerun
+                assert after.gates.checks_round == 0
+            if not after.is_final and after.state is not ReleaseState.PUBLISHING:
+                await coordinator.cancel(release.id)
+            await coordinator.wait(release.id, timeout=10)
+    await coordinator.close()

@@ -32,6 +32,7 @@ __all__ = [
     "TaskService",
     "new_id",
     "new_ids",
+    "publish_gate",
     "utcnow",
 ]
 
@@ -177,6 +178,27 @@ class Release:
 
 
 _RELEASE_FINAL = frozenset({ReleaseState.PUBLISHED, ReleaseState.CANCELED, ReleaseState.FAILED})
+
+
+def publish_gate(release: Release, now: datetime) -> str | None:
+    """Why ``release`` may not be published at ``now`` (its first closed gate), or None."""
+    gates = release.gates
+    missing = gates.required_approvals - len(gates.approvals)
+    if missing > 0:
+        got = len(gates.approvals)
+        return f"it needs {missing} more approval(s) ({got} of {gates.required_approvals})"
+    for webhook_id in gates.checks:
+        result = gates.result_of(webhook_id)
+        if result is None:
+            return f"check {webhook_id} has not answered yet"
+        if result.result == "fail":
+            why = f": {result.message}" if result.message else ""
+            return f"check {webhook_id} failed{why}"
+        if result.result != "pass":
+            return f"check {webhook_id} could not be asked ({result.message}); asked again soon"
+    if gates.publish_at is not None and now < gates.publish_at:
+        return f"it is scheduled for {gates.publish_at.isoformat()}"
+    return None
 
 
 @attrs.frozen

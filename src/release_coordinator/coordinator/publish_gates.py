@@ -41,6 +41,7 @@ from release_coordinator.coordinator.models import (
     PublishGates,
     Release,
     new_id,
+    publish_gate,
     utcnow,
 )
 from release_coordinator.coordinator.webhooks import printable_excerpt, sign_webhook
@@ -72,27 +73,6 @@ _CHECK_TIMEOUT = 10.0
 _MESSAGE = 500
 
 
-
-
-def publish_gate(release: Release, now: datetime) -> str | None:
-    """Why ``release`` may not be published at ``now`` (its first closed gate), or None."""
-    gates = release.gates
-    missing = gates.required_approvals - len(gates.approvals)
-    if missing > 0:
-        got = len(gates.approvals)
-        return f"it needs {missing} more approval(s) ({got} of {gates.required_approvals})"
-    for webhook_id in gates.checks:
-        result = gates.result_of(webhook_id)
-        if result is None:
-            return f"check {webhook_id} has not answered yet"
-        if result.result == "fail":
-            why = f": {result.message}" if result.message else ""
-            return f"check {webhook_id} failed{why}"
-        if result.result != "pass":
-            return f"check {webhook_id} could not be asked ({result.message}); asked again soon"
-    if gates.publish_at is not None and now < gates.publish_at:
-        return f"it is scheduled for {gates.publish_at.isoformat()}"
-    return None
 
 
 # -- JSON (the SQL column and the API) -----------------------------------------------------------
@@ -230,11 +210,16 @@ class PublishGatesMixin(EventsMixin):
 
     async def rerun_checks(self, release_id: str, *, by: str = "") -> Release:
         """Forget the checks' answers: the staged release asks them all again now (an answer
-        to an ask made before comes too late and is dropped). ConflictError for a release
-        without checks, or a final one."""
+        to an ask made before comes too late and is dropped; a publish decided on the old
+        answers and not made yet is refused). ConflictError for a release without checks, or
+        one that is publishing or final."""
 
         def again(release: Release) -> tuple[PublishGates, list[Event]]:
-            if not release.gates.checks or release.is_final:
+            if (
+                not release.gates.checks
+                or release.is_final
+                or release.state is ReleaseState.PUBLISHING
+            ):
                 why = "has no checks" if not release.gates.checks else f"is {release.state.value}"
                 raise ConflictError(f"release {release_id} {why}", id=release_id)
             gates = release.gates

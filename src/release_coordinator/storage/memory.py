@@ -20,6 +20,7 @@ from release_coordinator.coordinator.models import (
     ServiceHealth,
     Task,
     TaskService,
+    publish_gate,
     utcnow,
 )
 from release_coordinator.errors import ConcurrentUpdateError, ConflictError, NotFoundError
@@ -246,6 +247,11 @@ class MemoryStore(MemoryWebhooks, CoordinatorStore):
             if current.state not in from_states:
                 raise ConcurrentUpdateError("release", release_id, from_states, current.state.value)
             now = utcnow()
+            if to_state is ReleaseState.PUBLISHING and publish_gate(current, now) is not None:
+                # a gate closed since the caller looked (checks asked again): judged anew
+                raise ConcurrentUpdateError(
+                    "release", release_id, from_states, f"{current.state.value}, gated"
+                )
             version = current.version
             if to_state is ReleaseState.PUBLISHED:
                 version = published_version([self._top_version], major=current.is_major)

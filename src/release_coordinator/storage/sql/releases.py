@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from release_coordinator.coordinator.models import Event, Release, Task, utcnow
+from release_coordinator.coordinator.models import Event, Release, Task, publish_gate, utcnow
 from release_coordinator.coordinator.publish_gates import gates_from_json, gates_json
 from release_coordinator.errors import (
     ConcurrentUpdateError,
@@ -258,6 +258,19 @@ class _Releases(_EventLog):
             }
             if failure is not None:
                 values["failure"] = failure
+            if to_state is ReleaseState.PUBLISHING:
+                # the gates as stored, locked: a gate closed since the caller looked (checks
+                # asked again) makes it a lost compare-and-set, judged anew by the caller
+                locked = await self._one(
+                    conn,
+                    sa.select(*_RELEASE_COLUMNS)
+                    .where(releases.c.id == release_id)
+                    .with_for_update(),
+                )
+                if locked is not None and publish_gate(_release(locked), now) is not None:
+                    raise ConcurrentUpdateError(
+                        "release", release_id, from_states, f"{locked.state}, gated"
+                    )
             if to_state is ReleaseState.PUBLISHED:
                 current = await _release_row(conn, release_id)
                 if current.state not in from_states:
