@@ -26,6 +26,7 @@ from release_coordinator.rollout.policies import (
     parse_policy,
     policy_json,
 )
+from release_coordinator.rollout.sync import SyncRolloutManager
 from release_coordinator.storage.rollout_base import RolloutStore
 
 from .test_rollout_manager import EUROPE, INSIDE, OUTSIDE, Clock, bundle, fetched, result, square
@@ -313,3 +314,14 @@ def test_error_action_in_the_policy_json() -> None:
     assert refused.value.problems == [
         ("policy.error_action", "is not a field of a global_incremental policy")
     ]
+
+
+def test_the_blocking_facade_retries_and_excludes() -> None:
+    with SyncRolloutManager(tick_interval=None) as manager:
+        manager.create_rollout(bundle(), EUROPE)
+        child = manager.poll("", INSIDE).id
+        manager.get_release(child, "42")
+        manager.submit_result(result(child, "canary-10", 5, "rollback"))
+        assert manager.retry("42", actor="ops").retried == (child,)
+        state = manager.exclude("42", child, reason="gone", actor="ops")
+        assert (state.status, state.outcome) == (ReleaseStatus.FAILED, Outcome.EXCLUDED)
