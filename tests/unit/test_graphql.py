@@ -236,7 +236,8 @@ async def test_a_rollout_its_bundle_status_and_children_are_the_rest_apis(
     text = f"""{{ rollout(id: "42") {{
         {selection({k: v for k, v in one.items() if k != "bundle"})}
         bundle {{ {bundle_fields} }}
-        status {{ children statuses outcomes lost stages {{ name counts aggregate judgement }} }}
+        status {{ children statuses outcomes lost stages {{ name counts aggregate judgement }}
+          approvals {{ stage approved }} }}
         children {{ items {{ {selection(children["items"][0])} }} next_offset }}
         release {{ id }}
     }} }}"""

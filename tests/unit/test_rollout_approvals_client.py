@@ -73,6 +73,8 @@ async def test_approve_and_what_if_over_http() -> None:
                 await releaser.approve_stage("r-1", "canary-10")
         answer = await admin.approve_stage("r-1", "canary-10")
         assert answer["approvals"] == [{"stage": "canary-10", "approved": True}]
+        status = await reader.rollout_status("r-1")  # the report the dashboard reads
+        assert status["approvals"] == [{"stage": "canary-10", "approved": True}]
         with pytest.raises(InvalidTransitionError):
             await admin.approve_stage("r-1", "ab-50")  # needs none
         with pytest.raises(NotFoundError):

@@ -337,6 +337,13 @@ class StageCountsBody(_Record):
     judgement: StageJudgementBody | None
 
 
+class StageApprovalBody(_Record):
+    """A stage the rollout's policy needs approved before it opens, and whether it is."""
+
+    stage: str
+    approved: bool
+
+
 class RolloutStatusBody(_Record):
     """A rollout's status: counts per status, outcome and stage, aggregates, lost
     children."""
@@ -353,6 +360,10 @@ class RolloutStatusBody(_Record):
     ]
     lost: list[str]
     stages: list[StageCountsBody]
+    approvals: Annotated[
+        list[StageApprovalBody],
+        msgspec.Meta(description="The stages the policy's approvals name, and whether each is."),
+    ]
 
 
 class ChildStageBody(_Record):

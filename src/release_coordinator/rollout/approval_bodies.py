@@ -9,7 +9,7 @@ from typing import Annotated
 
 import msgspec
 
-from release_coordinator.rollout.api_bodies import RolloutBody
+from release_coordinator.rollout.api_bodies import RolloutBody, StageApprovalBody
 
 __all__ = [
     "APPROVAL_ANSWER_NAMES",
@@ -20,13 +20,6 @@ __all__ = [
 ]
 
 _Count = Annotated[int, msgspec.Meta(ge=0)]
-
-
-class StageApprovalBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A stage the rollout's policy needs approved before it opens, and whether it is."""
-
-    stage: str
-    approved: bool
 
 
 class ApprovalAnswerBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

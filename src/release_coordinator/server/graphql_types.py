@@ -399,6 +399,15 @@ class StageCountsNode:
 
 
 @strawberry.type(
+    name="StageApproval",
+    description="A stage the rollout's policy needs approved before it opens, and whether it is.",
+)
+class StageApprovalNode:
+    stage: str
+    approved: bool
+
+
+@strawberry.type(
     name="RolloutStatus",
     description="A rollout's status, as `GET /rollouts/{id}/status` answers it.",
 )
@@ -408,6 +417,9 @@ class RolloutStatusNode:
     outcomes: JSON = strawberry.field(description="How many children rolled out or back.")
     lost: list[str]
     stages: list[StageCountsNode]
+    approvals: list[StageApprovalNode] = strawberry.field(
+        description="The stages the policy's approvals name, and whether each is approved."
+    )
 
 
 @strawberry.type(
@@ -464,6 +476,10 @@ class RolloutNode:
                     judgement=JSON(stage_judgement_json(row.judgement)),
                 )
                 for row in report.stages
+            ],
+            approvals=[
+                StageApprovalNode(stage=a.stage, approved=a.approved)
+                for a in await info.context.manager.approvals(self.record.id)
             ],
         )
 

@@ -395,6 +395,10 @@ class OperatorApi:
                     }
                     for row in report.stages
                 ],
+                "approvals": [  # (rollout.approvals)
+                    {"stage": a.stage, "approved": a.approved}
+                    for a in await self.manager.approvals(report.rollout.id)
+                ],
             },
         )
 
