@@ -20,7 +20,7 @@ from release_coordinator import (
 from release_coordinator.cli import _parser
 from release_coordinator.client import AccessDeniedError
 from release_coordinator.client.render import Output
-from release_coordinator.client.rollout_commands import _act, rollouts_what_if
+from release_coordinator.client.rollout_commands import _act, rollouts_what_if, status_view
 from release_coordinator.errors import ValidationError
 from release_coordinator.server.roles import OperatorToken
 from release_coordinator.server.rollout_app import rollout_app
@@ -75,6 +75,7 @@ async def test_approve_and_what_if_over_http() -> None:
         assert answer["approvals"] == [{"stage": "canary-10", "approved": True}]
         status = await reader.rollout_status("r-1")  # the report the dashboard reads
         assert status["approvals"] == [{"stage": "canary-10", "approved": True}]
+        assert "canary-10 approved" in status_view(status).text()
         with pytest.raises(InvalidTransitionError):
             await admin.approve_stage("r-1", "ab-50")  # needs none
         with pytest.raises(NotFoundError):

@@ -147,6 +147,10 @@ def status_view(status: dict[str, Any]) -> View:
     view.field("state", rollout["state"] + (f" ({rollout['reason']})" if rollout["reason"] else ""))
     view.field("children", status["children"])
     view.field("lost", len(status.get("lost", [])))
+    approvals = status.get("approvals", [])
+    if approvals:  # the stages the policy holds for an approval
+        shown = [f"{a['stage']} {'approved' if a['approved'] else 'waiting'}" for a in approvals]
+        view.field("approvals", ", ".join(shown))
     statuses = status.get("statuses", {})
     view.table("children per status", ["STATUS", "CHILDREN"], list(statuses.items()))
     outcomes = status.get("outcomes", {})

@@ -33,8 +33,10 @@ each a base class of the next: :mod:`~release_coordinator.rollout.bookkeeping` (
 the writes that keep counters and indexes true), :mod:`~release_coordinator.rollout.matching`
 (registering children, matching them with rollouts, admitting them by policy),
 :mod:`~release_coordinator.rollout.ticks` (barriers, lost children, completion, the periodic
-tick) and :mod:`~release_coordinator.rollout.operations` (the operator's actions and reports);
-the report types are in :mod:`~release_coordinator.rollout.reports`.
+tick) and :mod:`~release_coordinator.rollout.operations` (the operator's actions and reports),
+with :mod:`~release_coordinator.rollout.approvals` (what waits for an operator's approval,
+below the ticks) and :mod:`~release_coordinator.rollout.approving` (approving a stage, the
+what-if of a draft, on top); the report types are in :mod:`~release_coordinator.rollout.reports`.
 """
 
 from __future__ import annotations
