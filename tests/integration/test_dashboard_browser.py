@@ -538,6 +538,7 @@ def test_a_rollout_s_map_changes_when_the_operator_aborts_it(
                     "target": TARGET,
                     "name": "checkout v2",
                     "start": False,
+                    "policy": {"approvals": ["canary"]},  # offered once an operator approves
                 },
             )
             assert draft.status_code == 201, draft.text
@@ -553,6 +554,16 @@ def test_a_rollout_s_map_changes_when_the_operator_aborts_it(
             expect(p.get_by_role("heading", name="Rollout checkout v2")).to_be_visible()
             p.get_by_role("button", name="Start").click()
             expect(p.locator("#rollout-summary")).to_contain_text("active", timeout=SEEN_WITHIN)
+            # its first stage waits for an operator's approval: nobody is offered it before
+            expect(p.locator("#rollout-summary")).to_contain_text("canary waits for approval")
+            assert api.get(f"/rollouts/{ROLLOUT_ID}/children").json()["items"] == []
+            p.get_by_role("button", name="Approve canary").click()
+            confirm = "Confirm: children of checkout v2 may start stage canary"
+            p.get_by_role("button", name=confirm).click()
+            expect(p.locator("#rollout-summary")).to_contain_text(
+                "canary approved", timeout=SEEN_WITHIN
+            )
+            expect(p.get_by_role("button", name="Approve canary")).to_have_count(0)
             # the leaves fetch it and wait at the canary's barrier (the idle ones never fetch)
             children = p.locator("#rollout-map path.child")
             doing = p.locator('#rollout-map path[data-status="Doing"]')

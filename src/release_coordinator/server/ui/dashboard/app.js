@@ -477,6 +477,8 @@
           ["Statuses", counts(status.statuses)],
           ["Outcomes", counts(status.outcomes)],
           ["Lost", status.lost.join(", ")],
+          ["Approvals", (status.approvals ?? [])
+            .map((a) => `${a.stage} ${a.approved ? "approved" : "waits for approval"}`).join(", ")],
         ]));
         const name = rollout.name || rollout.id;
         const done = (r) => `Rollout ${r.name || r.id} is ${r.state}`;
@@ -484,7 +486,17 @@
         const promotable = rollout.state === "active" && !rollout.gated
           ? status.stages.filter((st) => (st.counts.SuccessWaiting ?? 0) > 0).map((st) => st.name)
           : [];
-        draw(actions, [rollout.state, promotable], () => [
+        // A stage the policy holds for an operator's approval (an admin's action).
+        const approvable = ["draft", "active", "paused"].includes(rollout.state) && !rollout.gated
+          ? (status.approvals ?? []).filter((a) => !a.approved).map((a) => a.stage)
+          : [];
+        draw(actions, [rollout.state, promotable, approvable], () => [
+          ...approvable.map((stage) => actionButton({
+            label: `Approve ${stage}`,
+            path: `rollouts/${q(id)}/stages/${q(stage)}/approve`,
+            confirm: `Confirm: children of ${name} may start stage ${stage}`,
+            done: () => `Stage ${stage} of ${name} approved`,
+          })),
           ...promotable.map((stage) => actionButton({
             label: `Promote ${stage}`,
             path: `rollouts/${q(id)}/stages/${q(stage)}/promote`,
