@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from release_coordinator.errors import ConflictError, InvalidTransitionError, NotFoundError
-from release_coordinator.fsm.rollout import ReleaseStatus
+from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.admission import failure_condition
 from release_coordinator.rollout.events import RolloutEventKind
 from release_coordinator.rollout.manager import RolloutManager
@@ -90,14 +90,21 @@ class ErrorActionMachine(RuleBasedStateMachine):
             state = self.states()[child]
         if state.status is not ReleaseStatus.DOING or state.outcome is Outcome.EXCLUDED:
             return
+        live = state.live_stage
+        if live is None:
+            return
+        # A well-behaved child: it fails its live stage, or takes the next step of it, and
+        # stops at a rollback.
         if not ok:
-            self.run(self.manager.submit_result(result(child, "canary-10", 5, "rollback")))
-        elif state.live_stage == "canary-10":
-            self.run(self.manager.submit_result(result(child, "canary-10", 2)))
-            if self.run(self.manager.end_stage(child, "42", "canary-10")).end_stage:
-                self.run(self.manager.submit_result(result(child, "canary-10", 4, "ab-50")))
-        elif state.live_stage == "ab-50":
-            self.run(self.manager.submit_result(result(child, "ab-50", 4, "rollout")))
+            self.run(self.manager.submit_result(result(child, live, 5, "rollback")))
+        elif live == "canary-10":
+            waiting = state.stages[live].status is not StageStatus.IN_PROGRESS
+            if waiting or self.run(self.manager.submit_result(result(child, live, 2))) == "":
+                told = self.run(self.manager.end_stage(child, "42", live))
+                if told.end_stage and told.action == "":
+                    self.run(self.manager.submit_result(result(child, live, 4, "ab-50")))
+        else:
+            self.run(self.manager.submit_result(result(child, live, 4, "rollout")))
         self.check_policy_pause(before)
 
     def check_policy_pause(self, before: RolloutState) -> None:
@@ -158,7 +165,11 @@ class ErrorActionMachine(RuleBasedStateMachine):
     def abort(self, really: int) -> None:
         if really:  # an abort ends the story: keep it rare
             return
-        self.run(self.manager.abort("42", actor="op"))
+        try:
+            self.run(self.manager.abort("42", actor="op"))
+        except REFUSED:  # completed
+            assert self.rollout().state is RolloutState.COMPLETED
+            return
         self.operator_aborted = True
 
     # -- invariants ---------------------------------------------------------------------------
