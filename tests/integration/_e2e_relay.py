@@ -37,9 +37,9 @@ class LoggedRelay(Relay):
     """A Relay that logs an unexpected exception of a round before it ends :meth:`Relay.run`
     (which carries on after ReleaseCoordinatorError only): the test then shows why."""
 
-    async def sync(self) -> None:
+    async def sync(self, *, hinted: bool = False) -> None:
         try:
-            await super().sync()
+            await super().sync(hinted=hinted)
         except ReleaseCoordinatorError:
             raise
         except Exception:

@@ -9,18 +9,20 @@ installed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from test_serve_process import ACCESS, HOST, Server, access_lines
+from test_serve_process import ACCESS, HOST, STOP_WITHIN, Server, access_lines
 
 from release_coordinator.cli import main
 from release_coordinator.errors import ConfigurationError
@@ -82,8 +84,12 @@ def test_the_same_lines_and_a_clean_stop_under_each_server(tmp_path: Path, serve
         conn.sendall(body[1:])
         answered = answer(conn)
         conn.close()
+        # the one SIGTERM stops it: wait (a second one, while it closes its stores, would be
+        # another story: a supervisor that insists)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            served.process.wait(timeout=STOP_WITHIN)
     finally:
-        status = served.terminate()
+        status = served.terminate()  # (no second signal to a process that exited)
     text = served.stderr()
     assert status == 0, text
     assert answered.startswith(b"HTTP/1.1 200"), answered
