@@ -630,3 +630,74 @@ async def test_a_relay_can_follow_its_parents_hint(clock: Clock) -> None:
     await plain._round()  # without follow_hints: every round
     assert isinstance(plain.parent, CountingParent)
     assert plain.parent.polls == 2
+
+
+HUGE = 10**400  # past any float: float() of it raises OverflowError
+
+
+@pytest.mark.parametrize(
+    ("policy", "path"),
+    [
+        ({"type": "global_incremental", "pacing": {"start_at": HUGE}}, "policy.pacing.start_at"),
+        ({"type": "global_incremental", "pacing": {"deadline": HUGE}}, "policy.pacing.deadline"),
+        (
+            {
+                "type": "global_incremental",
+                "pacing": {"windows": [{"start": "02:00", "duration": HUGE}]},
+            },
+            "policy.pacing.windows[0].duration",
+        ),
+        (
+            {
+                "type": "global_incremental",
+                "pacing": {"ramp": {"start_per_minute": 1, "factor": HUGE}},
+            },
+            "policy.pacing.ramp.factor",
+        ),
+        ({"type": "waves", "soak_time": HUGE}, "policy.soak_time"),
+        ({"type": "global_incremental", "quorum": HUGE}, "policy.quorum"),
+        ({"type": "global_incremental", "barrier_timeout": HUGE}, "policy.barrier_timeout"),
+    ],
+)
+def test_an_integer_past_any_float_is_refused_by_path(policy: dict[str, Any], path: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_policy(policy)
+    assert path in {p for p, _ in caught.value.problems}, caught.value.problems
+
+
+async def fail(manager: RolloutManager, child: str) -> None:
+    await manager.get_release(child, "42")
+    await manager.submit_result(result(child, "canary-10", 5, "rollback"))
+
+
+async def test_a_retry_is_offered_under_the_pacing_or_refused(
+    manager: RolloutManager, clock: Clock
+) -> None:
+    from release_coordinator.errors import ConflictError
+
+    # every day 02:00-04:00 UTC, at most 2 offers a minute, a deadline on Tuesday 00:00
+    pacing = Pacing(windows=(Window(120, 2 * HOUR),), max_per_minute=2, deadline=at(1, 0))
+    await register(manager)
+    await manager.create_rollout(bundle(), EUROPE, policy=GlobalIncremental(pacing=pacing))
+    clock.now = at(0, 2.5)
+    await manager.tick()
+    first = sorted(await offered(manager))
+    assert len(first) == 2
+    for child in first:
+        await fail(manager, child)
+    # the minute's two offers are spent: a retry of both would pass the rate
+    with pytest.raises(ConflictError, match="would pass its rate"):
+        await manager.retry("42")
+    clock.now += 61
+    before = await manager.store.child_releases("42")
+    clock.now = at(0, 5)  # the window closed: nothing is offered, a retry neither
+    with pytest.raises(ConflictError, match="offers nothing now"):
+        await manager.retry("42")
+    assert await manager.store.child_releases("42") == before  # nothing changed
+    clock.now = at(0, 3)  # open again (Monday, 03:00)
+    assert sorted((await manager.retry("42")).retried) == first
+    for child in first:  # they fail again
+        await fail(manager, child)
+    clock.now = at(1, 1)  # past the deadline
+    with pytest.raises(ConflictError, match="deadline has passed"):
+        await manager.retry("42")

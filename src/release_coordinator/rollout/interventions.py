@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
@@ -37,10 +37,11 @@ from release_coordinator.errors import (
     ValidationError,
 )
 from release_coordinator.fsm.rollout import ReleaseStatus, release_step, stage_step
-from release_coordinator.rollout.admission import failure_condition
+from release_coordinator.rollout.admission import failure_condition, success_share
 from release_coordinator.rollout.bookkeeping import transition_event
 from release_coordinator.rollout.events import RolloutEventKind, rollout_event
 from release_coordinator.rollout.models import ChildRelease, Outcome, Rollout, RolloutState
+from release_coordinator.rollout.pacing import RateLimit, format_time
 from release_coordinator.rollout.policies import Waves
 from release_coordinator.rollout.ticks import _Ticks
 
@@ -208,6 +209,7 @@ class _Interventions(_Ticks):
             )
         states = {s.child_id: s for s in await self.store.child_releases(rollout_id)}
         chosen = self._retry_choice(rollout_id, states, wanted)
+        limit = self._retry_paced(rollout, states, len(chosen))
         count = f"{len(chosen)} {'child' if len(chosen) == 1 else 'children'}"
         request = rollout_event(
             RolloutEventKind.USER_ACTION,
@@ -243,10 +245,52 @@ class _Interventions(_Ticks):
             if await self._offer_again(state, stage_names):
                 retried.append(state.child_id)
                 offered[state.child_id] = self._clock()
+        if limit is not None and retried:
+            limit.spend(self._clock(), len(retried))  # (offers: they count for the rate)
         log.info("rollout %s: %d children retried%s", rollout_id, len(retried), _by(actor))
         if rollout.state is RolloutState.ACTIVE:
             await self._admit(rollout)
         return RetryResult(await self.store.get_rollout(rollout_id), tuple(retried))
+
+    def _retry_paced(
+        self, rollout: Rollout, states: Mapping[str, ChildRelease], count: int
+    ) -> RateLimit | None:
+        """A retry's offers are offers: refused (409, nothing changed) when the rollout's
+        pacing offers nothing now (past its deadline, before its start, outside its windows)
+        or when ``count`` offers would pass its rate; the rate limit they are counted in."""
+        pacing = rollout.policy.pacing
+        if not pacing.is_set:
+            return None
+        wall = self._wall()
+        if pacing.past_deadline(wall):
+            raise ConflictError(
+                f"rollout {rollout.id}'s deadline has passed: nothing is offered any more "
+                "(create a new rollout)",
+                id=rollout.id,
+            )
+        if not pacing.is_open(wall):
+            opens = pacing.opens_at(wall)
+            when = "never again" if opens is None else f"again at {format_time(opens)}"
+            raise ConflictError(
+                f"rollout {rollout.id} offers nothing now (before its start or outside its "
+                f"windows): retry once it may offer ({when})",
+                id=rollout.id,
+            )
+        if not pacing.limits_rate:
+            return None
+        now = self._clock()
+        limit = self._pace.limits.get(rollout.id)
+        if limit is None or limit.pacing != pacing:
+            limit = self._pace.limits[rollout.id] = RateLimit(pacing, now)
+        budget = limit.budget(now, success_share(states))
+        if count > budget:
+            raise ConflictError(
+                f"retrying {count} children of rollout {rollout.id} would pass its rate "
+                f"(room for {budget} in this minute): retry fewer, or later",
+                id=rollout.id,
+                room=budget,
+            )
+        return limit
 
     @staticmethod
     def _retry_names(children: Iterable[str] | None) -> list[str] | None:

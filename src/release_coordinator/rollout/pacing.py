@@ -303,7 +303,10 @@ def parse_time(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past any float
+            return None
         return number if 0 <= number <= MAX_TIME else None
     if not isinstance(value, str) or not 10 <= len(value) <= 40:
         return None
@@ -349,7 +352,10 @@ def pacing_json(pacing: Pacing) -> dict[str, Any]:
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past any float
+        return None
     return number if math.isfinite(number) else None
 
 

@@ -172,7 +172,10 @@ MAX_APPROVALS = 100
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past any float
+        return None
     return number if math.isfinite(number) else None
 
 
