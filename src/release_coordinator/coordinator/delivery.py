@@ -39,7 +39,6 @@ import attrs
 import httpx
 import msgspec
 
-from release_coordinator._version import __version__
 from release_coordinator.coordinator.events import event_json
 from release_coordinator.coordinator.models import Event, utcnow
 from release_coordinator.coordinator.webhook_records import (
@@ -47,8 +46,8 @@ from release_coordinator.coordinator.webhook_records import (
     Webhook,
     WebhookDelivery,
 )
+from release_coordinator.coordinator.webhooks import delivery_headers
 from release_coordinator.coordinator.webhooks import printable_excerpt as _printable
-from release_coordinator.coordinator.webhooks import sign_webhook
 from release_coordinator.errors import ConfigurationError
 from release_coordinator.storage.base import CoordinatorStore, EventFilter
 
@@ -243,11 +242,7 @@ class WebhookDispatcher:
         body = msgspec.json.encode(
             {"webhook_id": webhook.id, "events": [event_json(e) for e in events]}
         )
-        headers = {
-            "content-type": "application/json",
-            "user-agent": f"release-coordinator/{__version__}",
-            **sign_webhook(webhook.secret, message_id, body),
-        }
+        headers = delivery_headers(webhook.secret, message_id, body)
         status: int | None = None
         error = ""
         began = time.perf_counter()

@@ -121,11 +121,7 @@ class Coordinator(ServicesMixin, DriverMixin, NotesMixin, WebhooksMixin, Publish
         self._wake: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Condition()
         self._background: list[asyncio.Task[None]] = []
-        self._subscribers: list[tuple[Subscriber, EventFilter]] = []
-        self._events_seen = 0
-        self._flush_scheduled = False
-        self._flush_lock = asyncio.Lock()
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._init_feed()  # the event log's subscribers (feeds.EventFeed)
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------

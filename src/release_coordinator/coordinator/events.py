@@ -4,13 +4,12 @@ parts)."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from release_coordinator.coordinator.models import Event, EventKind, EventType, TaskService
+from release_coordinator.feeds import EventFeed
 from release_coordinator.storage.base import CoordinatorStore, EventFilter
 
 __all__ = ["EventsMixin", "Subscriber", "event_json", "log", "new_event"]
@@ -59,16 +58,17 @@ def event_json(event: Event) -> dict[str, Any]:
     }
 
 
-class EventsMixin:
-    """Feeds subscribers from the store: after every write, :meth:`_events_written` schedules
-    one flush that reads the events appended since the last and hands them on."""
+class EventsMixin(EventFeed):
+    """Feeds subscribers from the store (:class:`~release_coordinator.feeds.EventFeed`):
+    after every write, one flush reads the events appended since the last and hands them on."""
+
+    _feed_log = log
 
     store: CoordinatorStore
-    _subscribers: list[tuple[Subscriber, EventFilter]]
-    _events_seen: int
-    _flush_scheduled: bool
-    _flush_lock: asyncio.Lock
-    _flushes: set[asyncio.Task[None]]
+    _subscribers: list[tuple[Subscriber, EventFilter]]  # type: ignore[assignment]
+
+    async def _events_after(self, after_id: int) -> list[Event]:
+        return await self.store.list_events(EventFilter(after_id=after_id))
 
     async def _append_event(self, event: Event) -> None:
         """Write one event that comes with no change of state, and deliver it."""
@@ -77,39 +77,3 @@ class EventsMixin:
 
     async def _last_event_id(self) -> int:
         return await self.store.last_event_id()
-
-    def _events_written(self) -> None:
-        if not self._subscribers or self._flush_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no running loop: flushed on the next write
-            return
-        self._flush_scheduled = True
-        flush = loop.create_task(self._flush_events())
-        self._flushes.add(flush)  # asyncio keeps only weak references to tasks
-        flush.add_done_callback(self._flushes.discard)
-
-    async def _flush_events(self) -> None:
-        # One flush at a time, each starting where the last one ended: a subscriber that
-        # awaits must not see an event twice or out of order.
-        async with self._flush_lock:
-            self._flush_scheduled = False
-            if not self._subscribers:
-                return
-            events = await self.store.list_events(EventFilter(after_id=self._events_seen))
-            if events:
-                self._events_seen = events[-1].id
-            await self._deliver(events)
-
-    async def _deliver(self, events: list[Event]) -> None:
-        for event in events:
-            for subscriber, flt in list(self._subscribers):
-                if not flt.matches(event):
-                    continue
-                try:
-                    result = subscriber(event)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    log.exception("event subscriber %r failed", subscriber)

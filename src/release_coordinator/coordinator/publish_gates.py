@@ -29,7 +29,6 @@ from typing import Any
 import attrs
 import httpx
 
-from release_coordinator._version import __version__
 from release_coordinator.coordinator.events import EventsMixin, new_event
 from release_coordinator.coordinator.models import (
     NO_GATES,
@@ -44,7 +43,7 @@ from release_coordinator.coordinator.models import (
     publish_gate,
     utcnow,
 )
-from release_coordinator.coordinator.webhooks import printable_excerpt, sign_webhook
+from release_coordinator.coordinator.webhooks import delivery_headers, printable_excerpt
 from release_coordinator.errors import (
     ConflictError,
     NotFoundError,
@@ -292,11 +291,7 @@ class PublishGatesMixin(EventsMixin):
             }
         ).encode()
         message_id = f"{webhook_id}-check-{release.id}-{new_id('CK')}"  # (a new one each ask)
-        headers = {
-            "content-type": "application/json",
-            "user-agent": f"release-coordinator/{__version__}",
-            **sign_webhook(webhook.secret, message_id, body),
-        }
+        headers = delivery_headers(webhook.secret, message_id, body)
         try:
             async with asyncio.timeout(_CHECK_TIMEOUT):  # the whole ask, its answer read too
                 if self.checks_http is not None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from release_coordinator._version import __version__
 from release_coordinator.coordinator.events import EventsMixin
 from release_coordinator.coordinator.models import EventKind, EventType, new_id
 from release_coordinator.coordinator.webhook_records import (
@@ -44,6 +45,7 @@ from release_coordinator.schemas import MAX_TEXT
 
 __all__ = [
     "WebhooksMixin",
+    "delivery_headers",
     "new_webhook_secret",
     "printable_excerpt",
     "sign_webhook",
@@ -84,6 +86,16 @@ def sign_webhook(
         "webhook-id": message_id,
         "webhook-timestamp": str(at),
         "webhook-signature": "v1," + _signature(_key(secret), message_id, at, body),
+    }
+
+
+def delivery_headers(secret: str, message_id: str, body: bytes) -> dict[str, str]:
+    """The headers of a POST of ``body`` (JSON) to a webhook's receiver, signed as message
+    ``message_id``: what a delivery and a check before publish send."""
+    return {
+        "content-type": "application/json",
+        "user-agent": f"release-coordinator/{__version__}",
+        **sign_webhook(secret, message_id, body),
     }
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import secrets
@@ -36,6 +35,7 @@ from release_coordinator.errors import (
     ConflictError,
     InvalidTransitionError,
 )
+from release_coordinator.feeds import EventFeed
 from release_coordinator.fsm.rollout import ReleaseStatus, StageStatus
 from release_coordinator.rollout.events import (
     RolloutEvent,
@@ -137,10 +137,13 @@ class _Tally:
             counts[key] = counts.get(key, 0) + sign * count
 
 
-class _Bookkeeping:
+class _Bookkeeping(EventFeed):
     """What a :class:`~release_coordinator.rollout.manager.RolloutManager` knows, and the
     writes that keep it true (see the module documentation); its constructor's arguments are
     the manager's."""
+
+    _feed_log = log
+    _feed_what = "rollout event subscriber"
 
     def __init__(
         self,
@@ -210,12 +213,8 @@ class _Bookkeeping:
         #: How to learn a data release's state, for rollouts gated on one (``after_release``;
         #: see ``operations.ReleaseStates``): None until a host or a ReleaseGate sets it.
         self.release_states: Callable[[str], Awaitable[str]] | None = None
-        # The event log's subscribers, and what was delivered to them (see _events_written).
-        self._subscribers: list[tuple[RolloutSubscriber, RolloutEventFilter]] = []
-        self._events_seen = 0
-        self._flush_scheduled = False
-        self._flush_lock = asyncio.Lock()
-        self._flushes: set[asyncio.Task[None]] = set()
+        # The event log's subscribers, and what was delivered to them (feeds.EventFeed).
+        self._init_feed()
 
     # -- the event log ---------------------------------------------------------------------
     async def list_events(
@@ -260,38 +259,8 @@ class _Bookkeeping:
         await self.store.append_events(events)
         self._events_written()
 
-    def _events_written(self) -> None:
-        """The store appended events: deliver them to the subscribers (in a task of the
-        running loop, one at a time, each flush starting where the last one ended)."""
-        if not self._subscribers or self._flush_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no running loop: flushed on the next write
-            return
-        self._flush_scheduled = True
-        flush = loop.create_task(self._flush_events())
-        self._flushes.add(flush)  # asyncio keeps only weak references to tasks
-        flush.add_done_callback(self._flushes.discard)
-
-    async def _flush_events(self) -> None:
-        async with self._flush_lock:
-            self._flush_scheduled = False
-            if not self._subscribers:
-                return
-            events = await self.store.list_events(RolloutEventFilter(after_id=self._events_seen))
-            if events:
-                self._events_seen = events[-1].id
-            for event in events:
-                for subscriber, flt in list(self._subscribers):
-                    if not flt.matches(event):
-                        continue
-                    try:
-                        result = subscriber(event)
-                        if inspect.isawaitable(result):
-                            await result
-                    except Exception:
-                        log.exception("rollout event subscriber %r failed", subscriber)
+    async def _events_after(self, after_id: int) -> list[RolloutEvent]:
+        return await self.store.list_events(RolloutEventFilter(after_id=after_id))
 
     # -- rollouts' states ------------------------------------------------------------------
     async def _operate(
