@@ -350,6 +350,8 @@ def pacing_json(pacing: Pacing) -> dict[str, Any]:
 
 
 def _number(value: object) -> float | None:
+    """A JSON number as a finite float (None: not a number, a bool, infinite, or an integer
+    past any float); the policies' parser reads its numbers with it too."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:

@@ -35,7 +35,13 @@ import attrs
 from release_coordinator.errors import ConfigurationError, GeoJSONError, Problem, ValidationError
 from release_coordinator.rollout.geo import Area
 from release_coordinator.rollout.judgement import Judgement, judgement_json, parse_judgement
-from release_coordinator.rollout.pacing import NO_PACING, Pacing, pacing_json, parse_pacing
+from release_coordinator.rollout.pacing import (
+    NO_PACING,
+    Pacing,
+    _number,
+    pacing_json,
+    parse_pacing,
+)
 
 __all__ = [
     "DEFAULT_CHILD_TIMEOUT",
@@ -167,16 +173,6 @@ MAX_GROUPS = 1000
 MAX_WAVES = 100
 #: The most stages a policy's ``approvals`` name.
 MAX_APPROVALS = 100
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer past any float
-        return None
-    return number if math.isfinite(number) else None
 
 
 def policy_json(policy: Policy) -> dict[str, Any]:
