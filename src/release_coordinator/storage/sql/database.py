@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -120,6 +120,43 @@ class SQLDatabase:
         if self._sqlite:
             return sa.func.julianday("now") + sa.literal(lease_seconds / 86400.0, sa.Float())
         return sa.func.now() + sa.literal(timedelta(seconds=lease_seconds), sa.Interval())
+
+    async def _claim(
+        self,
+        table: sa.Table,
+        free: sa.ColumnElement[bool],
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        columns: Sequence[sa.ColumnElement[Any]],
+    ) -> list[sa.Row[Any]]:
+        """Lease to ``owner`` up to ``limit`` rows of ``table`` that ``free`` picks (its
+        ``lease_owner`` and ``lease_expires_at``), lowest ``seq`` first, passing over the rows
+        another transaction holds (``SELECT ... FOR UPDATE SKIP LOCKED``): their ``columns``
+        (``seq`` among them), by ``seq``."""
+        if limit <= 0:
+            return []
+        async with self._write() as conn:
+            seqs = list(
+                (
+                    await conn.execute(
+                        sa.select(table.c.seq)
+                        .where(free)
+                        .order_by(table.c.seq)
+                        .limit(limit)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).scalars()
+            )
+            if not seqs:
+                return []
+            rows = await conn.execute(
+                sa.update(table)
+                .where(table.c.seq.in_(seqs))
+                .values(lease_owner=owner, lease_expires_at=self._expiry(lease_seconds))
+                .returning(*columns)
+            )
+            return sorted(rows, key=lambda row: int(row.seq))
 
     # -- transactions ------------------------------------------------------------------------
     @contextlib.asynccontextmanager

@@ -34,30 +34,10 @@ class _Leases(SQLDatabase):
     async def claim_releases(
         self, owner: str, lease_seconds: float, *, limit: int = 100
     ) -> list[Release]:
-        if limit <= 0:
-            return []
-        async with self._write() as conn:
-            seqs = list(
-                (
-                    await conn.execute(
-                        sa.select(releases.c.seq)
-                        .where(self._claimable(owner))
-                        .order_by(releases.c.seq)
-                        .limit(limit)
-                        .with_for_update(skip_locked=True)
-                    )
-                ).scalars()
-            )
-            if not seqs:
-                return []
-            rows = await conn.execute(
-                sa.update(releases)
-                .where(releases.c.seq.in_(seqs))
-                .values(lease_owner=owner, lease_expires_at=self._expiry(lease_seconds))
-                .returning(*_RELEASE_COLUMNS)
-            )
-            claimed = sorted(rows, key=lambda row: int(row.seq))
-            return [_release(row) for row in claimed]
+        claimed = await self._claim(
+            releases, self._claimable(owner), owner, lease_seconds, limit, _RELEASE_COLUMNS
+        )
+        return [_release(row) for row in claimed]
 
     @_edge
     async def claim_release(self, release_id: str, owner: str, lease_seconds: float) -> bool:

@@ -157,34 +157,14 @@ class _Webhooks(SQLDatabase):
     async def claim_webhooks(
         self, owner: str, lease_seconds: float, *, now: datetime, limit: int = 100
     ) -> list[Webhook]:
-        if limit <= 0:
-            return []
         due = sa.and_(
             webhooks.c.enabled.is_(True),
             sa.or_(webhooks.c.next_attempt_at.is_(None), webhooks.c.next_attempt_at <= now),
             self._lease_free(owner),
         )
-        async with self._write() as conn:
-            seqs = list(
-                (
-                    await conn.execute(
-                        sa.select(webhooks.c.seq)
-                        .where(due)
-                        .order_by(webhooks.c.seq)
-                        .limit(limit)
-                        .with_for_update(skip_locked=True)
-                    )
-                ).scalars()
-            )
-            if not seqs:
-                return []
-            rows = await conn.execute(
-                sa.update(webhooks)
-                .where(webhooks.c.seq.in_(seqs))
-                .values(lease_owner=owner, lease_expires_at=self._expiry(lease_seconds))
-                .returning(webhooks.c.seq, *_COLUMNS)
-            )
-            return [_webhook(row) for row in sorted(rows, key=lambda row: int(row.seq))]
+        columns = [webhooks.c.seq, *_COLUMNS]
+        claimed = await self._claim(webhooks, due, owner, lease_seconds, limit, columns)
+        return [_webhook(row) for row in claimed]
 
     @_edge
     async def save_delivery(
