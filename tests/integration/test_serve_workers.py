@@ -206,6 +206,13 @@ def test_two_workers_share_one_fleet_and_one_lease(tmp_path: Path, database: str
 
         # One holder at a time: the lease lines name the first holder, then the next one.
         assert HOLDS.findall(log()) == [holder, new_holder], log()
+        # The replacement worker serving (its signals taken over) before the stop: one still
+        # starting dies of the SIGTERM without a "stopped" line, which the supervisor allows.
+        until(
+            "the replacement worker serving",
+            lambda: log().count("application startup complete") >= 3,
+            server,
+        )
         assert server.terminate() == 0, log()
         text = log()
         assert "Traceback" not in text, text
