@@ -9,7 +9,7 @@ takes is one the full way takes, with the same values. Needs the ``server`` extr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -318,13 +318,22 @@ def empty_body(what: str) -> BodyReader[EmptyObject]:
 def choices(request: Request, name: str, allowed: Iterable[str]) -> set[str] | None:
     """A filter given as ``?name=a&name=b`` or ``?name=a,b``; 422 for a value not allowed."""
     given = [v for raw in request.query_params.getlist(name) for v in raw.split(",") if v]
+    return _chosen(name, given, allowed, "invalid query")
+
+
+def _chosen(
+    name: str, given: Sequence[str] | None, allowed: Iterable[str], message: str
+) -> set[str] | None:
+    """The values ``given`` for the filter ``name`` (None: none, no filter); a 422
+    ValidationError ``message`` naming (ten of) those not ``allowed`` otherwise. The REST
+    API's query and the GraphQL API's arguments both check their filters so."""
     if not given:
         return None
     known = set(allowed)
     bad = sorted({v for v in given if v not in known})
     if bad:
         raise ValidationError(
-            "invalid query",
+            message,
             [(name, f"{v[:40]!r} is not one of {', '.join(sorted(known))}") for v in bad[:10]],
         )
     return set(given)

@@ -28,6 +28,7 @@ from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.models import ReleaseBundle
 from release_coordinator.rollout.reports import RolloutReport
 from release_coordinator.schemas import DEFAULT_PAGE, MAX_INT32, MAX_PAGE, MAX_TEXT
+from release_coordinator.server.coordinator_requests import _chosen
 from release_coordinator.server.token_auth import Principal
 
 __all__ = [
@@ -181,16 +182,7 @@ def text(name: str, value: str | None) -> str | None:
 
 def choices(name: str, given: Sequence[str] | None, allowed: Iterable[str]) -> set[str] | None:
     """A filter of allowed values (None: no filter); the REST API's refusal otherwise."""
-    if not given:
-        return None
-    known = set(allowed)
-    bad = sorted({v for v in given if v not in known})
-    if bad:
-        raise ValidationError(
-            "invalid arguments",
-            [(name, f"{v[:40]!r} is not one of {', '.join(sorted(known))}") for v in bad[:10]],
-        )
-    return set(given)
+    return _chosen(name, given, allowed, "invalid arguments")
 
 
 def check_page(limit: int, offset: int) -> None:
