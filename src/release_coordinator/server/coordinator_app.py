@@ -130,7 +130,7 @@ from release_coordinator.server.coordinator_routes import (
 )
 from release_coordinator.server.coordinator_webhooks import WebhookEndpoints
 from release_coordinator.server.openapi import OPENAPI_PATH, coordinator_openapi
-from release_coordinator.server.token_auth import Principal, TokenAuth, Verifier
+from release_coordinator.server.token_auth import Verifier, _api_tokens
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -173,14 +173,9 @@ def coordinator_app(
     """
     if max_body < 1:
         raise ConfigurationError(f"max_body must be at least 1 byte, not {max_body}")
-    operators = TokenAuth(tokens, verifier, what="an operator token")
-    services = TokenAuth(callback_tokens or {}, role="service", what="a callback token")
-    if not operators.configured and not allow_anonymous:
-        raise ConfigurationError(
-            "the coordinator API needs operator tokens or a verifier "
-            "(or allow_anonymous=True, for tests and trusted networks only)"
-        )
-    anonymous = None if operators.configured else Principal("anonymous", "operator")
+    operators, services, anonymous = _api_tokens(
+        "coordinator API", tokens, verifier, callback_tokens, allow_anonymous=allow_anonymous
+    )
     access = Access(operators, services, anonymous)
 
     async def status(request: Request) -> Response:

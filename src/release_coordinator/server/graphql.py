@@ -88,6 +88,7 @@ from release_coordinator.server.token_auth import (
     Principal,
     TokenAuth,
     Verifier,
+    _api_tokens,
     bearer_token,
     forbidden,
     unauthorized,
@@ -426,14 +427,9 @@ def graphql_app(
         raise ConfigurationError(f"max_body must be at least 1 byte, not {max_body}")
     if max_items < 1:
         raise ConfigurationError(f"max_items must be at least 1, not {max_items}")
-    operators = TokenAuth(operator_tokens, verifier, what="an operator token")
-    services = TokenAuth(callback_tokens or {}, kind="service", what="a callback token")
-    if not operators.configured and not allow_anonymous:
-        raise ConfigurationError(
-            "the GraphQL API needs operator tokens or a verifier "
-            "(or allow_anonymous=True, for tests and trusted networks only)"
-        )
-    anonymous = None if operators.configured else Principal("anonymous", "operator")
+    operators, services, anonymous = _api_tokens(
+        "GraphQL API", operator_tokens, verifier, callback_tokens, allow_anonymous=allow_anonymous
+    )
     schema = graphql_schema(max_depth=max_depth, max_aliases=max_aliases, max_tokens=max_tokens)
     view = _View(schema, coordinator, manager, max_items)
     children = None if manager is None else ChildTokens(manager.store)

@@ -180,6 +180,28 @@ class TokenAuth:
         return Principal(name, self.kind, checked if self.kind == "operator" else None)
 
 
+def _api_tokens(
+    api: str,
+    tokens: Iterable[str] | Mapping[str, str],
+    verifier: Verifier | None,
+    callback_tokens: Mapping[str, str] | None,
+    *,
+    allow_anonymous: bool,
+) -> tuple[TokenAuth, TokenAuth, Principal | None]:
+    """The operators' and the task services' tokens of ``api`` (the coordinator's REST API,
+    its GraphQL API), and the principal of every request when no operator token is configured
+    (None: tokens are); ConfigurationError when none is and ``allow_anonymous`` is not set."""
+    operators = TokenAuth(tokens, verifier, what="an operator token")
+    services = TokenAuth(callback_tokens or {}, kind="service", what="a callback token")
+    if not operators.configured and not allow_anonymous:
+        raise ConfigurationError(
+            f"the {api} needs operator tokens or a verifier "
+            "(or allow_anonymous=True, for tests and trusted networks only)"
+        )
+    anonymous = None if operators.configured else Principal("anonymous", "operator")
+    return operators, services, anonymous
+
+
 def authorize(who: Principal, request: Request) -> Principal:
     """``who`` if its role allows ``request`` (see
     :func:`~release_coordinator.server.roles.required_role`); a 403 that says the role needed
