@@ -26,13 +26,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from release_coordinator.coordinator.models import ReleaseNote
-from release_coordinator.fsm.release import ReleaseState
 from release_coordinator.server.common import json_response, page_of, paging
-from release_coordinator.server.coordinator_json import note_json, release_json, study_json
+from release_coordinator.server.coordinator_json import note_json, study_json
 from release_coordinator.server.coordinator_requests import (
     NOTE_CREATE,
     NOTE_UPDATE,
-    choices,
     query_text,
 )
 from release_coordinator.server.coordinator_routes import (
@@ -167,24 +165,4 @@ class StudyEndpoints(_Endpoints):
 class ReleaseByStudyEndpoints(ReleaseEndpoints):
     """The releases' endpoints, whose listing also filters by ``study`` (in the store)."""
 
-    async def list(self, request: Request) -> Response:
-        await self.access.operator(request)
-        limit, offset = paging(request)
-        study = query_text(request, "study")
-        states = choices(request, "state", (s.value for s in ReleaseState))
-        tag = query_text(request, "tag")
-        author = query_text(request, "author")
-        if tag is None and author is None:
-            found = await self.coordinator.list_releases(
-                states=states, study=study, limit=limit + 1, offset=offset
-            )
-        else:  # tag and author are filtered here, then paged
-            everything = await self.coordinator.list_releases(states=states, study=study)
-            matching = [
-                r
-                for r in everything
-                if (tag is None or tag in r.tags) and (author is None or r.author == author)
-            ]
-            found = matching[offset : offset + limit + 1]
-        items = [release_json(r) for r in found[:limit]]
-        return json_response(200, page_of(items, limit, offset, more=len(found) > limit))
+    _by_study = True

@@ -193,18 +193,22 @@ _RUN_AGAIN = empty_body("run-again request")
 class ReleaseEndpoints(_Endpoints):
     """Data releases: listed, created, changed, published, canceled, run again."""
 
+    #: Whether the listing also filters by ``?study=`` (in the store).
+    _by_study = False
+
     async def list(self, request: Request) -> Response:
         await self.access.operator(request)
         limit, offset = paging(request)
+        study = query_text(request, "study") if self._by_study else None
         states = choices(request, "state", (s.value for s in ReleaseState))
         tag = query_text(request, "tag")
         author = query_text(request, "author")
         if tag is None and author is None:
             found = await self.coordinator.list_releases(
-                states=states, limit=limit + 1, offset=offset
+                states=states, study=study, limit=limit + 1, offset=offset
             )
-        else:  # the store filters by state only: the rest is filtered here, then paged
-            everything = await self.coordinator.list_releases(states=states)
+        else:  # the store filters by state and study only: the rest is filtered here, then paged
+            everything = await self.coordinator.list_releases(states=states, study=study)
             matching = [
                 r
                 for r in everything
