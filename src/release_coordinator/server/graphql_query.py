@@ -29,7 +29,7 @@ from __future__ import annotations
 import strawberry
 from strawberry.scalars import JSON
 
-from release_coordinator.fsm.release import ReleaseState, TaskState
+from release_coordinator.fsm.release import ReleaseState
 from release_coordinator.rollout.models import RolloutState
 from release_coordinator.server.coordinator_json import (
     note_json,
@@ -42,7 +42,6 @@ from release_coordinator.server.graphql_context import (
     Page,
     check_page,
     choices,
-    full_page,
     made,
     page,
     read_page,
@@ -60,6 +59,8 @@ from release_coordinator.server.graphql_types import (
     StudyNode,
     TaskNode,
     TaskServiceNode,
+    _id,
+    _task_page,
     event_page,
     services,
     study_node,
@@ -67,12 +68,6 @@ from release_coordinator.server.graphql_types import (
 from release_coordinator.server.rollout_records import rollout_json
 
 __all__ = ["ChildNode", "Query"]
-
-
-def _id(name: str, value: str) -> str:
-    checked = text(name, value)
-    assert checked is not None
-    return checked
 
 
 @strawberry.type(name="Child", description="A registered child of the RolloutManager.")
@@ -132,12 +127,7 @@ class Query:
         limit: int = DEFAULT_PAGE,
         offset: int = 0,
     ) -> Page[TaskNode] | None:
-        check_page(limit, offset)
-        states = choices("state", state, (s.value for s in TaskState))
-        found = await info.context.tasks.load(_id("release_id", release_id))
-        if states is not None:
-            found = [t for t in found if t.state.value in states]
-        return full_page(info, records(TaskNode, task_json, found), limit, offset)
+        return await _task_page(info, release_id, state, limit, offset)
 
     @resolved("One task.")
     async def task(self, info: Info, id: strawberry.ID) -> TaskNode | None:

@@ -124,6 +124,26 @@ async def event_page(
     return read_page(info, records(EventNode, event_json, found), limit, offset)
 
 
+async def _task_page(
+    info: Info, release_id: str, state: list[str] | None, limit: int, offset: int
+) -> Page[TaskNode]:
+    """A page of a release's tasks (those in the states ``state`` names), as ``GET
+    /releases/{id}/tasks`` shows them."""
+    check_page(limit, offset)
+    states = choices("state", state, (s.value for s in TaskState))
+    found = await info.context.tasks.load(_id("release_id", release_id))
+    if states is not None:
+        found = [t for t in found if t.state.value in states]
+    return full_page(info, records(TaskNode, task_json, found), limit, offset)
+
+
+def _id(name: str, value: str) -> str:
+    """An id argument, checked as :func:`text` checks it."""
+    checked = text(name, value)
+    assert checked is not None
+    return checked
+
+
 def raise_invalid(name: str, message: str) -> NoReturn:
     raise ValidationError("invalid arguments", [(name, message)])
 
@@ -254,12 +274,7 @@ class ReleaseNode:
         limit: int = DEFAULT_PAGE,
         offset: int = 0,
     ) -> Page[TaskNode] | None:
-        check_page(limit, offset)
-        states = choices("state", state, (s.value for s in TaskState))
-        found = await info.context.tasks.load(self.record.id)
-        if states is not None:
-            found = [t for t in found if t.state.value in states]
-        return full_page(info, records(TaskNode, task_json, found), limit, offset)
+        return await _task_page(info, self.record.id, state, limit, offset)
 
     @resolved("Its notes, oldest first (those on one study: `study_id`).")
     async def notes(
