@@ -7,7 +7,9 @@ they grow and following the log with ``after_id`` never skips a late commit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import attrs
@@ -62,6 +64,32 @@ def _page(query: _Select, limit: int | None, offset: int) -> _Select:
     return query
 
 
+def _log_query(
+    table: sa.Table,
+    after_id: int,
+    equal: Iterable[tuple[sa.Column[Any], str | None]],
+    types: Iterable[str] | None,
+    kinds: Iterable[str] | None,
+    kind: type[StrEnum],
+    since: datetime | None,
+) -> sa.Select[Any]:
+    """The events of the log ``table`` after ``after_id``, oldest first: those whose columns
+    ``equal`` pairs with a value (None: any) hold it, of ``types`` and ``kinds`` (of the enum
+    ``kind``; None: any), at or after ``since``: how the Coordinator's event log and the
+    rollout event log are filtered."""
+    query = sa.select(table).where(table.c.id > after_id).order_by(table.c.id)
+    for column, value in equal:
+        if value is not None:
+            query = query.where(column == value)
+    if types is not None:
+        query = query.where(table.c.type.in_([EventType(t).value for t in types]))
+    if kinds is not None:
+        query = query.where(table.c.kind.in_([kind(k).value for k in kinds]))
+    if since is not None:
+        query = query.where(table.c.at >= since)
+    return query
+
+
 class _EventLog(SQLDatabase):
     """The event log's part of :class:`~release_coordinator.storage.sql.SQLStore`, and the
     event writing every state change of the other parts does in its own transaction."""
@@ -100,22 +128,21 @@ class _EventLog(SQLDatabase):
     async def list_events(
         self, filter: EventFilter = _ALL, *, limit: int | None = None, offset: int = 0
     ) -> list[Event]:
-        query = sa.select(events).where(events.c.id > filter.after_id).order_by(events.c.id)
-        for column, value in (
-            (events.c.release_id, filter.release_id),
-            (events.c.task_id, filter.task_id),
-            (events.c.task_service_id, filter.task_service_id),
-        ):
-            if value is not None:
-                query = query.where(column == value)
-        if filter.types is not None:
-            query = query.where(events.c.type.in_([EventType(t).value for t in filter.types]))
-        if filter.kinds is not None:
-            query = query.where(events.c.kind.in_([EventKind(k).value for k in filter.kinds]))
+        query = _log_query(
+            events,
+            filter.after_id,
+            (
+                (events.c.release_id, filter.release_id),
+                (events.c.task_id, filter.task_id),
+                (events.c.task_service_id, filter.task_service_id),
+            ),
+            filter.types,
+            filter.kinds,
+            EventKind,
+            filter.since,
+        )
         if filter.states is not None:
             query = query.where(events.c.state.in_(list(filter.states)))
-        if filter.since is not None:
-            query = query.where(events.c.at >= filter.since)
         query = _page(query, limit, offset)
         async with self._read() as conn:
             return [_event(row) for row in await conn.execute(query)]

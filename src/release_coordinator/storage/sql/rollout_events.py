@@ -24,6 +24,7 @@ from release_coordinator.rollout.events import (
     RolloutEventKind,
 )
 from release_coordinator.storage.sql.engine import _edge
+from release_coordinator.storage.sql.events import _log_query
 from release_coordinator.storage.sql.lanes import Lane
 from release_coordinator.storage.sql.rollout_rows import _RolloutRows
 from release_coordinator.storage.sql.schema import rollout_events
@@ -111,21 +112,19 @@ class _RolloutEventLog(_RolloutRows):
         self, filter: RolloutEventFilter = ALL_EVENTS, *, limit: int | None = None, offset: int = 0
     ) -> list[RolloutEvent]:
         table = rollout_events
-        query = sa.select(table).where(table.c.id > filter.after_id).order_by(table.c.id)
-        for column, value in (
-            (table.c.rollout_id, filter.rollout_id),
-            (table.c.child_id, filter.child_id),
-            (table.c.stage, filter.stage),
-        ):
-            if value is not None:
-                query = query.where(column == value)
-        if filter.types is not None:
-            query = query.where(table.c.type.in_([EventType(t).value for t in filter.types]))
-        if filter.kinds is not None:
-            kinds = [RolloutEventKind(k).value for k in filter.kinds]
-            query = query.where(table.c.kind.in_(kinds))
-        if filter.since is not None:
-            query = query.where(table.c.at >= filter.since)
+        query = _log_query(
+            table,
+            filter.after_id,
+            (
+                (table.c.rollout_id, filter.rollout_id),
+                (table.c.child_id, filter.child_id),
+                (table.c.stage, filter.stage),
+            ),
+            filter.types,
+            filter.kinds,
+            RolloutEventKind,
+            filter.since,
+        )
         if offset > 0:
             query = query.offset(offset)
         if limit is not None:
