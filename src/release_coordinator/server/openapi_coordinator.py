@@ -14,15 +14,14 @@ from release_coordinator.fsm.release import ReleaseState, TaskState
 from release_coordinator.schemas import schema_components
 from release_coordinator.server.openapi_parts import (
     _EMPTY_OBJECT,
-    _MAX_EVENT_ID,
     OPENAPI_PATH,
     _choices,
+    _following,
     _openapi_operation,
     _param,
     _path_id,
     _query,
     _text,
-    _time,
 )
 from release_coordinator.server.openapi_routes import Route, paths
 from release_coordinator.server.openapi_webhooks import (
@@ -320,17 +319,7 @@ COORDINATOR_ROUTES: tuple[Route, ...] = (
             _query("task_service_id", _TEXT_FILTER, "Only events of this task service."),
             _choices("type", EventType, "events of types"),
             _choices("kind", EventKind, "events of kinds"),
-            _query(
-                "after_id",
-                {"type": "integer", "minimum": 0, "maximum": _MAX_EVENT_ID},
-                "Only events with a greater id (to follow the log).",
-            ),
-            _query(
-                "since",
-                _time(),
-                "Only events at or after this ISO 8601 time (UTC without a zone;"
-                " 400 if it does not parse).",
-            ),
+            *_following(),
             *_PAGING,
         ),
     ),

@@ -195,6 +195,24 @@ def _query(name: str, schema: dict[str, Any], description: str, **extra: Any) ->
     return {"name": name, "in": "query", "description": description, "schema": schema, **extra}
 
 
+def _following() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The query parameters that follow an event log (the Coordinator's and the rollouts'):
+    ``after_id`` and ``since``."""
+    return (
+        _query(
+            "after_id",
+            {"type": "integer", "minimum": 0, "maximum": _MAX_EVENT_ID},
+            "Only events with a greater id (to follow the log).",
+        ),
+        _query(
+            "since",
+            _time(),
+            "Only events at or after this ISO 8601 time (UTC without a zone;"
+            " 400 if it does not parse).",
+        ),
+    )
+
+
 def _choices(name: str, values: Any, what: str) -> dict[str, Any]:
     """A filter of several values: ``?name=a&name=b`` or ``?name=a,b``."""
     return _query(

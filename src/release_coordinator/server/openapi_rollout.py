@@ -37,15 +37,14 @@ from release_coordinator.rollout.what_if import WHAT_IF_LIMIT
 from release_coordinator.schemas import MAX_PAGE
 from release_coordinator.server.openapi_interventions import INTERVENTION_ROUTES
 from release_coordinator.server.openapi_parts import (
-    _MAX_EVENT_ID,
     OPENAPI_PATH,
     _choices,
+    _following,
     _openapi_operation,
     _param,
     _path_id,
     _query,
     _text,
-    _time,
 )
 from release_coordinator.server.openapi_rollout_schemas import (
     _ID,
@@ -74,17 +73,7 @@ def _event_filters(*, of_rollout: bool) -> tuple[dict[str, Any], ...]:
         _query("stage", text, "Only events of this stage."),
         _choices("type", EventType, "events of types"),
         _choices("kind", RolloutEventKind, "events of kinds"),
-        _query(
-            "after_id",
-            {"type": "integer", "minimum": 0, "maximum": _MAX_EVENT_ID},
-            "Only events with a greater id (to follow the log).",
-        ),
-        _query(
-            "since",
-            _time(),
-            "Only events at or after this ISO 8601 time (UTC without a zone;"
-            " 400 if it does not parse).",
-        ),
+        *_following(),
         *_PAGING,
     )
 
