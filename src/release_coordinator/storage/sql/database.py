@@ -121,6 +121,25 @@ class SQLDatabase:
             return sa.func.julianday("now") + sa.literal(lease_seconds / 86400.0, sa.Float())
         return sa.func.now() + sa.literal(timedelta(seconds=lease_seconds), sa.Interval())
 
+    def _unleased(self, table: sa.Table, owner: str) -> sa.ColumnElement[bool]:
+        """A row of ``table`` (its ``lease_owner`` and ``lease_expires_at``) that ``owner`` may
+        lease: nobody's, ``owner``'s already, or one whose lease ran out (by the database's
+        clock)."""
+        return sa.or_(
+            table.c.lease_owner.is_(None),
+            table.c.lease_owner == owner,
+            table.c.lease_expires_at <= self._now(),
+        )
+
+    async def _drop_lease(self, table: sa.Table, row_id: str, owner: str) -> None:
+        """Give up ``owner``'s lease of the row ``row_id`` of ``table`` (none: nothing)."""
+        async with self._write() as conn:
+            await conn.execute(
+                sa.update(table)
+                .where(table.c.id == row_id, table.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
     async def _claim(
         self,
         table: sa.Table,

@@ -21,14 +21,7 @@ class _Leases(SQLDatabase):
     """The leases' part of :class:`~release_coordinator.storage.sql.SQLStore`."""
 
     def _claimable(self, owner: str) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            releases.c.state.not_in(_FINAL),
-            sa.or_(
-                releases.c.lease_owner.is_(None),
-                releases.c.lease_owner == owner,
-                releases.c.lease_expires_at <= self._now(),
-            ),
-        )
+        return sa.and_(releases.c.state.not_in(_FINAL), self._unleased(releases, owner))
 
     @_edge
     async def claim_releases(
@@ -72,9 +65,4 @@ class _Leases(SQLDatabase):
 
     @_edge
     async def drop_lease(self, release_id: str, owner: str) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                sa.update(releases)
-                .where(releases.c.id == release_id, releases.c.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
-            )
+        await self._drop_lease(releases, release_id, owner)

@@ -146,13 +146,6 @@ class _Webhooks(SQLDatabase):
             if gone is None:
                 raise NotFoundError("webhook", webhook_id)
 
-    def _lease_free(self, owner: str) -> sa.ColumnElement[bool]:
-        return sa.or_(
-            webhooks.c.lease_owner.is_(None),
-            webhooks.c.lease_owner == owner,
-            webhooks.c.lease_expires_at <= self._now(),
-        )
-
     @_edge
     async def claim_webhooks(
         self, owner: str, lease_seconds: float, *, now: datetime, limit: int = 100
@@ -160,7 +153,7 @@ class _Webhooks(SQLDatabase):
         due = sa.and_(
             webhooks.c.enabled.is_(True),
             sa.or_(webhooks.c.next_attempt_at.is_(None), webhooks.c.next_attempt_at <= now),
-            self._lease_free(owner),
+            self._unleased(webhooks, owner),
         )
         columns = [webhooks.c.seq, *_COLUMNS]
         claimed = await self._claim(webhooks, due, owner, lease_seconds, limit, columns)
@@ -214,12 +207,7 @@ class _Webhooks(SQLDatabase):
 
     @_edge
     async def drop_webhook_lease(self, webhook_id: str, owner: str) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                sa.update(webhooks)
-                .where(webhooks.c.id == webhook_id, webhooks.c.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
-            )
+        await self._drop_lease(webhooks, webhook_id, owner)
 
     @_edge
     async def list_webhook_deliveries(
