@@ -13,7 +13,10 @@ from release_coordinator.coordinator.webhook_bodies import WEBHOOK_NAMES
 from release_coordinator.fsm.release import ReleaseState, TaskState
 from release_coordinator.schemas import schema_components
 from release_coordinator.server.openapi_parts import (
+    _BODY,
     _EMPTY_OBJECT,
+    _OPERATOR,
+    _PAGE_PARAMS,
     OPENAPI_PATH,
     _choices,
     _following,
@@ -50,12 +53,9 @@ _COORDINATOR_PARAMETERS: dict[str, Any] = {
     **WEBHOOK_PARAMETERS,
 }
 
-_OPERATOR = (401, 403, 503)
-_BODY = (400, 413, 422)
 _SERVICE = (_param("serviceId"),)
 _RELEASE = (_param("releaseId"),)
 _TASK = (_param("taskId"),)
-_PAGING = (_param("limit"), _param("offset"))
 _TEXT_FILTER = _text()
 _TASK_STATE = _choices("state", TaskState, "tasks in states")
 _SERVICES = "/task-services"
@@ -158,7 +158,7 @@ COORDINATOR_ROUTES: tuple[Route, ...] = (
         "task services",
         {200: ("A page of task services.", bodies.TaskServicePage)},
         (400, 422, *_OPERATOR),
-        parameters=(_choices("enabled", ("true", "false"), "services"), *_PAGING),
+        parameters=(_choices("enabled", ("true", "false"), "services"), *_PAGE_PARAMS),
     ),
     Route(
         "POST",
@@ -217,7 +217,7 @@ COORDINATOR_ROUTES: tuple[Route, ...] = (
             _query("tag", _TEXT_FILTER, "Only releases with this tag."),
             _query("author", _TEXT_FILTER, "Only releases by this author."),
             _query("study", _TEXT_FILTER, "Only releases that name this study."),
-            *_PAGING,
+            *_PAGE_PARAMS,
         ),
     ),
     Route(
@@ -277,7 +277,7 @@ COORDINATOR_ROUTES: tuple[Route, ...] = (
         "tasks",
         {200: ("A page of tasks.", bodies.TaskPage)},
         (400, 404, 422, *_OPERATOR),
-        parameters=(*_RELEASE, _TASK_STATE, *_PAGING),
+        parameters=(*_RELEASE, _TASK_STATE, *_PAGE_PARAMS),
     ),
     *_task_routes(
         f"{_ONE_RELEASE}/tasks/{{task_id}}",
@@ -301,7 +301,7 @@ COORDINATOR_ROUTES: tuple[Route, ...] = (
                 required=True,
             ),
             _TASK_STATE,
-            *_PAGING,
+            *_PAGE_PARAMS,
         ),
     ),
     *_task_routes("/tasks/{task_id}", "getTask", "reportTask", _TASK),
@@ -320,7 +320,7 @@ COORDINATOR_ROUTES: tuple[Route, ...] = (
             _choices("type", EventType, "events of types"),
             _choices("kind", EventKind, "events of kinds"),
             *_following(),
-            *_PAGING,
+            *_PAGE_PARAMS,
         ),
     ),
 )
@@ -343,7 +343,7 @@ _NOTES_AND_STUDIES: tuple[Route, ...] = (
                 _TEXT_FILTER,
                 "Only the notes on this study (empty: those on the release as a whole).",
             ),
-            *_PAGING,
+            *_PAGE_PARAMS,
         ),
     ),
     Route(
@@ -400,7 +400,7 @@ _NOTES_AND_STUDIES: tuple[Route, ...] = (
         "studies",
         {200: ("A page of studies.", bodies.StudyPage)},
         (400, 422, *_OPERATOR),
-        parameters=_PAGING,
+        parameters=_PAGE_PARAMS,
     ),
     Route(
         "GET",
@@ -421,7 +421,7 @@ _NOTES_AND_STUDIES: tuple[Route, ...] = (
         "notes",
         {200: ("A page of release notes.", bodies.NotePage)},
         (400, 404, 422, *_OPERATOR),
-        parameters=(*_STUDY, *_PAGING),
+        parameters=(*_STUDY, *_PAGE_PARAMS),
     ),
 )
 

@@ -15,13 +15,17 @@ from release_coordinator.rollout.intervention_bodies import (
     RetryRequest,
 )
 from release_coordinator.rollout.policies import ERROR_ACTIONS
-from release_coordinator.server.openapi_parts import _or_null, _param, _path_id
+from release_coordinator.server.openapi_parts import (
+    _BODY,
+    _OPERATOR,
+    _or_null,
+    _param,
+    _path_id,
+)
 from release_coordinator.server.openapi_routes import Route
 
 __all__ = ["INTERVENTION_ROUTES", "with_error_action"]
 
-_OPERATOR = (401, 403, 503)
-_BODY = (400, 413, 422)
 _ONE = (_param("rolloutId"),)
 
 #: The interventions' routes, in the document's order (after a rollout's actions).

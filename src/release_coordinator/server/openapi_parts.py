@@ -317,6 +317,13 @@ _PAGING = {
     ),
 }
 
+#: What an operator's route may refuse (no valid token, a role short of it, the store or the
+#: verifier down), what a route reading a body may (it is not JSON, too large, invalid), and
+#: a listing's paging parameters (:data:`_PAGING`'s components): every API's routes'.
+_OPERATOR = (401, 403, 503)
+_BODY = (400, 413, 422)
+_PAGE_PARAMS = (_param("limit"), _param("offset"))
+
 _EMPTY_OBJECT = _object(
     {}, description="An empty object (or an empty body): the action takes no field."
 )

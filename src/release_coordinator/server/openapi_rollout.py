@@ -37,6 +37,9 @@ from release_coordinator.rollout.what_if import WHAT_IF_LIMIT
 from release_coordinator.schemas import MAX_PAGE
 from release_coordinator.server.openapi_interventions import INTERVENTION_ROUTES
 from release_coordinator.server.openapi_parts import (
+    _BODY,
+    _OPERATOR,
+    _PAGE_PARAMS,
     OPENAPI_PATH,
     _choices,
     _following,
@@ -55,10 +58,7 @@ from release_coordinator.server.openapi_routes import Route, paths
 
 __all__ = ["ROLLOUT_ROUTES"]
 
-_OPERATOR = (401, 403, 503)
-_BODY = (400, 413, 422)
 _ONE = (_param("rolloutId"),)
-_PAGING = (_param("limit"), _param("offset"))
 _CHILD: list[dict[str, list[str]]] = [{}, {"childToken": []}]
 _CHILDREN = "child protocol"
 
@@ -74,7 +74,7 @@ def _event_filters(*, of_rollout: bool) -> tuple[dict[str, Any], ...]:
         _choices("type", EventType, "events of types"),
         _choices("kind", RolloutEventKind, "events of kinds"),
         *_following(),
-        *_PAGING,
+        *_PAGE_PARAMS,
     )
 
 
@@ -170,7 +170,7 @@ ROLLOUT_ROUTES: tuple[Route, ...] = (
         "rollouts",
         {200: ("A page of rollouts.", RolloutPageBody)},
         (400, 422, *_OPERATOR),
-        parameters=(_choices("state", RolloutState, "rollouts in states"), *_PAGING),
+        parameters=(_choices("state", RolloutState, "rollouts in states"), *_PAGE_PARAMS),
     ),
     Route(
         "POST",
@@ -279,7 +279,7 @@ ROLLOUT_ROUTES: tuple[Route, ...] = (
             ),
             _param("bbox"),
             _param("area"),
-            *_PAGING,
+            *_PAGE_PARAMS,
         ),
     ),
     Route(
@@ -311,7 +311,7 @@ ROLLOUT_ROUTES: tuple[Route, ...] = (
         "children",
         {200: ("A page of children.", ChildPageBody)},
         (400, 422, *_OPERATOR),
-        parameters=_PAGING,
+        parameters=_PAGE_PARAMS,
     ),
     Route(
         "DELETE",

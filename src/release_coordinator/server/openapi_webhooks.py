@@ -7,7 +7,14 @@ from typing import Any
 
 from release_coordinator.coordinator import webhook_bodies as bodies
 from release_coordinator.schemas import schema_components
-from release_coordinator.server.openapi_parts import _choices, _param, _path_id
+from release_coordinator.server.openapi_parts import (
+    _BODY,
+    _OPERATOR,
+    _PAGE_PARAMS,
+    _choices,
+    _param,
+    _path_id,
+)
 from release_coordinator.server.openapi_routes import Route
 
 __all__ = ["WEBHOOK_PARAMETERS", "WEBHOOK_ROUTES", "WEBHOOK_SCHEMAS", "WEBHOOK_TAG"]
@@ -22,11 +29,8 @@ WEBHOOK_TAG = (
     " backoff until a 2xx, in order, at least once. Admins only, reads too.",
 )
 
-_OPERATOR = (401, 403, 503)
-_BODY = (400, 413, 422)
 _ONE = "/webhooks/{webhook_id}"
 _WEBHOOK = (_param("webhookId"),)
-_PAGING = (_param("limit"), _param("offset"))
 _DELIVERY = (
     'Each delivery is a POST of `{"webhook_id", "events": [...]}` (the events as'
     " `GET /events` shows them, at most `max_batch`), with the headers `webhook-id` (the"
@@ -45,7 +49,7 @@ WEBHOOK_ROUTES: tuple[Route, ...] = (
         "webhooks",
         {200: ("A page of webhooks.", bodies.WebhookPage)},
         (400, 422, *_OPERATOR),
-        parameters=(_choices("enabled", ("true", "false"), "webhooks"), *_PAGING),
+        parameters=(_choices("enabled", ("true", "false"), "webhooks"), *_PAGE_PARAMS),
     ),
     Route(
         "POST",
@@ -97,6 +101,6 @@ WEBHOOK_ROUTES: tuple[Route, ...] = (
         "webhooks",
         {200: ("A page of delivery attempts.", bodies.WebhookDeliveryPage)},
         (400, 404, 422, *_OPERATOR),
-        parameters=(*_WEBHOOK, *_PAGING),
+        parameters=(*_WEBHOOK, *_PAGE_PARAMS),
     ),
 )
