@@ -157,16 +157,42 @@ class RolloutManager(_Approving):
             child = await self.store.get_child(child_id)
             await self.store.save_child(attrs.evolve(child, number_of_children=number_of_children))
             self._children_count[child_id] = number_of_children
-        await self.store.touch_child(child_id, self._clock())  # self._seen, inlined: hot
+        offer, told, hint = await self._polled(child_id)
+        if offer and number_of_children:
+            return PollAnswer(child_id, offer, await self._target_geojson(offer), told, hint)
+        return PollAnswer(child_id, offer, aborted=told, next_poll=hint)
+
+    async def poll_again(
+        self, child_id: str, area_key: bytes, number_of_children: int
+    ) -> tuple[str, tuple[str, ...], int] | None:
+        """A poll of a child that polls as it did last time here: the same ``child_id`` (not
+        empty), ``area_key`` (see :meth:`poll`) and ``number_of_children``. It does what
+        :meth:`poll` does and answers the parts of the poll's answer that can change between
+        two such polls: the offer (``new_release``), the ``aborted`` releases and the
+        ``next_poll`` hint; the rest of the answer (its id, and the offer's target area when
+        the child has children) follows from them. None, with nothing done, when the poll
+        must take :meth:`poll`'s way: the manager holds another area or count for the child
+        (or none). The HTTP app answers a body it has seen before this way (see
+        :class:`~release_coordinator.server.poll_path.PollEndpoint`)."""
+        fingerprint = self._fingerprints.get(child_id)
+        if (
+            not fingerprint
+            or fingerprint != hash((_KEYED, area_key))
+            or self._children_count.get(child_id) != number_of_children
+        ):
+            return None
+        return await self._polled(child_id)
+
+    async def _polled(self, child_id: str) -> tuple[str, tuple[str, ...], int]:
+        """A registered child's poll: seen now (:meth:`_seen`, inlined: hot); its first offer,
+        the aborted releases it runs and its next-poll hint (:mod:`~.pacer`)."""
+        await self.store.touch_child(child_id, self._clock())
         if child_id in self._lost:
             self._lost_at = None  # back from the lost
         offer = await self.store.first_offer(child_id)
         aborted = self._aborted_for.get(child_id)
         told = tuple(sorted(aborted)) if aborted else ()
-        hint = self._poll_hint(child_id, offer)  # next_poll (rollout.pacer)
-        if offer and number_of_children:
-            return PollAnswer(child_id, offer, await self._target_geojson(offer), told, hint)
-        return PollAnswer(child_id, offer, aborted=told, next_poll=hint)
+        return offer, told, self._poll_hint(child_id, offer)
 
     async def _target_geojson(self, rollout_id: str) -> Mapping[str, Any]:
         cached = self._target_json.get(rollout_id)

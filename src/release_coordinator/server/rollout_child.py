@@ -21,14 +21,15 @@ from release_coordinator.errors import ReleaseCoordinatorError, ValidationError
 from release_coordinator.rollout.archive import ARCHIVE_FILENAME, ARCHIVE_MEDIA_TYPE
 from release_coordinator.rollout.bodies import EndStageRequest, PollRequest
 from release_coordinator.rollout.manager import RolloutManager
+from release_coordinator.rollout.wire import PollAnswer
 from release_coordinator.schemas import BodyDecoder
 from release_coordinator.server.child_tokens import ChildTokens
 from release_coordinator.server.common import Endpoint, guarded, json_response
-from release_coordinator.server.request_body import JsonObjectEndpoint, decode_object, read_body
+from release_coordinator.server.poll_path import PollEndpoint
+from release_coordinator.server.request_body import decode_object, read_body
 
 __all__ = ["ChildProtocol", "child_status"]
 
-_POLL = BodyDecoder(PollRequest)
 _RESULT: BodyDecoder[dict[str, Any]] = BodyDecoder(dict[str, Any])
 _END_STAGE = BodyDecoder(EndStageRequest)
 
@@ -60,7 +61,8 @@ class ChildProtocol:
 
     async def poll(
         self, body: PollRequest | dict[str, Any], raw: bytes, scope: Scope
-    ) -> tuple[int, Any]:
+    ) -> tuple[PollAnswer, dict[str, Any]]:
+        """``POST /poll``: the manager's answer, and its JSON (with a new child token)."""
         if isinstance(body, PollRequest):
             child_id: object = body.id
             area: object = body.geographic_area
@@ -73,9 +75,7 @@ class ChildProtocol:
         count = 0 if count is None else count
         held = None  # the digest of the child's token (one read per poll)
         if self.child_tokens and isinstance(child_id, str) and child_id:
-            held = await self.tokens.digest(child_id)
-            if held is not None:
-                await self.tokens.require(Request(scope), child_id, held)
+            held = await self.token_of(child_id, scope)
         # The same body bytes carry the same area: they stand in for its fingerprint.
         answer = await self.manager.poll(child_id, area, count, area_key=raw)
         out = answer.to_json()
@@ -83,7 +83,15 @@ class ChildProtocol:
             issued = await self.tokens.issue(answer.id)
             if issued is not None:
                 out["token"] = issued
-        return 200, out
+        return answer, out
+
+    async def token_of(self, child_id: str, scope: Scope) -> str | None:
+        """The digest of ``child_id``'s token, the request's token required to be it (401,
+        403); None when the child holds none yet (its poll gets one)."""
+        held = await self.tokens.digest(child_id)
+        if held is not None:
+            await self.tokens.require(Request(scope), child_id, held)
+        return held
 
     async def get_release(self, request: Request) -> Response:
         child_id = request.query_params.get("childID")
@@ -139,12 +147,10 @@ class ChildProtocol:
         return json_response(200, answer.to_json())
 
     def poll_route(self) -> Route:
-        """``POST /poll``, what a fleet sends most: a pure ASGI endpoint (same answers as
-        the others)."""
-        endpoint = JsonObjectEndpoint(
-            self.poll, max_body=self.max_body, status_for=child_status, decoder=_POLL
-        )
-        return Route("/poll", endpoint, methods=["POST"])
+        """``POST /poll``, what a fleet sends most: a pure ASGI endpoint that answers a body it
+        has seen before from what it answered then (:class:`~release_coordinator.server.
+        poll_path.PollEndpoint`; same answers as the others)."""
+        return Route("/poll", PollEndpoint(self, status_for=child_status), methods=["POST"])
 
     def table(self) -> list[tuple[str, str, Endpoint]]:
         """The other endpoints, as ``(path, method, endpoint)``."""

@@ -49,6 +49,12 @@ _SEEN_SQLITE = sa.text(
     "WHERE rc_children.id = v.id AND (rc_children.seen_at IS NULL OR rc_children.seen_at < v.at)"
 )
 _SQLITE_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+_SEEN_OLD_SQLITE = (  # one execution per child, before SQLite 3.33
+    sa.update(children)
+    .where(children.c.id == sa.bindparam("cid"))
+    .where(sa.or_(children.c.seen_at.is_(None), children.c.seen_at < sa.bindparam("at")))
+    .values(seen_at=sa.bindparam("at"))
+)
 
 
 class _OfferBatcher:
@@ -99,7 +105,7 @@ class _OfferBatcher:
 class _PollPath(_RolloutRows):
     """The poll path's part of :class:`~release_coordinator.storage.sql.SQLRolloutStore`."""
 
-    def __init__(self, db: SQLDatabase, *, owns_db: bool, flush_interval: float = 0.5) -> None:
+    def __init__(self, db: SQLDatabase, *, owns_db: bool, flush_interval: float = 2.0) -> None:
         super().__init__(db, owns_db=owns_db)
         # Idle connections of the poll path, in autocommit mode, with their driver's.
         self._offer_conns: list[tuple[AsyncConnection, Any]] = []
@@ -144,27 +150,19 @@ class _PollPath(_RolloutRows):
         if not self._seen:
             return
         self._flushing, self._seen = self._seen, {}
-        rows = [{"cid": c, "at": at} for c, at in self._flushing.items()]
-        statement = (
-            sa.update(children)
-            .where(children.c.id == sa.bindparam("cid"))
-            .where(sa.or_(children.c.seen_at.is_(None), children.c.seen_at < sa.bindparam("at")))
-            .values(seen_at=sa.bindparam("at"))
-        )
+        pairs = list(self._flushing.items())
         try:
             async with self._db._write(Lane.FLEET) as conn:  # (no offer changes: not self._write)
-                for start in range(0, len(rows), 5000):
-                    chunk = rows[start : start + 5000]
+                for start in range(0, len(pairs), 5000):
+                    chunk = pairs[start : start + 5000]
                     if self._postgres:  # one statement for the chunk: two arrays, unnested
-                        await conn.execute(
-                            _SEEN_POSTGRES,
-                            {"ids": [r["cid"] for r in chunk], "ats": [r["at"] for r in chunk]},
-                        )
-                    elif _SQLITE_UPDATE_FROM:
-                        pairs = json.dumps([[r["cid"], r["at"]] for r in chunk])
-                        await conn.execute(_SEEN_SQLITE, {"pairs": pairs})
+                        ids, ats = zip(*chunk, strict=True)
+                        await conn.execute(_SEEN_POSTGRES, {"ids": list(ids), "ats": list(ats)})
+                    elif _SQLITE_UPDATE_FROM:  # [[id, time], ...]: the pairs as JSON arrays
+                        await conn.execute(_SEEN_SQLITE, {"pairs": json.dumps(chunk)})
                     else:
-                        await conn.execute(statement, chunk)
+                        rows = [{"cid": c, "at": at} for c, at in chunk]
+                        await conn.execute(_SEEN_OLD_SQLITE, rows)
         except BaseException:
             for child_id, at in self._flushing.items():  # kept for the next flush
                 if at > self._seen.get(child_id, -1e300):

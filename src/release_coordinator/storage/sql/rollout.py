@@ -83,7 +83,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, _WorkLeases, RolloutStore):
 
     @classmethod
     async def connect(
-        cls, url: str | URL, *, create: bool = True, flush_interval: float = 0.5
+        cls, url: str | URL, *, create: bool = True, flush_interval: float = 2.0
     ) -> SQLRolloutStore:
         """Open the database at ``url`` (as :meth:`SQLStore.connect` does: schema created when
         empty, SchemaError for another version)."""
@@ -91,7 +91,7 @@ class SQLRolloutStore(_PollPath, _ChildRows, _WorkLeases, RolloutStore):
         return cls(db, owns_db=True, flush_interval=flush_interval)
 
     @classmethod
-    def over(cls, db: SQLDatabase, *, flush_interval: float = 0.5) -> SQLRolloutStore:
+    def over(cls, db: SQLDatabase, *, flush_interval: float = 2.0) -> SQLRolloutStore:
         """A rollout store on ``db``'s engine and schema; closing it leaves ``db`` open."""
         return cls(db, owns_db=False, flush_interval=flush_interval)
 
