@@ -108,7 +108,8 @@ CEILING_BODY = b'{"id":"CH-bench-000000","new_release":""}'
 
 
 async def ceiling_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The minimal ASGI app: reads the request body, answers a constant JSON."""
+    """The minimal ASGI app: reads the request body (as ``serve`` reads one: until it has
+    the ``Content-Length`` bytes, or the last message), answers a constant JSON."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -119,9 +120,11 @@ async def ceiling_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
     if scope["type"] != "http":
         return
-    more = True
-    while more:
+    length = next((int(v) for k, v in scope["headers"] if k == b"content-length"), -1)
+    size, more = 0, True
+    while more and size != length:
         message = await receive()
+        size += len(message.get("body", b""))
         more = message.get("more_body", False) and message["type"] == "http.request"
     await send(
         {

@@ -251,3 +251,46 @@ async def test_a_small_memory_answers_the_same(max_known: int) -> None:
         for k in range(3):
             raw = body(f"edge-{k}", k % 2, 0)
             assert (await poll(app, raw))[1] == await reference(manager, raw)
+
+
+# -- reading the body ----------------------------------------------------------------------------
+
+
+async def read(messages: list[dict[str, Any]], length: int | None) -> tuple[Any, int]:
+    """``read_asgi_body`` over ``messages`` (a disconnect after them); what it answered or
+    raised, and how many messages it awaited."""
+    from release_coordinator.server.request_body import read_asgi_body
+
+    queue = list(messages)
+    awaited = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal awaited
+        awaited += 1
+        return queue.pop(0) if queue else {"type": "http.disconnect"}
+
+    headers = [] if length is None else [(b"content-length", str(length).encode())]
+    try:
+        return await read_asgi_body({"headers": headers}, receive, 100), awaited
+    except Exception as error:
+        return error, awaited
+
+
+def part(data: bytes, more: bool) -> dict[str, Any]:
+    return {"type": "http.request", "body": data, "more_body": more}
+
+
+async def test_a_body_is_read_until_its_content_length_and_no_further() -> None:
+    # granian sends the body with more_body, then an empty last message: not waited for
+    granian = [part(b'{"id": 1}', True), part(b"", False)]
+    assert await read(granian, 9) == (b'{"id": 1}', 1)
+    assert await read(granian, None) == (b'{"id": 1}', 2)  # no length: up to the last one
+    chunked = [part(b'{"id"', True), part(b": 1}", True), part(b"", False)]
+    assert await read(chunked, 9) == (b'{"id": 1}', 2)
+    assert await read([], 0) == (b"", 0)
+    short, awaited = await read([part(b"{}", True)], 9)  # fewer bytes, then gone: 400
+    assert getattr(short, "status", None) == 400
+    assert awaited == 2
+    long, _ = await read([part(b"x" * 60, True), part(b"x" * 60, False)], 50)  # lied: 413
+    assert getattr(long, "status", None) == 413
+    assert await read([part(b"{}", False)], 9) == (b"{}", 1)  # the last message ends it
