@@ -68,7 +68,11 @@ def _decoders() -> dict[str, Callable[[bytes], object]]:
         from release_coordinator.server import rollout_child
 
         decode_object = common.decode_object
-        poll_decoder, result_decoder = rollout_child._POLL, rollout_child._RESULT
+        try:  # the poll's decoder lives with the poll endpoint since it has its own module
+            from release_coordinator.server.poll_path import _POLL as poll_decoder
+        except ImportError:
+            poll_decoder = rollout_child._POLL  # type: ignore[attr-defined]
+        result_decoder = rollout_child._RESULT
 
         def poll(raw: bytes) -> object:
             body = decode_object(raw, poll_decoder)
