@@ -37,6 +37,8 @@ __all__ = [
     "read_body",
     "read_json",
     "read_object",
+    "send_failure",
+    "send_json",
 ]
 
 
@@ -89,13 +91,25 @@ class JsonObjectEndpoint:
             status, content = await self.work(body, raw, scope)
             payload = json_bytes(content)
         except Exception as error:
-            path = str(scope.get("root_path", "")) + str(scope.get("path", ""))
-            response = failure_response(error, self.status_for, str(scope.get("method")), path)
-            await response(scope, receive, send)
+            await send_failure(error, self.status_for, scope, receive, send)
             return
-        headers = [(b"content-length", str(len(payload)).encode("ascii")), _JSON_HEADER]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        await send_json(send, status, payload, str(len(payload)).encode("ascii"))
+
+
+async def send_failure(
+    error: Exception, status_for: StatusFor | None, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """A pure ASGI endpoint's answer to ``error``: what :func:`guarded` answers."""
+    path = str(scope.get("root_path", "")) + str(scope.get("path", ""))
+    response = failure_response(error, status_for, str(scope.get("method")), path)
+    await response(scope, receive, send)
+
+
+async def send_json(send: Send, status: int, payload: bytes, length: bytes) -> None:
+    """A pure ASGI endpoint's JSON answer: ``payload``, ``length`` its ``Content-Length``."""
+    headers = [(b"content-length", length), _JSON_HEADER]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _too_large(max_body: int, **details: Any) -> Refusal:
