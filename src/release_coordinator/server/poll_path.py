@@ -28,13 +28,8 @@ from release_coordinator.rollout.bodies import PollRequest
 from release_coordinator.rollout.manager import RolloutManager
 from release_coordinator.rollout.wire import PollAnswer
 from release_coordinator.schemas import BodyDecoder
-from release_coordinator.server.common import StatusFor, json_bytes
-from release_coordinator.server.request_body import (
-    decode_object,
-    read_asgi_body,
-    send_failure,
-    send_json,
-)
+from release_coordinator.server.common import StatusFor, failure_response, json_bytes
+from release_coordinator.server.request_body import decode_object, read_asgi_body
 
 __all__ = ["DEFAULT_MAX_KNOWN", "PollEndpoint", "PollProtocol"]
 
@@ -42,6 +37,7 @@ __all__ = ["DEFAULT_MAX_KNOWN", "PollEndpoint", "PollProtocol"]
 DEFAULT_MAX_KNOWN = 200_000
 
 _POLL = BodyDecoder(PollRequest)
+_JSON_HEADER = (b"content-type", b"application/json")
 
 
 class PollProtocol(Protocol):
@@ -102,13 +98,15 @@ class PollEndpoint:
             ):
                 parts = await protocol.manager.poll_again(known.child_id, raw, known.count)
                 if parts == known.parts:
-                    await send_json(send, 200, known.payload, known.length)
+                    await _answer(send, known.length, known.payload)
                     return
             body = decode_object(raw, _POLL)
             answer, content = await protocol.poll(body, raw, scope)
             payload = json_bytes(content)
-        except Exception as error:
-            await send_failure(error, self.status_for, scope, receive, send)
+        except Exception as error:  # what guarded() answers
+            path = str(scope.get("root_path", "")) + str(scope.get("path", ""))
+            response = failure_response(error, self.status_for, str(scope.get("method")), path)
+            await response(scope, receive, send)
             return
         length = str(len(payload)).encode("ascii")
         if (
@@ -122,4 +120,11 @@ class PollEndpoint:
             changing = (answer.new_release, answer.aborted, answer.next_poll)
             count = body.number_of_children or 0
             self._known[raw] = _Known(body.id, count, changing, payload, length)
-        await send_json(send, 200, payload, length)
+        await _answer(send, length, payload)
+
+
+async def _answer(send: Send, length: bytes, payload: bytes) -> None:
+    """A 200 JSON answer: ``payload``, ``length`` its ``Content-Length``."""
+    headers = [(b"content-length", length), _JSON_HEADER]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

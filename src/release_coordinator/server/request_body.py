@@ -3,8 +3,7 @@
 :func:`read_body` reads at most ``max_body`` bytes, whatever ``Content-Length`` claims (413
 beyond); :func:`parse_json` takes strict JSON only (no ``NaN``/``Infinity``; 400 otherwise);
 :func:`decode_object` decodes a body to its Struct, or to a JSON object for the endpoint's full
-checks; :class:`JsonObjectEndpoint` is the pure ASGI endpoint of a JSON object in, JSON out;
-:func:`parse_multipart` reads a ``multipart/form-data`` body without extra dependencies.
+checks; :func:`parse_multipart` reads a ``multipart/form-data`` body without extra dependencies.
 
 Needs the ``server`` extra (Starlette).
 """
@@ -13,23 +12,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from release_coordinator.schemas import BodyDecoder
-from release_coordinator.server.common import (
-    Refusal,
-    StatusFor,
-    failure_response,
-    json_bytes,
-)
+from release_coordinator.server.common import Refusal
 
 __all__ = [
-    "JsonObjectEndpoint",
-    "JsonWork",
     "decode_object",
     "parse_json",
     "parse_multipart",
@@ -37,17 +28,7 @@ __all__ = [
     "read_body",
     "read_json",
     "read_object",
-    "send_failure",
-    "send_json",
 ]
-
-
-#: The work of a :class:`JsonObjectEndpoint`: the request's body (its Struct, or the JSON
-#: object when the Struct's decoder refused it), its bytes and its ASGI scope in,
-#: ``(status, JSON value)`` out; raises like any endpoint.
-JsonWork = Callable[[Any, bytes, Scope], Awaitable[tuple[int, Any]]]
-
-_JSON_HEADER = (b"content-type", b"application/json")
 
 
 def decode_object(raw: bytes, decoder: BodyDecoder[Any] | None = None) -> Any:
@@ -60,56 +41,6 @@ def decode_object(raw: bytes, decoder: BodyDecoder[Any] | None = None) -> Any:
     if not isinstance(body, dict):
         raise Refusal(400, "the body must be a JSON object", got=type(body).__name__)
     return body
-
-
-class JsonObjectEndpoint:
-    """A pure ASGI endpoint for a request whose body is a JSON object and whose answer is
-    JSON: what :func:`guarded` around :func:`read_object` and :func:`json_response` does, byte
-    for byte (same limits, same refusals, same answers), without building Starlette's
-    ``Request`` and ``Response`` on the way of a success. For the busiest child endpoint
-    (``POST /poll``), where they were a fifth of the app's time per request. With a
-    ``decoder``, the body is decoded to its Struct from bytes (see :func:`decode_object`).
-    """
-
-    def __init__(
-        self,
-        work: JsonWork,
-        *,
-        max_body: int,
-        status_for: StatusFor | None = None,
-        decoder: BodyDecoder[Any] | None = None,
-    ) -> None:
-        self.work = work
-        self.max_body = max_body
-        self.status_for = status_for
-        self.decoder = decoder
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            raw = await read_asgi_body(scope, receive, self.max_body)
-            body = decode_object(raw, self.decoder)
-            status, content = await self.work(body, raw, scope)
-            payload = json_bytes(content)
-        except Exception as error:
-            await send_failure(error, self.status_for, scope, receive, send)
-            return
-        await send_json(send, status, payload, str(len(payload)).encode("ascii"))
-
-
-async def send_failure(
-    error: Exception, status_for: StatusFor | None, scope: Scope, receive: Receive, send: Send
-) -> None:
-    """A pure ASGI endpoint's answer to ``error``: what :func:`guarded` answers."""
-    path = str(scope.get("root_path", "")) + str(scope.get("path", ""))
-    response = failure_response(error, status_for, str(scope.get("method")), path)
-    await response(scope, receive, send)
-
-
-async def send_json(send: Send, status: int, payload: bytes, length: bytes) -> None:
-    """A pure ASGI endpoint's JSON answer: ``payload``, ``length`` its ``Content-Length``."""
-    headers = [(b"content-length", length), _JSON_HEADER]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
 
 
 def _too_large(max_body: int, **details: Any) -> Refusal:

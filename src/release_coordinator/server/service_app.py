@@ -50,7 +50,6 @@ from release_coordinator.server.graphql_openapi import GRAPHQL_PATH
 from release_coordinator.server.metrics import ServiceMetrics
 from release_coordinator.server.openapi import OPENAPI_PATH, combined_openapi
 from release_coordinator.server.poll_path import PollEndpoint
-from release_coordinator.server.request_body import JsonObjectEndpoint
 from release_coordinator.server.rollout_app import DEFAULT_MAX_UPLOAD, rollout_app
 from release_coordinator.server.token_auth import Verifier
 from release_coordinator.server.ui import ui_routes
@@ -74,9 +73,8 @@ def _route_path(scope: Scope) -> str:
 class FastRoutes:
     """Pure ASGI middleware sending the requests of a few exact ``(method, path)`` pairs
     straight to their endpoints, past the router and Starlette's exception middleware (the
-    endpoints answer their own errors: :class:`~release_coordinator.server.request_body.
-    JsonObjectEndpoint`, :class:`~release_coordinator.server.poll_path.PollEndpoint`).
-    Everything else goes on to ``app``."""
+    endpoints answer their own errors: :class:`~release_coordinator.server.poll_path.
+    PollEndpoint`). Everything else goes on to ``app``."""
 
     def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], ASGIApp]) -> None:
         self.app = app
@@ -243,7 +241,7 @@ def service_app(
     fast = {
         (method, route.path): route.app
         for route in rollout_part.routes
-        if isinstance(route, Route) and isinstance(route.app, JsonObjectEndpoint | PollEndpoint)
+        if isinstance(route, Route) and isinstance(route.app, PollEndpoint)
         for method in route.methods or ()
     }
     app = _ServiceApp(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=run)
