@@ -24,7 +24,7 @@ from release_coordinator.rollout.events import (
     RolloutEventKind,
 )
 from release_coordinator.storage.sql.engine import _edge
-from release_coordinator.storage.sql.events import _log_query
+from release_coordinator.storage.sql.events import _log_query, _page
 from release_coordinator.storage.sql.lanes import Lane
 from release_coordinator.storage.sql.rollout_rows import _RolloutRows
 from release_coordinator.storage.sql.schema import rollout_events
@@ -125,9 +125,6 @@ class _RolloutEventLog(_RolloutRows):
             RolloutEventKind,
             filter.since,
         )
-        if offset > 0:
-            query = query.offset(offset)
-        if limit is not None:
-            query = query.limit(max(0, limit))
+        query = _page(query, limit, max(0, offset))
         async with self._read(Lane.CONTROL) as conn:
             return [_event(row) for row in await conn.execute(query)]
