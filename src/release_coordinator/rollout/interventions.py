@@ -279,9 +279,7 @@ class _Interventions(_Ticks):
         if not pacing.limits_rate:
             return None
         now = self._clock()
-        limit = self._pace.limits.get(rollout.id)
-        if limit is None or limit.pacing != pacing:
-            limit = self._pace.limits[rollout.id] = RateLimit(pacing, now)
+        limit = self._rate_limit(rollout.id, pacing, now)
         budget = limit.budget(now, success_share(states))
         if count > budget:
             raise ConflictError(

@@ -28,7 +28,7 @@ from release_coordinator.rollout.admission import admit, success_share
 from release_coordinator.rollout.bookkeeping import transition_event
 from release_coordinator.rollout.matching import _Matching
 from release_coordinator.rollout.models import ChildRelease, Rollout, RolloutState
-from release_coordinator.rollout.pacing import PollHints, RateLimit
+from release_coordinator.rollout.pacing import Pacing, PollHints, RateLimit
 from release_coordinator.rollout.policies import GlobalIncremental, Waves
 
 __all__: list[str] = []
@@ -85,6 +85,14 @@ class _Pacing(_Matching):
         clock = self._clock
         return time.time() if clock is time.monotonic else clock()
 
+    def _rate_limit(self, rollout_id: str, pacing: Pacing, now: float) -> RateLimit:
+        """The sliding minute of ``rollout_id``'s rate: a new one when its pacing changed."""
+        limits = self._pace.limits
+        limit = limits.get(rollout_id)
+        if limit is None or limit.pacing != pacing:
+            limit = limits[rollout_id] = RateLimit(pacing, now)
+        return limit
+
     # -- admission ---------------------------------------------------------------------------
     async def _admit(self, rollout: Rollout, newcomers: list[str] | None = None) -> None:
         if not _paced(rollout):
@@ -133,8 +141,7 @@ class _Pacing(_Matching):
             return
         chosen = decision.admit
         if chosen and pacing.limits_rate:
-            if limit is None or limit.pacing != pacing:
-                limit = pace.limits[rollout.id] = RateLimit(pacing, now)
+            limit = self._rate_limit(rollout.id, pacing, now)
             chosen = chosen[: limit.budget(now, success_share(states))]
             limit.spend(now, len(chosen))
         if whole and len(chosen) == len(decision.admit):
