@@ -229,8 +229,7 @@ class MemoryStore(MemoryWebhooks, CoordinatorStore):
                 if (states is None or r.state in states) and (study is None or study in r.studies)
             ]
         found.reverse()  # dicts keep insertion order: newest first
-        end = None if limit is None else offset + limit
-        return found[offset:end]
+        return page(found, limit, offset)
 
     async def transition_release(
         self,
@@ -435,8 +434,7 @@ class MemoryStore(MemoryWebhooks, CoordinatorStore):
                 positions = positions[filter.after_id :]
             stamped = self._stamped
             found = [e for e in map(stamped, positions) if filter.matches(e)]
-        end = None if limit is None else offset + limit
-        return found[offset:end]
+        return page(found, limit, offset)
 
     # -- release notes -----------------------------------------------------------------------
     def _note(self, note_id: str) -> ReleaseNote:
